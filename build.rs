@@ -1,0 +1,8 @@
+//! Compiles `proto/copycat.proto` with protox (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/copycat.proto");
+    let fds = protox::compile(["proto/copycat.proto"], ["proto/"])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Node configuration, with the original CopyCat's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Configuration of one copycat node. `Config::default()` gives the seed's defaults.
+#[derive(Clone)]
+pub struct Config {
+    /// Address this node binds and advertises to others (default `127.0.0.1`).
+    pub hostname: String,
+    /// TCP port for raft traffic (default 7458; 0 picks a free port, see `CopyCat::raft_addr`).
+    pub port: u16,
+    /// UDP port for SWIM gossip (default 7459; 0 picks a free port).
+    pub gossip_port: u16,
+    /// Where the node keeps its sled database and node id (default `./copy-cat-db/`).
+    pub data_dir: PathBuf,
+    /// Gossip addresses (`host:port`) of existing nodes to contact; empty starts a new cluster.
+    pub peers: Vec<String>,
+    /// Voters per data structure (default 3; fewer while fewer nodes are alive).
+    pub replication_factor: usize,
+    /// This node's datacenter label; replicas are spread over datacenters.
+    pub datacenter: String,
+    /// Nodes only talk to nodes with the same cluster name (default `copycat`).
+    pub cluster_name: String,
+    /// Logger for copycat and raft (default: discards everything).
+    pub logger: slog::Logger,
+    /// Length of one raft tick (default 100 ms).
+    pub tick_interval: Duration,
+    /// Ticks without a leader before a follower campaigns (default 10; randomized up to 2×).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats (default 2).
+    pub heartbeat_ticks: usize,
+    /// Largest accepted proposal (default 1 MiB); larger ones fail with `ProposalTooLarge`.
+    pub max_proposal_bytes: usize,
+    /// How long a proposal may take to commit before it is reported as timed out
+    /// (default 10 s; `propose_and_wait` uses its own timeout).
+    pub proposal_timeout: Duration,
+    /// Largest TCP frame accepted from a peer (default 64 MiB); larger frames close the connection.
+    pub max_frame_bytes: usize,
+    /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: "127.0.0.1".to_string(),
+            port: 7458,
+            gossip_port: 7459,
+            data_dir: PathBuf::from("./copy-cat-db/"),
+            peers: Vec::new(),
+            replication_factor: 3,
+            datacenter: "default".to_string(),
+            cluster_name: "copycat".to_string(),
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_proposal_bytes: 1 << 20,
+            proposal_timeout: Duration::from_secs(10),
+            max_frame_bytes: 64 << 20,
+            rng_seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values that would otherwise fail later in a less clear way.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_string()));
+        if self.replication_factor == 0 {
+            return fail("replication_factor must be at least 1");
+        }
+        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+            return fail("need 0 < heartbeat_ticks < election_ticks");
+        }
+        if self.tick_interval.is_zero() {
+            return fail("tick_interval must be positive");
+        }
+        if self.cluster_name.is_empty() {
+            return fail("cluster_name must not be empty");
+        }
+        if self.max_frame_bytes < self.max_proposal_bytes + 4096 {
+            return fail("max_frame_bytes must exceed max_proposal_bytes by at least 4 KiB");
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("gossip_port", &self.gossip_port)
+            .field("data_dir", &self.data_dir)
+            .field("peers", &self.peers)
+            .field("replication_factor", &self.replication_factor)
+            .field("datacenter", &self.datacenter)
+            .field("cluster_name", &self.cluster_name)
+            .field("tick_interval", &self.tick_interval)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("max_proposal_bytes", &self.max_proposal_bytes)
+            .field("proposal_timeout", &self.proposal_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,71 @@
+//! The public error type.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::storage::StorageError;
+
+/// Everything that can go wrong in copycat, as seen by an application.
+///
+/// Errors are `Clone` because one failure may be reported both to the caller of an
+/// acknowledged proposal and on the subscription's error channel.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A data structure id string is not a valid ULID; nothing changed.
+    #[error("invalid data structure id {0}")]
+    InvalidId(String),
+    /// The configuration is unusable (a message says which field and why).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Another process uses the data dir; this node did not start.
+    #[error("data dir {0} is in use by another copycat process")]
+    DataDirLocked(PathBuf),
+    /// The storage layer failed; writes are not acknowledged while this persists.
+    #[error("storage failure: {0}")]
+    Storage(Arc<StorageError>),
+    /// A socket or thread could not be set up.
+    #[error("I/O error: {0}")]
+    Io(Arc<std::io::Error>),
+    /// The proposal is larger than `Config::max_proposal_bytes`; it was not proposed.
+    #[error("proposal of {size} bytes is over the limit of {limit} bytes")]
+    ProposalTooLarge {
+        /// The proposal's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Raft dropped the proposal (no leader known, leadership changing); it was not
+    /// committed and may be retried.
+    #[error("proposal dropped: {0}")]
+    ProposalDropped(String),
+    /// No commit was seen before the deadline. The proposal may still commit later.
+    #[error("timed out waiting for the proposal to commit")]
+    Timeout,
+    /// The group no longer has a replica here.
+    #[error("the data structure's replica was removed from this node")]
+    GroupRemoved,
+    /// The snapshot asked for is not available (not taken yet, or superseded).
+    #[error("snapshot unavailable: {0}")]
+    SnapshotUnavailable(String),
+    /// The node is shutting down or stopped; nothing more is accepted.
+    #[error("the copycat node is shut down")]
+    Shutdown,
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Locked { path } => Error::DataDirLocked(path),
+            other => Error::Storage(Arc::new(other)),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+/// Result with copycat's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

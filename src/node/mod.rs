@@ -1,0 +1,3 @@
+//! The node core: deterministic, no I/O.
+
+pub mod member;

@@ -1,0 +1,143 @@
+//! Storage: one sled database per node holding every group's raft log and state.
+//!
+//! The node core never writes directly: it collects every group's writes of a round in one
+//! [`WriteBatch`], which the runtime's storage thread hands to [`LogStore::write`] (one batch,
+//! one flush, one fdatasync). Reads are synchronous (raft's `Storage` trait needs them).
+//!
+//! Storage-error policy: a failed write is reported to every subscriber of the affected
+//! groups and the node stops acknowledging writes (it never acknowledges what is not durable).
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use std::path::PathBuf;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+use crate::id::DataStructureId;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another process holds the data dir open; nothing was changed.
+    #[error("data dir {path} is in use by another process")]
+    Locked {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// An I/O error from the file system (open, fdatasync, snapshot files).
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error reported by sled.
+    #[error("sled error: {0}")]
+    Sled(String),
+    /// A stored record could not be decoded: the data dir is damaged or from another version.
+    #[error("corrupted record {what}: {detail}")]
+    Corrupted {
+        /// Which record.
+        what: String,
+        /// The decoding error.
+        detail: String,
+    },
+}
+
+/// Result of storage operations.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The persisted state of one group, as loaded when a node starts.
+#[derive(Debug, Clone, Default)]
+pub struct StoredGroup {
+    /// The group.
+    pub group: DataStructureId,
+    /// Term, vote and commit index.
+    pub hard_state: HardState,
+    /// The configuration as of `applied`.
+    pub conf_state: ConfState,
+    /// Metadata of the latest snapshot (the log starts right after `snapshot.index`).
+    pub snapshot: SnapshotMetadata,
+    /// Index of the last stored entry (`snapshot.index` when the log is empty).
+    pub last_index: u64,
+    /// The highest entry index handed to the state machine.
+    pub applied: u64,
+}
+
+/// The writes of one group in a round. Applied in field order: `remove`, `snapshot`,
+/// `truncate_from`, `entries`, `hard_state`, `conf_state`, `applied`.
+#[derive(Debug, Clone, Default)]
+pub struct GroupWrite {
+    /// The group.
+    pub group: DataStructureId,
+    /// Deletes everything stored for the group (entries, states, snapshot) first.
+    pub remove: bool,
+    /// Installs a snapshot: stores it and deletes every log entry of the group.
+    pub snapshot: Option<Snapshot>,
+    /// Deletes every entry with index `>=` this (a follower's log was overwritten by a leader).
+    pub truncate_from: Option<u64>,
+    /// Entries to store, contiguous and ascending.
+    pub entries: Vec<Entry>,
+    /// New hard state.
+    pub hard_state: Option<HardState>,
+    /// New configuration (stored when a conf change is applied).
+    pub conf_state: Option<ConfState>,
+    /// New applied index.
+    pub applied: Option<u64>,
+}
+
+impl GroupWrite {
+    /// An empty write for `group`.
+    pub fn new(group: DataStructureId) -> Self {
+        GroupWrite {
+            group,
+            ..Default::default()
+        }
+    }
+}
+
+/// All writes of one round, made durable together.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// Per-group writes, at most one per group.
+    pub groups: Vec<GroupWrite>,
+    /// Node-level metadata: `(key, Some(value))` sets, `(key, None)` deletes.
+    pub meta: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.meta.is_empty()
+    }
+
+    /// Appends `other`'s writes after this batch's (used to merge queued batches into one write).
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.groups.extend(other.groups);
+        self.meta.extend(other.meta);
+    }
+}
+
+/// A node's durable store of raft logs and state, shared by the core (reads) and the storage
+/// thread (writes).
+pub trait LogStore: Send + Sync + 'static {
+    /// Every group stored here, with its persisted state.
+    fn load_groups(&self) -> Result<Vec<StoredGroup>>;
+
+    /// Entries `[low, high)` of `group`, stopping early (but after at least one entry) once
+    /// their encoded size passes `max_bytes`.
+    fn entries(
+        &self,
+        group: DataStructureId,
+        low: u64,
+        high: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>>;
+
+    /// The latest stored snapshot of `group` (metadata and data).
+    fn snapshot(&self, group: DataStructureId) -> Result<Option<Snapshot>>;
+
+    /// Applies `batch` atomically and makes it durable (flush plus fdatasync) before returning.
+    fn write(&self, batch: &WriteBatch) -> Result<()>;
+
+    /// Node-level metadata (node id, known peers).
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+}

@@ -1,0 +1,5 @@
+//! The sled implementation of [`LogStore`].
+use super::*;
+
+/// sled-backed store.
+pub struct SledStore;

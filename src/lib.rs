@@ -12,3 +12,4 @@ pub mod storage;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, DataStructureId, NodeId};
+pub(crate) mod group;

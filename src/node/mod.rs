@@ -1,3 +1,704 @@
-//! The node core: deterministic, no I/O.
+//! The node core: every group hosted here, the membership view, the directory and the
+//! subscriptions. Deterministic, with no sockets, threads, clocks or randomness of its own.
+//!
+//! Inputs are `handle_*` calls (and `subscribe`/`propose`), each taking the current time
+//! in milliseconds. After each batch of inputs the runtime calls [`NodeCore::poll_output`]
+//! and performs what it returns: messages per peer node and one storage batch. The core
+//! reads the log through [`LogStore`] but never writes it: writes leave only as the batch.
 
+mod apply;
+mod directory;
+mod maintenance;
 pub mod member;
+mod placement;
+pub(crate) mod proposal;
+mod status;
+pub(crate) mod subscription;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use raft::eraftpb::Message;
+
+use crate::error::Error;
+use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
+use crate::id::{DataStructureId, NodeId};
+use crate::proto;
+use crate::storage::{GroupWrite, LogStore, WriteBatch};
+
+use directory::Directory;
+pub(crate) use member::{MembershipEvent, NodeInfo};
+use proposal::{Ack, InFlight, Proposal};
+pub use status::{GroupStatus, MemberStatus};
+pub use subscription::Commit;
+use subscription::{Delivery, SubId, SubscriberChannels, Subscription};
+
+/// Metadata key under which the gossip addresses of known peers are stored, so a restarted
+/// node can rejoin even if its configured peers are gone.
+pub(crate) const KNOWN_PEERS_KEY: &str = "known_peers";
+
+/// Settings of the core, derived from [`crate::Config`].
+#[derive(Clone)]
+pub(crate) struct CoreConfig {
+    pub me: NodeInfo,
+    pub replication_factor: usize,
+    pub raft: RaftSettings,
+    pub max_proposal_bytes: usize,
+    pub proposal_timeout_ms: u64,
+    pub rng_seed: u64,
+    pub logger: slog::Logger,
+    /// This node starts a new cluster: it bootstraps the system group if it has none.
+    pub founder: bool,
+}
+
+/// What the runtime must do after a round.
+#[derive(Default)]
+pub(crate) struct Output {
+    /// One batch per peer node: all groups' messages to it this round.
+    pub sends: Vec<(NodeId, SocketAddr, proto::Batch)>,
+    /// The round's storage writes with their sequence number; report completion with
+    /// [`NodeCore::handle_persisted`], in order.
+    pub write: Option<(u64, WriteBatch)>,
+}
+
+/// A node as this node sees it.
+struct Member {
+    info: NodeInfo,
+    alive: bool,
+}
+
+/// The deterministic heart of a copycat node.
+pub(crate) struct NodeCore {
+    cfg: CoreConfig,
+    me: NodeId,
+    disk: Arc<dyn LogStore>,
+    rng: SmallRng,
+    now_ms: u64,
+    ticks: u64,
+    groups: HashMap<DataStructureId, RaftGroup>,
+    members: BTreeMap<NodeId, Member>,
+    directory: Directory,
+    /// Index of the last system-group entry applied to `directory`.
+    directory_applied: u64,
+    subs: HashMap<SubId, Subscription>,
+    subs_by_group: HashMap<DataStructureId, Vec<SubId>>,
+    /// Subscriptions whose delivery paused on a full channel.
+    lagging: HashSet<SubId>,
+    /// Groups a local subscriber waits for: to be created, or to get a replica here.
+    wanted: HashSet<DataStructureId>,
+    queued: HashMap<DataStructureId, VecDeque<Proposal>>,
+    in_flight: HashMap<u64, InFlight>,
+    next_seq: u64,
+    /// Groups that may have a `Ready`.
+    active: HashSet<DataStructureId>,
+    /// Groups with readies waiting for a batch to be durable.
+    held: HashSet<DataStructureId>,
+    round_writes: HashMap<DataStructureId, GroupWrite>,
+    round_meta: Vec<(String, Option<Vec<u8>>)>,
+    sends: HashMap<NodeId, proto::Batch>,
+    issued_seq: u64,
+    durable_seq: u64,
+    storage_failed: bool,
+    stopped: bool,
+}
+
+impl NodeCore {
+    /// Opens the core over `disk`, reopening every group stored there.
+    pub(crate) fn open(cfg: CoreConfig, disk: Arc<dyn LogStore>) -> crate::Result<Self> {
+        let stored = disk.load_groups()?;
+        let mut core = NodeCore {
+            me: cfg.me.node_id,
+            rng: SmallRng::seed_from_u64(cfg.rng_seed),
+            cfg,
+            disk,
+            now_ms: 0,
+            ticks: 0,
+            groups: HashMap::new(),
+            members: BTreeMap::new(),
+            directory: Directory::default(),
+            directory_applied: 0,
+            subs: HashMap::new(),
+            subs_by_group: HashMap::new(),
+            lagging: HashSet::new(),
+            wanted: HashSet::new(),
+            queued: HashMap::new(),
+            in_flight: HashMap::new(),
+            next_seq: 1,
+            active: HashSet::new(),
+            held: HashSet::new(),
+            round_writes: HashMap::new(),
+            round_meta: Vec::new(),
+            sends: HashMap::new(),
+            issued_seq: 0,
+            durable_seq: 0,
+            storage_failed: false,
+            stopped: false,
+        };
+        for group in &stored {
+            let log = GroupLog::from_stored(group, core.disk.clone());
+            let applied = group.applied.max(group.snapshot.index);
+            let raft = RaftGroup::new(
+                group.group,
+                core.me,
+                log,
+                applied,
+                &core.cfg.raft,
+                &mut core.rng,
+            )
+            .map_err(|e| Error::Config(format!("cannot reopen group {}: {e}", group.group)))?;
+            core.groups.insert(group.group, raft);
+            core.active.insert(group.group);
+        }
+        core.rebuild_directory()?;
+        if core.cfg.founder && !core.groups.contains_key(&DataStructureId::SYSTEM) {
+            core.create_replica(DataStructureId::SYSTEM, &[core.me]);
+        }
+        Ok(core)
+    }
+
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    fn settings_logger(&self) -> &slog::Logger {
+        &self.cfg.logger
+    }
+
+    /// Replays the system group's snapshot and applied entries into the directory.
+    fn rebuild_directory(&mut self) -> crate::Result<()> {
+        let Some(system) = self.groups.get(&DataStructureId::SYSTEM) else {
+            return Ok(());
+        };
+        let applied = system.applied();
+        if let Some(snap) = self.disk.snapshot(DataStructureId::SYSTEM)? {
+            if snap.get_metadata().index > BOOTSTRAP_INDEX {
+                self.directory = Directory::decode(&snap.data).map_err(|e| {
+                    Error::Config(format!("system snapshot is corrupted: {e}"))
+                })?;
+            }
+            self.directory_applied = snap.get_metadata().index;
+        }
+        let from = self.directory_applied + 1;
+        if from <= applied {
+            let entries = system
+                .log()
+                .read_entries(from, applied + 1, None)
+                .map_err(|e| Error::Config(format!("cannot replay the directory: {e}")))?;
+            for entry in entries {
+                self.apply_directory_entry(&entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a replica bootstrapped with the group's initial `voters`. Every replica of a
+    /// group, initial or added later, starts from this same synthetic snapshot.
+    fn create_replica(&mut self, group: DataStructureId, voters: &[NodeId]) {
+        if self.groups.contains_key(&group) {
+            return;
+        }
+        let snap = GroupLog::bootstrap_snapshot(voters);
+        let mut log = GroupLog::empty(group, self.disk.clone());
+        log.apply_snapshot(&snap);
+        let raft = RaftGroup::new(
+            group,
+            self.me,
+            log,
+            BOOTSTRAP_INDEX,
+            &self.cfg.raft,
+            &mut self.rng,
+        );
+        let mut raft = match raft {
+            Ok(raft) => raft,
+            Err(e) => {
+                slog::error!(self.cfg.logger, "cannot create replica"; "group" => %group, "error" => %e);
+                return;
+            }
+        };
+        let write = self.write_for(group);
+        write.conf_state = Some(snap.get_metadata().get_conf_state().clone());
+        write.applied = Some(BOOTSTRAP_INDEX);
+        write.hard_state = Some(raft.log().initial_hard_state());
+        write.snapshot = Some(snap);
+        if voters.first() == Some(&self.me) {
+            if let Err(e) = raft.campaign(&mut self.rng) {
+                slog::warn!(self.cfg.logger, "campaign failed"; "group" => %group, "error" => %e);
+            }
+        }
+        slog::info!(self.cfg.logger, "replica created"; "group" => %group, "voters" => ?voters);
+        self.groups.insert(group, raft);
+        self.active.insert(group);
+    }
+
+    /// A replica waiting for the system group's snapshot from its leader.
+    fn create_uninitialized_system_replica(&mut self) {
+        let group = DataStructureId::SYSTEM;
+        let log = GroupLog::empty(group, self.disk.clone());
+        match RaftGroup::new(group, self.me, log, 0, &self.cfg.raft, &mut self.rng) {
+            Ok(raft) => {
+                self.groups.insert(group, raft);
+            }
+            Err(e) => {
+                slog::error!(self.cfg.logger, "cannot create system replica"; "error" => %e);
+            }
+        }
+    }
+
+    fn write_for(&mut self, group: DataStructureId) -> &mut GroupWrite {
+        self.round_writes
+            .entry(group)
+            .or_insert_with(|| GroupWrite::new(group))
+    }
+
+    /// Advances time by one tick: raft timers, proposal deadlines, periodic maintenance.
+    pub(crate) fn handle_tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.ticks += 1;
+        for (id, group) in self.groups.iter_mut() {
+            group.tick(&mut self.rng);
+            self.active.insert(*id);
+        }
+        self.expire_proposals();
+        self.retry_lagging();
+        self.maintain();
+    }
+
+    /// A batch of messages from peer `from`.
+    pub(crate) fn handle_batch(&mut self, now_ms: u64, from: NodeId, batch: proto::Batch) {
+        self.now_ms = now_ms;
+        for gm in batch.messages {
+            self.handle_group_message(from, gm);
+        }
+        for join in batch.joins {
+            self.handle_join_request(join);
+        }
+    }
+
+    fn handle_group_message(&mut self, from: NodeId, gm: proto::GroupMessage) {
+        let Some(group) = DataStructureId::from_bytes(&gm.group) else {
+            slog::warn!(self.cfg.logger, "dropping message with a malformed group id"; "from" => from);
+            return;
+        };
+        let mut msg = Message::default();
+        if let Err(e) = msg.merge_from_bytes(&gm.message) {
+            slog::warn!(self.cfg.logger, "dropping undecodable raft message"; "from" => from, "error" => %e);
+            return;
+        }
+        if msg.to != self.me || msg.from != from || raft::raw_node::is_local_msg(msg.msg_type) {
+            slog::warn!(self.cfg.logger, "dropping misaddressed raft message";
+                "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
+            return;
+        }
+        if !self.groups.contains_key(&group) {
+            self.create_replica_for_message(group);
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if let Err(e) = raft.step(msg, &mut self.rng) {
+            slog::debug!(self.cfg.logger, "step failed"; "group" => %group, "error" => %e);
+        }
+        self.active.insert(group);
+    }
+
+    /// A peer sends raft traffic for a group this node does not host: the system group
+    /// (this node was just added to it), or a data group the directory knows.
+    fn create_replica_for_message(&mut self, group: DataStructureId) {
+        if group.is_system() {
+            self.create_uninitialized_system_replica();
+        } else if let Some(record) = self.directory.get(group) {
+            let voters = record.initial_voters.clone();
+            self.create_replica(group, &voters);
+        } else {
+            slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
+        }
+    }
+
+    /// A change in gossip's membership view.
+    pub(crate) fn handle_membership(&mut self, now_ms: u64, event: MembershipEvent) {
+        self.now_ms = now_ms;
+        match event {
+            MembershipEvent::Up(info) if info.node_id != self.me => {
+                let changed = self
+                    .members
+                    .get(&info.node_id)
+                    .is_none_or(|m| m.info != info || !m.alive);
+                if changed {
+                    slog::info!(self.cfg.logger, "member up"; "node" => info.node_id, "addr" => %info.raft_addr);
+                    self.members
+                        .insert(info.node_id, Member { info, alive: true });
+                    self.record_known_peers();
+                }
+            }
+            MembershipEvent::Up(_) => {}
+            MembershipEvent::Down(node) => {
+                if let Some(member) = self.members.get_mut(&node) {
+                    slog::info!(self.cfg.logger, "member down"; "node" => node);
+                    member.alive = false;
+                }
+            }
+        }
+    }
+
+    fn record_known_peers(&mut self) {
+        let peers: Vec<String> = self
+            .members
+            .values()
+            .map(|m| m.info.gossip_addr.to_string())
+            .collect();
+        self.round_meta
+            .push((KNOWN_PEERS_KEY.to_string(), Some(peers.join(",").into_bytes())));
+    }
+
+    /// The transport could not reach `node`: tell every group so raft probes it gently.
+    pub(crate) fn handle_unreachable(&mut self, node: NodeId) {
+        for (id, group) in self.groups.iter_mut() {
+            group.report_unreachable(node);
+            self.active.insert(*id);
+        }
+    }
+
+    /// The batch `seq` (and every earlier one) is durable.
+    pub(crate) fn handle_persisted(&mut self, seq: u64) {
+        self.durable_seq = self.durable_seq.max(seq);
+    }
+
+    /// The batch `seq` could not be written. Nothing after it is acknowledged: held readies
+    /// stay held, and every subscriber and waiter hears about it.
+    pub(crate) fn handle_storage_failed(&mut self, seq: u64, error: Error) {
+        slog::error!(self.cfg.logger, "storage write failed; this node stops acknowledging writes";
+            "batch" => seq, "error" => %error);
+        self.storage_failed = true;
+        for sub in self.subs.values() {
+            sub.report(error.clone());
+        }
+        for (_, flight) in self.in_flight.drain() {
+            proposal::fail(flight.ack, error.clone());
+        }
+    }
+
+    /// A local application subscribes to `group`.
+    pub(crate) fn subscribe(
+        &mut self,
+        now_ms: u64,
+        sub: SubId,
+        group: DataStructureId,
+        channels: SubscriberChannels,
+    ) {
+        self.now_ms = now_ms;
+        let next_index = self
+            .groups
+            .get(&group)
+            .map_or(BOOTSTRAP_INDEX + 1, |g| g.log().first_index());
+        self.subs.insert(
+            sub,
+            Subscription {
+                group,
+                channels,
+                next_index,
+            },
+        );
+        self.subs_by_group.entry(group).or_default().push(sub);
+        self.lagging.insert(sub);
+        self.wanted.insert(group);
+        self.pursue(group);
+    }
+
+    /// The application dropped its handle; the replica stays (detached).
+    pub(crate) fn unsubscribe(&mut self, sub: SubId) {
+        if let Some(s) = self.subs.remove(&sub) {
+            if let Some(list) = self.subs_by_group.get_mut(&s.group) {
+                list.retain(|id| *id != sub);
+                if list.is_empty() {
+                    self.subs_by_group.remove(&s.group);
+                }
+            }
+        }
+        self.lagging.remove(&sub);
+    }
+
+    /// Proposes `data` to `group`. `ack` hears the commit index or the failure; failures
+    /// also go to the subscription's error channel.
+    pub(crate) fn propose(
+        &mut self,
+        now_ms: u64,
+        group: DataStructureId,
+        data: Vec<u8>,
+        sub: Option<SubId>,
+        ack: Option<Ack>,
+        timeout_ms: Option<u64>,
+    ) {
+        self.now_ms = now_ms;
+        if self.stopped {
+            return self.fail(sub, ack, Error::Shutdown);
+        }
+        if data.len() > self.cfg.max_proposal_bytes {
+            let error = Error::ProposalTooLarge {
+                size: data.len(),
+                limit: self.cfg.max_proposal_bytes,
+            };
+            return self.fail(sub, ack, error);
+        }
+        let deadline_ms = now_ms + timeout_ms.unwrap_or(self.cfg.proposal_timeout_ms);
+        self.queued.entry(group).or_default().push_back(Proposal {
+            group,
+            data,
+            sub,
+            ack,
+            deadline_ms,
+        });
+        self.flush_queued(group);
+    }
+
+    fn fail(&mut self, sub: Option<SubId>, ack: Option<Ack>, error: Error) {
+        if let Some(s) = sub.and_then(|id| self.subs.get(&id)) {
+            if !s.report(error.clone()) {
+                slog::warn!(self.cfg.logger, "error channel full, dropping"; "error" => %error);
+            }
+        }
+        proposal::fail(ack, error);
+    }
+
+    /// Hands queued proposals of `group` to raft once it has a replica that knows a leader.
+    fn flush_queued(&mut self, group: DataStructureId) {
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.leader() == 0 || !raft.log().is_initialized() {
+            return;
+        }
+        let Some(queue) = self.queued.remove(&group) else {
+            return;
+        };
+        let mut failures = Vec::new();
+        for p in queue {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            match raft.propose(proposal::proposal_context(self.me, seq), p.data) {
+                Ok(()) => {
+                    self.in_flight.insert(
+                        seq,
+                        InFlight {
+                            group,
+                            sub: p.sub,
+                            ack: p.ack,
+                            deadline_ms: p.deadline_ms,
+                        },
+                    );
+                }
+                Err(e) => failures.push((p.sub, p.ack, Error::ProposalDropped(e.to_string()))),
+            }
+        }
+        self.active.insert(group);
+        for (sub, ack, error) in failures {
+            self.fail(sub, ack, error);
+        }
+    }
+
+    fn expire_proposals(&mut self) {
+        let now = self.now_ms;
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(f) = self.in_flight.remove(&seq) {
+                self.fail(f.sub, f.ack, Error::Timeout);
+            }
+        }
+        let mut timed_out = Vec::new();
+        for queue in self.queued.values_mut() {
+            while queue.front().is_some_and(|p| p.deadline_ms <= now) {
+                if let Some(p) = queue.pop_front() {
+                    timed_out.push(p);
+                }
+            }
+        }
+        self.queued.retain(|_, q| !q.is_empty());
+        for p in timed_out {
+            let error = if self.groups.contains_key(&p.group) {
+                Error::ProposalDropped("no leader known before the deadline".into())
+            } else {
+                Error::Timeout
+            };
+            self.fail(p.sub, p.ack, error);
+        }
+    }
+
+    /// Stops accepting work and fails every waiter with [`Error::Shutdown`].
+    pub(crate) fn shutdown(&mut self) {
+        self.stopped = true;
+        for (_, f) in std::mem::take(&mut self.in_flight) {
+            proposal::fail(f.ack, Error::Shutdown);
+        }
+        for (_, queue) in std::mem::take(&mut self.queued) {
+            for p in queue {
+                proposal::fail(p.ack, Error::Shutdown);
+            }
+        }
+    }
+
+    /// Runs a round: releases what became durable, collects every active group's `Ready`,
+    /// and returns the messages and the storage batch to perform.
+    pub(crate) fn poll_output(&mut self) -> Output {
+        let mut tagged = false;
+        for _ in 0..4 {
+            self.release_durable();
+            let queued: Vec<_> = self.queued.keys().copied().collect();
+            for group in queued {
+                self.flush_queued(group);
+            }
+            let collected_any = self.collect_readies();
+            if !collected_any {
+                break;
+            }
+            if self.round_writes.is_empty() && self.round_meta.is_empty() && self.issued_seq == self.durable_seq {
+                // Nothing to write and everything earlier is durable: the readies just
+                // collected are durable as they are.
+                self.issued_seq += 1;
+                self.durable_seq += 1;
+                continue;
+            }
+            tagged = true;
+            break;
+        }
+        let mut output = Output {
+            sends: self.take_sends(),
+            write: None,
+        };
+        if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
+            self.issued_seq += 1;
+            let batch = WriteBatch {
+                groups: self.round_writes.drain().map(|(_, w)| w).collect(),
+                meta: std::mem::take(&mut self.round_meta),
+            };
+            output.write = Some((self.issued_seq, batch));
+        }
+        output
+    }
+
+    /// Collects the `Ready` of every active group; true if any had one.
+    fn collect_readies(&mut self) -> bool {
+        let batch_seq = self.issued_seq + 1;
+        let mut any = false;
+        let active: Vec<_> = self.active.drain().collect();
+        for id in active {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let Some(collected) = group.collect_ready(batch_seq) else {
+                continue;
+            };
+            any = true;
+            self.held.insert(id);
+            if let Some(write) = collected.write {
+                self.write_for(id).merge(write);
+            }
+            self.queue_messages(id, collected.messages);
+        }
+        any
+    }
+
+    /// Releases held readies whose batch is durable: sends their persisted messages and
+    /// applies their committed entries.
+    fn release_durable(&mut self) {
+        if self.storage_failed {
+            return;
+        }
+        let held: Vec<_> = self.held.iter().copied().collect();
+        for id in held {
+            let Some(group) = self.groups.get_mut(&id) else {
+                self.held.remove(&id);
+                continue;
+            };
+            let released = group.on_durable(self.durable_seq);
+            if !group.has_held() {
+                self.held.remove(&id);
+            }
+            if let Some(released) = released {
+                self.active.insert(id);
+                self.queue_messages(id, released.messages);
+                self.apply_released(id, released.snapshot, released.committed);
+            }
+        }
+    }
+
+    fn queue_messages(&mut self, group: DataStructureId, messages: Vec<Message>) {
+        for msg in messages {
+            let to = msg.to;
+            match msg.write_to_bytes() {
+                Ok(bytes) => self
+                    .sends
+                    .entry(to)
+                    .or_default()
+                    .messages
+                    .push(proto::GroupMessage {
+                        group: group.to_bytes().to_vec(),
+                        message: bytes,
+                    }),
+                Err(e) => {
+                    slog::error!(self.cfg.logger, "cannot encode raft message"; "error" => %e);
+                }
+            }
+        }
+    }
+
+    fn take_sends(&mut self) -> Vec<(NodeId, SocketAddr, proto::Batch)> {
+        let mut out = Vec::with_capacity(self.sends.len());
+        for (node, batch) in self.sends.drain() {
+            match self.members.get(&node) {
+                Some(member) => out.push((node, member.info.raft_addr, batch)),
+                None => {
+                    slog::debug!(self.cfg.logger, "no address for node, dropping its messages"; "node" => node);
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends subscribers of `group` what was applied since their cursor.
+    fn deliver(&mut self, group: DataStructureId) {
+        let Some(subs) = self.subs_by_group.get(&group) else {
+            return;
+        };
+        let Some(raft) = self.groups.get(&group) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for sub_id in subs {
+            let Some(sub) = self.subs.get_mut(sub_id) else {
+                continue;
+            };
+            match sub.deliver(raft.log(), raft.applied()) {
+                Delivery::CaughtUp => {
+                    self.lagging.remove(sub_id);
+                }
+                Delivery::Paused => {
+                    self.lagging.insert(*sub_id);
+                }
+                Delivery::Closed => closed.push(*sub_id),
+            }
+        }
+        for sub in closed {
+            self.unsubscribe(sub);
+        }
+    }
+
+    fn retry_lagging(&mut self) {
+        let groups: HashSet<_> = self
+            .lagging
+            .iter()
+            .filter_map(|s| self.subs.get(s).map(|s| s.group))
+            .collect();
+        for group in groups {
+            self.deliver(group);
+        }
+    }
+}

@@ -92,6 +92,28 @@ impl GroupWrite {
             ..Default::default()
         }
     }
+
+    /// Folds a later write of the same group into this one, so that applying the result
+    /// equals applying both in order (a later truncation or snapshot drops earlier entries).
+    pub fn merge(&mut self, later: GroupWrite) {
+        if later.remove {
+            *self = later;
+            return;
+        }
+        if later.snapshot.is_some() {
+            self.truncate_from = None;
+            self.entries.clear();
+            self.snapshot = later.snapshot;
+        }
+        if let Some(t) = later.truncate_from {
+            self.entries.retain(|e| e.index < t);
+            self.truncate_from = Some(self.truncate_from.map_or(t, |old| old.min(t)));
+        }
+        self.entries.extend(later.entries);
+        self.hard_state = later.hard_state.or(self.hard_state.take());
+        self.conf_state = later.conf_state.or(self.conf_state.take());
+        self.applied = later.applied.or(self.applied);
+    }
 }
 
 /// All writes of one round, made durable together.
@@ -109,10 +131,16 @@ impl WriteBatch {
         self.groups.is_empty() && self.meta.is_empty()
     }
 
-    /// Appends `other`'s writes after this batch's (used to merge queued batches into one write).
-    pub fn extend(&mut self, other: WriteBatch) {
-        self.groups.extend(other.groups);
-        self.meta.extend(other.meta);
+    /// Folds a later batch into this one (the storage thread merges queued batches into
+    /// one write); the result keeps at most one write per group.
+    pub fn extend(&mut self, later: WriteBatch) {
+        for write in later.groups {
+            match self.groups.iter_mut().find(|w| w.group == write.group) {
+                Some(existing) => existing.merge(write),
+                None => self.groups.push(write),
+            }
+        }
+        self.meta.extend(later.meta);
     }
 }
 

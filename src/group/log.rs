@@ -1,0 +1,278 @@
+//! One group's view of its raft log: raft-rs's `Storage` over an in-memory tail plus disk.
+//!
+//! raft-rs requires that what a `Ready` appended is readable through `Storage` as soon as
+//! `advance_append_async` returns, but the disk write happens later on the storage thread.
+//! So the entries of the not-yet-trimmed tail live in `tail` (like TiKV's entry cache), and
+//! older ones are read from the [`LogStore`]. Entries leave the tail once they are both
+//! durable and applied.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+
+use crate::id::DataStructureId;
+use crate::storage::{LogStore, StoredGroup};
+
+/// Index and term of the synthetic snapshot every group starts from. Every replica of a
+/// group bootstraps from the same snapshot at this index (the TiKV convention), so a replica
+/// added later matches the leader's log at this point without a snapshot transfer.
+pub(crate) const BOOTSTRAP_INDEX: u64 = 5;
+
+/// The raft log and state of one group, as raft-rs reads it.
+pub(crate) struct GroupLog {
+    group: DataStructureId,
+    disk: Arc<dyn LogStore>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: SnapshotMetadata,
+    /// A snapshot prepared on request (the system group's directory), served to raft.
+    prepared_snapshot: Option<Snapshot>,
+    /// Set when raft asked for a snapshot that is not prepared yet.
+    snapshot_wanted: std::cell::Cell<bool>,
+    /// Entries `[last_index + 1 - tail.len(), last_index]`.
+    tail: VecDeque<Entry>,
+    last_index: u64,
+    /// Highest index known to be on disk.
+    persisted_index: u64,
+}
+
+impl GroupLog {
+    /// A log with nothing stored: an uninitialized replica waiting for a snapshot.
+    pub(crate) fn empty(group: DataStructureId, disk: Arc<dyn LogStore>) -> Self {
+        GroupLog {
+            group,
+            disk,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            snapshot: SnapshotMetadata::default(),
+            prepared_snapshot: None,
+            snapshot_wanted: std::cell::Cell::new(false),
+            tail: VecDeque::new(),
+            last_index: 0,
+            persisted_index: 0,
+        }
+    }
+
+    /// The log as found on disk at startup.
+    pub(crate) fn from_stored(stored: &StoredGroup, disk: Arc<dyn LogStore>) -> Self {
+        let mut log = GroupLog::empty(stored.group, disk);
+        log.hard_state = stored.hard_state.clone();
+        log.conf_state = stored.conf_state.clone();
+        log.snapshot = stored.snapshot.clone();
+        log.last_index = stored.last_index;
+        log.persisted_index = stored.last_index;
+        log
+    }
+
+    /// The synthetic first snapshot of a new group with `voters`.
+    pub(crate) fn bootstrap_snapshot(voters: &[u64]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_INDEX;
+        meta.mut_conf_state().voters = voters.to_vec();
+        snap
+    }
+
+    /// Index of the first entry available (right after the snapshot).
+    pub(crate) fn first_index(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    /// Index of the last entry.
+    pub(crate) fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The current configuration (as of the last applied conf change).
+    pub(crate) fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The hard state as raft last reported it.
+    pub(crate) fn initial_hard_state(&self) -> HardState {
+        self.hard_state.clone()
+    }
+
+    /// Metadata of the snapshot the log starts after.
+    pub(crate) fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot
+    }
+
+    /// Whether the replica has any state (an uninitialized one waits for a snapshot).
+    pub(crate) fn is_initialized(&self) -> bool {
+        self.snapshot.index > 0 || self.last_index > 0
+    }
+
+    fn tail_first(&self) -> u64 {
+        self.last_index + 1 - self.tail.len() as u64
+    }
+
+    /// Appends entries from a `Ready`, overwriting any conflicting suffix. Returns the index
+    /// from which the stored log must be truncated, if an existing suffix was overwritten.
+    pub(crate) fn append(&mut self, entries: &[Entry]) -> Option<u64> {
+        let first = entries.first()?.index;
+        let truncate_from = (first <= self.last_index).then_some(first);
+        if first < self.tail_first() {
+            // Overwriting entries that only live on disk: the tail restarts here.
+            self.tail.clear();
+        } else {
+            let keep = (first - self.tail_first()) as usize;
+            self.tail.truncate(keep);
+        }
+        self.tail.extend(entries.iter().cloned());
+        self.last_index = first + entries.len() as u64 - 1;
+        self.persisted_index = self.persisted_index.min(first - 1);
+        truncate_from
+    }
+
+    /// Records a new hard state from a `Ready`.
+    pub(crate) fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    /// Records a configuration change that was applied.
+    pub(crate) fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    /// Replaces the whole log by `snap` (bootstrap, or a snapshot received from the leader).
+    pub(crate) fn apply_snapshot(&mut self, snap: &Snapshot) {
+        let meta = snap.get_metadata();
+        self.snapshot = meta.clone();
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.tail.clear();
+        self.last_index = meta.index;
+        self.persisted_index = meta.index;
+    }
+
+    /// Everything up to `index` is durable now.
+    pub(crate) fn on_persisted(&mut self, index: u64) {
+        self.persisted_index = self.persisted_index.max(index.min(self.last_index));
+    }
+
+    /// Drops tail entries that are durable and applied up to `applied`, keeping `keep` recent
+    /// ones so lagging followers and subscribers are usually served from memory.
+    pub(crate) fn trim_tail(&mut self, applied: u64, keep: usize) {
+        let limit = applied.min(self.persisted_index);
+        while self.tail.len() > keep && self.tail_first() <= limit {
+            self.tail.pop_front();
+        }
+    }
+
+    /// True if raft asked for a snapshot since the last call.
+    pub(crate) fn take_snapshot_wanted(&mut self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Serves `snap` to raft when it next asks for a snapshot.
+    pub(crate) fn set_prepared_snapshot(&mut self, snap: Snapshot) {
+        self.prepared_snapshot = Some(snap);
+    }
+
+    /// Entries `[low, high)`, from memory where possible, else from disk.
+    pub(crate) fn read_entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: Option<u64>,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index + 1 || low > high {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let tail_first = self.tail_first();
+        let mut out = Vec::new();
+        if low < tail_first {
+            let disk_high = high.min(tail_first);
+            out = self
+                .disk
+                .entries(self.group, low, disk_high, max_bytes)
+                .map_err(other_error)?;
+            let complete = out.len() as u64 == disk_high - low;
+            if !complete || disk_high == high {
+                raft::util::limit_size(&mut out, max_bytes);
+                return if out.is_empty() {
+                    Err(raft::Error::Store(RaftStorageError::Unavailable))
+                } else {
+                    Ok(out)
+                };
+            }
+        }
+        let from = low.max(tail_first);
+        let skip = (from - tail_first) as usize;
+        let take = (high - from) as usize;
+        out.extend(self.tail.iter().skip(skip).take(take).cloned());
+        raft::util::limit_size(&mut out, max_bytes);
+        Ok(out)
+    }
+}
+
+fn other_error(e: crate::storage::StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for GroupLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.read_entries(low, high, max_size.into())
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if idx < self.first_index() {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let tail_first = self.tail_first();
+        if idx >= tail_first {
+            return Ok(self.tail[(idx - tail_first) as usize].term);
+        }
+        let entries = self.read_entries(idx, idx + 1, None)?;
+        Ok(entries[0].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(GroupLog::first_index(self))
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        match &self.prepared_snapshot {
+            Some(snap) if snap.get_metadata().index >= request_index.max(self.snapshot.index) => {
+                Ok(snap.clone())
+            }
+            _ => {
+                self.snapshot_wanted.set(true);
+                Err(raft::Error::Store(
+                    RaftStorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! One Raft group: a thin, I/O-free wrapper over `raft::RawNode` for one data structure.
+//!
+//! The wrapper follows raft-rs's async-ready rules: a `Ready`'s messages leave at once (the
+//! leader's appends go out before its own fsync), its writes join the round's storage batch,
+//! and its persisted messages and committed entries are held until that batch is durable
+//! ("persist before sending persisted messages, persist the commit index before applying").
+
+pub(crate) mod log;
+
+use std::collections::VecDeque;
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use rand::Rng;
+
+use crate::id::{DataStructureId, NodeId};
+use crate::storage::GroupWrite;
+pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
+
+/// Raft settings shared by every group of a node.
+#[derive(Clone)]
+pub(crate) struct RaftSettings {
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub logger: slog::Logger,
+}
+
+/// The output of one `Ready` that must wait for its storage batch to be durable.
+struct HeldReady {
+    number: u64,
+    /// The storage batch that makes this ready durable.
+    batch_seq: u64,
+    persisted_messages: Vec<Message>,
+    committed: Vec<Entry>,
+    snapshot: Option<Snapshot>,
+    /// Index of the last entry this ready appended.
+    last_appended: Option<u64>,
+}
+
+/// What a group hands back once a batch is durable: messages to send now and entries (or a
+/// snapshot) to apply, in log order.
+#[derive(Default)]
+pub(crate) struct Released {
+    pub messages: Vec<Message>,
+    pub snapshot: Option<Snapshot>,
+    pub committed: Vec<Entry>,
+}
+
+/// What one `Ready` produced this round.
+pub(crate) struct Collected {
+    /// Messages that may leave at once.
+    pub messages: Vec<Message>,
+    /// Writes for the round's batch (`None` when the ready wrote nothing).
+    pub write: Option<GroupWrite>,
+}
+
+/// One replica of one group.
+pub(crate) struct RaftGroup {
+    id: DataStructureId,
+    raw: RawNode<GroupLog>,
+    held: VecDeque<HeldReady>,
+    applied: u64,
+    /// (term, role) at the last timeout randomization.
+    last_term_role: (u64, StateRole),
+}
+
+impl RaftGroup {
+    /// Opens a replica over `log` (fresh, bootstrapped, or loaded from disk).
+    pub(crate) fn new(
+        id: DataStructureId,
+        node: NodeId,
+        log: GroupLog,
+        applied: u64,
+        settings: &RaftSettings,
+        rng: &mut impl Rng,
+    ) -> raft::Result<Self> {
+        let config = raft::Config {
+            id: node,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            batch_append: true,
+            max_committed_size_per_ready: 16 << 20,
+            ..Default::default()
+        };
+        let logger = settings
+            .logger
+            .new(slog::o!("group" => id.to_string(), "node" => node));
+        let raw = RawNode::new(&config, log, &logger)?;
+        let mut group = RaftGroup {
+            id,
+            raw,
+            held: VecDeque::new(),
+            applied,
+            last_term_role: (u64::MAX, StateRole::Follower),
+        };
+        group.randomize_timeout_if_changed(rng);
+        Ok(group)
+    }
+
+    /// The data structure this group replicates.
+    pub(crate) fn id(&self) -> DataStructureId {
+        self.id
+    }
+
+    /// The raft log of this replica.
+    pub(crate) fn log(&self) -> &GroupLog {
+        self.raw.store()
+    }
+
+    /// Mutable access to the raft log (snapshot preparation, tail trimming).
+    pub(crate) fn log_mut(&mut self) -> &mut GroupLog {
+        self.raw.mut_store()
+    }
+
+    /// The highest index handed out for applying.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The leader this replica knows of (0 if none).
+    pub(crate) fn leader(&self) -> NodeId {
+        self.raw.raft.leader_id
+    }
+
+    /// Whether this replica leads its group.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub(crate) fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Whether a conf change is proposed and not applied yet.
+    pub(crate) fn has_pending_conf(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// The index the leader knows `node` has replicated (leader only).
+    pub(crate) fn matched(&self, node: NodeId) -> Option<u64> {
+        self.raw.raft.prs().get(node).map(|p| p.matched)
+    }
+
+    /// The commit index.
+    pub(crate) fn committed(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Advances the logical clock by one tick.
+    pub(crate) fn tick(&mut self, rng: &mut impl Rng) {
+        self.raw.tick();
+        self.randomize_timeout_if_changed(rng);
+    }
+
+    /// Starts an election now (a freshly created group's first voter does this).
+    pub(crate) fn campaign(&mut self, rng: &mut impl Rng) -> raft::Result<()> {
+        let result = self.raw.campaign();
+        self.randomize_timeout_if_changed(rng);
+        result
+    }
+
+    /// Feeds a message from a peer.
+    pub(crate) fn step(&mut self, msg: Message, rng: &mut impl Rng) -> raft::Result<()> {
+        let result = self.raw.step(msg);
+        self.randomize_timeout_if_changed(rng);
+        result
+    }
+
+    /// Proposes an entry; followers forward it to the leader.
+    pub(crate) fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> raft::Result<()> {
+        self.raw.propose(context, data)
+    }
+
+    /// Proposes a configuration change.
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<()> {
+        self.raw.propose_conf_change(Vec::new(), cc)
+    }
+
+    /// Applies a committed conf change; returns the new configuration.
+    pub(crate) fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> raft::Result<ConfState> {
+        let cs = self.raw.apply_conf_change(cc)?;
+        self.raw.mut_store().set_conf_state(cs.clone());
+        Ok(cs)
+    }
+
+    /// Tells raft a peer could not be reached.
+    pub(crate) fn report_unreachable(&mut self, node: NodeId) {
+        self.raw.report_unreachable(node);
+    }
+
+    /// raft-rs resets the election timeout with its own thread RNG whenever the term or role
+    /// changes; overwrite it from the node's seeded RNG so runs are reproducible.
+    fn randomize_timeout_if_changed(&mut self, rng: &mut impl Rng) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if now == self.last_term_role {
+            return;
+        }
+        self.last_term_role = now;
+        // raft-rs's defaults: [election_tick, 2 * election_tick).
+        let min = self.raw.raft.election_timeout();
+        let max = 2 * min;
+        if min < max {
+            self.raw
+                .raft
+                .set_randomized_election_timeout(rng.gen_range(min..max));
+        }
+    }
+
+    /// Collects this round's `Ready`, if any. Its writes are made durable by the batch
+    /// `batch_seq`; its persisted messages and committed entries wait for that batch.
+    pub(crate) fn collect_ready(&mut self, batch_seq: u64) -> Option<Collected> {
+        if !self.raw.has_ready() {
+            return None;
+        }
+        let mut rd = self.raw.ready();
+        let mut write = GroupWrite::new(self.id);
+        let mut wrote = false;
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        if let Some(snap) = &snapshot {
+            self.raw.mut_store().apply_snapshot(snap);
+            write.snapshot = Some(snap.clone());
+            write.conf_state = Some(snap.get_metadata().get_conf_state().clone());
+            write.applied = Some(snap.get_metadata().index);
+            wrote = true;
+        }
+        let entries = rd.take_entries();
+        let last_appended = entries.last().map(|e| e.index);
+        if !entries.is_empty() {
+            write.truncate_from = self.raw.mut_store().append(&entries);
+            write.entries = entries;
+            wrote = true;
+        }
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs.clone());
+            write.hard_state = Some(hs.clone());
+            wrote = true;
+        }
+        let messages = rd.take_messages();
+        self.held.push_back(HeldReady {
+            number: rd.number(),
+            batch_seq,
+            persisted_messages: rd.take_persisted_messages(),
+            committed: rd.take_committed_entries(),
+            snapshot,
+            last_appended,
+        });
+        self.raw.advance_append_async(rd);
+        Some(Collected {
+            messages,
+            write: wrote.then_some(write),
+        })
+    }
+
+    /// Whether readies wait for a batch.
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Releases every held ready whose batch is durable (`batch_seq <= durable_seq`).
+    pub(crate) fn on_durable(&mut self, durable_seq: u64) -> Option<Released> {
+        let mut released = Released::default();
+        let mut last_number = None;
+        let mut persisted_to = None;
+        while self
+            .held
+            .front()
+            .is_some_and(|h| h.batch_seq <= durable_seq)
+        {
+            let Some(held) = self.held.pop_front() else {
+                break;
+            };
+            last_number = Some(held.number);
+            persisted_to = held.last_appended.or(persisted_to);
+            released.messages.extend(held.persisted_messages);
+            if let Some(snap) = held.snapshot {
+                self.applied = self.applied.max(snap.get_metadata().index);
+                released.committed.clear();
+                released.snapshot = Some(snap);
+            }
+            released.committed.extend(held.committed);
+        }
+        let number = last_number?;
+        self.raw.on_persist_ready(number);
+        if let Some(index) = persisted_to {
+            self.raw.mut_store().on_persisted(index);
+        }
+        Some(released)
+    }
+
+    /// Records that entries up to `index` were handed to the state machines.
+    pub(crate) fn advance_applied(&mut self, index: u64) {
+        if index > self.applied {
+            self.applied = index;
+        }
+        self.raw.advance_apply_to(self.applied);
+    }
+}

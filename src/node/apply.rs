@@ -1,0 +1,160 @@
+//! Applying committed entries: conf changes, directory ops, acknowledgements, delivery.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType, Snapshot};
+
+use super::directory::{Applied, Directory, DirectoryOp};
+use super::proposal::{self, parse_context};
+use super::NodeCore;
+use crate::id::DataStructureId;
+
+impl NodeCore {
+    /// Applies what a group released after its batch became durable.
+    pub(super) fn apply_released(
+        &mut self,
+        id: DataStructureId,
+        snapshot: Option<Snapshot>,
+        committed: Vec<Entry>,
+    ) {
+        if let Some(snap) = snapshot {
+            self.apply_snapshot(id, &snap);
+        }
+        let Some(last) = committed.last().map(|e| e.index) else {
+            return;
+        };
+        for entry in &committed {
+            self.apply_entry(id, entry);
+        }
+        if let Some(group) = self.groups.get_mut(&id) {
+            group.advance_applied(last);
+            group.log_mut().trim_tail(last, 1024);
+        }
+        self.write_for(id).applied = Some(last);
+        self.deliver(id);
+    }
+
+    fn apply_snapshot(&mut self, id: DataStructureId, snap: &Snapshot) {
+        let index = snap.get_metadata().index;
+        if let Some(group) = self.groups.get_mut(&id) {
+            group.advance_applied(index);
+        }
+        if id.is_system() {
+            match Directory::decode(&snap.data) {
+                Ok(directory) => {
+                    self.directory = directory;
+                    self.directory_applied = index;
+                    let created: Vec<_> = self.directory.iter().map(|(g, _)| g).collect();
+                    for group in created {
+                        self.on_group_created(group);
+                    }
+                }
+                Err(e) => {
+                    slog::error!(self.cfg.logger, "system snapshot undecodable"; "error" => %e);
+                }
+            }
+        }
+    }
+
+    fn apply_entry(&mut self, id: DataStructureId, entry: &Entry) {
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if id.is_system() => self.apply_directory_entry(entry),
+            EntryType::EntryNormal => self.acknowledge(id, entry),
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                self.apply_conf_change(id, entry)
+            }
+        }
+    }
+
+    /// Completes the local waiter of a proposal, if this node proposed it.
+    fn acknowledge(&mut self, id: DataStructureId, entry: &Entry) {
+        let Some((node, seq)) = parse_context(&entry.context) else {
+            return;
+        };
+        if node != self.me {
+            return;
+        }
+        if let Some(flight) = self.in_flight.remove(&seq) {
+            if flight.group == id {
+                proposal::complete(flight.ack, Ok(entry.index));
+            } else {
+                self.in_flight.insert(seq, flight);
+            }
+        }
+    }
+
+    /// Applies one system-group entry to the directory (idempotent by index).
+    pub(super) fn apply_directory_entry(&mut self, entry: &Entry) {
+        if entry.index <= self.directory_applied {
+            return;
+        }
+        self.directory_applied = entry.index;
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            return;
+        }
+        let Some(op) = DirectoryOp::decode(&entry.data) else {
+            slog::warn!(self.cfg.logger, "undecodable directory entry"; "index" => entry.index);
+            return;
+        };
+        if let Applied::Created(group) = self.directory.apply(op) {
+            self.on_group_created(group);
+        }
+    }
+
+    /// A group entered the directory: host its replica if placed here or wanted here.
+    fn on_group_created(&mut self, group: DataStructureId) {
+        let Some(record) = self.directory.get(group) else {
+            return;
+        };
+        if record.initial_voters.contains(&self.me) {
+            let voters = record.initial_voters.clone();
+            self.create_replica(group, &voters);
+        }
+        if self.wanted.contains(&group) {
+            self.pursue(group);
+        }
+    }
+
+    fn apply_conf_change(&mut self, id: DataStructureId, entry: &Entry) {
+        let cc = match decode_conf_change(entry) {
+            Ok(cc) => cc,
+            Err(e) => {
+                slog::error!(self.cfg.logger, "undecodable conf change"; "group" => %id, "error" => %e);
+                return;
+            }
+        };
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        match group.apply_conf_change(&cc) {
+            Ok(cs) => {
+                slog::info!(self.cfg.logger, "configuration changed"; "group" => %id,
+                    "voters" => ?cs.voters, "learners" => ?cs.learners);
+                self.write_for(id).conf_state = Some(cs);
+                self.active.insert(id);
+                if self.wanted.contains(&id) {
+                    self.pursue(id);
+                }
+            }
+            Err(e) => {
+                slog::warn!(self.cfg.logger, "conf change rejected"; "group" => %id, "error" => %e);
+            }
+        }
+    }
+}
+
+fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2, protobuf::ProtobufError> {
+    if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+        let mut cc = ConfChangeV2::default();
+        cc.merge_from_bytes(&entry.data)?;
+        Ok(cc)
+    } else {
+        let mut cc = ConfChange::default();
+        cc.merge_from_bytes(&entry.data)?;
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(cc.get_change_type());
+        single.node_id = cc.node_id;
+        let mut v2 = ConfChangeV2::default();
+        v2.mut_changes().push(single);
+        Ok(v2)
+    }
+}

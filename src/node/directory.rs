@@ -1,0 +1,195 @@
+//! The directory: which data structures exist and which nodes replicate them.
+//!
+//! It is the state machine of the system group, a Raft group every node joins (voters on
+//! the first few nodes, learners elsewhere). Creation of a data structure is decided once,
+//! by the first `Create` for its id that commits; later ones are no-ops, so nodes that
+//! subscribe to a new id at the same moment end up in one group. Replica-set changes are
+//! recorded as they happen (`SetReplicas`, newest conf index wins). Because every node
+//! replicates the system group, a joining node learns the whole directory, with no size cap.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+
+use crate::id::{DataStructureId, NodeId};
+
+/// A change to the directory, the payload of a system-group entry.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) enum DirectoryOp {
+    /// Create a group with these initial voters, unless it exists.
+    Create { group: u128, voters: Vec<NodeId> },
+    /// The group's configuration as of `conf_index` (ignored if not newer).
+    SetReplicas {
+        group: u128,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        conf_index: u64,
+    },
+}
+
+/// What the directory knows of one group.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct GroupRecord {
+    /// The voters the group was bootstrapped with (every replica starts from them).
+    pub initial_voters: Vec<NodeId>,
+    /// Voters as of `conf_index`.
+    pub voters: Vec<NodeId>,
+    /// Learners as of `conf_index`.
+    pub learners: Vec<NodeId>,
+    /// Index of the conf change the sets come from (0: the initial voters).
+    pub conf_index: u64,
+}
+
+impl GroupRecord {
+    /// Every node holding a replica.
+    pub(crate) fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// The outcome of applying an op.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// A group was created.
+    Created(DataStructureId),
+    /// A group's replica set changed.
+    Updated(DataStructureId),
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// The directory's state.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Encode, Decode)]
+pub(crate) struct Directory {
+    groups: BTreeMap<u128, GroupRecord>,
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+impl DirectoryOp {
+    /// Encodes the op as an entry payload.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes an entry payload; `None` for bytes that are not an op.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        bincode::decode_from_slice(bytes, bincode_config())
+            .ok()
+            .map(|(op, _)| op)
+    }
+}
+
+impl Directory {
+    /// The record of `group`, if it exists.
+    pub(crate) fn get(&self, group: DataStructureId) -> Option<&GroupRecord> {
+        self.groups.get(&group.as_u128())
+    }
+
+    /// Number of groups.
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Every group and its record.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (DataStructureId, &GroupRecord)> {
+        self.groups
+            .iter()
+            .map(|(id, r)| (DataStructureId::from_u128(*id), r))
+    }
+
+    /// Applies one committed op. Deterministic: every replica reaches the same state.
+    pub(crate) fn apply(&mut self, op: DirectoryOp) -> Applied {
+        match op {
+            DirectoryOp::Create { group, voters } => {
+                if group == 0 || voters.is_empty() || self.groups.contains_key(&group) {
+                    return Applied::Unchanged;
+                }
+                let record = GroupRecord {
+                    initial_voters: voters.clone(),
+                    voters,
+                    learners: Vec::new(),
+                    conf_index: 0,
+                };
+                self.groups.insert(group, record);
+                Applied::Created(DataStructureId::from_u128(group))
+            }
+            DirectoryOp::SetReplicas {
+                group,
+                voters,
+                learners,
+                conf_index,
+            } => match self.groups.get_mut(&group) {
+                Some(record) if conf_index > record.conf_index => {
+                    record.voters = voters;
+                    record.learners = learners;
+                    record.conf_index = conf_index;
+                    Applied::Updated(DataStructureId::from_u128(group))
+                }
+                _ => Applied::Unchanged,
+            },
+        }
+    }
+
+    /// The directory as snapshot bytes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, bincode_config()).unwrap_or_default()
+    }
+
+    /// A directory from snapshot bytes; empty bytes are the empty directory.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.is_empty() {
+            return Ok(Directory::default());
+        }
+        bincode::decode_from_slice(bytes, bincode_config())
+            .map(|(d, _)| d)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_create_wins() {
+        let mut d = Directory::default();
+        let g = DataStructureId::new();
+        let first = DirectoryOp::Create {
+            group: g.as_u128(),
+            voters: vec![1, 2, 3],
+        };
+        let second = DirectoryOp::Create {
+            group: g.as_u128(),
+            voters: vec![4, 5, 6],
+        };
+        assert_eq!(d.apply(first), Applied::Created(g));
+        assert_eq!(d.apply(second), Applied::Unchanged);
+        assert_eq!(d.get(g).map(|r| r.voters.clone()), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn newer_replica_sets_win_and_snapshots_round_trip() {
+        let mut d = Directory::default();
+        let g = DataStructureId::new();
+        d.apply(DirectoryOp::Create {
+            group: g.as_u128(),
+            voters: vec![1],
+        });
+        let set = |conf_index, voters: Vec<u64>| DirectoryOp::SetReplicas {
+            group: g.as_u128(),
+            voters,
+            learners: vec![9],
+            conf_index,
+        };
+        assert_eq!(d.apply(set(10, vec![1, 2])), Applied::Updated(g));
+        assert_eq!(d.apply(set(7, vec![5])), Applied::Unchanged);
+        let op = set(11, vec![1, 2, 3]);
+        assert_eq!(DirectoryOp::decode(&op.encode()), Some(op));
+        let back = Directory::decode(&d.encode()).unwrap();
+        assert_eq!(back, d);
+        assert!(DirectoryOp::decode(b"\xff\xff garbage").is_none());
+    }
+}

@@ -1,0 +1,81 @@
+//! Read-only views of the core for status pages and tests.
+
+use super::NodeCore;
+use crate::id::{DataStructureId, NodeId};
+
+/// A member of the cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member's node id.
+    pub node_id: NodeId,
+    /// Its raft (TCP) address.
+    pub addr: String,
+    /// Its datacenter label.
+    pub datacenter: String,
+    /// `alive` or `down`.
+    pub state: String,
+}
+
+/// One group's replica on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The data structure.
+    pub id: DataStructureId,
+    /// The leader this replica knows of, if any.
+    pub leader: Option<NodeId>,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// The highest log index applied here.
+    pub applied_index: u64,
+    /// The highest log index known committed.
+    pub commit_index: u64,
+}
+
+impl NodeCore {
+    /// Every member, this node included.
+    pub(crate) fn member_statuses(&self) -> Vec<MemberStatus> {
+        let mut out = vec![MemberStatus {
+            node_id: self.me,
+            addr: self.cfg.me.raft_addr.to_string(),
+            datacenter: self.cfg.me.datacenter.clone(),
+            state: "alive".to_string(),
+        }];
+        out.extend(self.members.values().map(|m| MemberStatus {
+            node_id: m.info.node_id,
+            addr: m.info.raft_addr.to_string(),
+            datacenter: m.info.datacenter.clone(),
+            state: if m.alive { "alive" } else { "down" }.to_string(),
+        }));
+        out
+    }
+
+    /// The status of this node's replica of `group`.
+    pub(crate) fn group_status(&self, group: DataStructureId) -> Option<GroupStatus> {
+        let raft = self.groups.get(&group)?;
+        let cs = raft.log().conf_state();
+        Some(GroupStatus {
+            id: group,
+            leader: Some(raft.leader()).filter(|l| *l != 0),
+            voters: cs.voters.clone(),
+            learners: cs.learners.clone(),
+            applied_index: raft.applied(),
+            commit_index: raft.committed(),
+        })
+    }
+
+    /// Ids of every group with a replica here (the system group excluded).
+    pub(crate) fn hosted_groups(&self) -> Vec<DataStructureId> {
+        self.groups
+            .keys()
+            .filter(|g| !g.is_system())
+            .copied()
+            .collect()
+    }
+
+    /// How many groups the directory knows.
+    pub(crate) fn directory_len(&self) -> usize {
+        self.directory.len()
+    }
+}

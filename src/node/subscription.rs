@@ -1,0 +1,104 @@
+//! Subscriptions: a local application's view of one data structure's commit stream.
+
+use crossbeam_channel::{Sender, TrySendError};
+use raft::eraftpb::EntryType;
+
+use crate::error::Error;
+use crate::group::GroupLog;
+use crate::id::DataStructureId;
+use crate::node::proposal::parse_context;
+
+/// Identifies a subscription within a node.
+pub(crate) type SubId = u64;
+
+/// Capacity of a subscription's commit channel. When it is full, delivery pauses and
+/// resumes from the log once the application catches up (nothing is dropped).
+pub(crate) const COMMIT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Capacity of a subscription's error channel; errors beyond it are dropped (and logged).
+pub(crate) const ERROR_CHANNEL_CAPACITY: usize = 1024;
+
+/// Entries read from the log per subscription per round while catching up.
+const CATCH_UP_CHUNK_BYTES: u64 = 4 << 20;
+
+/// One item of a data structure's commit stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// A committed proposal, delivered exactly once per subscription, in log order.
+    Entry {
+        /// Its index in the group's log (the same on every node).
+        index: u64,
+        /// The proposed bytes.
+        data: Vec<u8>,
+    },
+    /// Reload state from the snapshot taken at `index` (see `DataStructure::load_snapshot`);
+    /// the entries that follow continue from `index + 1`.
+    Snapshot {
+        /// The log index the snapshot covers.
+        index: u64,
+    },
+}
+
+/// The channels a subscription delivers into.
+pub(crate) struct SubscriberChannels {
+    pub commits: Sender<Commit>,
+    pub errors: Sender<Error>,
+}
+
+/// A local subscriber of one group.
+pub(crate) struct Subscription {
+    pub group: DataStructureId,
+    pub channels: SubscriberChannels,
+    /// Index of the next log entry to look at.
+    pub next_index: u64,
+}
+
+/// How far a delivery attempt got.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Everything applied so far was delivered.
+    CaughtUp,
+    /// The commit channel is full; resume later.
+    Paused,
+    /// The application dropped the receiver; the subscription is over.
+    Closed,
+}
+
+impl Subscription {
+    /// Delivers the log from `next_index` up to `applied`.
+    pub(crate) fn deliver(&mut self, log: &GroupLog, applied: u64) -> Delivery {
+        self.next_index = self.next_index.max(log.first_index());
+        while self.next_index <= applied {
+            let entries =
+                match log.read_entries(self.next_index, applied + 1, Some(CATCH_UP_CHUNK_BYTES)) {
+                    Ok(entries) if !entries.is_empty() => entries,
+                    _ => return Delivery::Paused,
+                };
+            for entry in entries {
+                if is_user_entry(&entry) {
+                    let commit = Commit::Entry {
+                        index: entry.index,
+                        data: entry.data.to_vec(),
+                    };
+                    match self.channels.commits.try_send(commit) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => return Delivery::Paused,
+                        Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
+                    }
+                }
+                self.next_index = entry.index + 1;
+            }
+        }
+        Delivery::CaughtUp
+    }
+
+    /// Reports `error` on the error channel; false if it could not be delivered.
+    pub(crate) fn report(&self, error: Error) -> bool {
+        self.channels.errors.try_send(error).is_ok()
+    }
+}
+
+/// Application entries carry a proposal context; leader no-ops and conf changes do not.
+fn is_user_entry(entry: &raft::eraftpb::Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal && parse_context(&entry.context).is_some()
+}

@@ -1,4 +1,346 @@
 //! The runtime: the only place with sockets, threads and clocks.
+//!
+//! One core thread owns the [`NodeCore`] and reads one input channel; after each drained
+//! burst of inputs it runs a round and performs the output. A storage thread writes the
+//! rounds' batches (merging whatever queued up into one write and one fsync) and reports
+//! them durable. A tokio runtime runs the TCP transport and UDP gossip. A proposal pump
+//! thread moves fire-and-forget proposals from subscriptions' channels into the core.
 
+pub(crate) mod frame;
 pub(crate) mod gossip;
+mod pump;
+mod storage_thread;
 pub(crate) mod transport;
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::group::RaftSettings;
+use crate::id::{DataStructureId, NodeId};
+use crate::node::proposal::Ack;
+use crate::node::subscription::{SubId, SubscriberChannels};
+use crate::node::{CoreConfig, MembershipEvent, NodeCore, NodeInfo, KNOWN_PEERS_KEY};
+use crate::proto;
+use crate::storage::{LogStore, SledStore, WriteBatch};
+
+use gossip::{Gossip, GossipConfig};
+pub(crate) use pump::PumpControl;
+use transport::{Transport, TransportConfig};
+
+/// Metadata key of the persistent node id.
+const NODE_ID_KEY: &str = "node_id";
+
+/// Inputs are drained in bursts of at most this many before a round runs, so a flood of
+/// inputs cannot starve ticks and output.
+const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// A query answered on the core thread (status pages, tests).
+pub(crate) type Query = Box<dyn FnOnce(&NodeCore) + Send>;
+
+/// Everything the core thread reacts to.
+pub(crate) enum Input {
+    Batch(NodeId, proto::Batch),
+    Membership(MembershipEvent),
+    Unreachable(NodeId),
+    Persisted(u64),
+    StorageFailed(u64, Error),
+    Subscribe {
+        sub: SubId,
+        group: DataStructureId,
+        channels: SubscriberChannels,
+    },
+    Unsubscribe(SubId),
+    Propose {
+        group: DataStructureId,
+        data: Vec<u8>,
+        sub: Option<SubId>,
+        ack: Option<Ack>,
+        timeout: Option<Duration>,
+    },
+    Query(Query),
+    Shutdown,
+}
+
+/// A running node's threads and tasks.
+pub(crate) struct NodeRuntime {
+    pub node_id: NodeId,
+    pub raft_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
+    pub input: Sender<Input>,
+    pub pump: Sender<PumpControl>,
+    tokio: Option<tokio::runtime::Runtime>,
+    gossip: Gossip,
+    transport: Arc<Transport>,
+    core_thread: Option<JoinHandle<()>>,
+    pump_thread: Option<JoinHandle<()>>,
+}
+
+impl NodeRuntime {
+    /// Opens storage, binds sockets and starts every thread and task.
+    pub(crate) fn start(config: Config) -> Result<NodeRuntime> {
+        config.validate()?;
+        let logger = config.logger.clone();
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Arc::new(SledStore::open(&config.data_dir, logger.clone())?);
+        let node_id = load_or_create_node_id(store.as_ref())?;
+        let listener = TcpListener::bind((config.hostname.as_str(), config.port))?;
+        let udp = UdpSocket::bind((config.hostname.as_str(), config.gossip_port))?;
+        let raft_addr = listener.local_addr()?;
+        let gossip_addr = udp.local_addr()?;
+        let me = NodeInfo {
+            node_id,
+            raft_addr,
+            gossip_addr,
+            datacenter: config.datacenter.clone(),
+        };
+        let logger = logger.new(slog::o!("node" => node_id));
+        let seed = config.rng_seed.unwrap_or_else(rand::random);
+        let core = NodeCore::open(core_config(&config, me.clone(), seed, logger.clone()), store.clone())?;
+        let seeds = gossip_seeds(&config, store.as_ref())?;
+
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("copycat-io-{node_id}"))
+            .enable_all()
+            .build()?;
+        let (input_tx, input_rx) = crossbeam_channel::unbounded();
+        let transport = Arc::new(start_transport(
+            &tokio, listener, &config, node_id, &input_tx, &logger,
+        )?);
+        let gossip_config = GossipConfig {
+            cluster: config.cluster_name.clone(),
+            me,
+            seeds,
+            rng_seed: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            logger: logger.clone(),
+        };
+        let membership_tx = input_tx.clone();
+        let on_membership = Arc::new(move |event: MembershipEvent| {
+            let _ = membership_tx.send(Input::Membership(event));
+        });
+        let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
+
+        let (storage_tx, storage_thread) =
+            storage_thread::spawn(store, input_tx.clone(), logger.clone())?;
+        let tick = config.tick_interval;
+        let core_thread = std::thread::Builder::new()
+            .name(format!("copycat-core-{node_id}"))
+            .spawn({
+                let transport_handle = transport.clone();
+                move || {
+                    run_core(core, input_rx, storage_tx, transport_handle, tick);
+                    // The storage sender is gone: wait for the queued writes to finish.
+                    let _ = storage_thread.join();
+                }
+            })?;
+        let (pump_tx, pump_thread) = pump::spawn(input_tx.clone())?;
+        Ok(NodeRuntime {
+            node_id,
+            raft_addr,
+            gossip_addr,
+            input: input_tx,
+            pump: pump_tx,
+            tokio: Some(tokio),
+            gossip,
+            transport,
+            core_thread: Some(core_thread),
+            pump_thread: Some(pump_thread),
+        })
+    }
+
+    /// Graceful stop: leave gossip, stop the core (which fails every waiter and writes its
+    /// last batch), wait for storage to flush, close connections.
+    pub(crate) fn shutdown(&mut self) {
+        let Some(core_thread) = self.core_thread.take() else {
+            return;
+        };
+        self.gossip.leave();
+        let _ = self.input.send(Input::Shutdown);
+        let _ = core_thread.join();
+        let _ = self.pump.send(PumpControl::Stop);
+        if let Some(pump) = self.pump_thread.take() {
+            let _ = pump.join();
+        }
+        self.transport.shutdown();
+        if let Some(tokio) = self.tokio.take() {
+            // Dropping a runtime inside async code panics; shutting it down from a plain
+            // thread works from anywhere.
+            let _ = std::thread::spawn(move || tokio.shutdown_timeout(Duration::from_secs(2)))
+                .join();
+        }
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -> CoreConfig {
+    CoreConfig {
+        me,
+        replication_factor: config.replication_factor,
+        raft: RaftSettings {
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            logger: logger.clone(),
+        },
+        max_proposal_bytes: config.max_proposal_bytes,
+        proposal_timeout_ms: config.proposal_timeout.as_millis() as u64,
+        rng_seed: seed,
+        logger,
+        founder: config.peers.is_empty(),
+    }
+}
+
+fn load_or_create_node_id(store: &dyn LogStore) -> Result<NodeId> {
+    if let Some(bytes) = store.get_meta(NODE_ID_KEY)? {
+        let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+            Error::Config("the stored node id is corrupted (not 8 bytes)".to_string())
+        })?;
+        return Ok(u64::from_be_bytes(arr));
+    }
+    let id = loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    let batch = WriteBatch {
+        groups: Vec::new(),
+        meta: vec![(NODE_ID_KEY.to_string(), Some(id.to_be_bytes().to_vec()))],
+    };
+    store.write(&batch)?;
+    Ok(id)
+}
+
+/// Configured peers plus the peers this node knew before a restart.
+fn gossip_seeds(config: &Config, store: &dyn LogStore) -> Result<Vec<SocketAddr>> {
+    let mut seeds = Vec::new();
+    for peer in &config.peers {
+        let addrs = peer
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("peer {peer:?}: {e}")))?;
+        seeds.extend(addrs);
+    }
+    if let Some(known) = store.get_meta(KNOWN_PEERS_KEY)? {
+        let known = String::from_utf8_lossy(&known).into_owned();
+        seeds.extend(known.split(',').filter_map(|a| a.parse::<SocketAddr>().ok()));
+    }
+    seeds.sort();
+    seeds.dedup();
+    Ok(seeds)
+}
+
+fn start_transport(
+    tokio: &tokio::runtime::Runtime,
+    listener: TcpListener,
+    config: &Config,
+    node_id: NodeId,
+    input: &Sender<Input>,
+    logger: &slog::Logger,
+) -> Result<Transport> {
+    let batch_tx = input.clone();
+    let unreachable_tx = input.clone();
+    let transport = Transport::start(
+        tokio.handle(),
+        listener,
+        TransportConfig {
+            cluster: config.cluster_name.clone(),
+            node_id,
+            max_frame_bytes: config.max_frame_bytes,
+            logger: logger.clone(),
+        },
+        Arc::new(move |from, batch| {
+            let _ = batch_tx.send(Input::Batch(from, batch));
+        }),
+        Arc::new(move |node| {
+            let _ = unreachable_tx.send(Input::Unreachable(node));
+        }),
+    )?;
+    Ok(transport)
+}
+
+/// The core thread: inputs in, rounds out, ticks on time.
+fn run_core(
+    mut core: NodeCore,
+    input: Receiver<Input>,
+    storage: Sender<(u64, WriteBatch)>,
+    transport: Arc<Transport>,
+    tick: Duration,
+) {
+    let start = Instant::now();
+    let now_ms = || start.elapsed().as_millis() as u64;
+    let mut next_tick = Instant::now() + tick;
+    let mut stopping = false;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match input.recv_timeout(wait) {
+            Ok(first) => {
+                stopping |= handle_input(&mut core, now_ms(), first);
+                for next in input.try_iter().take(MAX_INPUTS_PER_ROUND) {
+                    stopping |= handle_input(&mut core, now_ms(), next);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => stopping = true,
+        }
+        if Instant::now() >= next_tick {
+            core.handle_tick(now_ms());
+            next_tick += tick;
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + tick;
+            }
+        }
+        let output = core.poll_output();
+        for (node, addr, batch) in output.sends {
+            transport.send(node, addr, batch);
+        }
+        if let Some(write) = output.write {
+            let _ = storage.send(write);
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// Applies one input; true when it asks the core to stop.
+fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
+    match input {
+        Input::Batch(from, batch) => core.handle_batch(now_ms, from, batch),
+        Input::Membership(event) => core.handle_membership(now_ms, event),
+        Input::Unreachable(node) => core.handle_unreachable(node),
+        Input::Persisted(seq) => core.handle_persisted(seq),
+        Input::StorageFailed(seq, error) => core.handle_storage_failed(seq, error),
+        Input::Subscribe {
+            sub,
+            group,
+            channels,
+        } => core.subscribe(now_ms, sub, group, channels),
+        Input::Unsubscribe(sub) => core.unsubscribe(sub),
+        Input::Propose {
+            group,
+            data,
+            sub,
+            ack,
+            timeout,
+        } => {
+            let timeout_ms = timeout.map(|t| t.as_millis() as u64);
+            core.propose(now_ms, group, data, sub, ack, timeout_ms)
+        }
+        Input::Query(query) => query(core),
+        Input::Shutdown => {
+            core.shutdown();
+            return true;
+        }
+    }
+    false
+}

@@ -7,6 +7,7 @@
 //! Storage-error policy: a failed write is reported to every subscriber of the affected
 //! groups and the node stops acknowledging writes (it never acknowledges what is not durable).
 
+mod keys;
 mod sled_store;
 
 pub use sled_store::SledStore;

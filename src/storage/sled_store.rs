@@ -1,5 +1,986 @@
 //! The sled implementation of [`LogStore`].
+//!
+//! One sled database per node holds every group's log and state in its default tree; see
+//! `keys.rs` for the key layout. Every [`WriteBatch`] becomes one sled [`sled::Batch`] (applied
+//! atomically), followed by a flush and an explicit fdatasync of sled's files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slog::{debug, info, warn, Logger};
+
+use super::keys::{
+    decode_entry, decode_msg, decode_u64, encode_entry, encode_msg, entry_key, entry_size,
+    entry_term, group_key, meta_key, parse_entry_key, parse_group_key, TAG_APPLIED, TAG_CONF_STATE,
+    TAG_HARD_STATE, TAG_SNAP_DATA, TAG_SNAP_META,
+};
 use super::*;
 
-/// sled-backed store.
-pub struct SledStore;
+/// How long `open` keeps retrying while sled reports the data dir's file lock as taken. A
+/// just-dropped sled database in this process can hold its lock for a few milliseconds (its
+/// background threads release it); a live holder holds it far longer, so it still gets `Locked`.
+const LOCK_RETRY_BUDGET: Duration = Duration::from_millis(500);
+
+/// Canonical paths of the data dirs opened by a [`SledStore`] in this process. File locks are
+/// per process, so sled alone would not stop a second open in the same process.
+static OPEN_DIRS: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A data dir registered in [`OPEN_DIRS`]; unregistered on drop.
+struct DirRegistration {
+    canonical: PathBuf,
+}
+
+impl DirRegistration {
+    fn acquire(canonical: &Path, path: &Path) -> Result<DirRegistration> {
+        if !lock_ignoring_poison(&OPEN_DIRS).insert(canonical.to_path_buf()) {
+            return Err(StorageError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(DirRegistration {
+            canonical: canonical.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for DirRegistration {
+    fn drop(&mut self) {
+        lock_ignoring_poison(&OPEN_DIRS).remove(&self.canonical);
+    }
+}
+
+/// The files fdatasync'ed after each write, and the writers' lock.
+///
+/// Why: sled 0.34's `flush` makes its log durable with `sync_file_range(2)` on Linux, which
+/// writes the dirty pages out but neither flushes the device's volatile write cache nor the
+/// file's metadata (its size, after the file grew), and it writes large values ("blobs", one
+/// file each under `blobs/`) and its `conf` file without any sync. So after `flush` we call
+/// `fdatasync` ourselves on:
+/// - `db`, sled's single log/data file (handle kept open for the store's lifetime; fdatasync
+///   acts on the inode, so a second handle works; it takes no lock);
+/// - every file in `blobs/` not synced before (blob files are written once, then only deleted),
+///   and then the `blobs/` directory itself so the new names are durable.
+///
+/// On open we also sync `conf`, `db`, `blobs/` and the data dir once, so a fresh data dir's
+/// files exist after a crash. sled's own snapshot files (`snap.*`) are synced by sled.
+struct SyncFiles {
+    db_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<OsString>,
+}
+
+impl SyncFiles {
+    fn open(dir: &Path) -> Result<SyncFiles> {
+        let db_file = File::open(dir.join("db"))?;
+        let conf = dir.join("conf");
+        if conf.exists() {
+            File::open(&conf)?.sync_all()?;
+        }
+        db_file.sync_all()?;
+        let mut files = SyncFiles {
+            db_file,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        };
+        files.sync_blobs()?;
+        sync_dir(&files.blobs_dir)?;
+        sync_dir(dir)?;
+        Ok(files)
+    }
+
+    /// fdatasync of everything sled may have written since the last call.
+    fn sync(&mut self) -> Result<()> {
+        self.db_file.sync_data()?;
+        if self.sync_blobs()? {
+            sync_dir(&self.blobs_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the blob files not synced yet; true if there were any.
+    fn sync_blobs(&mut self) -> Result<bool> {
+        let read_dir = match fs::read_dir(&self.blobs_dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut present = HashSet::new();
+        let mut synced_new = false;
+        for dirent in read_dir {
+            let dirent = dirent?;
+            let name = dirent.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(dirent.path()) {
+                    Ok(f) => f.sync_data()?,
+                    // sled garbage-collected it meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                synced_new = true;
+            }
+            present.insert(name);
+        }
+        // Forget blobs sled deleted.
+        self.synced_blobs = present;
+        Ok(synced_new)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn sled_err(e: sled::Error) -> StorageError {
+    match e {
+        sled::Error::Io(io) => StorageError::Io(io),
+        sled::Error::Corruption { at, .. } => StorageError::Corrupted {
+            what: "sled database".to_string(),
+            detail: format!("corruption at {at:?}"),
+        },
+        other => StorageError::Sled(other.to_string()),
+    }
+}
+
+/// True when sled failed to open because the data dir's file lock is taken.
+fn is_lock_contention(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == io::ErrorKind::WouldBlock || {
+                let msg = io.to_string();
+                msg.contains("could not acquire lock") || msg.contains("WouldBlock")
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Opens sled, retrying for [`LOCK_RETRY_BUDGET`] while its file lock is taken.
+fn open_sled(dir: &Path, path: &Path, logger: &Logger) -> Result<sled::Db> {
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // Every write flushes explicitly, so sled's periodic background flush is not needed.
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_contention(&e) => {
+                if start.elapsed() >= LOCK_RETRY_BUDGET {
+                    warn!(logger, "data dir is locked"; "path" => %path.display(), "error" => %e);
+                    return Err(StorageError::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                debug!(logger, "data dir lock taken, retrying"; "path" => %path.display());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(sled_err(e)),
+        }
+    }
+}
+
+/// The node's [`LogStore`]: one sled database in the node's data dir, holding every group.
+///
+/// Reads go straight to sled; writes are serialized and each is made durable (sled flush plus
+/// fdatasync) before [`LogStore::write`] returns.
+pub struct SledStore {
+    // Field order is drop order: sled first, the registration last.
+    db: sled::Db,
+    /// Held for a whole write (build, apply, flush, sync): one writer at a time.
+    sync: Mutex<SyncFiles>,
+    logger: Logger,
+    _registration: DirRegistration,
+}
+
+impl SledStore {
+    /// Opens (creating it if missing) the store in the data dir `path`.
+    ///
+    /// Returns [`StorageError::Locked`] if another process, or another `SledStore` in this
+    /// process, has the data dir open.
+    pub fn open(path: &Path, logger: Logger) -> Result<SledStore> {
+        fs::create_dir_all(path)?;
+        let canonical = fs::canonicalize(path)?;
+        let registration = DirRegistration::acquire(&canonical, path)?;
+        let db = open_sled(&canonical, path, &logger)?;
+        let sync = SyncFiles::open(&canonical)?;
+        info!(logger, "storage opened"; "path" => %canonical.display());
+        Ok(SledStore {
+            db,
+            sync: Mutex::new(sync),
+            logger,
+            _registration: registration,
+        })
+    }
+
+    /// The term of entry `index` of `group`, read from the stored term prefix without decoding
+    /// the entry; `None` if no such entry is stored (the snapshot is not consulted).
+    pub fn term(&self, group: DataStructureId, index: u64) -> Result<Option<u64>> {
+        match self.db.get(entry_key(group, index)).map_err(sled_err)? {
+            Some(v) => entry_term(group, index, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The space sled uses on disk, in bytes.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(sled_err)
+    }
+
+    /// How many log entries of `group` are stored (a full scan of its entry keys).
+    pub fn count_entries(&self, group: DataStructureId) -> Result<u64> {
+        let mut n = 0;
+        for key in self.db.range(entry_range(group, 0)).keys() {
+            key.map_err(sled_err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn get_msg<M: protobuf::Message + Default>(
+        &self,
+        tag: u8,
+        group: DataStructureId,
+        what: &str,
+    ) -> Result<Option<M>> {
+        match self.db.get(group_key(tag, group)).map_err(sled_err)? {
+            Some(v) => decode_msg(&v, || format!("{what} of group {group}")).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies, flushes and syncs `batch`; the caller holds the writers' lock (`sync`).
+    fn write_locked(&self, sync: &mut SyncFiles, batch: &WriteBatch) -> Result<()> {
+        let mut overlay = Overlay {
+            db: &self.db,
+            ops: BTreeMap::new(),
+        };
+        for gw in &batch.groups {
+            overlay.apply_group(gw)?;
+        }
+        for (key, value) in &batch.meta {
+            match value {
+                Some(v) => overlay.put(&meta_key(key), v.clone()),
+                None => overlay.delete(&meta_key(key)),
+            }
+        }
+        self.db
+            .apply_batch(overlay.into_batch())
+            .map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
+        sync.sync()
+    }
+
+    /// Calls `f` with the group and value of every key with per-group tag `tag`.
+    fn scan_group_keys(
+        &self,
+        tag: u8,
+        mut f: impl FnMut(DataStructureId, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.db.scan_prefix([tag]) {
+            let (k, v) = kv.map_err(sled_err)?;
+            f(parse_group_key(tag, &k)?, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Every group with at least one entry, with its last entry index: one forward seek to
+    /// find each group, one reverse seek for its last entry.
+    fn groups_with_entries(&self) -> Result<Vec<(DataStructureId, u64)>> {
+        let mut out = Vec::new();
+        let mut from = entry_key(DataStructureId::from_u128(0), 0);
+        let end = entry_key(DataStructureId::from_u128(u128::MAX), u64::MAX);
+        loop {
+            let Some(kv) = self.db.range(from..=end).keys().next() else {
+                break;
+            };
+            let (group, _) = parse_entry_key(&kv.map_err(sled_err)?)?;
+            let last = match self.db.range(entry_range(group, 0)).keys().next_back() {
+                Some(k) => parse_entry_key(&k.map_err(sled_err)?)?.1,
+                None => break, // Deleted concurrently; cannot happen with one writer.
+            };
+            out.push((group, last));
+            match group.as_u128().checked_add(1) {
+                Some(next) => from = entry_key(DataStructureId::from_u128(next), 0),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Entry keys of `group` with index `>= from`.
+fn entry_range(group: DataStructureId, from: u64) -> std::ops::RangeInclusive<[u8; 25]> {
+    entry_key(group, from)..=entry_key(group, u64::MAX)
+}
+
+/// The writes of one batch, as the final value of each touched key (`None`: delete). Later
+/// writes to a key replace earlier ones, and range deletes see both the database and the
+/// earlier writes of this batch, so the writes apply in order even though a sled batch is a
+/// plain key map.
+struct Overlay<'a> {
+    db: &'a sled::Db,
+    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Overlay<'_> {
+    fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.ops.insert(key.to_vec(), Some(value));
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.ops.insert(key.to_vec(), None);
+    }
+
+    /// Deletes the entries of `group` with index `>= from`.
+    fn delete_entries_from(&mut self, group: DataStructureId, from: u64) -> Result<()> {
+        let range = entry_range(group, from);
+        for key in self.db.range(range.clone()).keys() {
+            self.ops.insert(key.map_err(sled_err)?.to_vec(), None);
+        }
+        let bounds = (
+            Bound::Included(&range.start()[..]),
+            Bound::Included(&range.end()[..]),
+        );
+        for (_, v) in self.ops.range_mut::<[u8], _>(bounds) {
+            *v = None;
+        }
+        Ok(())
+    }
+
+    fn apply_group(&mut self, gw: &GroupWrite) -> Result<()> {
+        let g = gw.group;
+        if gw.remove {
+            self.delete_entries_from(g, 0)?;
+            for tag in [
+                TAG_HARD_STATE,
+                TAG_CONF_STATE,
+                TAG_SNAP_META,
+                TAG_SNAP_DATA,
+                TAG_APPLIED,
+            ] {
+                self.delete(&group_key(tag, g));
+            }
+        }
+        if let Some(snap) = &gw.snapshot {
+            let meta = encode_msg(snap.get_metadata(), "snapshot metadata")?;
+            self.put(&group_key(TAG_SNAP_META, g), meta);
+            self.put(&group_key(TAG_SNAP_DATA, g), snap.get_data().to_vec());
+            self.delete_entries_from(g, 0)?;
+        }
+        if let Some(from) = gw.truncate_from {
+            self.delete_entries_from(g, from)?;
+        }
+        for e in &gw.entries {
+            self.put(&entry_key(g, e.index), encode_entry(e)?);
+        }
+        if let Some(hs) = &gw.hard_state {
+            self.put(&group_key(TAG_HARD_STATE, g), encode_msg(hs, "hard state")?);
+        }
+        if let Some(cs) = &gw.conf_state {
+            self.put(&group_key(TAG_CONF_STATE, g), encode_msg(cs, "conf state")?);
+        }
+        if let Some(applied) = gw.applied {
+            self.put(&group_key(TAG_APPLIED, g), applied.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.ops {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch
+    }
+}
+
+impl LogStore for SledStore {
+    fn load_groups(&self) -> Result<Vec<StoredGroup>> {
+        let mut groups: BTreeMap<DataStructureId, StoredGroup> = BTreeMap::new();
+        fn slot(
+            groups: &mut BTreeMap<DataStructureId, StoredGroup>,
+            g: DataStructureId,
+        ) -> &mut StoredGroup {
+            groups.entry(g).or_insert_with(|| StoredGroup {
+                group: g,
+                ..Default::default()
+            })
+        }
+        self.scan_group_keys(TAG_HARD_STATE, |g, v| {
+            slot(&mut groups, g).hard_state = decode_msg(v, || format!("hard state of group {g}"))?;
+            Ok(())
+        })?;
+        self.scan_group_keys(TAG_CONF_STATE, |g, v| {
+            slot(&mut groups, g).conf_state = decode_msg(v, || format!("conf state of group {g}"))?;
+            Ok(())
+        })?;
+        self.scan_group_keys(TAG_SNAP_META, |g, v| {
+            slot(&mut groups, g).snapshot =
+                decode_msg(v, || format!("snapshot metadata of group {g}"))?;
+            Ok(())
+        })?;
+        self.scan_group_keys(TAG_APPLIED, |g, v| {
+            slot(&mut groups, g).applied = decode_u64(v, &format!("applied index of group {g}"))?;
+            Ok(())
+        })?;
+        let with_entries: BTreeMap<DataStructureId, u64> =
+            self.groups_with_entries()?.into_iter().collect();
+        for g in with_entries.keys() {
+            slot(&mut groups, *g);
+        }
+        Ok(groups
+            .into_values()
+            .map(|mut sg| {
+                sg.last_index = match with_entries.get(&sg.group) {
+                    Some(last) => *last,
+                    None => sg.snapshot.index,
+                };
+                sg
+            })
+            .collect())
+    }
+
+    /// Entries `[low, high)` of `group`, in index order, limited like raft-rs's `limit_size`:
+    /// the first entry always, then each further one while the total encoded size stays
+    /// `<= max_bytes`.
+    ///
+    /// Returns only the entries contiguous from `low`: if `low` itself is missing the result is
+    /// empty, and a gap ends it. The caller (raft's `Storage` adapter) checks the bounds.
+    fn entries(
+        &self,
+        group: DataStructureId,
+        low: u64,
+        high: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        if low >= high {
+            return Ok(out);
+        }
+        let max = max_bytes.unwrap_or(u64::MAX);
+        let mut size = 0u64;
+        let range = self.db.range(entry_key(group, low)..entry_key(group, high));
+        for (expected, kv) in (low..).zip(range) {
+            let (k, v) = kv.map_err(sled_err)?;
+            let (_, index) = parse_entry_key(&k)?;
+            if index != expected {
+                break;
+            }
+            size = size.saturating_add(entry_size(&v));
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(decode_entry(group, index, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn snapshot(&self, group: DataStructureId) -> Result<Option<Snapshot>> {
+        let Some(meta) =
+            self.get_msg::<SnapshotMetadata>(TAG_SNAP_META, group, "snapshot metadata")?
+        else {
+            return Ok(None);
+        };
+        let data = self
+            .db
+            .get(group_key(TAG_SNAP_DATA, group))
+            .map_err(sled_err)?
+            .ok_or_else(|| StorageError::Corrupted {
+                what: format!("snapshot data of group {group}"),
+                detail: "metadata stored without data".to_string(),
+            })?;
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.set_data(Bytes::copy_from_slice(&data));
+        Ok(Some(snap))
+    }
+
+    fn write(&self, batch: &WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut sync = lock_ignoring_poison(&self.sync);
+        let result = self.write_locked(&mut sync, batch);
+        if let Err(e) = &result {
+            warn!(self.logger, "storage write failed"; "error" => %e, "groups" => batch.groups.len());
+        }
+        result
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get(meta_key(key))
+            .map_err(sled_err)?
+            .map(|v| v.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{ConfState, HardState};
+
+    fn logger() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn gid(n: u128) -> DataStructureId {
+        DataStructureId::from_u128(n)
+    }
+
+    fn entry(index: u64, term: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term,
+            data: Bytes::from(vec![index as u8; len]),
+            ..Default::default()
+        }
+    }
+
+    fn entries(range: std::ops::Range<u64>, term: u64) -> Vec<Entry> {
+        range.map(|i| entry(i, term, 10)).collect()
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    fn conf_state(voters: &[u64]) -> ConfState {
+        ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(index: u64, term: u64, voters: &[u64], data: Vec<u8>) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata().set_conf_state(conf_state(voters));
+        s.set_data(Bytes::from(data));
+        s
+    }
+
+    fn write_one(store: &SledStore, gw: GroupWrite) {
+        store
+            .write(&WriteBatch {
+                groups: vec![gw],
+                meta: vec![],
+            })
+            .unwrap();
+    }
+
+    fn indexes(es: &[Entry]) -> Vec<u64> {
+        es.iter().map(|e| e.index).collect()
+    }
+
+    fn group_of(store: &SledStore, g: DataStructureId) -> Option<StoredGroup> {
+        store
+            .load_groups()
+            .unwrap()
+            .into_iter()
+            .find(|sg| sg.group == g)
+    }
+
+    #[test]
+    fn write_reopen_load_groups_and_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g0, g1, gmax) = (gid(0), gid(1), gid(u128::MAX));
+        {
+            let store = SledStore::open(dir.path(), logger()).unwrap();
+            assert!(store.load_groups().unwrap().is_empty());
+            let mut batch = WriteBatch::default();
+            let mut w0 = GroupWrite::new(g0);
+            w0.entries = entries(1..6, 1);
+            w0.hard_state = Some(hard_state(1, 1, 3));
+            w0.conf_state = Some(conf_state(&[1, 2, 3]));
+            w0.applied = Some(2);
+            batch.groups.push(w0);
+            let mut w1 = GroupWrite::new(g1);
+            w1.hard_state = Some(hard_state(4, 2, 0));
+            batch.groups.push(w1);
+            let mut wmax = GroupWrite::new(gmax);
+            wmax.entries = entries(1..3, 2);
+            batch.groups.push(wmax);
+            batch.meta.push(("node_id".into(), Some(vec![7])));
+            batch.meta.push(("gone".into(), Some(vec![1])));
+            store.write(&batch).unwrap();
+            let mut w0 = GroupWrite::new(g0);
+            w0.entries = entries(6..8, 2);
+            let batch = WriteBatch {
+                groups: vec![w0],
+                meta: vec![("gone".into(), None)],
+            };
+            store.write(&batch).unwrap();
+        }
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let groups = store.load_groups().unwrap();
+        assert_eq!(
+            groups.iter().map(|g| g.group).collect::<Vec<_>>(),
+            vec![g0, g1, gmax]
+        );
+        let s0 = &groups[0];
+        assert_eq!(s0.hard_state, hard_state(1, 1, 3));
+        assert_eq!(s0.conf_state, conf_state(&[1, 2, 3]));
+        assert_eq!(s0.snapshot, SnapshotMetadata::default());
+        assert_eq!((s0.last_index, s0.applied), (7, 2));
+        let s1 = &groups[1];
+        assert_eq!(s1.hard_state, hard_state(4, 2, 0));
+        assert_eq!((s1.last_index, s1.applied), (0, 0));
+        assert_eq!(groups[2].last_index, 2);
+
+        let es = store.entries(g0, 1, 8, None).unwrap();
+        let mut expected = entries(1..6, 1);
+        expected.extend(entries(6..8, 2));
+        assert_eq!(es, expected);
+        assert_eq!(indexes(&store.entries(g0, 3, 5, None).unwrap()), vec![3, 4]);
+        assert!(store.entries(g0, 5, 5, None).unwrap().is_empty());
+        assert!(store.entries(g1, 1, 5, None).unwrap().is_empty());
+        assert_eq!(store.entries(gmax, 1, 10, None).unwrap(), entries(1..3, 2));
+        assert_eq!(store.term(g0, 5).unwrap(), Some(1));
+        assert_eq!(store.term(g0, 6).unwrap(), Some(2));
+        assert_eq!(store.term(g0, 8).unwrap(), None);
+        assert_eq!(store.count_entries(g0).unwrap(), 7);
+        assert_eq!(store.count_entries(gmax).unwrap(), 2);
+        assert_eq!(store.get_meta("node_id").unwrap(), Some(vec![7]));
+        assert_eq!(store.get_meta("gone").unwrap(), None);
+        assert!(store.size_on_disk().unwrap() > 0);
+        assert!(store.snapshot(g0).unwrap().is_none());
+    }
+
+    #[test]
+    fn truncate_from_deletes_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let g = gid(42);
+        let mut w = GroupWrite::new(g);
+        w.entries = entries(1..11, 1);
+        write_one(&store, w);
+        // A leader overwrote the tail from 6: truncate and append in one write.
+        let mut w = GroupWrite::new(g);
+        w.truncate_from = Some(6);
+        w.entries = entries(6..8, 2);
+        write_one(&store, w);
+        assert_eq!(store.count_entries(g).unwrap(), 7);
+        assert_eq!(group_of(&store, g).unwrap().last_index, 7);
+        assert_eq!(store.term(g, 7).unwrap(), Some(2));
+        assert_eq!(store.term(g, 8).unwrap(), None);
+        // Truncation alone.
+        let mut w = GroupWrite::new(g);
+        w.truncate_from = Some(3);
+        write_one(&store, w);
+        assert_eq!(
+            indexes(&store.entries(g, 1, 100, None).unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(group_of(&store, g).unwrap().last_index, 2);
+    }
+
+    #[test]
+    fn later_writes_in_one_batch_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let g = gid(5);
+        let mut w = GroupWrite::new(g);
+        w.entries = entries(1..4, 1);
+        write_one(&store, w);
+        // Two queued batches merged: the second truncates what the first appended.
+        let mut first = GroupWrite::new(g);
+        first.entries = entries(4..9, 1);
+        let mut second = GroupWrite::new(g);
+        second.truncate_from = Some(3);
+        second.entries = entries(3..5, 2);
+        let mut batch = WriteBatch {
+            groups: vec![first],
+            meta: vec![],
+        };
+        batch.extend(WriteBatch {
+            groups: vec![second],
+            meta: vec![],
+        });
+        store.write(&batch).unwrap();
+        let es = store.entries(g, 1, 100, None).unwrap();
+        assert_eq!(indexes(&es), vec![1, 2, 3, 4]);
+        assert_eq!(es[2].term, 2);
+        // remove then new entries in one GroupWrite: only the new ones remain.
+        let mut w = GroupWrite::new(g);
+        w.remove = true;
+        w.entries = entries(10..12, 3);
+        write_one(&store, w);
+        assert_eq!(
+            indexes(&store.entries(g, 10, 100, None).unwrap()),
+            vec![10, 11]
+        );
+        assert_eq!(store.count_entries(g).unwrap(), 2);
+    }
+
+    #[test]
+    fn snapshot_install_deletes_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = gid(9);
+        {
+            let store = SledStore::open(dir.path(), logger()).unwrap();
+            let mut w = GroupWrite::new(g);
+            w.entries = entries(1..11, 1);
+            w.hard_state = Some(hard_state(1, 1, 5));
+            write_one(&store, w);
+            let snap = snapshot(8, 1, &[1, 2], b"state".to_vec());
+            let mut w = GroupWrite::new(g);
+            w.snapshot = Some(snap.clone());
+            w.conf_state = Some(conf_state(&[1, 2]));
+            w.hard_state = Some(hard_state(1, 1, 8));
+            write_one(&store, w);
+            assert_eq!(store.count_entries(g).unwrap(), 0);
+            assert!(store.entries(g, 1, 11, None).unwrap().is_empty());
+            assert_eq!(store.snapshot(g).unwrap(), Some(snap));
+            assert_eq!(group_of(&store, g).unwrap().last_index, 8);
+            let mut w = GroupWrite::new(g);
+            w.entries = entries(9..11, 2);
+            write_one(&store, w);
+        }
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let sg = group_of(&store, g).unwrap();
+        assert_eq!((sg.snapshot.index, sg.snapshot.term), (8, 1));
+        assert_eq!(sg.conf_state, conf_state(&[1, 2]));
+        assert_eq!(sg.hard_state.commit, 8);
+        assert_eq!(sg.last_index, 10);
+        assert_eq!(
+            store.snapshot(g).unwrap().unwrap().get_data(),
+            b"state".as_slice()
+        );
+    }
+
+    #[test]
+    fn large_snapshot_survives_reopen() {
+        // Large values go to sled blob files, which the store fdatasyncs itself.
+        let dir = tempfile::tempdir().unwrap();
+        let g = gid(3);
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let store = SledStore::open(dir.path(), logger()).unwrap();
+            let mut w = GroupWrite::new(g);
+            w.snapshot = Some(snapshot(100, 4, &[1], data.clone()));
+            write_one(&store, w);
+            let sync = lock_ignoring_poison(&store.sync);
+            assert!(!sync.synced_blobs.is_empty(), "expected a blob file");
+        }
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let snap = store.snapshot(g).unwrap().unwrap();
+        assert_eq!(snap.get_data(), data.as_slice());
+        assert_eq!(group_of(&store, g).unwrap().last_index, 100);
+    }
+
+    #[test]
+    fn remove_deletes_one_group_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let (a, b) = (gid(10), gid(11));
+        let mut batch = WriteBatch::default();
+        for g in [a, b] {
+            let mut w = GroupWrite::new(g);
+            w.snapshot = Some(snapshot(2, 1, &[1], vec![1, 2, 3]));
+            w.entries = entries(3..6, 1);
+            w.hard_state = Some(hard_state(1, 1, 4));
+            w.conf_state = Some(conf_state(&[1]));
+            w.applied = Some(4);
+            batch.groups.push(w);
+        }
+        store.write(&batch).unwrap();
+        let mut w = GroupWrite::new(a);
+        w.remove = true;
+        write_one(&store, w);
+        let groups = store.load_groups().unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].group, b);
+        assert_eq!((groups[0].last_index, groups[0].applied), (5, 4));
+        assert_eq!(store.count_entries(a).unwrap(), 0);
+        assert!(store.snapshot(a).unwrap().is_none());
+        assert_eq!(store.count_entries(b).unwrap(), 3);
+        assert!(store.snapshot(b).unwrap().is_some());
+        // Only metadata and entries of `b` remain in the whole database.
+        for kv in store.db.iter() {
+            let (k, _) = kv.unwrap();
+            assert_ne!(&k[1..17], &a.to_bytes()[..]);
+        }
+    }
+
+    #[test]
+    fn max_bytes_limits_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let g = gid(1);
+        let mut w = GroupWrite::new(g);
+        w.entries = (1..11).map(|i| entry(i, 1, 100)).collect();
+        write_one(&store, w);
+        let size = u64::from(protobuf::Message::compute_size(&entry(1, 1, 100)));
+        let get = |max| indexes(&store.entries(g, 1, 11, max).unwrap()).len();
+        assert_eq!(get(Some(0)), 1);
+        assert_eq!(get(Some(size - 1)), 1);
+        assert_eq!(get(Some(size)), 1);
+        assert_eq!(get(Some(3 * size)), 3);
+        assert_eq!(get(Some(3 * size + 1)), 3);
+        assert_eq!(get(Some(u64::MAX)), 10);
+        assert_eq!(get(None), 10);
+        // A gap ends the result: only what is contiguous from `low`.
+        store.db.remove(entry_key(g, 4)).unwrap();
+        assert_eq!(
+            indexes(&store.entries(g, 1, 11, None).unwrap()),
+            vec![1, 2, 3]
+        );
+        assert!(store.entries(g, 4, 11, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn opening_twice_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        match SledStore::open(dir.path(), logger()) {
+            Err(StorageError::Locked { path }) => assert_eq!(path, dir.path()),
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+        // Through another spelling of the same path too.
+        let other_spelling = dir.path().join(".");
+        assert!(matches!(
+            SledStore::open(&other_spelling, logger()),
+            Err(StorageError::Locked { .. })
+        ));
+        drop(store);
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        drop(store);
+    }
+
+    #[test]
+    fn file_lock_held_elsewhere_is_locked() {
+        // sled's own file lock (what another process would hold), outside the registry.
+        let dir = tempfile::tempdir().unwrap();
+        let raw = sled::open(dir.path()).unwrap();
+        assert!(matches!(
+            SledStore::open(dir.path(), logger()),
+            Err(StorageError::Locked { .. })
+        ));
+        drop(raw);
+        // The failed open released its registry entry.
+        assert!(!lock_ignoring_poison(&OPEN_DIRS).contains(&fs::canonicalize(dir.path()).unwrap()));
+    }
+
+    #[test]
+    fn corrupted_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let g = gid(77);
+        let mut w = GroupWrite::new(g);
+        w.entries = entries(1..4, 1);
+        w.hard_state = Some(hard_state(1, 1, 1));
+        write_one(&store, w);
+        let is_corrupted = |r: Result<()>| matches!(r, Err(StorageError::Corrupted { .. }));
+
+        // Term prefix fine, protobuf garbage (field 31 with invalid wire type 7).
+        let mut garbage = 1u64.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; 12]);
+        store.db.insert(entry_key(g, 2), garbage).unwrap();
+        assert!(is_corrupted(store.entries(g, 1, 4, None).map(|_| ())));
+        assert_eq!(indexes(&store.entries(g, 1, 2, None).unwrap()), vec![1]);
+        // Too short for the term prefix.
+        store.db.insert(entry_key(g, 3), vec![1, 2]).unwrap();
+        assert!(is_corrupted(store.term(g, 3).map(|_| ())));
+        // A valid entry stored under the wrong index.
+        store
+            .db
+            .insert(entry_key(g, 1), encode_entry(&entry(9, 1, 1)).unwrap())
+            .unwrap();
+        assert!(is_corrupted(store.entries(g, 1, 2, None).map(|_| ())));
+
+        // Garbage hard state, applied index and key.
+        store
+            .db
+            .insert(group_key(TAG_HARD_STATE, g), vec![0xff; 5])
+            .unwrap();
+        assert!(is_corrupted(store.load_groups().map(|_| ())));
+        store
+            .db
+            .insert(
+                group_key(TAG_HARD_STATE, g),
+                encode_msg(&hard_state(1, 1, 1), "").unwrap(),
+            )
+            .unwrap();
+        store.load_groups().unwrap();
+        store.db.insert(group_key(TAG_APPLIED, g), vec![1]).unwrap();
+        assert!(is_corrupted(store.load_groups().map(|_| ())));
+        store.db.remove(group_key(TAG_APPLIED, g)).unwrap();
+        store.db.insert([TAG_CONF_STATE, 1, 2], vec![]).unwrap();
+        assert!(is_corrupted(store.load_groups().map(|_| ())));
+        store.db.remove([TAG_CONF_STATE, 1, 2]).unwrap();
+
+        // Snapshot metadata without data, and garbage metadata.
+        store
+            .db
+            .insert(
+                group_key(TAG_SNAP_META, g),
+                encode_msg(snapshot(1, 1, &[1], vec![]).get_metadata(), "").unwrap(),
+            )
+            .unwrap();
+        assert!(is_corrupted(store.snapshot(g).map(|_| ())));
+        store
+            .db
+            .insert(group_key(TAG_SNAP_META, g), vec![0xff; 3])
+            .unwrap();
+        assert!(is_corrupted(store.snapshot(g).map(|_| ())));
+    }
+
+    #[test]
+    fn quick_reopen_cycles() {
+        // A just-dropped sled can hold its file lock briefly; open retries through that.
+        let dir = tempfile::tempdir().unwrap();
+        let g = gid(8);
+        for i in 1..=30u64 {
+            let store = SledStore::open(dir.path(), logger()).unwrap();
+            assert_eq!(store.count_entries(g).unwrap(), i - 1);
+            let mut w = GroupWrite::new(g);
+            w.entries = entries(i..i + 1, 1);
+            write_one(&store, w);
+        }
+    }
+
+    #[test]
+    fn many_groups_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), logger()).unwrap();
+        let mut batch = WriteBatch::default();
+        for n in 0..2000u128 {
+            let mut w = GroupWrite::new(gid(n * 1_000_003));
+            w.entries = entries(1..(n as u64 % 5 + 1), 1);
+            w.hard_state = Some(hard_state(1, 1, 0));
+            batch.groups.push(w);
+        }
+        store.write(&batch).unwrap();
+        let groups = store.load_groups().unwrap();
+        assert_eq!(groups.len(), 2000);
+        for (n, sg) in groups.iter().enumerate() {
+            assert_eq!(sg.group, gid(n as u128 * 1_000_003));
+            assert_eq!(sg.last_index, n as u64 % 5);
+        }
+    }
+}

@@ -214,6 +214,10 @@ impl GroupLog {
     }
 }
 
+fn includes(cs: &ConfState, node: u64) -> bool {
+    cs.voters.contains(&node) || cs.learners.contains(&node)
+}
+
 fn other_error(e: crate::storage::StorageError) -> raft::Error {
     raft::Error::Store(RaftStorageError::Other(Box::new(e)))
 }
@@ -262,9 +266,13 @@ impl raft::Storage for GroupLog {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.prepared_snapshot {
-            Some(snap) if snap.get_metadata().index >= request_index.max(self.snapshot.index) => {
+            // A receiver that is not in the snapshot's configuration would reject it.
+            Some(snap)
+                if snap.get_metadata().index >= request_index.max(self.snapshot.index)
+                    && includes(snap.get_metadata().get_conf_state(), to) =>
+            {
                 Ok(snap.clone())
             }
             _ => {

@@ -25,6 +25,10 @@ impl NodeCore {
         for entry in &committed {
             self.apply_entry(id, entry);
         }
+        if id.is_system() {
+            // Conf changes of the system group advance it too.
+            self.directory_applied = self.directory_applied.max(last);
+        }
         if let Some(group) = self.groups.get_mut(&id) {
             group.advance_applied(last);
             group.log_mut().trim_tail(last, 1024);

@@ -236,7 +236,7 @@ impl NodeCore {
         let Some(system) = self.groups.get_mut(&DataStructureId::SYSTEM) else {
             return;
         };
-        if !system.log_mut().take_snapshot_wanted() || system.applied() != applied {
+        if system.applied() != applied || !system.log_mut().take_snapshot_wanted() {
             return;
         }
         let Ok(term) = raft::Storage::term(system.log(), applied) else {

@@ -1,0 +1,196 @@
+//! The node handle applications hold.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::data_structure::{DataStructure, SnapshotProvider};
+use crate::error::{Error, Result};
+use crate::id::{DataStructureId, NodeId};
+use crate::node::subscription::{SubscriberChannels, COMMIT_CHANNEL_CAPACITY, ERROR_CHANNEL_CAPACITY};
+use crate::node::{GroupStatus, MemberStatus, NodeCore};
+use crate::runtime::{Input, NodeRuntime, PumpControl};
+
+/// How long status queries wait for the core thread.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running copycat node. Cheap to clone; `Send + Sync`.
+///
+/// The node shuts down gracefully on [`CopyCat::shutdown`], or when the last handle (this
+/// one, its clones, and every [`DataStructure`] subscribed through it) is dropped.
+#[derive(Clone)]
+pub struct CopyCat {
+    inner: Arc<NodeHandle>,
+}
+
+/// What every handle shares: the runtime and the channels into it.
+pub(crate) struct NodeHandle {
+    runtime: Mutex<NodeRuntime>,
+    input: crossbeam_channel::Sender<Input>,
+    pump: crossbeam_channel::Sender<PumpControl>,
+    node_id: NodeId,
+    raft_addr: SocketAddr,
+    gossip_addr: SocketAddr,
+    next_sub: AtomicU64,
+}
+
+impl NodeHandle {
+    /// Sends an input to the core; fails once the node is shut down.
+    pub(crate) fn send(&self, input: Input) -> Result<()> {
+        self.input.send(input).map_err(|_| Error::Shutdown)
+    }
+
+    fn shutdown(&self) {
+        if let Ok(mut runtime) = self.runtime.lock() {
+            runtime.shutdown();
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl CopyCat {
+    /// Starts a node: opens (or creates) its data dir, binds its ports, joins the cluster
+    /// through `config.peers` (or starts a new one when there are none) and reopens every
+    /// data structure stored in the data dir.
+    ///
+    /// Works from plain threads and from inside a tokio runtime alike: the node runs on its
+    /// own threads. Fails with [`Error::DataDirLocked`] if another process uses the data dir.
+    pub fn start(config: Config) -> Result<CopyCat> {
+        let runtime = NodeRuntime::start(config)?;
+        let inner = NodeHandle {
+            input: runtime.input.clone(),
+            pump: runtime.pump.clone(),
+            node_id: runtime.node_id,
+            raft_addr: runtime.raft_addr,
+            gossip_addr: runtime.gossip_addr,
+            runtime: Mutex::new(runtime),
+            next_sub: AtomicU64::new(1),
+        };
+        Ok(CopyCat {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// This node's persistent id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The TCP address this node accepts raft traffic on (the bound port when 0 was asked).
+    pub fn raft_addr(&self) -> SocketAddr {
+        self.inner.raft_addr
+    }
+
+    /// The UDP address this node gossips on; give it to other nodes as a peer.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.inner.gossip_addr
+    }
+
+    /// A fresh data structure id.
+    pub fn new_data_structure_id(&self) -> DataStructureId {
+        DataStructureId::new()
+    }
+
+    /// Subscribes to the data structure `id`, creating it if it exists nowhere yet.
+    ///
+    /// The first subscription anywhere creates the group with `replication_factor` voters on
+    /// distinct alive nodes; a node without a replica gets a learner replica, so its commit
+    /// stream is local. A new subscription replays the whole history (the latest snapshot,
+    /// then every entry after it) before live commits. `snapshot_provider` is called by the
+    /// snapshot machinery to capture the application's state (see [`SnapshotProvider`]).
+    pub fn subscribe(
+        &self,
+        id: DataStructureId,
+        snapshot_provider: impl SnapshotProvider,
+    ) -> Result<DataStructure> {
+        if id == DataStructureId::SYSTEM {
+            return Err(Error::InvalidId("the zero id is reserved".to_string()));
+        }
+        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (commit_tx, commit_rx) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
+        let (error_tx, error_rx) = crossbeam_channel::bounded(ERROR_CHANNEL_CAPACITY);
+        let (propose_tx, propose_rx) = crossbeam_channel::unbounded();
+        self.inner.send(Input::Subscribe {
+            sub,
+            group: id,
+            channels: SubscriberChannels {
+                commits: commit_tx,
+                errors: error_tx,
+            },
+        })?;
+        self.inner
+            .pump
+            .send(PumpControl::Add(sub, id, propose_rx))
+            .map_err(|_| Error::Shutdown)?;
+        Ok(DataStructure::new(
+            self.inner.clone(),
+            id,
+            sub,
+            propose_tx,
+            commit_rx,
+            error_rx,
+            Box::new(snapshot_provider),
+        ))
+    }
+
+    /// [`CopyCat::subscribe`] with the id as its 26-character string form.
+    pub fn subscribe_str(
+        &self,
+        id: &str,
+        snapshot_provider: impl SnapshotProvider,
+    ) -> Result<DataStructure> {
+        self.subscribe(id.parse()?, snapshot_provider)
+    }
+
+    /// The cluster's members as this node sees them, this node first.
+    pub fn members(&self) -> Result<Vec<MemberStatus>> {
+        self.query(|core| core.member_statuses())
+    }
+
+    /// This node's replica of `id`, if it hosts one.
+    pub fn group_status(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
+        self.query(move |core| core.group_status(id))
+    }
+
+    /// Every data structure with a replica on this node.
+    pub fn hosted_data_structures(&self) -> Result<Vec<DataStructureId>> {
+        self.query(|core| core.hosted_groups())
+    }
+
+    /// How many data structures the cluster's directory (as replicated here) knows.
+    pub fn known_data_structures(&self) -> Result<usize> {
+        self.query(|core| core.directory_len())
+    }
+
+    fn query<T: Send + 'static>(&self, f: impl FnOnce(&NodeCore) -> T + Send + 'static) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.send(Input::Query(Box::new(move |core| {
+            let _ = tx.send(f(core));
+        })))?;
+        rx.recv_timeout(QUERY_TIMEOUT).map_err(|_| Error::Shutdown)
+    }
+
+    /// Shuts the node down gracefully: leaves gossip, fails pending proposals with
+    /// [`Error::Shutdown`], writes and syncs the last batch, closes connections. Every
+    /// handle of this node stops working. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl std::fmt::Debug for CopyCat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyCat")
+            .field("node_id", &self.inner.node_id)
+            .field("raft_addr", &self.inner.raft_addr)
+            .field("gossip_addr", &self.inner.gossip_addr)
+            .finish()
+    }
+}

@@ -1,0 +1,155 @@
+//! A subscription to one replicated data structure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::copycat::NodeHandle;
+use crate::error::{Error, Result};
+use crate::id::DataStructureId;
+use crate::node::subscription::SubId;
+use crate::node::Commit;
+use crate::runtime::Input;
+
+/// Captures an application's state as bytes for a snapshot.
+///
+/// It must return the state as of the last [`Commit`] the application has taken from the
+/// commit channel. The snapshot machinery (log compaction and snapshot shipping) calls it;
+/// until that lands, copycat keeps the whole log and never calls it.
+pub trait SnapshotProvider: Send + Sync + 'static {
+    /// The application's current state.
+    fn snapshot(&self) -> Vec<u8>;
+}
+
+impl<F: Fn() -> Vec<u8> + Send + Sync + 'static> SnapshotProvider for F {
+    fn snapshot(&self) -> Vec<u8> {
+        self()
+    }
+}
+
+/// An application's handle on one replicated data structure: the seed's propose channel,
+/// commit channel, error channel and snapshot hooks.
+///
+/// Dropping it unsubscribes; the replica on this node stays (detached) and keeps
+/// replicating. It keeps its node running while it lives.
+pub struct DataStructure {
+    node: Arc<NodeHandle>,
+    id: DataStructureId,
+    sub: SubId,
+    proposals: Sender<Vec<u8>>,
+    commits: Receiver<Commit>,
+    errors: Receiver<Error>,
+    snapshot_provider: Box<dyn SnapshotProvider>,
+}
+
+impl DataStructure {
+    pub(crate) fn new(
+        node: Arc<NodeHandle>,
+        id: DataStructureId,
+        sub: SubId,
+        proposals: Sender<Vec<u8>>,
+        commits: Receiver<Commit>,
+        errors: Receiver<Error>,
+        snapshot_provider: Box<dyn SnapshotProvider>,
+    ) -> Self {
+        DataStructure {
+            node,
+            id,
+            sub,
+            proposals,
+            commits,
+            errors,
+            snapshot_provider,
+        }
+    }
+
+    /// The data structure's id.
+    pub fn id(&self) -> DataStructureId {
+        self.id
+    }
+
+    /// Fire-and-forget proposals: each message sent here is proposed once; failures
+    /// (too large, dropped, timed out) arrive on [`DataStructure::errors`].
+    pub fn proposals(&self) -> &Sender<Vec<u8>> {
+        &self.proposals
+    }
+
+    /// Committed entries, each exactly once, in log order (identical on every node), and
+    /// snapshot markers. Delivery pauses, without loss, while the channel is full.
+    pub fn commits(&self) -> &Receiver<Commit> {
+        &self.commits
+    }
+
+    /// Every failure that concerns this subscription: proposals dropped, timed out or too
+    /// large (including acknowledged ones, which also fail their caller), storage failures,
+    /// the group being removed.
+    pub fn errors(&self) -> &Receiver<Error> {
+        &self.errors
+    }
+
+    /// Proposes `data` and waits until it is committed and applied on this node; returns
+    /// its log index. An `Ok` is durable on a quorum and is never lost while a quorum of
+    /// the group's disks survives. A [`Error::Timeout`] leaves the outcome unknown.
+    pub fn propose_and_wait(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send_proposal(data, timeout, move |result| {
+            let _ = tx.send(result);
+        })?;
+        // The core always completes the ack (commit, failure, deadline or shutdown); the
+        // margin covers a core busy with a large round.
+        rx.recv_timeout(timeout + Duration::from_secs(5))
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The async form of [`DataStructure::propose_and_wait`]; does not block the executor.
+    pub async fn propose(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send_proposal(data, timeout, move |result| {
+            let _ = tx.send(result);
+        })?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
+    fn send_proposal(
+        &self,
+        data: Vec<u8>,
+        timeout: Duration,
+        ack: impl FnOnce(Result<u64>) + Send + 'static,
+    ) -> Result<()> {
+        self.node.send(Input::Propose {
+            group: self.id,
+            data,
+            sub: Some(self.sub),
+            ack: Some(Box::new(ack)),
+            timeout: Some(timeout),
+        })
+    }
+
+    /// The snapshot consumer: the state a [`Commit::Snapshot`] marker at `index` refers
+    /// to, exactly that one. No snapshots are taken yet (the log is kept whole), so no
+    /// marker is ever delivered and this returns [`Error::SnapshotUnavailable`].
+    pub fn load_snapshot(&self, index: u64) -> Result<Vec<u8>> {
+        Err(Error::SnapshotUnavailable(format!(
+            "no snapshot at index {index} for {}",
+            self.id
+        )))
+    }
+
+    /// Asks the application's snapshot provider for its current state.
+    pub fn capture_snapshot(&self) -> Vec<u8> {
+        self.snapshot_provider.snapshot()
+    }
+}
+
+impl Drop for DataStructure {
+    fn drop(&mut self) {
+        let _ = self.node.send(Input::Unsubscribe(self.sub));
+    }
+}
+
+impl std::fmt::Debug for DataStructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataStructure").field("id", &self.id).finish()
+    }
+}

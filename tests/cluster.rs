@@ -1,0 +1,281 @@
+//! Multi-node behaviour of in-process clusters on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use common::{collect, no_snapshot, wait_until, Cluster};
+use copycat::{Config, CopyCat, Error};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn concurrent_first_subscribes_make_one_group_with_one_order() {
+    let cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let subs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cluster
+            .running()
+            .map(|n| s.spawn(move || n.subscribe(id, no_snapshot).expect("subscribe")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for i in 0..30u32 {
+        let ds = &subs[i as usize % 3];
+        ds.propose_and_wait(format!("v{i}").into_bytes(), T)
+            .expect("acknowledged");
+    }
+    let streams: Vec<_> = subs.iter().map(|ds| collect(ds, 30, T)).collect();
+    assert_eq!(streams[0], streams[1]);
+    assert_eq!(streams[0], streams[2]);
+    let values: HashSet<_> = streams[0].iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), 30, "every proposal exactly once");
+    let statuses: Vec<_> = cluster
+        .running()
+        .map(|n| n.group_status(id).unwrap().expect("replica on every node"))
+        .collect();
+    for s in &statuses {
+        let mut voters = s.voters.clone();
+        voters.sort();
+        let mut first = statuses[0].voters.clone();
+        first.sort();
+        assert_eq!(voters, first, "one group, one configuration");
+        assert_eq!(s.voters.len(), 3);
+    }
+    assert_eq!(cluster.node(0).known_data_structures().unwrap(), 1);
+}
+
+#[test]
+fn a_hundred_groups_at_once() {
+    let cluster = Cluster::start(3);
+    let ids: Vec<_> = (0..100).map(|_| copycat::new_data_structure_id()).collect();
+    let subs: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| cluster.node(i % 3).subscribe(*id, no_snapshot).unwrap())
+        .collect();
+    std::thread::scope(|s| {
+        for chunk in subs.chunks(25) {
+            s.spawn(move || {
+                for ds in chunk {
+                    for j in 0..3u8 {
+                        ds.propose_and_wait(vec![j], T).expect("acknowledged");
+                    }
+                }
+            });
+        }
+    });
+    for ds in &subs {
+        let got: Vec<_> = collect(ds, 3, T).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(got, vec![vec![0], vec![1], vec![2]]);
+    }
+    wait_until("directory lists all groups everywhere", T, || {
+        cluster
+            .running()
+            .all(|n| n.known_data_structures().unwrap_or(0) == 100)
+    });
+}
+
+#[test]
+fn concurrent_proposers_on_several_threads() {
+    let cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let subs: Vec<_> = cluster
+        .running()
+        .map(|n| n.subscribe(id, no_snapshot).unwrap())
+        .collect();
+    let per_thread = 50;
+    let acked: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let ds = &subs[t % 3];
+                s.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            ds.propose_and_wait(format!("{t}-{i}").into_bytes(), T)
+                                .expect("acknowledged")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let unique: HashSet<_> = acked.iter().collect();
+    assert_eq!(unique.len(), 6 * per_thread, "distinct commit indexes");
+    let streams: Vec<_> = subs.iter().map(|ds| collect(ds, 6 * per_thread, T)).collect();
+    assert_eq!(streams[0], streams[1]);
+    assert_eq!(streams[1], streams[2]);
+    for (index, _) in &streams[0] {
+        assert!(unique.contains(index));
+    }
+}
+
+#[test]
+fn losing_the_leader_keeps_committing() {
+    let mut cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let subs: Vec<_> = cluster
+        .running()
+        .map(|n| Some(n.subscribe(id, no_snapshot).unwrap()))
+        .collect();
+    let mut subs = subs;
+    let ds0 = subs[0].as_ref().unwrap();
+    ds0.propose_and_wait(b"before".to_vec(), T).unwrap();
+    let leader = cluster.node(0).group_status(id).unwrap().unwrap().leader.unwrap();
+    let leader_idx = (0..3).find(|i| cluster.node(*i).node_id() == leader).unwrap();
+    subs[leader_idx] = None;
+    cluster.stop(leader_idx);
+    let survivor = (0..3).find(|i| *i != leader_idx).unwrap();
+    let ds = subs[survivor].as_ref().unwrap();
+    let mut acked = 0;
+    wait_until("a write commits after the leader stopped", T, || {
+        if ds.propose_and_wait(b"after".to_vec(), Duration::from_secs(3)).is_ok() {
+            acked += 1;
+        }
+        acked > 0
+    });
+    for i in 0..10u8 {
+        ds.propose_and_wait(vec![i], T).unwrap();
+    }
+    let got = collect(ds, 12, T);
+    assert_eq!(got[0].1, b"before");
+}
+
+#[test]
+fn restarted_node_replays_and_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let ds0 = cluster.node(0).subscribe(id, no_snapshot).unwrap();
+    for i in 0..10u8 {
+        ds0.propose_and_wait(vec![i], T).unwrap();
+    }
+    let ds2 = cluster.node(2).subscribe(id, no_snapshot).unwrap();
+    collect(&ds2, 10, T);
+    drop(ds2);
+    cluster.stop(2);
+    for i in 10..20u8 {
+        ds0.propose_and_wait(vec![i], T).unwrap();
+    }
+    cluster.restart(2);
+    let ds2 = cluster.node(2).subscribe(id, no_snapshot).unwrap();
+    let got: Vec<u8> = collect(&ds2, 20, T).into_iter().map(|(_, v)| v[0]).collect();
+    assert_eq!(got, (0..20).collect::<Vec<u8>>(), "full history, in order");
+    let all0: Vec<_> = collect(&ds0, 20, T);
+    assert_eq!(all0.len(), 20);
+    ds2.propose_and_wait(b"from the restarted node".to_vec(), T)
+        .expect("restarted node takes writes");
+}
+
+#[test]
+fn fourth_node_subscribes_as_learner_and_gets_history() {
+    let mut cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let ds0 = cluster.node(0).subscribe(id, no_snapshot).unwrap();
+    for i in 0..25u8 {
+        ds0.propose_and_wait(vec![i], T).unwrap();
+    }
+    let fourth = cluster.add_node();
+    cluster.wait_members(4);
+    let ds3 = cluster.node(fourth).subscribe(id, no_snapshot).unwrap();
+    let got: Vec<u8> = collect(&ds3, 25, T).into_iter().map(|(_, v)| v[0]).collect();
+    assert_eq!(got, (0..25).collect::<Vec<u8>>());
+    let status = cluster.node(fourth).group_status(id).unwrap().unwrap();
+    let me = cluster.node(fourth).node_id();
+    assert!(status.learners.contains(&me), "{status:?}");
+    assert!(!status.voters.contains(&me));
+    ds3.propose_and_wait(b"via learner".to_vec(), T)
+        .expect("a learner's proposal reaches the leader");
+    let last = collect(&ds0, 26, T);
+    assert_eq!(last[25].1, b"via learner");
+}
+
+#[test]
+fn garbage_on_the_ports_leaves_the_node_working() {
+    let cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let ds = cluster.node(0).subscribe(id, no_snapshot).unwrap();
+    ds.propose_and_wait(b"one".to_vec(), T).unwrap();
+    for node in cluster.running() {
+        let mut tcp = std::net::TcpStream::connect(node.raft_addr()).unwrap();
+        let _ = tcp.write_all(&[0xff; 4096]);
+        let mut tcp = std::net::TcpStream::connect(node.raft_addr()).unwrap();
+        let _ = tcp.write_all(&u32::MAX.to_be_bytes());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for len in [0usize, 1, 100, 1400] {
+            let _ = udp.send_to(&vec![0xab; len], node.gossip_addr());
+        }
+    }
+    for i in 0..5u8 {
+        ds.propose_and_wait(vec![i], T).unwrap();
+    }
+    let got = collect(&ds, 6, T);
+    assert_eq!(got.len(), 6);
+    cluster.wait_members(3);
+}
+
+#[test]
+fn oversized_proposals_and_bad_ids_are_clear_errors() {
+    let root = tempfile::tempdir().unwrap();
+    let config = Config {
+        max_proposal_bytes: 1024,
+        ..common::config(root.path(), Vec::new())
+    };
+    let node = CopyCat::start(config).unwrap();
+    assert!(matches!(
+        node.subscribe_str("not an id", no_snapshot),
+        Err(Error::InvalidId(_))
+    ));
+    let ds = node.subscribe(node.new_data_structure_id(), no_snapshot).unwrap();
+    let err = ds.propose_and_wait(vec![0; 4096], T).unwrap_err();
+    assert!(matches!(err, Error::ProposalTooLarge { size: 4096, limit: 1024 }));
+    assert!(matches!(ds.errors().recv_timeout(T), Ok(Error::ProposalTooLarge { .. })));
+    ds.proposals().send(vec![0; 2048]).unwrap();
+    assert!(matches!(ds.errors().recv_timeout(T), Ok(Error::ProposalTooLarge { .. })));
+    let index = ds.propose_and_wait(b"fits".to_vec(), T).unwrap();
+    assert!(index > 0);
+    node.shutdown();
+    assert!(matches!(
+        ds.propose_and_wait(b"late".to_vec(), T),
+        Err(Error::Shutdown)
+    ));
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let second = CopyCat::start(common::config(root.path(), Vec::new()));
+    assert!(matches!(second, Err(Error::DataDirLocked(_))), "{second:?}");
+    let id = node.node_id();
+    node.shutdown();
+    drop(node);
+    let again = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    assert_eq!(again.node_id(), id, "the node id persists");
+}
+
+#[test]
+fn fire_and_forget_proposals_commit() {
+    let cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let ds = cluster.node(1).subscribe(id, no_snapshot).unwrap();
+    for i in 0..50u8 {
+        ds.proposals().send(vec![i]).unwrap();
+    }
+    let got: Vec<u8> = collect(&ds, 50, T).into_iter().map(|(_, v)| v[0]).collect();
+    let unique: HashSet<_> = got.iter().collect();
+    assert_eq!(unique.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_inside_a_tokio_runtime() {
+    let root = tempfile::tempdir().unwrap();
+    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let ds = node.subscribe(node.new_data_structure_id(), no_snapshot).unwrap();
+    let index = ds.propose(b"async".to_vec(), T).await.unwrap();
+    assert!(index > 0);
+    drop(ds);
+    drop(node);
+}

@@ -1,0 +1,152 @@
+//! Shared helpers for integration tests: in-process clusters on loopback with temp dirs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use copycat::{Commit, Config, CopyCat, DataStructure};
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A test config: free ports, fast ticks, logs to stderr when `COPYCAT_TEST_LOG` is set.
+pub fn config(dir: &Path, peers: Vec<String>) -> Config {
+    Config {
+        port: 0,
+        gossip_port: 0,
+        data_dir: dir.to_path_buf(),
+        peers,
+        tick_interval: Duration::from_millis(50),
+        logger: logger(),
+        ..Config::default()
+    }
+}
+
+fn logger() -> slog::Logger {
+    use slog::Drain;
+    if std::env::var_os("COPYCAT_TEST_LOG").is_none() {
+        return slog::Logger::root(slog::Discard, slog::o!());
+    }
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+/// An in-process cluster; every node has its own data dir under one temp dir.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Option<CopyCat>>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first founds the cluster, the others join through it, and
+    /// waits until every node sees every other.
+    pub fn start(n: usize) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            root,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            cluster.add_node();
+        }
+        cluster.wait_members(n);
+        cluster
+    }
+
+    pub fn dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("node{i}"))
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.gossip_addr().to_string())
+            .take(1)
+            .collect()
+    }
+
+    /// Starts one more node joining the cluster; returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let node = CopyCat::start(config(&self.dir(i), self.peers())).expect("node starts");
+        self.nodes.push(Some(node));
+        i
+    }
+
+    pub fn node(&self, i: usize) -> &CopyCat {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &CopyCat> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Stops node `i` gracefully.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown();
+        }
+    }
+
+    /// Restarts node `i` from its data dir.
+    pub fn restart(&mut self, i: usize) {
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, n)| n.as_ref())
+            .map(|n| n.gossip_addr().to_string())
+            .collect();
+        let node = CopyCat::start(config(&self.dir(i), peers)).expect("node restarts");
+        self.nodes[i] = Some(node);
+    }
+
+    pub fn wait_members(&self, n: usize) {
+        wait_until("every node sees every other", Duration::from_secs(30), || {
+            self.running().all(|node| {
+                node.members()
+                    .map(|m| m.iter().filter(|m| m.state == "alive").count() >= n)
+                    .unwrap_or(false)
+            })
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut().flatten() {
+            node.shutdown();
+        }
+    }
+}
+
+/// Collects data entries from `ds` until `count` arrived or `timeout` passes.
+pub fn collect(ds: &DataStructure, count: usize, timeout: Duration) -> Vec<(u64, Vec<u8>)> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ds.commits().recv_timeout(left) {
+            Ok(Commit::Entry { index, data }) => out.push((index, data)),
+            Ok(Commit::Snapshot { .. }) => {}
+            Err(_) => panic!("got {} of {count} commits before the deadline", out.len()),
+        }
+    }
+    out
+}
+
+pub fn no_snapshot() -> Vec<u8> {
+    Vec::new()
+}

@@ -62,6 +62,8 @@ pub(crate) struct RaftGroup {
     applied: u64,
     /// (term, role) at the last timeout randomization.
     last_term_role: (u64, StateRole),
+    /// The leader as of the last `take_leader_change`.
+    last_leader: NodeId,
 }
 
 impl RaftGroup {
@@ -97,6 +99,7 @@ impl RaftGroup {
             held: VecDeque::new(),
             applied,
             last_term_role: (u64::MAX, StateRole::Follower),
+            last_leader: 0,
         };
         group.randomize_timeout_if_changed(rng);
         Ok(group)
@@ -125,6 +128,16 @@ impl RaftGroup {
     /// The leader this replica knows of (0 if none).
     pub(crate) fn leader(&self) -> NodeId {
         self.raw.raft.leader_id
+    }
+
+    /// True once each time a new leader becomes known.
+    pub(crate) fn take_leader_change(&mut self) -> bool {
+        let leader = self.leader();
+        let changed = leader != 0 && leader != self.last_leader;
+        if leader != 0 {
+            self.last_leader = leader;
+        }
+        changed
     }
 
     /// Whether this replica leads its group.

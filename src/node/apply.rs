@@ -4,7 +4,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType, Snapshot};
 
 use super::directory::{Applied, Directory, DirectoryOp};
-use super::proposal::{self, parse_context};
+use super::proposal::{self, ProposalContext};
 use super::NodeCore;
 use crate::id::DataStructureId;
 
@@ -71,9 +71,12 @@ impl NodeCore {
 
     /// Completes the local waiter of a proposal, if this node proposed it.
     fn acknowledge(&mut self, id: DataStructureId, entry: &Entry) {
-        let Some((node, seq)) = parse_context(&entry.context) else {
+        // The first copy of a proposal in the log completes it; later (retried) copies find
+        // it gone from `in_flight`.
+        let Some(ctx) = ProposalContext::decode(&entry.context) else {
             return;
         };
+        let (node, seq) = (ctx.node, ctx.seq);
         if node != self.me {
             return;
         }

@@ -5,7 +5,7 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Snapshot};
 
 use super::directory::DirectoryOp;
 use super::placement;
-use super::proposal::proposal_context;
+use super::proposal::ProposalContext;
 use super::NodeCore;
 use crate::id::{DataStructureId, NodeId};
 use crate::proto;
@@ -106,7 +106,12 @@ impl NodeCore {
         if system.leader() == 0 {
             return;
         }
-        if let Err(e) = system.propose(proposal_context(self.me, seq), op.encode()) {
+        let ctx = ProposalContext {
+            node: self.me,
+            seq,
+            retry_after: None,
+        };
+        if let Err(e) = system.propose(ctx.encode(), op.encode()) {
             slog::debug!(self.cfg.logger, "directory proposal dropped"; "error" => %e);
         }
         self.active.insert(DataStructureId::SYSTEM);

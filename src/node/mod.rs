@@ -469,22 +469,34 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        if raft.leader() == 0 || !raft.log().is_initialized() {
+        if raft.leader() == 0 || !raft.log().is_initialized() || !self.queued.contains_key(&group) {
             return;
         }
+        if raft.take_leader_change() {
+            self.retry_in_flight(group);
+        }
         let Some(queue) = self.queued.remove(&group) else {
+            return;
+        };
+        let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
         let mut failures = Vec::new();
         for p in queue {
             let seq = self.next_seq;
             self.next_seq += 1;
-            match raft.propose(proposal::proposal_context(self.me, seq), p.data) {
+            let ctx = proposal::ProposalContext {
+                node: self.me,
+                seq,
+                retry_after: None,
+            };
+            match raft.propose(ctx.encode(), p.data.clone()) {
                 Ok(()) => {
                     self.in_flight.insert(
                         seq,
                         InFlight {
                             group,
+                            data: p.data,
                             sub: p.sub,
                             ack: p.ack,
                             deadline_ms: p.deadline_ms,
@@ -510,6 +522,11 @@ impl NodeCore {
             .collect();
         for seq in expired {
             if let Some(f) = self.in_flight.remove(&seq) {
+                if let Some(raft) = self.groups.get(&f.group) {
+                    slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %f.group,
+                        "leader" => raft.leader(), "term" => raft.term(),
+                        "commit" => raft.committed(), "applied" => raft.applied());
+                }
                 self.fail(f.sub, f.ack, Error::Timeout);
             }
         }
@@ -589,6 +606,7 @@ impl NodeCore {
         let batch_seq = self.issued_seq + 1;
         let mut any = false;
         let active: Vec<_> = self.active.drain().collect();
+        let mut changed_leader = Vec::new();
         for id in active {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
@@ -597,13 +615,44 @@ impl NodeCore {
                 continue;
             };
             any = true;
+            if group.take_leader_change() {
+                changed_leader.push(id);
+            }
             self.held.insert(id);
             if let Some(write) = collected.write {
                 self.write_for(id).merge(write);
             }
             self.queue_messages(id, collected.messages);
         }
+        for id in changed_leader {
+            self.retry_in_flight(id);
+        }
         any
+    }
+
+    /// The group's leader changed: a proposal forwarded to the old one may be lost, so
+    /// propose every unapplied one again as a retry (duplicates are skipped on apply).
+    fn retry_in_flight(&mut self, id: DataStructureId) {
+        let Some(raft) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let after = raft.applied();
+        let mut retried = 0usize;
+        for (seq, flight) in self.in_flight.iter().filter(|(_, f)| f.group == id) {
+            let ctx = proposal::ProposalContext {
+                node: self.me,
+                seq: *seq,
+                retry_after: Some(after),
+            };
+            if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {
+                retried += 1;
+            }
+        }
+        if retried > 0 {
+            slog::info!(self.cfg.logger, "leader changed, proposals retried";
+                "group" => %id, "count" => retried, "leader" => raft.leader());
+            self.active.insert(id);
+        }
     }
 
     /// Releases held readies whose batch is durable: sends their persisted messages and

@@ -6,7 +6,7 @@ use raft::eraftpb::EntryType;
 use crate::error::Error;
 use crate::group::GroupLog;
 use crate::id::DataStructureId;
-use crate::node::proposal::parse_context;
+use crate::node::proposal::ProposalContext;
 
 /// Identifies a subscription within a node.
 pub(crate) type SubId = u64;
@@ -75,7 +75,7 @@ impl Subscription {
                     _ => return Delivery::Paused,
                 };
             for entry in entries {
-                if is_user_entry(&entry) {
+                if first_copy(log, &entry).is_some() {
                     let commit = Commit::Entry {
                         index: entry.index,
                         data: entry.data.to_vec(),
@@ -98,7 +98,25 @@ impl Subscription {
     }
 }
 
-/// Application entries carry a proposal context; leader no-ops and conf changes do not.
-fn is_user_entry(entry: &raft::eraftpb::Entry) -> bool {
-    entry.get_entry_type() == EntryType::EntryNormal && parse_context(&entry.context).is_some()
+/// The proposal context of an application entry, unless the entry is a retry of a
+/// proposal that is already in the log (see [`ProposalContext`]). Leader no-ops and conf
+/// changes carry no context.
+pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option<ProposalContext> {
+    if entry.get_entry_type() != EntryType::EntryNormal {
+        return None;
+    }
+    let ctx = ProposalContext::decode(&entry.context)?;
+    let Some(after) = ctx.retry_after else {
+        return Some(ctx);
+    };
+    let from = (after + 1).max(log.first_index());
+    if from >= entry.index {
+        return Some(ctx);
+    }
+    let earlier = log.read_entries(from, entry.index, None).unwrap_or_default();
+    let duplicate = earlier.iter().any(|e| {
+        e.get_entry_type() == EntryType::EntryNormal
+            && ProposalContext::decode(&e.context).is_some_and(|c| c.same_proposal(&ctx))
+    });
+    (!duplicate).then_some(ctx)
 }

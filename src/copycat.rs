@@ -9,7 +9,9 @@ use crate::config::Config;
 use crate::data_structure::{DataStructure, SnapshotProvider};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{SubscriberChannels, COMMIT_CHANNEL_CAPACITY, ERROR_CHANNEL_CAPACITY};
+use crate::node::subscription::{
+    SubscriberChannels, COMMIT_CHANNEL_CAPACITY, ERROR_CHANNEL_CAPACITY,
+};
 use crate::node::{GroupStatus, MemberStatus, NodeCore};
 use crate::runtime::{Input, NodeRuntime, PumpControl};
 
@@ -169,7 +171,10 @@ impl CopyCat {
         self.query(|core| core.directory_len())
     }
 
-    fn query<T: Send + 'static>(&self, f: impl FnOnce(&NodeCore) -> T + Send + 'static) -> Result<T> {
+    fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeCore) -> T + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.send(Input::Query(Box::new(move |core| {
             let _ = tx.send(f(core));

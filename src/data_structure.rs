@@ -150,6 +150,8 @@ impl Drop for DataStructure {
 
 impl std::fmt::Debug for DataStructure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataStructure").field("id", &self.id).finish()
+        f.debug_struct("DataStructure")
+            .field("id", &self.id)
+            .finish()
     }
 }

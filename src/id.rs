@@ -72,8 +72,8 @@ impl FromStr for DataStructureId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let ulid = ulid::Ulid::from_string(s)
-            .map_err(|e| Error::InvalidId(format!("{s:?}: {e}")))?;
+        let ulid =
+            ulid::Ulid::from_string(s).map_err(|e| Error::InvalidId(format!("{s:?}: {e}")))?;
         if ulid.0 == 0 {
             return Err(Error::InvalidId(format!("{s:?}: the zero id is reserved")));
         }
@@ -102,7 +102,9 @@ mod tests {
     fn rejects_garbage() {
         assert!("not-a-ulid".parse::<DataStructureId>().is_err());
         assert!("".parse::<DataStructureId>().is_err());
-        assert!("00000000000000000000000000".parse::<DataStructureId>().is_err());
+        assert!("00000000000000000000000000"
+            .parse::<DataStructureId>()
+            .is_err());
         assert_eq!(DataStructureId::from_bytes(&[1, 2, 3]), None);
     }
 }

@@ -101,11 +101,17 @@ fn concurrent_proposers_on_several_threads() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let unique: HashSet<_> = acked.iter().collect();
     assert_eq!(unique.len(), 6 * per_thread, "distinct commit indexes");
-    let streams: Vec<_> = subs.iter().map(|ds| collect(ds, 6 * per_thread, T)).collect();
+    let streams: Vec<_> = subs
+        .iter()
+        .map(|ds| collect(ds, 6 * per_thread, T))
+        .collect();
     assert_eq!(streams[0], streams[1]);
     assert_eq!(streams[1], streams[2]);
     for (index, _) in &streams[0] {
@@ -124,15 +130,26 @@ fn losing_the_leader_keeps_committing() {
     let mut subs = subs;
     let ds0 = subs[0].as_ref().unwrap();
     ds0.propose_and_wait(b"before".to_vec(), T).unwrap();
-    let leader = cluster.node(0).group_status(id).unwrap().unwrap().leader.unwrap();
-    let leader_idx = (0..3).find(|i| cluster.node(*i).node_id() == leader).unwrap();
+    let leader = cluster
+        .node(0)
+        .group_status(id)
+        .unwrap()
+        .unwrap()
+        .leader
+        .unwrap();
+    let leader_idx = (0..3)
+        .find(|i| cluster.node(*i).node_id() == leader)
+        .unwrap();
     subs[leader_idx] = None;
     cluster.stop(leader_idx);
     let survivor = (0..3).find(|i| *i != leader_idx).unwrap();
     let ds = subs[survivor].as_ref().unwrap();
     let mut acked = 0;
     wait_until("a write commits after the leader stopped", T, || {
-        if ds.propose_and_wait(b"after".to_vec(), Duration::from_secs(3)).is_ok() {
+        if ds
+            .propose_and_wait(b"after".to_vec(), Duration::from_secs(3))
+            .is_ok()
+        {
             acked += 1;
         }
         acked > 0
@@ -161,7 +178,10 @@ fn restarted_node_replays_and_catches_up() {
     }
     cluster.restart(2);
     let ds2 = cluster.node(2).subscribe(id, no_snapshot).unwrap();
-    let got: Vec<u8> = collect(&ds2, 20, T).into_iter().map(|(_, v)| v[0]).collect();
+    let got: Vec<u8> = collect(&ds2, 20, T)
+        .into_iter()
+        .map(|(_, v)| v[0])
+        .collect();
     assert_eq!(got, (0..20).collect::<Vec<u8>>(), "full history, in order");
     let all0: Vec<_> = collect(&ds0, 20, T);
     assert_eq!(all0.len(), 20);
@@ -180,7 +200,10 @@ fn fourth_node_subscribes_as_learner_and_gets_history() {
     let fourth = cluster.add_node();
     cluster.wait_members(4);
     let ds3 = cluster.node(fourth).subscribe(id, no_snapshot).unwrap();
-    let got: Vec<u8> = collect(&ds3, 25, T).into_iter().map(|(_, v)| v[0]).collect();
+    let got: Vec<u8> = collect(&ds3, 25, T)
+        .into_iter()
+        .map(|(_, v)| v[0])
+        .collect();
     assert_eq!(got, (0..25).collect::<Vec<u8>>());
     let status = cluster.node(fourth).group_status(id).unwrap().unwrap();
     let me = cluster.node(fourth).node_id();
@@ -228,12 +251,26 @@ fn oversized_proposals_and_bad_ids_are_clear_errors() {
         node.subscribe_str("not an id", no_snapshot),
         Err(Error::InvalidId(_))
     ));
-    let ds = node.subscribe(node.new_data_structure_id(), no_snapshot).unwrap();
+    let ds = node
+        .subscribe(node.new_data_structure_id(), no_snapshot)
+        .unwrap();
     let err = ds.propose_and_wait(vec![0; 4096], T).unwrap_err();
-    assert!(matches!(err, Error::ProposalTooLarge { size: 4096, limit: 1024 }));
-    assert!(matches!(ds.errors().recv_timeout(T), Ok(Error::ProposalTooLarge { .. })));
+    assert!(matches!(
+        err,
+        Error::ProposalTooLarge {
+            size: 4096,
+            limit: 1024
+        }
+    ));
+    assert!(matches!(
+        ds.errors().recv_timeout(T),
+        Ok(Error::ProposalTooLarge { .. })
+    ));
     ds.proposals().send(vec![0; 2048]).unwrap();
-    assert!(matches!(ds.errors().recv_timeout(T), Ok(Error::ProposalTooLarge { .. })));
+    assert!(matches!(
+        ds.errors().recv_timeout(T),
+        Ok(Error::ProposalTooLarge { .. })
+    ));
     let index = ds.propose_and_wait(b"fits".to_vec(), T).unwrap();
     assert!(index > 0);
     node.shutdown();
@@ -273,7 +310,9 @@ fn fire_and_forget_proposals_commit() {
 async fn works_inside_a_tokio_runtime() {
     let root = tempfile::tempdir().unwrap();
     let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
-    let ds = node.subscribe(node.new_data_structure_id(), no_snapshot).unwrap();
+    let ds = node
+        .subscribe(node.new_data_structure_id(), no_snapshot)
+        .unwrap();
     let index = ds.propose(b"async".to_vec(), T).await.unwrap();
     assert!(index > 0);
     drop(ds);

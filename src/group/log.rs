@@ -81,11 +81,6 @@ impl GroupLog {
         self.snapshot.index + 1
     }
 
-    /// Index of the last entry.
-    pub(crate) fn last_index(&self) -> u64 {
-        self.last_index
-    }
-
     /// The current configuration (as of the last applied conf change).
     pub(crate) fn conf_state(&self) -> &ConfState {
         &self.conf_state
@@ -94,11 +89,6 @@ impl GroupLog {
     /// The hard state as raft last reported it.
     pub(crate) fn initial_hard_state(&self) -> HardState {
         self.hard_state.clone()
-    }
-
-    /// Metadata of the snapshot the log starts after.
-    pub(crate) fn snapshot_metadata(&self) -> &SnapshotMetadata {
-        &self.snapshot
     }
 
     /// Whether the replica has any state (an uninitialized one waits for a snapshot).

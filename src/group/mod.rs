@@ -105,11 +105,6 @@ impl RaftGroup {
         Ok(group)
     }
 
-    /// The data structure this group replicates.
-    pub(crate) fn id(&self) -> DataStructureId {
-        self.id
-    }
-
     /// The raft log of this replica.
     pub(crate) fn log(&self) -> &GroupLog {
         self.raw.store()

@@ -247,8 +247,10 @@ impl NodeCore {
         let Ok(term) = raft::Storage::term(system.log(), applied) else {
             return;
         };
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;

@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use protobuf::Message as _;
+use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use raft::eraftpb::Message;
 
 use crate::error::Error;
 use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
@@ -160,15 +160,6 @@ impl NodeCore {
         Ok(core)
     }
 
-    /// This node's id.
-    pub(crate) fn node_id(&self) -> NodeId {
-        self.me
-    }
-
-    fn settings_logger(&self) -> &slog::Logger {
-        &self.cfg.logger
-    }
-
     /// Replays the system group's snapshot and applied entries into the directory.
     fn rebuild_directory(&mut self) -> crate::Result<()> {
         let Some(system) = self.groups.get(&DataStructureId::SYSTEM) else {
@@ -177,9 +168,8 @@ impl NodeCore {
         let applied = system.applied();
         if let Some(snap) = self.disk.snapshot(DataStructureId::SYSTEM)? {
             if snap.get_metadata().index > BOOTSTRAP_INDEX {
-                self.directory = Directory::decode(&snap.data).map_err(|e| {
-                    Error::Config(format!("system snapshot is corrupted: {e}"))
-                })?;
+                self.directory = Directory::decode(&snap.data)
+                    .map_err(|e| Error::Config(format!("system snapshot is corrupted: {e}")))?;
             }
             self.directory_applied = snap.get_metadata().index;
         }
@@ -351,8 +341,10 @@ impl NodeCore {
             .values()
             .map(|m| m.info.gossip_addr.to_string())
             .collect();
-        self.round_meta
-            .push((KNOWN_PEERS_KEY.to_string(), Some(peers.join(",").into_bytes())));
+        self.round_meta.push((
+            KNOWN_PEERS_KEY.to_string(),
+            Some(peers.join(",").into_bytes()),
+        ));
     }
 
     /// The transport could not reach `node`: tell every group so raft probes it gently.
@@ -576,7 +568,10 @@ impl NodeCore {
             if !collected_any {
                 break;
             }
-            if self.round_writes.is_empty() && self.round_meta.is_empty() && self.issued_seq == self.durable_seq {
+            if self.round_writes.is_empty()
+                && self.round_meta.is_empty()
+                && self.issued_seq == self.durable_seq
+            {
                 // Nothing to write and everything earlier is durable: the readies just
                 // collected are durable as they are.
                 self.issued_seq += 1;

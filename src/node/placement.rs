@@ -8,7 +8,8 @@ use crate::id::{DataStructureId, NodeId};
 /// processes and versions, unlike `std`'s randomly keyed hasher.
 fn score(group: DataStructureId, node: NodeId) -> u64 {
     let g = group.as_u128();
-    let mut x = (g as u64) ^ ((g >> 64) as u64).rotate_left(32) ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut x =
+        (g as u64) ^ ((g >> 64) as u64).rotate_left(32) ^ node.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 30;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 27;

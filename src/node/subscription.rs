@@ -113,7 +113,9 @@ pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option
     if from >= entry.index {
         return Some(ctx);
     }
-    let earlier = log.read_entries(from, entry.index, None).unwrap_or_default();
+    let earlier = log
+        .read_entries(from, entry.index, None)
+        .unwrap_or_default();
     let duplicate = earlier.iter().any(|e| {
         e.get_entry_type() == EntryType::EntryNormal
             && ProposalContext::decode(&e.context).is_some_and(|c| c.same_proposal(&ctx))

@@ -17,7 +17,6 @@
 // Nothing outside the tests uses gossip until the node wires it in; remove
 // this allow then.
 
-
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
@@ -348,7 +347,9 @@ impl Gossip {
         })
     }
 
-    /// Current alive members (excluding self).
+    /// Current alive members (excluding self); the node core keeps its own view, so only
+    /// tests read this one.
+    #[cfg(test)]
     pub(crate) fn members(&self) -> Vec<NodeInfo> {
         let mut members: Vec<NodeInfo> = self.shared.members().values().cloned().collect();
         members.sort_by_key(|m| m.node_id);

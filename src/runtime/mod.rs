@@ -101,7 +101,10 @@ impl NodeRuntime {
         };
         let logger = logger.new(slog::o!("node" => node_id));
         let seed = config.rng_seed.unwrap_or_else(rand::random);
-        let core = NodeCore::open(core_config(&config, me.clone(), seed, logger.clone()), store.clone())?;
+        let core = NodeCore::open(
+            core_config(&config, me.clone(), seed, logger.clone()),
+            store.clone(),
+        )?;
         let seeds = gossip_seeds(&config, store.as_ref())?;
 
         let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -171,8 +174,8 @@ impl NodeRuntime {
         if let Some(tokio) = self.tokio.take() {
             // Dropping a runtime inside async code panics; shutting it down from a plain
             // thread works from anywhere.
-            let _ = std::thread::spawn(move || tokio.shutdown_timeout(Duration::from_secs(2)))
-                .join();
+            let _ =
+                std::thread::spawn(move || tokio.shutdown_timeout(Duration::from_secs(2))).join();
         }
     }
 }
@@ -232,7 +235,11 @@ fn gossip_seeds(config: &Config, store: &dyn LogStore) -> Result<Vec<SocketAddr>
     }
     if let Some(known) = store.get_meta(KNOWN_PEERS_KEY)? {
         let known = String::from_utf8_lossy(&known).into_owned();
-        seeds.extend(known.split(',').filter_map(|a| a.parse::<SocketAddr>().ok()));
+        seeds.extend(
+            known
+                .split(',')
+                .filter_map(|a| a.parse::<SocketAddr>().ok()),
+        );
     }
     seeds.sort();
     seeds.dedup();

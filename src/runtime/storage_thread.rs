@@ -9,13 +9,16 @@ use crossbeam_channel::{Receiver, Sender};
 use super::Input;
 use crate::storage::{LogStore, WriteBatch};
 
+/// Where the core sends `(seq, batch)`.
+pub(super) type BatchSender = Sender<(u64, WriteBatch)>;
+
 /// Starts the thread; returns where to send `(seq, batch)` and its handle. The thread
 /// exits once every sender is dropped and the queue is written.
 pub(super) fn spawn(
     store: Arc<dyn LogStore>,
     core: Sender<Input>,
     logger: slog::Logger,
-) -> std::io::Result<(Sender<(u64, WriteBatch)>, JoinHandle<()>)> {
+) -> std::io::Result<(BatchSender, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded::<(u64, WriteBatch)>();
     let handle = std::thread::Builder::new()
         .name("copycat-storage".to_string())

@@ -90,6 +90,7 @@ struct Shared {
     /// Runtime every task runs on.
     handle: Handle,
     /// Address the listener is bound to.
+    #[cfg_attr(not(test), allow(dead_code))]
     local_addr: SocketAddr,
     /// What outgoing peer tasks need.
     outbound: Arc<Outbound>,
@@ -203,7 +204,9 @@ impl Transport {
         Ok(Transport { shared })
     }
 
-    /// The address the transport accepts connections on.
+    /// The address the transport accepts connections on (the runtime knows it from the
+    /// listener, so only tests read it here).
+    #[cfg(test)]
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
     }

@@ -114,13 +114,17 @@ impl Cluster {
     }
 
     pub fn wait_members(&self, n: usize) {
-        wait_until("every node sees every other", Duration::from_secs(30), || {
-            self.running().all(|node| {
-                node.members()
-                    .map(|m| m.iter().filter(|m| m.state == "alive").count() >= n)
-                    .unwrap_or(false)
-            })
-        });
+        wait_until(
+            "every node sees every other",
+            Duration::from_secs(30),
+            || {
+                self.running().all(|node| {
+                    node.members()
+                        .map(|m| m.iter().filter(|m| m.state == "alive").count() >= n)
+                        .unwrap_or(false)
+                })
+            },
+        );
     }
 }
 

@@ -122,3 +122,54 @@ pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option
     });
     (!duplicate).then_some(ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use raft::eraftpb::Entry;
+
+    use super::*;
+    use crate::group::GroupLog;
+    use crate::storage::SledStore;
+
+    fn entry(index: u64, ctx: Option<ProposalContext>) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = 6;
+        e.context = ctx.map(|c| c.encode()).unwrap_or_default().into();
+        e
+    }
+
+    fn ctx(seq: u64, retry_after: Option<u64>) -> Option<ProposalContext> {
+        Some(ProposalContext {
+            node: 1,
+            seq,
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn a_retry_is_skipped_only_when_its_original_is_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap());
+        let group = DataStructureId::new();
+        let mut log = GroupLog::empty(group, store);
+        log.apply_snapshot(&GroupLog::bootstrap_snapshot(&[1]));
+        let entries = vec![
+            entry(6, None),
+            entry(7, ctx(5, None)),
+            entry(8, ctx(6, None)),
+            entry(9, ctx(5, Some(6))),
+            entry(10, ctx(7, Some(6))),
+            entry(11, ctx(7, Some(9))),
+        ];
+        log.append(&entries);
+        let copies: Vec<_> = entries.iter().map(|e| first_copy(&log, e).map(|c| c.seq)).collect();
+        assert_eq!(
+            copies,
+            vec![None, Some(5), Some(6), None, Some(7), None],
+            "no-ops carry nothing; a retry whose original (or earlier retry) is in the log is a duplicate"
+        );
+    }
+}

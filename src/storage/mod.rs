@@ -170,3 +170,50 @@ pub trait LogStore: Send + Sync + 'static {
     /// Node-level metadata (node id, known peers).
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range
+            .map(|index| Entry {
+                index,
+                term,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merging_a_truncation_drops_overwritten_entries() {
+        let g = DataStructureId::new();
+        let mut first = GroupWrite::new(g);
+        first.entries = entries(10..=12, 1);
+        let mut later = GroupWrite::new(g);
+        later.truncate_from = Some(11);
+        later.entries = entries(11..=11, 2);
+        first.merge(later);
+        let got: Vec<_> = first.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(10, 1), (11, 2)]);
+        assert_eq!(first.truncate_from, Some(11));
+    }
+
+    #[test]
+    fn merging_keeps_one_write_per_group_and_newest_states() {
+        let g = DataStructureId::new();
+        let mut a = WriteBatch::default();
+        let mut w = GroupWrite::new(g);
+        w.applied = Some(3);
+        a.groups.push(w);
+        let mut b = WriteBatch::default();
+        let mut w = GroupWrite::new(g);
+        w.applied = Some(7);
+        w.snapshot = Some(Snapshot::default());
+        b.groups.push(w);
+        a.extend(b);
+        assert_eq!(a.groups.len(), 1);
+        assert_eq!(a.groups[0].applied, Some(7));
+        assert!(a.groups[0].snapshot.is_some());
+    }
+}

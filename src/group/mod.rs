@@ -89,9 +89,7 @@ impl RaftGroup {
             max_committed_size_per_ready: 16 << 20,
             ..Default::default()
         };
-        let logger = settings
-            .logger
-            .new(slog::o!("group" => id.to_string(), "node" => node));
+        let logger = settings.logger.new(slog::o!("group" => id.to_string()));
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,

@@ -149,7 +149,7 @@ impl NodeCore {
         match raft.propose_conf_change(cc) {
             Ok(()) => {
                 slog::info!(self.cfg.logger, "proposing conf change"; "group" => %group,
-                    "node" => node, "change" => ?change);
+                    "peer" => node, "change" => ?change);
             }
             Err(e) => {
                 slog::debug!(self.cfg.logger, "conf change dropped"; "group" => %group, "error" => %e);

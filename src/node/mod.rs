@@ -319,7 +319,7 @@ impl NodeCore {
                     .get(&info.node_id)
                     .is_none_or(|m| m.info != info || !m.alive);
                 if changed {
-                    slog::info!(self.cfg.logger, "member up"; "node" => info.node_id, "addr" => %info.raft_addr);
+                    slog::info!(self.cfg.logger, "member up"; "peer" => info.node_id, "addr" => %info.raft_addr);
                     self.members
                         .insert(info.node_id, Member { info, alive: true });
                     self.record_known_peers();
@@ -328,7 +328,7 @@ impl NodeCore {
             MembershipEvent::Up(_) => {}
             MembershipEvent::Down(node) => {
                 if let Some(member) = self.members.get_mut(&node) {
-                    slog::info!(self.cfg.logger, "member down"; "node" => node);
+                    slog::info!(self.cfg.logger, "member down"; "peer" => node);
                     member.alive = false;
                 }
             }
@@ -700,7 +700,7 @@ impl NodeCore {
             match self.members.get(&node) {
                 Some(member) => out.push((node, member.info.raft_addr, batch)),
                 None => {
-                    slog::debug!(self.cfg.logger, "no address for node, dropping its messages"; "node" => node);
+                    slog::debug!(self.cfg.logger, "no address for node, dropping its messages"; "peer" => node);
                 }
             }
         }

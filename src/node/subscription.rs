@@ -134,11 +134,12 @@ mod tests {
     use crate::storage::SledStore;
 
     fn entry(index: u64, ctx: Option<ProposalContext>) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = 6;
-        e.context = ctx.map(|c| c.encode()).unwrap_or_default().into();
-        e
+        Entry {
+            index,
+            term: 6,
+            context: ctx.map(|c| c.encode()).unwrap_or_default().into(),
+            ..Default::default()
+        }
     }
 
     fn ctx(seq: u64, retry_after: Option<u64>) -> Option<ProposalContext> {
@@ -152,7 +153,9 @@ mod tests {
     #[test]
     fn a_retry_is_skipped_only_when_its_original_is_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap());
+        let store = Arc::new(
+            SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap(),
+        );
         let group = DataStructureId::new();
         let mut log = GroupLog::empty(group, store);
         log.apply_snapshot(&GroupLog::bootstrap_snapshot(&[1]));
@@ -165,7 +168,10 @@ mod tests {
             entry(11, ctx(7, Some(9))),
         ];
         log.append(&entries);
-        let copies: Vec<_> = entries.iter().map(|e| first_copy(&log, e).map(|c| c.seq)).collect();
+        let copies: Vec<_> = entries
+            .iter()
+            .map(|e| first_copy(&log, e).map(|c| c.seq))
+            .collect();
         assert_eq!(
             copies,
             vec![None, Some(5), Some(6), None, Some(7), None],

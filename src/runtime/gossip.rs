@@ -294,7 +294,8 @@ impl Gossip {
             rng_seed,
             logger,
         } = config;
-        let logger = logger.new(o!("node" => me.node_id, "gossip" => me.gossip_addr.to_string()));
+        let logger =
+            logger.new(o!("component" => "gossip", "gossip" => me.gossip_addr.to_string()));
         if local_addr != me.gossip_addr {
             debug!(logger, "gossip socket bound to another address than advertised";
                 "bound" => %local_addr);

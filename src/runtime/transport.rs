@@ -38,7 +38,7 @@ use crate::runtime::frame::{
 /// First delay before reconnecting to a peer after a failure.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest delay between two connection attempts to a peer.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// A connection that stayed up this long resets the backoff when it goes down.
 const HEALTHY_AFTER: Duration = MAX_BACKOFF;
 /// Longest wait for a TCP connect (and the `Hello` write) to a peer.
@@ -164,9 +164,7 @@ impl Transport {
             let _guard = handle.enter();
             TcpListener::from_std(listener)?
         };
-        let logger = config
-            .logger
-            .new(o!("component" => "transport", "node" => config.node_id));
+        let logger = config.logger.new(o!("component" => "transport"));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (done_tx, _) = watch::channel(false);
         let outbound = Arc::new(Outbound {

@@ -1,0 +1,595 @@
+//! The original CopyCat's distributed hashmap, as a process serving HTTP.
+//!
+//! Every node holds the whole map (`HashMap<String, Vec<u8>>`), rebuilt from the data
+//! structure's commit stream; writes are proposed to the group and acknowledged only once
+//! they are committed *and* applied to this process's map, so a client that got a 200 can
+//! read its own write back from the same node.
+//!
+//! ```text
+//! cargo run --example hashmap -- --http-port 8080            # first node: a new cluster
+//! cargo run --example hashmap -- --data-dir ./db2 --port 7468 --gossip-port 7469 \
+//!     --http-port 8081 --peers 127.0.0.1:7459                # joins through the first
+//! curl -X PUT --data-binary hello localhost:8080/kv/greeting
+//! curl localhost:8081/kv/greeting
+//! curl localhost:8080/status
+//! ```
+//!
+//! Endpoints: `GET|PUT|DELETE /kv/{key}` and `GET /status` (JSON). On startup the process
+//! prints one `READY http=… raft=… gossip=… node_id=…` line to stdout with the addresses
+//! it actually bound (ports may be 0), for scripts and tests to wait on. Logs go to
+//! stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use copycat::{Commit, Config, CopyCat, DataStructure};
+use slog::{info, warn, Drain, Logger};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// The data structure id of the original CopyCat's hashmap example.
+const DEFAULT_ID: &str = "01CFR5R4JJE9KNRAJFFEAQ2SAJ";
+
+/// How long a write may take to commit before the client gets a 503.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long, after the commit, a write may take to reach the local map. Applying is
+/// local and fast; this only bounds a stalled apply thread.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest accepted value: stays well under copycat's default 1 MiB proposal limit, so a
+/// too-large value is a clear 413 here rather than a proposal error.
+const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+/// Requests handled at once. Writes block their worker until committed, so several
+/// workers keep `GET`s and `/status` responsive while writes wait out a failover.
+const HTTP_WORKERS: usize = 8;
+
+/// `--help` text, also printed after a usage error.
+const USAGE: &str = "\
+usage: hashmap [flags]
+
+  --data-dir DIR        where the node keeps its data (default ./copy-cat-db/)
+  --port PORT           copycat (raft) TCP port; 0 picks a free one (default 7458)
+  --gossip-port PORT    gossip UDP port; 0 picks a free one (default 7459)
+  --http-port PORT      HTTP port; 0 picks a free one (default 8080)
+  --peers ADDRS         comma-separated gossip addresses of running nodes;
+                        empty starts a new cluster (default empty)
+  --datacenter NAME     this node's datacenter (default \"default\")
+  --id ULID             the hashmap's data structure id (default 01CFR5R4JJE9KNRAJFFEAQ2SAJ)
+  --hostname HOST       address to bind and advertise (default 127.0.0.1)
+  -h, --help            print this help
+
+Environment: COPYCAT_LOG=off|error|warn|info|debug|trace (default info), to stderr.";
+
+/// Command-line settings.
+#[derive(Debug)]
+struct Args {
+    data_dir: PathBuf,
+    port: u16,
+    gossip_port: u16,
+    http_port: u16,
+    peers: Vec<String>,
+    datacenter: String,
+    id: String,
+    hostname: String,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            data_dir: PathBuf::from("./copy-cat-db/"),
+            port: 7458,
+            gossip_port: 7459,
+            http_port: 8080,
+            peers: Vec::new(),
+            datacenter: "default".to_string(),
+            id: DEFAULT_ID.to_string(),
+            hostname: "127.0.0.1".to_string(),
+        }
+    }
+}
+
+/// Parses `--flag value` and `--flag=value`; `Ok(None)` means help was asked for.
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut args = Args::default();
+    while let Some(arg) = argv.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if arg.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        const FLAGS: [&str; 8] = [
+            "--data-dir",
+            "--port",
+            "--gossip-port",
+            "--http-port",
+            "--peers",
+            "--datacenter",
+            "--id",
+            "--hostname",
+        ];
+        if !flag.starts_with("--") {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+        if !FLAGS.contains(&flag.as_str()) {
+            return Err(format!("unknown flag {flag}"));
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => argv
+                .next()
+                .ok_or_else(|| format!("flag {flag} needs a value"))?,
+        };
+        let port = |v: &str| {
+            v.parse::<u16>()
+                .map_err(|_| format!("{flag}: {v:?} is not a port number (0-65535)"))
+        };
+        match flag.as_str() {
+            "--data-dir" => args.data_dir = PathBuf::from(value),
+            "--port" => args.port = port(&value)?,
+            "--gossip-port" => args.gossip_port = port(&value)?,
+            "--http-port" => args.http_port = port(&value)?,
+            "--peers" => {
+                args.peers = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "--datacenter" => args.datacenter = value,
+            "--id" => {
+                // Checked here so a typo is a usage error, not a failure after startup.
+                value
+                    .parse::<copycat::DataStructureId>()
+                    .map_err(|e| format!("--id: {e}"))?;
+                args.id = value;
+            }
+            "--hostname" => args.hostname = value,
+            _ => unreachable!("checked against FLAGS above"),
+        }
+    }
+    Ok(Some(args))
+}
+
+/// One change to the map; the bytes proposed to the group are its bincode encoding.
+#[derive(Debug, bincode::Encode, bincode::Decode)]
+enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// bincode's standard (varint) encoding, for entries and snapshots alike.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// The map and how far into the commit stream it is.
+#[derive(Default)]
+struct State {
+    map: HashMap<String, Vec<u8>>,
+    /// Index of the last commit applied to `map` (what `/status` reports).
+    applied: u64,
+}
+
+/// The local replica of the map, shared by the apply thread and the HTTP workers.
+#[derive(Default)]
+struct Store {
+    state: Mutex<State>,
+    /// Signalled whenever `applied` moves, for writers waiting on their index.
+    applied_moved: Condvar,
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panicking worker cannot leave the map half-updated (every update is a single
+        // insert or remove), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` in the local map.
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.lock().map.get(key).cloned()
+    }
+
+    /// The index of the last commit applied to the local map.
+    fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    /// Applies one commit. Undecodable entries are skipped the same way on every node, so
+    /// the replicas stay identical.
+    fn apply(&self, commit: Commit, ds: &DataStructure, log: &Logger) {
+        let mut state = self.lock();
+        match commit {
+            Commit::Entry { index, data } => {
+                match bincode::decode_from_slice::<Op, _>(&data, bincode_config()) {
+                    Ok((Op::Put { key, value }, _)) => {
+                        state.map.insert(key, value);
+                    }
+                    Ok((Op::Delete { key }, _)) => {
+                        state.map.remove(&key);
+                    }
+                    Err(e) => {
+                        warn!(log, "skipping undecodable entry"; "index" => index, "error" => %e)
+                    }
+                }
+                state.applied = index;
+            }
+            Commit::Snapshot { index } => {
+                let map = ds.load_snapshot(index).and_then(|bytes| {
+                    bincode::decode_from_slice(&bytes, bincode_config())
+                        .map(|(map, _)| map)
+                        .map_err(|e| copycat::Error::SnapshotUnavailable(e.to_string()))
+                });
+                match map {
+                    Ok(map) => {
+                        state.map = map;
+                        state.applied = index;
+                    }
+                    Err(e) => {
+                        // Continuing would serve a map that silently misses data.
+                        slog::crit!(log, "cannot load snapshot; exiting"; "index" => index, "error" => %e);
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+        self.applied_moved.notify_all();
+    }
+
+    /// Waits until the map has applied `index`; false at the deadline.
+    fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.applied < index {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .applied_moved
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The map's bytes for copycat's snapshot machinery.
+    fn snapshot(&self) -> Vec<u8> {
+        bincode::encode_to_vec(&self.lock().map, bincode_config()).unwrap_or_default()
+    }
+}
+
+/// What the HTTP workers share.
+struct App {
+    node: CopyCat,
+    ds: Arc<DataStructure>,
+    store: Arc<Store>,
+}
+
+/// Parses the flags (exit 2 on a usage error) and runs the node (exit 1 if it fails).
+fn main() {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("hashmap: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args) {
+        eprintln!("hashmap: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Starts the node, the apply thread and the HTTP workers; prints READY; runs until
+/// SIGINT/SIGTERM, then shuts the node down.
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let log = logger()?;
+    // Installed before anything starts, so an early SIGTERM still shuts down cleanly
+    // instead of killing the process mid-startup.
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })?;
+
+    let node = CopyCat::start(Config {
+        hostname: args.hostname.clone(),
+        port: args.port,
+        gossip_port: args.gossip_port,
+        data_dir: args.data_dir.clone(),
+        peers: args.peers.clone(),
+        datacenter: args.datacenter.clone(),
+        logger: log.clone(),
+        ..Config::default()
+    })?;
+    let store = Arc::new(Store::default());
+    let provider = {
+        let store = store.clone();
+        move || store.snapshot()
+    };
+    let ds = Arc::new(node.subscribe_str(&args.id, provider)?);
+
+    spawn_named("apply", {
+        let (ds, store, log) = (ds.clone(), store.clone(), log.clone());
+        move || {
+            // Ends when the node shuts down and closes the channel.
+            for commit in ds.commits().iter() {
+                store.apply(commit, &ds, &log);
+            }
+        }
+    })?;
+    spawn_named("errors", {
+        let (ds, log) = (ds.clone(), log.clone());
+        move || {
+            // Failed proposals are also reported to their HTTP client; this log is for the
+            // operator (and includes fire-and-forget failures, of which there are none here).
+            for error in ds.errors().iter() {
+                info!(log, "data structure error"; "error" => %error);
+            }
+        }
+    })?;
+
+    let server = Arc::new(
+        Server::http((args.hostname.as_str(), args.http_port)).map_err(|e| {
+            format!(
+                "cannot bind HTTP on {}:{}: {e}",
+                args.hostname, args.http_port
+            )
+        })?,
+    );
+    let http_addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or("HTTP server has no IP address")?;
+    let app = Arc::new(App {
+        node: node.clone(),
+        ds: ds.clone(),
+        store,
+    });
+    for i in 0..HTTP_WORKERS {
+        let (server, app, log) = (server.clone(), app.clone(), log.clone());
+        spawn_named(&format!("http-{i}"), move || {
+            while let Ok(request) = server.recv() {
+                let method = request.method().clone();
+                let url = request.url().to_string();
+                let status = handle(request, &app);
+                slog::debug!(log, "http"; "method" => %method, "url" => url, "status" => status);
+            }
+        })?;
+    }
+
+    info!(log, "hashmap ready"; "http" => %http_addr, "raft" => %node.raft_addr(),
+        "gossip" => %node.gossip_addr(), "node_id" => node.node_id(), "id" => %ds.id());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "READY http={http_addr} raft={} gossip={} node_id={}",
+        node.raft_addr(),
+        node.gossip_addr(),
+        node.node_id()
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+
+    let _ = stop_rx.recv();
+    info!(log, "signal received; shutting down");
+    node.shutdown();
+    // The workers and the apply thread hold handles but do nothing useful after the node
+    // is down; returning from main ends them with the process.
+    Ok(())
+}
+
+/// Spawns a named thread (names show up in panics and debuggers).
+fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(drop)
+}
+
+/// A stderr logger at the level `COPYCAT_LOG` asks for (default info).
+fn logger() -> Result<Logger, String> {
+    let level = match std::env::var("COPYCAT_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "off" | "none" => return Ok(Logger::root(slog::Discard, slog::o!())),
+        "" | "info" => slog::Level::Info,
+        "error" => slog::Level::Error,
+        "warn" | "warning" => slog::Level::Warning,
+        "debug" => slog::Level::Debug,
+        "trace" => slog::Level::Trace,
+        other => {
+            return Err(format!(
+                "COPYCAT_LOG={other:?}: use off|error|warn|info|debug|trace"
+            ))
+        }
+    };
+    // A synchronous decorator: simple, and a log line is never lost on SIGKILL or exit.
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, level).fuse();
+    Ok(Logger::root(drain, slog::o!()))
+}
+
+/// Answers one request; returns the status code sent (for the debug log).
+fn handle(mut request: Request, app: &App) -> u16 {
+    let url = request.url().to_string();
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let method = request.method().clone();
+    let response = if path == "/status" {
+        match method {
+            Method::Get => status(app),
+            _ => text(405, "use GET /status"),
+        }
+    } else if let Some(raw_key) = path.strip_prefix("/kv/") {
+        match parse_key(raw_key) {
+            Err(msg) => text(400, &msg),
+            Ok(key) => match method {
+                Method::Get => match app.store.get(&key) {
+                    Some(value) => reply(200, value, "application/octet-stream"),
+                    None => text(404, "no such key"),
+                },
+                Method::Put => match read_body(&mut request) {
+                    Ok(value) => write(app, Op::Put { key, value }),
+                    Err(response) => response,
+                },
+                Method::Delete => write(app, Op::Delete { key }),
+                _ => text(405, "use GET, PUT or DELETE on /kv/{key}"),
+            },
+        }
+    } else {
+        text(404, "not found: try /kv/{key} or /status")
+    };
+    let code = response.status_code().0;
+    // The client may have hung up (e.g. timed out waiting for a slow write); nothing to do.
+    let _ = request.respond(response);
+    code
+}
+
+/// Every response is built in memory.
+type HttpResponse = Response<std::io::Cursor<Vec<u8>>>;
+
+/// A response with a body of `content_type`.
+fn reply(code: u16, body: Vec<u8>, content_type: &str) -> HttpResponse {
+    let header = Header::from_bytes("Content-Type", content_type).expect("valid header");
+    Response::from_data(body)
+        .with_status_code(code)
+        .with_header(header)
+        // Always a Content-Length, never chunked: simpler for minimal clients.
+        .with_chunked_threshold(usize::MAX)
+}
+
+/// A plain-text response (errors, acknowledgements).
+fn text(code: u16, msg: &str) -> HttpResponse {
+    reply(
+        code,
+        format!("{msg}\n").into_bytes(),
+        "text/plain; charset=utf-8",
+    )
+}
+
+/// A key is exactly one non-empty, percent-decoded, UTF-8 path segment.
+fn parse_key(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("empty key".to_string());
+    }
+    if raw.contains('/') {
+        return Err("a key is a single path segment (encode '/' as %2F)".to_string());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in key {raw:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("key {raw:?} is not UTF-8"))
+}
+
+/// Reads a PUT body, refusing values over [`MAX_VALUE_BYTES`].
+fn read_body(request: &mut Request) -> Result<Vec<u8>, HttpResponse> {
+    let too_large = || {
+        text(
+            413,
+            &format!("values are limited to {MAX_VALUE_BYTES} bytes"),
+        )
+    };
+    if request.body_length().is_some_and(|n| n > MAX_VALUE_BYTES) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_VALUE_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| text(400, &format!("cannot read body: {e}")))?;
+    if body.len() > MAX_VALUE_BYTES {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// Proposes `op` and answers 200 once it is committed and applied to the local map.
+fn write(app: &App, op: Op) -> HttpResponse {
+    let bytes = match bincode::encode_to_vec(&op, bincode_config()) {
+        Ok(bytes) => bytes,
+        Err(e) => return text(500, &format!("cannot encode: {e}")),
+    };
+    match app.ds.propose_and_wait(bytes, PROPOSE_TIMEOUT) {
+        Ok(index) if app.store.wait_applied(index, APPLY_TIMEOUT) => {
+            text(200, &format!("ok {index}"))
+        }
+        Ok(index) => text(
+            503,
+            &format!("committed at index {index} but not yet applied locally; retry the read"),
+        ),
+        Err(e) => text(503, &e.to_string()),
+    }
+}
+
+/// `GET /status`: this node, its view of the members, and its replica of the map's group.
+fn status(app: &App) -> HttpResponse {
+    let id = app.ds.id();
+    let (members, group) = match (app.node.members(), app.node.group_status(id)) {
+        (Ok(members), Ok(group)) => (members, group),
+        (Err(e), _) | (_, Err(e)) => return text(503, &e.to_string()),
+    };
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>();
+    let members: Vec<_> = members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "node_id": m.node_id.to_string(),
+                "addr": m.addr,
+                "datacenter": m.datacenter,
+                "state": m.state,
+            })
+        })
+        .collect();
+    // A node without a replica yet (still joining) reports an empty configuration.
+    let (leader, voters, learners) = match &group {
+        Some(g) => (
+            g.leader.map(|l| l.to_string()),
+            ids(&g.voters),
+            ids(&g.learners),
+        ),
+        None => (None, Vec::new(), Vec::new()),
+    };
+    let body = serde_json::json!({
+        "node_id": app.node.node_id().to_string(),
+        "members": members,
+        "group": {
+            "id": id.to_string(),
+            "leader": leader,
+            "voters": voters,
+            "learners": learners,
+            "applied_index": app.store.applied(),
+        },
+    });
+    reply(200, format!("{body}\n").into_bytes(), "application/json")
+}

@@ -1,0 +1,229 @@
+//! The hashmap example as three real processes: SIGKILL the group's leader while a writer
+//! keeps writing, restart it on the same data dir and ports, and check that no
+//! acknowledged write is lost and that every node ends up serving every one of them.
+
+#[allow(dead_code)] // shared with examples/demo.rs, which uses other parts
+#[path = "../examples/common/cluster.rs"]
+mod cluster;
+#[allow(dead_code)]
+#[path = "../examples/common/http.rs"]
+mod http;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cluster::{wait_until, ProcessCluster, QUICK};
+
+/// Deadline for each phase (formation, failover, catch-up, final reads); generous for a
+/// loaded two-core machine, while a healthy run needs a few seconds per phase at most.
+const PHASE: Duration = Duration::from_secs(30);
+
+/// Client timeout of one PUT: the node's commit wait (5 s) plus its apply wait, and slack.
+const PUT_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Writes that must be acknowledged in each phase (before the kill, while the node is
+/// down, after its restart) to show the cluster kept working.
+const PER_PHASE: usize = 30;
+
+/// Builds the hashmap example once per test binary (examples get no `CARGO_BIN_EXE_*`),
+/// with this test's profile, and returns its path.
+fn hashmap_bin() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        cluster::cargo_build_hashmap(
+            Path::new(env!("CARGO")),
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+        )?;
+        let bin = cluster::hashmap_path()?;
+        if !bin.exists() {
+            return Err(format!("{} missing after the build", bin.display()));
+        }
+        Ok(bin)
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One write the cluster acknowledged with a 200.
+#[derive(Debug, Clone)]
+struct Acked {
+    key: String,
+    value: String,
+    via: usize,
+    /// When the PUT was sent and when its 200 arrived.
+    sent: Instant,
+    at: Instant,
+}
+
+/// Threads that PUT fresh keys round-robin through all nodes until stopped, recording
+/// the acknowledged ones. Several threads keep several writes in flight when the leader
+/// dies. Writes to a dead node fail at connect and are simply skipped; a 503 or a timeout
+/// leaves the write's outcome unknown, so it is not checked.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    handles: Vec<std::thread::JoinHandle<usize>>,
+}
+
+/// Concurrent writer threads.
+const WRITERS: usize = 3;
+
+impl Writer {
+    fn start(addrs: Vec<SocketAddr>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let handles = (0..WRITERS)
+            .map(|t| {
+                let (stop, acked, addrs) = (stop.clone(), acked.clone(), addrs.clone());
+                std::thread::spawn(move || {
+                    let mut failed = 0;
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let via = (n + t) % addrs.len();
+                        let (key, value) = (format!("w{t}-{n}"), format!("value-{t}-{n}"));
+                        n += 1;
+                        let path = format!("/kv/{key}");
+                        let sent = Instant::now();
+                        match http::put(addrs[via], &path, value.as_bytes(), PUT_TIMEOUT) {
+                            Ok(r) if r.status == 200 => acked.lock().unwrap().push(Acked {
+                                key,
+                                value,
+                                via,
+                                sent,
+                                at: Instant::now(),
+                            }),
+                            _ => {
+                                failed += 1;
+                                // Not a spin on a dead node's refused connections.
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Writer {
+            stop,
+            acked,
+            handles,
+        }
+    }
+
+    fn acked(&self) -> Vec<Acked> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the writer; returns the acknowledged writes and how many failed.
+    fn finish(mut self) -> (Vec<Acked>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failed = self.handles.drain(..).map(|h| h.join().unwrap()).sum();
+        (self.acked(), failed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // On a failed assertion, stop the thread rather than leave it writing.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn expect<T>(result: Result<T, String>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn killed_and_restarted_leader_loses_no_acknowledged_write() {
+    let test_start = Instant::now();
+    let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
+    let built = test_start.elapsed();
+    let first = expect(nodes.start(&[]));
+    let seed = nodes.info(first).gossip;
+    expect(nodes.start(&[seed]));
+    expect(nodes.start(&[seed]));
+    let formed = expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+
+    let writer = Writer::start((0..3).map(|i| nodes.http(i)).collect());
+    expect(wait_until("writes are acknowledged", PHASE, || {
+        writer.count() >= PER_PHASE
+    }));
+
+    let victim = nodes.leader_seen_by(0).expect("node 0 knows the leader");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let before_kill = writer.count();
+    nodes.kill(victim);
+    let killed_at = Instant::now();
+    expect(wait_until(
+        "writes continue without the leader",
+        PHASE,
+        || writer.count() >= before_kill + PER_PHASE,
+    ));
+    let first_after_kill = writer
+        .acked()
+        .iter()
+        .filter(|a| a.sent > killed_at)
+        .map(|a| a.at)
+        .min()
+        .map(|at| at - killed_at)
+        .expect("writes after the kill");
+
+    let peers: Vec<SocketAddr> = survivors.iter().map(|i| nodes.info(*i).gossip).collect();
+    expect(nodes.restart(victim, &peers));
+    let restarted_at = Instant::now();
+    expect(wait_until(
+        "the restarted node acknowledges writes again",
+        PHASE,
+        || {
+            writer
+                .acked()
+                .iter()
+                .filter(|a| a.via == victim && a.sent > restarted_at)
+                .count()
+                >= PER_PHASE / 2
+        },
+    ));
+    expect(wait_until("the cluster converges again", PHASE, || {
+        nodes.converged(3)
+    }));
+    let (acked, failed) = writer.finish();
+
+    // Every acknowledged write, on every node, with its value.
+    for i in 0..3 {
+        let mut missing: Vec<&Acked> = acked.iter().collect();
+        let result = wait_until(
+            &format!("node {i} serves all {} acknowledged keys", acked.len()),
+            PHASE,
+            || {
+                missing.retain(|a| {
+                    !matches!(http::get(nodes.http(i), &format!("/kv/{}", a.key), QUICK),
+                        Ok(r) if r.status == 200 && r.body == a.value.as_bytes())
+                });
+                missing.is_empty()
+            },
+        );
+        if let Err(e) = result {
+            let sample: Vec<_> = missing.iter().take(10).map(|a| &a.key).collect();
+            panic!("{e}: {} missing, e.g. {sample:?}", missing.len());
+        }
+    }
+    eprintln!(
+        "multiprocess: build check {built:.1?}, formed in {formed:.1?}, {} writes acknowledged \
+         ({failed} failed or unknown), total {:.1?}",
+        acked.len(),
+        test_start.elapsed()
+    );
+    eprintln!(
+        "multiprocess: first write sent after killing leader node {victim} was acknowledged \
+         {first_after_kill:.2?} after the kill"
+    );
+}

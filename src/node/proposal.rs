@@ -1,5 +1,6 @@
 //! Proposals waiting to be proposed (no replica or leader yet) or to commit.
 
+use super::NodeCore;
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::SubId;
@@ -89,6 +90,160 @@ pub(crate) fn complete(ack: Option<Ack>, result: Result<u64>) {
 /// A failure for `ack`'s waiter.
 pub(crate) fn fail(ack: Option<Ack>, error: Error) {
     complete(ack, Err(error));
+}
+
+impl NodeCore {
+    /// Proposes `data` to `group`. `ack` hears the commit index or the failure; failures
+    /// also go to the subscription's error channel.
+    pub(crate) fn propose(
+        &mut self,
+        now_ms: u64,
+        group: DataStructureId,
+        data: Vec<u8>,
+        sub: Option<SubId>,
+        ack: Option<Ack>,
+        timeout_ms: Option<u64>,
+    ) {
+        self.now_ms = now_ms;
+        if self.stopped {
+            return self.fail(sub, ack, Error::Shutdown);
+        }
+        if data.len() > self.cfg.max_proposal_bytes {
+            let error = Error::ProposalTooLarge {
+                size: data.len(),
+                limit: self.cfg.max_proposal_bytes,
+            };
+            return self.fail(sub, ack, error);
+        }
+        let deadline_ms = now_ms + timeout_ms.unwrap_or(self.cfg.proposal_timeout_ms);
+        self.queued.entry(group).or_default().push_back(Proposal {
+            group,
+            data,
+            sub,
+            ack,
+            deadline_ms,
+        });
+        self.flush_queued(group);
+    }
+
+    pub(super) fn fail(&mut self, sub: Option<SubId>, ack: Option<Ack>, error: Error) {
+        if let Some(s) = sub.and_then(|id| self.subs.get(&id)) {
+            if !s.report(error.clone()) {
+                slog::warn!(self.cfg.logger, "error channel full, dropping"; "error" => %error);
+            }
+        }
+        fail(ack, error);
+    }
+
+    /// Hands queued proposals of `group` to raft once it has a replica that knows a leader.
+    pub(super) fn flush_queued(&mut self, group: DataStructureId) {
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.leader() == 0 || !raft.log().is_initialized() || !self.queued.contains_key(&group) {
+            return;
+        }
+        if raft.take_leader_change() {
+            self.retry_in_flight(group);
+        }
+        let Some(queue) = self.queued.remove(&group) else {
+            return;
+        };
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let mut failures = Vec::new();
+        for p in queue {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let ctx = ProposalContext {
+                node: self.me,
+                seq,
+                retry_after: None,
+            };
+            match raft.propose(ctx.encode(), p.data.clone()) {
+                Ok(()) => {
+                    self.in_flight.insert(
+                        seq,
+                        InFlight {
+                            group,
+                            data: p.data,
+                            sub: p.sub,
+                            ack: p.ack,
+                            deadline_ms: p.deadline_ms,
+                        },
+                    );
+                }
+                Err(e) => failures.push((p.sub, p.ack, Error::ProposalDropped(e.to_string()))),
+            }
+        }
+        self.active.insert(group);
+        for (sub, ack, error) in failures {
+            self.fail(sub, ack, error);
+        }
+    }
+
+    pub(super) fn expire_proposals(&mut self) {
+        let now = self.now_ms;
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(f) = self.in_flight.remove(&seq) {
+                if let Some(raft) = self.groups.get(&f.group) {
+                    slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %f.group,
+                        "leader" => raft.leader(), "term" => raft.term(),
+                        "commit" => raft.committed(), "applied" => raft.applied());
+                }
+                self.fail(f.sub, f.ack, Error::Timeout);
+            }
+        }
+        let mut timed_out = Vec::new();
+        for queue in self.queued.values_mut() {
+            while queue.front().is_some_and(|p| p.deadline_ms <= now) {
+                if let Some(p) = queue.pop_front() {
+                    timed_out.push(p);
+                }
+            }
+        }
+        self.queued.retain(|_, q| !q.is_empty());
+        for p in timed_out {
+            let error = if self.groups.contains_key(&p.group) {
+                Error::ProposalDropped("no leader known before the deadline".into())
+            } else {
+                Error::Timeout
+            };
+            self.fail(p.sub, p.ack, error);
+        }
+    }
+
+    /// The group's leader changed: a proposal forwarded to the old one may be lost, so
+    /// propose every unapplied one again as a retry (duplicates are skipped on apply).
+    pub(super) fn retry_in_flight(&mut self, id: DataStructureId) {
+        let Some(raft) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let after = raft.applied();
+        let mut retried = 0usize;
+        for (seq, flight) in self.in_flight.iter().filter(|(_, f)| f.group == id) {
+            let ctx = ProposalContext {
+                node: self.me,
+                seq: *seq,
+                retry_after: Some(after),
+            };
+            if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {
+                retried += 1;
+            }
+        }
+        if retried > 0 {
+            slog::info!(self.cfg.logger, "leader changed, proposals retried";
+                "group" => %id, "count" => retried, "leader" => raft.leader());
+            self.active.insert(id);
+        }
+    }
 }
 
 #[cfg(test)]

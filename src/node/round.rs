@@ -1,0 +1,142 @@
+//! A round: release what became durable, collect every active group's `Ready`, and hand
+//! the runtime the messages per peer and the storage batch.
+
+use std::net::SocketAddr;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::{NodeCore, Output};
+use crate::id::{DataStructureId, NodeId};
+use crate::proto;
+use crate::storage::WriteBatch;
+
+impl NodeCore {
+    /// Runs a round: releases what became durable, collects every active group's `Ready`,
+    /// and returns the messages and the storage batch to perform.
+    pub(crate) fn poll_output(&mut self) -> Output {
+        let mut tagged = false;
+        for _ in 0..4 {
+            self.release_durable();
+            let queued: Vec<_> = self.queued.keys().copied().collect();
+            for group in queued {
+                self.flush_queued(group);
+            }
+            let collected_any = self.collect_readies();
+            if !collected_any {
+                break;
+            }
+            if self.round_writes.is_empty()
+                && self.round_meta.is_empty()
+                && self.issued_seq == self.durable_seq
+            {
+                // Nothing to write and everything earlier is durable: the readies just
+                // collected are durable as they are.
+                self.issued_seq += 1;
+                self.durable_seq += 1;
+                continue;
+            }
+            tagged = true;
+            break;
+        }
+        let mut output = Output {
+            sends: self.take_sends(),
+            write: None,
+        };
+        if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
+            self.issued_seq += 1;
+            let batch = WriteBatch {
+                groups: self.round_writes.drain().map(|(_, w)| w).collect(),
+                meta: std::mem::take(&mut self.round_meta),
+            };
+            output.write = Some((self.issued_seq, batch));
+        }
+        output
+    }
+
+    /// Collects the `Ready` of every active group; true if any had one.
+    pub(super) fn collect_readies(&mut self) -> bool {
+        let batch_seq = self.issued_seq + 1;
+        let mut any = false;
+        let active: Vec<_> = self.active.drain().collect();
+        let mut changed_leader = Vec::new();
+        for id in active {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let Some(collected) = group.collect_ready(batch_seq) else {
+                continue;
+            };
+            any = true;
+            if group.take_leader_change() {
+                changed_leader.push(id);
+            }
+            self.held.insert(id);
+            if let Some(write) = collected.write {
+                self.write_for(id).merge(write);
+            }
+            self.queue_messages(id, collected.messages);
+        }
+        for id in changed_leader {
+            self.retry_in_flight(id);
+        }
+        any
+    }
+
+    /// Releases held readies whose batch is durable: sends their persisted messages and
+    /// applies their committed entries.
+    pub(super) fn release_durable(&mut self) {
+        if self.storage_failed {
+            return;
+        }
+        let held: Vec<_> = self.held.iter().copied().collect();
+        for id in held {
+            let Some(group) = self.groups.get_mut(&id) else {
+                self.held.remove(&id);
+                continue;
+            };
+            let released = group.on_durable(self.durable_seq);
+            if !group.has_held() {
+                self.held.remove(&id);
+            }
+            if let Some(released) = released {
+                self.active.insert(id);
+                self.queue_messages(id, released.messages);
+                self.apply_released(id, released.snapshot, released.committed);
+            }
+        }
+    }
+
+    pub(super) fn queue_messages(&mut self, group: DataStructureId, messages: Vec<Message>) {
+        for msg in messages {
+            let to = msg.to;
+            match msg.write_to_bytes() {
+                Ok(bytes) => self
+                    .sends
+                    .entry(to)
+                    .or_default()
+                    .messages
+                    .push(proto::GroupMessage {
+                        group: group.to_bytes().to_vec(),
+                        message: bytes,
+                    }),
+                Err(e) => {
+                    slog::error!(self.cfg.logger, "cannot encode raft message"; "error" => %e);
+                }
+            }
+        }
+    }
+
+    pub(super) fn take_sends(&mut self) -> Vec<(NodeId, SocketAddr, proto::Batch)> {
+        let mut out = Vec::with_capacity(self.sends.len());
+        for (node, batch) in self.sends.drain() {
+            match self.members.get(&node) {
+                Some(member) => out.push((node, member.info.raft_addr, batch)),
+                None => {
+                    slog::debug!(self.cfg.logger, "no address for node, dropping its messages"; "peer" => node);
+                }
+            }
+        }
+        out
+    }
+}

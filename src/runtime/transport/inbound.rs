@@ -1,0 +1,152 @@
+//! The incoming side of the transport: the accept loop and one reader per accepted
+//! connection, which checks the `Hello` and passes batches on.
+
+use super::*;
+
+/// Why an accepted connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum InboundError {
+    /// Framing failed: oversized, truncated or undecodable frame, or a socket error.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// No `Hello` within the deadline.
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+    /// The peer closed the connection before sending `Hello`.
+    #[error("connection closed before hello")]
+    ClosedBeforeHello,
+    /// The first frame was not a `Hello`.
+    #[error("first frame is not a hello")]
+    MissingHello,
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: peer has {theirs}, we have {ours}")]
+    VersionMismatch {
+        /// The peer's version.
+        theirs: u32,
+        /// Ours.
+        ours: u32,
+    },
+    /// The peer belongs to another cluster.
+    #[error("cluster mismatch: peer is in {theirs:?}, we are in {ours:?}")]
+    ClusterMismatch {
+        /// The peer's cluster name.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
+    /// A second `Hello` on the same connection.
+    #[error("unexpected second hello")]
+    UnexpectedHello,
+    /// A frame without a body.
+    #[error("frame without a body")]
+    EmptyFrame,
+}
+
+/// Accepts connections until shutdown, spawning a reader for each.
+pub(super) async fn accept_loop(
+    shared: Weak<Shared>,
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let log = inbound.logger.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            res = listener.accept() => match res {
+                Ok((stream, remote)) => {
+                    let Some(shared) = shared.upgrade() else { break };
+                    let reader = serve_inbound(inbound.clone(), stream, remote, shutdown.clone());
+                    if !shared.spawn(reader) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(log, "accept failed"; "error" => %e);
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut shutdown) => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
+                }
+            },
+        }
+    }
+    debug!(log, "stopped accepting");
+}
+
+/// Reads one accepted connection until it ends, fails, or shutdown.
+pub(super) async fn serve_inbound(
+    ctx: Arc<Inbound>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let log = ctx.logger.new(o!("remote" => remote.to_string()));
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(log, "cannot set TCP_NODELAY"; "error" => %e);
+    }
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    let mut peer = None;
+    let res = tokio::select! {
+        biased;
+        _ = stopped(&mut shutdown) => return,
+        res = read_inbound(&ctx, &log, &mut reader, &mut peer) => res,
+    };
+    let peer = peer.map_or_else(|| "unknown".to_string(), |p: NodeId| p.to_string());
+    match res {
+        Ok(()) => debug!(log, "peer closed its connection"; "peer" => peer),
+        Err(InboundError::ClosedBeforeHello) => {
+            debug!(log, "connection closed before hello")
+        }
+        Err(e) => warn!(log, "closing inbound connection"; "peer" => peer, "error" => %e),
+    }
+}
+
+/// Checks the `Hello`, then passes every batch to `on_batch`; `Ok` on a clean end of
+/// stream. Sets `peer` once the `Hello` is accepted.
+pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
+    ctx: &Inbound,
+    log: &Logger,
+    reader: &mut R,
+    peer: &mut Option<NodeId>,
+) -> Result<(), InboundError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(reader, ctx.max_frame_bytes))
+        .await
+        .map_err(|_| InboundError::HelloTimeout(HELLO_TIMEOUT))??;
+    let hello = match first {
+        None => return Err(InboundError::ClosedBeforeHello),
+        Some(Frame {
+            body: Some(Body::Hello(hello)),
+        }) => hello,
+        Some(_) => return Err(InboundError::MissingHello),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(InboundError::VersionMismatch {
+            theirs: hello.version,
+            ours: PROTOCOL_VERSION,
+        });
+    }
+    if hello.cluster != ctx.cluster {
+        return Err(InboundError::ClusterMismatch {
+            theirs: hello.cluster,
+            ours: ctx.cluster.clone(),
+        });
+    }
+    let from = hello.node_id;
+    *peer = Some(from);
+    debug!(log, "accepted connection from peer"; "peer" => from);
+    loop {
+        match read_frame(reader, ctx.max_frame_bytes).await? {
+            None => return Ok(()),
+            Some(Frame {
+                body: Some(Body::Batch(batch)),
+            }) => (ctx.on_batch)(from, batch),
+            Some(Frame {
+                body: Some(Body::Hello(_)),
+            }) => return Err(InboundError::UnexpectedHello),
+            Some(Frame { body: None }) => return Err(InboundError::EmptyFrame),
+        }
+    }
+}

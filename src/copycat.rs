@@ -131,15 +131,15 @@ impl CopyCat {
             .pump
             .send(PumpControl::Add(sub, id, propose_rx))
             .map_err(|_| Error::Shutdown)?;
-        Ok(DataStructure::new(
-            self.inner.clone(),
+        Ok(DataStructure {
+            node: self.inner.clone(),
             id,
             sub,
-            propose_tx,
-            commit_rx,
-            error_rx,
-            Box::new(snapshot_provider),
-        ))
+            proposals: propose_tx,
+            commits: commit_rx,
+            errors: error_rx,
+            snapshot_provider: Box::new(snapshot_provider),
+        })
     }
 
     /// [`CopyCat::subscribe`] with the id as its 26-character string form.

@@ -34,36 +34,16 @@ impl<F: Fn() -> Vec<u8> + Send + Sync + 'static> SnapshotProvider for F {
 /// Dropping it unsubscribes; the replica on this node stays (detached) and keeps
 /// replicating. It keeps its node running while it lives.
 pub struct DataStructure {
-    node: Arc<NodeHandle>,
-    id: DataStructureId,
-    sub: SubId,
-    proposals: Sender<Vec<u8>>,
-    commits: Receiver<Commit>,
-    errors: Receiver<Error>,
-    snapshot_provider: Box<dyn SnapshotProvider>,
+    pub(crate) node: Arc<NodeHandle>,
+    pub(crate) id: DataStructureId,
+    pub(crate) sub: SubId,
+    pub(crate) proposals: Sender<Vec<u8>>,
+    pub(crate) commits: Receiver<Commit>,
+    pub(crate) errors: Receiver<Error>,
+    pub(crate) snapshot_provider: Box<dyn SnapshotProvider>,
 }
 
 impl DataStructure {
-    pub(crate) fn new(
-        node: Arc<NodeHandle>,
-        id: DataStructureId,
-        sub: SubId,
-        proposals: Sender<Vec<u8>>,
-        commits: Receiver<Commit>,
-        errors: Receiver<Error>,
-        snapshot_provider: Box<dyn SnapshotProvider>,
-    ) -> Self {
-        DataStructure {
-            node,
-            id,
-            sub,
-            proposals,
-            commits,
-            errors,
-            snapshot_provider,
-        }
-    }
-
     /// The data structure's id.
     pub fn id(&self) -> DataStructureId {
         self.id

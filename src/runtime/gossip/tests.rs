@@ -202,15 +202,7 @@ fn a_node_that_leaves_is_reported_down() {
 
     // A graceful leave spreads by gossip, well before failure detection
     // (probe + suspicion) could have declared it down.
-    wait_for("Down(3) on the others", Duration::from_secs(3), || {
-        saw_down(&a, 3) && saw_down(&b, 3)
-    });
-    assert_eq!(a.member_ids(), vec![2]);
-    assert_eq!(b.member_ids(), vec![1]);
-    assert!(!saw_down(&a, 2) && !saw_down(&b, 1));
-    a.gossip.leave();
-    b.gossip.leave();
-    rt.shutdown_timeout(Duration::from_secs(1));
+    expect_only_node_3_down(rt, &a, &b, Duration::from_secs(3));
 }
 
 /// A node whose task stops without leaving is detected and reported `Down`.
@@ -223,12 +215,22 @@ fn a_node_that_stops_abruptly_is_reported_down() {
     wait_full_view(&[&a, &b, &c], Duration::from_secs(10));
 
     drop(c); // aborts the task without leaving
-    wait_for("Down(3) on the others", Duration::from_secs(20), || {
-        saw_down(&a, 3) && saw_down(&b, 3)
+    expect_only_node_3_down(rt, &a, &b, Duration::from_secs(20));
+}
+
+/// Nodes 1 and 2 see node 3 `Down` within `within`, and only it; then both stop.
+fn expect_only_node_3_down(
+    rt: tokio::runtime::Runtime,
+    a: &TestNode,
+    b: &TestNode,
+    within: Duration,
+) {
+    wait_for("Down(3) on the others", within, || {
+        saw_down(a, 3) && saw_down(b, 3)
     });
     assert_eq!(a.member_ids(), vec![2]);
     assert_eq!(b.member_ids(), vec![1]);
-    assert!(!saw_down(&a, 2) && !saw_down(&b, 1));
+    assert!(!saw_down(a, 2) && !saw_down(b, 1));
     a.gossip.leave();
     b.gossip.leave();
     rt.shutdown_timeout(Duration::from_secs(1));

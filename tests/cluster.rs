@@ -318,3 +318,15 @@ async fn works_inside_a_tokio_runtime() {
     drop(ds);
     drop(node);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn starts_and_stops_inside_a_single_threaded_runtime() {
+    let root = tempfile::tempdir().unwrap();
+    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let ds = node
+        .subscribe(node.new_data_structure_id(), no_snapshot)
+        .unwrap();
+    assert!(ds.propose(b"async".to_vec(), T).await.unwrap() > 0);
+    drop(ds);
+    node.shutdown();
+}

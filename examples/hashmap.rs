@@ -441,10 +441,8 @@ fn handle(mut request: Request, app: &App) -> u16 {
         match parse_key(raw_key) {
             Err(msg) => text(400, &msg),
             Ok(key) => match method {
-                Method::Get => match app.store.get(&key) {
-                    Some(value) => reply(200, value, "application/octet-stream"),
-                    None => text(404, "no such key"),
-                },
+                Method::Get if wants_consistent(&url) => consistent_read(app, &key),
+                Method::Get => read(app, &key),
                 Method::Put => match read_body(&mut request) {
                     Ok(value) => write(app, Op::Put { key, value }),
                     Err(response) => response,
@@ -547,6 +545,34 @@ fn write(app: &App, op: Op) -> HttpResponse {
         Ok(index) => text(
             503,
             &format!("committed at index {index} but not yet applied locally; retry the read"),
+        ),
+        Err(e) => text(503, &e.to_string()),
+    }
+}
+
+/// `GET /kv/{key}`: the value in the local map (may trail the leader by a few entries).
+fn read(app: &App, key: &str) -> HttpResponse {
+    match app.store.get(key) {
+        Some(value) => reply(200, value, "application/octet-stream"),
+        None => text(404, "no such key"),
+    }
+}
+
+/// Whether the query string asks for `consistent=true`.
+fn wants_consistent(url: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|kv| kv == "consistent=true"))
+}
+
+/// `GET /kv/{key}?consistent=true`: a linearizable read. The read barrier returns an index
+/// covering every write acknowledged before it; once the local map has applied it, the
+/// local value is as fresh as the leader's.
+fn consistent_read(app: &App, key: &str) -> HttpResponse {
+    match app.ds.read_barrier(PROPOSE_TIMEOUT) {
+        Ok(index) if app.store.wait_applied(index, APPLY_TIMEOUT) => read(app, key),
+        Ok(index) => text(
+            503,
+            &format!("read index {index} not applied locally in time"),
         ),
         Err(e) => text(503, &e.to_string()),
     }

@@ -105,6 +105,38 @@ impl DataStructure {
         })
     }
 
+    /// A linearizable read barrier (Raft ReadIndex). Returns an index `R` once every entry
+    /// committed anywhere before the call has been delivered to this subscription's commit
+    /// channel. Apply your commits up to `R`, then read your state: that read sees every
+    /// write acknowledged before the barrier was called. Works on any replica, learners
+    /// included; costs one round of heartbeats from the leader, no log write.
+    pub fn read_barrier(&self, timeout: Duration) -> Result<u64> {
+        let slot = Arc::new(AckSlot::default());
+        let filler = slot.clone();
+        self.node.send(Input::ReadBarrier {
+            group: self.id,
+            sub: self.sub,
+            ack: Box::new(move |result| filler.fill(result)),
+            timeout,
+        })?;
+        slot.wait(timeout + Duration::from_secs(5))
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The async form of [`DataStructure::read_barrier`].
+    pub async fn read_barrier_async(&self, timeout: Duration) -> Result<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.node.send(Input::ReadBarrier {
+            group: self.id,
+            sub: self.sub,
+            ack: Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+            timeout,
+        })?;
+        rx.await.unwrap_or(Err(Error::Shutdown))
+    }
+
     /// The snapshot consumer: the state a [`Commit::Snapshot`] marker at `index` refers
     /// to, exactly that one. No snapshots are taken yet (the log is kept whole), so no
     /// marker is ever delivered and this returns [`Error::SnapshotUnavailable`].

@@ -330,3 +330,37 @@ async fn starts_and_stops_inside_a_single_threaded_runtime() {
     drop(ds);
     node.shutdown();
 }
+
+#[test]
+fn a_read_barrier_on_another_node_sees_acknowledged_writes() {
+    let mut cluster = Cluster::start(3);
+    let learner = cluster.add_node();
+    cluster.wait_members(4);
+    let id = copycat::new_data_structure_id();
+    let writer = cluster.node(0).subscribe(id, no_snapshot).unwrap();
+    writer.propose_and_wait(b"first".to_vec(), T).unwrap();
+    let readers: Vec<_> = [1, learner]
+        .iter()
+        .map(|i| cluster.node(*i).subscribe(id, no_snapshot).unwrap())
+        .collect();
+    for round in 0..20u32 {
+        let value = format!("w{round}").into_bytes();
+        let acked = writer.propose_and_wait(value.clone(), T).unwrap();
+        for reader in &readers {
+            let barrier = reader.read_barrier(T).expect("barrier");
+            assert!(
+                barrier >= acked,
+                "barrier {barrier} below acked write {acked}"
+            );
+            // Every entry up to the barrier is already in the channel: no waiting needed.
+            let mut seen = false;
+            while let Ok(copycat::Commit::Entry { index, data }) = reader.commits().try_recv() {
+                seen |= data == value && index == acked;
+                if index >= barrier {
+                    break;
+                }
+            }
+            assert!(seen, "write {round} visible after the barrier");
+        }
+    }
+}

@@ -227,3 +227,36 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
          {first_after_kill:.2?} after the kill"
     );
 }
+
+/// `GET ?consistent=true` on another node right after an acknowledged PUT returns it: the
+/// read barrier makes the read linearizable, with no polling.
+#[test]
+fn consistent_reads_on_other_nodes_see_acknowledged_writes() {
+    let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
+    let first = expect(nodes.start(&[]));
+    let seed = nodes.info(first).gossip;
+    expect(nodes.start(&[seed]));
+    expect(nodes.start(&[seed]));
+    expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+    for n in 0..15usize {
+        let (key, value) = (format!("c{n}"), format!("value-{n}"));
+        let path = format!("/kv/{key}");
+        let put = expect(
+            http::put(nodes.http(n % 3), &path, value.as_bytes(), PUT_TIMEOUT)
+                .map_err(|e| e.to_string()),
+        );
+        assert_eq!(put.status, 200, "{}", put.text());
+        let reader = nodes.http((n + 1) % 3);
+        let got = expect(
+            http::get(reader, &format!("{path}?consistent=true"), PUT_TIMEOUT)
+                .map_err(|e| e.to_string()),
+        );
+        assert_eq!(
+            (got.status, got.text()),
+            (200, value),
+            "consistent read of {key}"
+        );
+    }
+}

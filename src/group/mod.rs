@@ -52,6 +52,8 @@ pub(crate) struct Collected {
     pub messages: Vec<Message>,
     /// Writes for the round's batch (`None` when the ready wrote nothing).
     pub write: Option<GroupWrite>,
+    /// Answers to read-index requests: `(request context, commit index to wait for)`.
+    pub reads: Vec<(Vec<u8>, u64)>,
 }
 
 /// One replica of one group.
@@ -195,6 +197,12 @@ impl RaftGroup {
         Ok(cs)
     }
 
+    /// Asks for the commit index a linearizable read must wait for (ReadIndex); the answer
+    /// comes back in a later `Collected::reads` with the same `ctx`.
+    pub(crate) fn read_index(&mut self, ctx: Vec<u8>) {
+        self.raw.read_index(ctx);
+    }
+
     /// Tells raft a peer could not be reached.
     pub(crate) fn report_unreachable(&mut self, node: NodeId) {
         self.raw.report_unreachable(node);
@@ -248,6 +256,11 @@ impl RaftGroup {
             wrote = true;
         }
         let messages = rd.take_messages();
+        let reads = rd
+            .take_read_states()
+            .into_iter()
+            .map(|rs| (rs.request_ctx, rs.index))
+            .collect();
         self.held.push_back(HeldReady {
             number: rd.number(),
             batch_seq,
@@ -259,6 +272,7 @@ impl RaftGroup {
         self.raw.advance_append_async(rd);
         Some(Collected {
             messages,
+            reads,
             write: wrote.then_some(write),
         })
     }

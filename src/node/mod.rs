@@ -12,6 +12,7 @@ mod maintenance;
 pub mod member;
 mod placement;
 pub(crate) mod proposal;
+mod read;
 mod round;
 mod status;
 pub(crate) mod subscription;
@@ -93,6 +94,7 @@ pub(crate) struct NodeCore {
     wanted: HashSet<DataStructureId>,
     queued: HashMap<DataStructureId, VecDeque<Proposal>>,
     in_flight: HashMap<u64, InFlight>,
+    reads: HashMap<u64, read::PendingRead>,
     next_seq: u64,
     /// Groups that may have a `Ready`.
     active: HashSet<DataStructureId>,
@@ -128,6 +130,7 @@ impl NodeCore {
             wanted: HashSet::new(),
             queued: HashMap::new(),
             in_flight: HashMap::new(),
+            reads: HashMap::new(),
             next_seq: 1,
             active: HashSet::new(),
             held: HashSet::new(),
@@ -425,6 +428,9 @@ impl NodeCore {
             for p in queue {
                 proposal::fail(p.ack, Error::Shutdown);
             }
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            proposal::fail(read.ack, Error::Shutdown);
         }
     }
 

@@ -144,7 +144,7 @@ impl NodeCore {
             return;
         }
         if raft.take_leader_change() {
-            self.retry_in_flight(group);
+            self.on_leader_change(group);
         }
         let Some(queue) = self.queued.remove(&group) else {
             return;
@@ -220,9 +220,15 @@ impl NodeCore {
         }
     }
 
+    /// A new leader is known: requests sent to the old one may be lost.
+    pub(super) fn on_leader_change(&mut self, id: DataStructureId) {
+        self.retry_in_flight(id);
+        self.request_waiting_reads(id);
+    }
+
     /// The group's leader changed: a proposal forwarded to the old one may be lost, so
     /// propose every unapplied one again as a retry (duplicates are skipped on apply).
-    pub(super) fn retry_in_flight(&mut self, id: DataStructureId) {
+    fn retry_in_flight(&mut self, id: DataStructureId) {
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
         };

@@ -39,6 +39,7 @@ impl NodeCore {
             tagged = true;
             break;
         }
+        self.complete_reads();
         let mut output = Output {
             sends: self.take_sends(),
             write: None,
@@ -76,9 +77,10 @@ impl NodeCore {
                 self.write_for(id).merge(write);
             }
             self.queue_messages(id, collected.messages);
+            self.on_read_states(collected.reads);
         }
         for id in changed_leader {
-            self.retry_in_flight(id);
+            self.on_leader_change(id);
         }
         any
     }

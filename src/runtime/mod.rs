@@ -63,6 +63,12 @@ pub(crate) enum Input {
         ack: Option<Ack>,
         timeout: Option<Duration>,
     },
+    ReadBarrier {
+        group: DataStructureId,
+        sub: SubId,
+        ack: Ack,
+        timeout: Duration,
+    },
     Query(Query),
     Shutdown,
 }
@@ -343,6 +349,12 @@ fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
             let timeout_ms = timeout.map(|t| t.as_millis() as u64);
             core.propose(now_ms, group, data, sub, ack, timeout_ms)
         }
+        Input::ReadBarrier {
+            group,
+            sub,
+            ack,
+            timeout,
+        } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
         Input::Query(query) => query(core),
         Input::Shutdown => {
             core.shutdown();

@@ -1,0 +1,137 @@
+//! Linearizable reads: a read barrier per subscription, built on raft's ReadIndex.
+//!
+//! The replica asks the leader (forwarded if it is a follower or learner) for the commit
+//! index as of now, confirmed by a quorum of heartbeats. The barrier completes once the
+//! subscription has been handed every entry up to that index, so an application that
+//! applies its commits up to the returned index and then reads its state reads everything
+//! committed before the barrier was called, on any replica.
+
+use super::proposal::{Ack, ProposalContext};
+use super::subscription::SubId;
+use super::NodeCore;
+use crate::error::Error;
+use crate::id::DataStructureId;
+
+/// A read barrier waiting for its index, then for delivery up to it.
+pub(crate) struct PendingRead {
+    pub group: DataStructureId,
+    pub sub: Option<SubId>,
+    pub ack: Option<Ack>,
+    pub deadline_ms: u64,
+    /// The read index, once the leader answered.
+    pub index: Option<u64>,
+}
+
+impl NodeCore {
+    /// Starts a read barrier on `group` for subscription `sub`.
+    pub(crate) fn read_barrier(
+        &mut self,
+        now_ms: u64,
+        group: DataStructureId,
+        sub: Option<SubId>,
+        ack: Ack,
+        timeout_ms: u64,
+    ) {
+        self.now_ms = now_ms;
+        if self.stopped {
+            return super::proposal::fail(Some(ack), Error::Shutdown);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.reads.insert(
+            seq,
+            PendingRead {
+                group,
+                sub,
+                ack: Some(ack),
+                deadline_ms: now_ms + timeout_ms,
+                index: None,
+            },
+        );
+        self.request_read_index(seq);
+    }
+
+    /// Sends (or re-sends, after a leader change) the ReadIndex request of read `seq`; it
+    /// waits for a replica that knows a leader.
+    fn request_read_index(&mut self, seq: u64) {
+        let Some(read) = self.reads.get(&seq) else {
+            return;
+        };
+        let Some(raft) = self.groups.get_mut(&read.group) else {
+            return;
+        };
+        if raft.leader() == 0 || !raft.log().is_initialized() {
+            return;
+        }
+        let ctx = ProposalContext {
+            node: self.me,
+            seq,
+            retry_after: None,
+        };
+        raft.read_index(ctx.encode());
+        self.active.insert(read.group);
+    }
+
+    /// Re-requests every read of `group` still waiting for its index (a leader change may
+    /// have lost the request), and requests those that waited for a leader.
+    pub(super) fn request_waiting_reads(&mut self, group: DataStructureId) {
+        let waiting: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.group == group && r.index.is_none())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in waiting {
+            self.request_read_index(seq);
+        }
+    }
+
+    /// The leader answered read requests of this node with the index to wait for.
+    pub(super) fn on_read_states(&mut self, reads: Vec<(Vec<u8>, u64)>) {
+        for (ctx, index) in reads {
+            let Some(ctx) = ProposalContext::decode(&ctx).filter(|c| c.node == self.me) else {
+                continue;
+            };
+            if let Some(read) = self.reads.get_mut(&ctx.seq) {
+                read.index.get_or_insert(index);
+            }
+        }
+    }
+
+    /// Completes reads whose index has been delivered to their subscription (or applied,
+    /// for a read without one), and fails those past their deadline.
+    pub(super) fn complete_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let now = self.now_ms;
+        let mut done = Vec::new();
+        for (seq, read) in &self.reads {
+            let reached = read
+                .index
+                .filter(|index| self.delivered_up_to(read, *index));
+            if let Some(index) = reached {
+                done.push((*seq, Ok(index)));
+            } else if read.deadline_ms <= now {
+                done.push((*seq, Err(Error::Timeout)));
+            }
+        }
+        for (seq, result) in done {
+            if let Some(read) = self.reads.remove(&seq) {
+                match result {
+                    Ok(index) => super::proposal::complete(read.ack, Ok(index)),
+                    Err(error) => self.fail(read.sub, read.ack, error),
+                }
+            }
+        }
+    }
+
+    fn delivered_up_to(&self, read: &PendingRead, index: u64) -> bool {
+        let applied = self.groups.get(&read.group).map_or(0, |g| g.applied());
+        let delivered = match read.sub.and_then(|s| self.subs.get(&s)) {
+            Some(sub) => sub.next_index > index,
+            None => true,
+        };
+        applied >= index && delivered
+    }
+}

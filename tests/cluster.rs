@@ -364,3 +364,57 @@ fn a_read_barrier_on_another_node_sees_acknowledged_writes() {
         }
     }
 }
+
+fn leader_counts(cluster: &Cluster, ids: &[copycat::DataStructureId]) -> Vec<usize> {
+    cluster
+        .running()
+        .map(|n| {
+            ids.iter()
+                .filter(|id| {
+                    n.group_status(**id).ok().flatten().and_then(|s| s.leader) == Some(n.node_id())
+                })
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn graceful_shutdown_hands_leadership_over_and_leaders_rebalance() {
+    let mut cluster = Cluster::start(3);
+    let ids: Vec<_> = (0..12).map(|_| copycat::new_data_structure_id()).collect();
+    let subs: Vec<_> = ids
+        .iter()
+        .map(|id| cluster.node(0).subscribe(*id, no_snapshot).unwrap())
+        .collect();
+    for ds in &subs {
+        ds.propose_and_wait(b"x".to_vec(), T).unwrap();
+    }
+    wait_until("every node leads some groups", T, || {
+        leader_counts(&cluster, &ids).iter().all(|c| *c >= 1)
+    });
+    let leaving = cluster.node(2).node_id();
+    cluster.stop(2);
+    // Right after a graceful stop the survivors already follow new leaders: no group waits
+    // for an election timeout.
+    for id in &ids {
+        let status = cluster.node(0).group_status(*id).unwrap().unwrap();
+        assert_ne!(
+            status.leader,
+            Some(leaving),
+            "group {id} still led by the stopped node"
+        );
+        assert!(status.leader.is_some());
+    }
+    for ds in &subs {
+        ds.propose_and_wait(b"y".to_vec(), T).unwrap();
+    }
+    cluster.restart(2);
+    wait_until("the restarted node leads its share again", T, || {
+        leader_counts(&cluster, &ids).iter().all(|c| *c >= 1)
+    });
+    let counts = leader_counts(&cluster, &ids);
+    assert!(
+        counts.iter().all(|c| *c <= 8),
+        "unbalanced leaders {counts:?}"
+    );
+}

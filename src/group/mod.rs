@@ -203,6 +203,21 @@ impl RaftGroup {
         self.raw.read_index(ctx);
     }
 
+    /// Hands leadership to `node` (leader only; raft waits until it has caught up).
+    pub(crate) fn transfer_leader(&mut self, node: NodeId) {
+        self.raw.transfer_leader(node);
+    }
+
+    /// Whether a leadership transfer is under way (the leader refuses proposals meanwhile).
+    pub(crate) fn is_transferring(&self) -> bool {
+        self.raw.raft.lead_transferee.is_some()
+    }
+
+    /// Index of the last entry in the log.
+    pub(crate) fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
     /// Tells raft a peer could not be reached.
     pub(crate) fn report_unreachable(&mut self, node: NodeId) {
         self.raw.report_unreachable(node);

@@ -32,10 +32,11 @@ impl NodeCore {
         for group in led {
             self.grow(group);
             self.reconcile_directory(group);
+            self.balance_leadership(group);
         }
     }
 
-    fn is_alive(&self, node: NodeId) -> bool {
+    pub(super) fn is_alive(&self, node: NodeId) -> bool {
         node == self.me || self.members.get(&node).is_some_and(|m| m.alive)
     }
 

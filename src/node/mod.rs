@@ -8,6 +8,7 @@
 
 mod apply;
 mod directory;
+mod leadership;
 mod maintenance;
 pub mod member;
 mod placement;
@@ -107,6 +108,8 @@ pub(crate) struct NodeCore {
     durable_seq: u64,
     storage_failed: bool,
     stopped: bool,
+    /// Set while a graceful shutdown hands leaderships over.
+    handover: Option<leadership::Handover>,
 }
 
 impl NodeCore {
@@ -141,6 +144,7 @@ impl NodeCore {
             durable_seq: 0,
             storage_failed: false,
             stopped: false,
+            handover: None,
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone());

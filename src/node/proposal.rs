@@ -140,7 +140,12 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        if raft.leader() == 0 || !raft.log().is_initialized() || !self.queued.contains_key(&group) {
+        // A leader handing over refuses proposals; they wait for the new leader instead.
+        if raft.leader() == 0
+            || raft.is_transferring()
+            || !raft.log().is_initialized()
+            || !self.queued.contains_key(&group)
+        {
             return;
         }
         if raft.take_leader_change() {

@@ -70,6 +70,8 @@ pub(crate) enum Input {
         timeout: Duration,
     },
     Query(Query),
+    /// Hand leaderships over, then call the closure (first step of a graceful shutdown).
+    Handover(Box<dyn FnOnce() + Send>),
     Shutdown,
 }
 
@@ -169,6 +171,15 @@ impl NodeRuntime {
         let Some(core_thread) = self.core_thread.take() else {
             return;
         };
+        // Leaderships move first, while this node is still a member everywhere; then it
+        // leaves gossip, then the core stops.
+        let (handed_over, wait) = crossbeam_channel::bounded::<()>(1);
+        let handover = Input::Handover(Box::new(move || {
+            let _ = handed_over.send(());
+        }));
+        if self.input.send(handover).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
         self.gossip.leave();
         let _ = self.input.send(Input::Shutdown);
         let _ = core_thread.join();
@@ -312,6 +323,7 @@ fn run_core(
                 next_tick = Instant::now() + tick;
             }
         }
+        core.poll_handover();
         let output = core.poll_output();
         for (node, addr, batch) in output.sends {
             transport.send(node, addr, batch);
@@ -356,6 +368,7 @@ fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
             timeout,
         } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
         Input::Query(query) => query(core),
+        Input::Handover(done) => core.begin_handover(now_ms, done),
         Input::Shutdown => {
             core.shutdown();
             return true;

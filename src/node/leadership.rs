@@ -1,0 +1,120 @@
+//! Leadership placement: every group prefers as leader its first alive voter in rendezvous
+//! order, which spreads leaderships evenly over the nodes that host them; a node shutting
+//! down hands its leaderships over first, so writes see no election gap.
+
+use super::placement;
+use super::NodeCore;
+use crate::id::{DataStructureId, NodeId};
+
+/// How long a graceful shutdown waits for its leaderships to move before stopping anyway.
+const HANDOVER_TIMEOUT_MS: u64 = 3_000;
+
+/// A graceful shutdown in progress: leaderships are being handed over.
+pub(crate) struct Handover {
+    deadline_ms: u64,
+    done: Box<dyn FnOnce() + Send>,
+}
+
+impl NodeCore {
+    /// The voter that should lead `group`: the first alive one in rendezvous order.
+    fn preferred_leader(&self, group: DataStructureId) -> Option<NodeId> {
+        let raft = self.groups.get(&group)?;
+        let voters = raft
+            .log()
+            .conf_state()
+            .voters
+            .iter()
+            .filter(|v| self.is_alive(**v))
+            .map(|v| (*v, ""));
+        placement::rank(group, voters).first().map(|(n, _)| *n)
+    }
+
+    /// A leader that is not its group's preferred leader hands over to it once the
+    /// preferred one has the whole log (so the transfer is quick and safe).
+    pub(super) fn balance_leadership(&mut self, group: DataStructureId) {
+        if self.handover.is_some() {
+            return;
+        }
+        let Some(preferred) = self.preferred_leader(group) else {
+            return;
+        };
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if preferred == self.me || !raft.is_leader() || raft.has_pending_conf() {
+            return;
+        }
+        if raft.matched(preferred) == Some(raft.last_index()) {
+            slog::debug!(self.cfg.logger, "handing leadership to the preferred voter";
+                "group" => %group, "to" => preferred);
+            raft.transfer_leader(preferred);
+            self.active.insert(group);
+        }
+    }
+
+    /// Starts a graceful shutdown: hand every leadership to the most up-to-date other
+    /// voter. `done` runs once no group here has a leader to hand over, or at a deadline.
+    pub(crate) fn begin_handover(&mut self, now_ms: u64, done: Box<dyn FnOnce() + Send>) {
+        self.now_ms = now_ms;
+        self.handover = Some(Handover {
+            deadline_ms: now_ms + HANDOVER_TIMEOUT_MS,
+            done,
+        });
+        self.hand_over_leaderships();
+    }
+
+    /// Moves on with a handover: re-targets leaderships gained meanwhile, and finishes it
+    /// when nothing is left to hand over.
+    pub(crate) fn poll_handover(&mut self) {
+        let Some(handover) = &self.handover else {
+            return;
+        };
+        let expired = handover.deadline_ms <= self.now_ms;
+        if self.hand_over_leaderships() == 0 || expired {
+            if let Some(handover) = self.handover.take() {
+                (handover.done)();
+            }
+            // Stay out of leadership until stopped.
+            self.handover = Some(Handover {
+                deadline_ms: u64::MAX,
+                done: Box::new(|| {}),
+            });
+        }
+    }
+
+    /// Asks every group this node leads to transfer to its best other voter; returns how
+    /// many groups still have a leadership to hand over.
+    fn hand_over_leaderships(&mut self) -> usize {
+        let mut pending = 0;
+        let led: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.is_leader())
+            .map(|(id, _)| *id)
+            .collect();
+        for group in led {
+            let target = self.best_successor(group);
+            let Some(raft) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            if let Some(target) = target {
+                raft.transfer_leader(target);
+                self.active.insert(group);
+                pending += 1;
+            }
+        }
+        pending
+    }
+
+    /// The alive voter other than this node that has replicated the most.
+    fn best_successor(&self, group: DataStructureId) -> Option<NodeId> {
+        let raft = self.groups.get(&group)?;
+        raft.log()
+            .conf_state()
+            .voters
+            .iter()
+            .filter(|v| **v != self.me && self.is_alive(**v))
+            .max_by_key(|v| raft.matched(**v).unwrap_or(0))
+            .copied()
+    }
+}

@@ -39,6 +39,9 @@ pub struct Config {
     pub proposal_timeout: Duration,
     /// Largest TCP frame accepted from a peer (default 64 MiB); larger frames close the connection.
     pub max_frame_bytes: usize,
+    /// How long gossip must consider a node dead before every group in which it was a voter
+    /// gets a replacement elsewhere, and its learners are removed (default 30 s).
+    pub dead_node_grace: Duration,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
 }
@@ -61,6 +64,7 @@ impl Default for Config {
             max_proposal_bytes: 1 << 20,
             proposal_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 << 20,
+            dead_node_grace: Duration::from_secs(30),
             rng_seed: None,
         }
     }
@@ -106,6 +110,7 @@ impl std::fmt::Debug for Config {
             .field("max_proposal_bytes", &self.max_proposal_bytes)
             .field("proposal_timeout", &self.proposal_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("dead_node_grace", &self.dead_node_grace)
             .finish_non_exhaustive()
     }
 }

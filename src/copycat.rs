@@ -166,6 +166,12 @@ impl CopyCat {
         self.query(|core| core.hosted_groups())
     }
 
+    /// Whether this node has joined the cluster's directory (a Raft group every node
+    /// replicates): until then, subscriptions wait. Useful to wait for a fresh node.
+    pub fn has_joined(&self) -> Result<bool> {
+        self.query(|core| core.has_joined())
+    }
+
     /// How many data structures the cluster's directory (as replicated here) knows.
     pub fn known_data_structures(&self) -> Result<usize> {
         self.query(|core| core.directory_len())

@@ -6,7 +6,47 @@ use std::str::FromStr;
 use crate::error::Error;
 
 /// Identifies a node for the whole life of its data dir (random, persisted on first start).
+/// Node ids fit in [`NODE_ID_BITS`] bits, so a [`ReplicaId`] can carry one.
 pub type NodeId = u64;
+
+/// Bits of a node id.
+pub const NODE_ID_BITS: u32 = 48;
+
+/// Identifies one incarnation of a node's replica in one group: the raft peer id.
+///
+/// The low [`NODE_ID_BITS`] bits are the node id and the high 16 bits an incarnation
+/// number. A group's initial voters are incarnation 0 (replica id = node id); a replica
+/// added later gets an incarnation never used before for that node in that group, so a
+/// replica that was removed and wiped never comes back under its old id (re-adding a
+/// wiped replica under an old id is a known Raft safety hazard).
+pub type ReplicaId = u64;
+
+const NODE_MASK: u64 = (1 << NODE_ID_BITS) - 1;
+
+/// The node a replica lives on.
+pub fn node_of(replica: ReplicaId) -> NodeId {
+    replica & NODE_MASK
+}
+
+/// The incarnation number of a replica.
+pub fn incarnation_of(replica: ReplicaId) -> u16 {
+    (replica >> NODE_ID_BITS) as u16
+}
+
+/// The replica id of `node`'s incarnation `incarnation`.
+pub fn replica_id(node: NodeId, incarnation: u16) -> ReplicaId {
+    (u64::from(incarnation) << NODE_ID_BITS) | (node & NODE_MASK)
+}
+
+/// A random node id: nonzero, [`NODE_ID_BITS`] bits.
+pub(crate) fn random_node_id(rng: &mut impl rand::Rng) -> NodeId {
+    loop {
+        let id = rng.gen::<u64>() & NODE_MASK;
+        if id != 0 {
+            return id;
+        }
+    }
+}
 
 /// Identifies a data structure, and so its Raft group: a 128-bit ULID.
 ///
@@ -96,6 +136,15 @@ mod tests {
         let parsed: DataStructureId = id.to_string().parse().unwrap();
         assert_eq!(parsed, id);
         assert_eq!(DataStructureId::from_bytes(&id.to_bytes()), Some(id));
+    }
+
+    #[test]
+    fn replica_ids_carry_node_and_incarnation() {
+        let node = random_node_id(&mut rand::thread_rng());
+        assert_eq!(replica_id(node, 0), node);
+        let r = replica_id(node, 7);
+        assert_eq!((node_of(r), incarnation_of(r)), (node, 7));
+        assert_ne!(r, node);
     }
 
     #[test]

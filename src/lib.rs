@@ -75,5 +75,5 @@ pub use config::Config;
 pub use copycat::CopyCat;
 pub use data_structure::{DataStructure, SnapshotProvider};
 pub use error::{Error, Result};
-pub use id::{new_data_structure_id, DataStructureId, NodeId};
+pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus};

@@ -13,7 +13,7 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
 use raft::{RawNode, StateRole};
 use rand::Rng;
 
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
 use crate::storage::GroupWrite;
 pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
 
@@ -65,21 +65,21 @@ pub(crate) struct RaftGroup {
     /// (term, role) at the last timeout randomization.
     last_term_role: (u64, StateRole),
     /// The leader as of the last `take_leader_change`.
-    last_leader: NodeId,
+    last_leader: ReplicaId,
 }
 
 impl RaftGroup {
     /// Opens a replica over `log` (fresh, bootstrapped, or loaded from disk).
     pub(crate) fn new(
         id: DataStructureId,
-        node: NodeId,
+        replica: ReplicaId,
         log: GroupLog,
         applied: u64,
         settings: &RaftSettings,
         rng: &mut impl Rng,
     ) -> raft::Result<Self> {
         let config = raft::Config {
-            id: node,
+            id: replica,
             election_tick: settings.election_ticks,
             heartbeat_tick: settings.heartbeat_ticks,
             applied,
@@ -91,7 +91,9 @@ impl RaftGroup {
             max_committed_size_per_ready: 16 << 20,
             ..Default::default()
         };
-        let logger = settings.logger.new(slog::o!("group" => id.to_string()));
+        let logger = settings
+            .logger
+            .new(slog::o!("group" => id.to_string(), "replica" => replica));
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
@@ -120,8 +122,8 @@ impl RaftGroup {
         self.applied
     }
 
-    /// The leader this replica knows of (0 if none).
-    pub(crate) fn leader(&self) -> NodeId {
+    /// The leader replica this replica knows of (0 if none).
+    pub(crate) fn leader(&self) -> ReplicaId {
         self.raw.raft.leader_id
     }
 
@@ -150,9 +152,9 @@ impl RaftGroup {
         self.raw.raft.has_pending_conf()
     }
 
-    /// The index the leader knows `node` has replicated (leader only).
-    pub(crate) fn matched(&self, node: NodeId) -> Option<u64> {
-        self.raw.raft.prs().get(node).map(|p| p.matched)
+    /// The index the leader knows `replica` has replicated (leader only).
+    pub(crate) fn matched(&self, replica: ReplicaId) -> Option<u64> {
+        self.raw.raft.prs().get(replica).map(|p| p.matched)
     }
 
     /// The commit index.
@@ -203,9 +205,9 @@ impl RaftGroup {
         self.raw.read_index(ctx);
     }
 
-    /// Hands leadership to `node` (leader only; raft waits until it has caught up).
-    pub(crate) fn transfer_leader(&mut self, node: NodeId) {
-        self.raw.transfer_leader(node);
+    /// Hands leadership to `replica` (leader only; raft waits until it has caught up).
+    pub(crate) fn transfer_leader(&mut self, replica: ReplicaId) {
+        self.raw.transfer_leader(replica);
     }
 
     /// Whether a leadership transfer is under way (the leader refuses proposals meanwhile).
@@ -218,9 +220,32 @@ impl RaftGroup {
         self.raw.raft.raft_log.last_index()
     }
 
-    /// Tells raft a peer could not be reached.
-    pub(crate) fn report_unreachable(&mut self, node: NodeId) {
-        self.raw.report_unreachable(node);
+    /// This replica's raft id.
+    pub(crate) fn replica_id(&self) -> ReplicaId {
+        self.raw.raft.id
+    }
+
+    /// Whether `replica` is a voter or learner in the current configuration.
+    pub(crate) fn is_member(&self, replica: ReplicaId) -> bool {
+        let cs = self.raw.store().conf_state();
+        cs.voters.contains(&replica)
+            || cs.learners.contains(&replica)
+            || cs.voters_outgoing.contains(&replica)
+    }
+
+    /// Tells raft that the replicas on `node` could not be reached.
+    pub(crate) fn report_unreachable_node(&mut self, node: NodeId) {
+        let on_node: Vec<ReplicaId> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| node_of(*id) == node)
+            .collect();
+        for replica in on_node {
+            self.raw.report_unreachable(replica);
+        }
     }
 
     /// raft-rs resets the election timeout with its own thread RNG whenever the term or role

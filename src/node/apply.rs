@@ -6,6 +6,7 @@ use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType
 use super::directory::{Applied, Directory, DirectoryOp};
 use super::proposal::{self, ProposalContext};
 use super::NodeCore;
+use crate::error::Error;
 use crate::id::DataStructureId;
 
 impl NodeCore {
@@ -35,6 +36,34 @@ impl NodeCore {
         }
         self.write_for(id).applied = Some(last);
         self.deliver(id);
+        for group in std::mem::take(&mut self.pending_removal) {
+            self.remove_replica(group);
+        }
+    }
+
+    /// Deletes this node's replica of `group` (it was removed from the configuration).
+    /// Subscribers hear [`Error::GroupRemoved`] and the node asks to join again as a new
+    /// incarnation, so their commit streams continue.
+    pub(super) fn remove_replica(&mut self, group: DataStructureId) {
+        if group.is_system() || self.groups.remove(&group).is_none() {
+            return;
+        }
+        slog::info!(self.cfg.logger, "replica removed from its group; deleting it"; "group" => %group);
+        let mut write = crate::storage::GroupWrite::new(group);
+        write.remove = true;
+        self.round_writes.insert(group, write);
+        self.round_meta.push((super::replica_key(group), None));
+        self.held.remove(&group);
+        self.active.remove(&group);
+        let subs = self.subs_by_group.get(&group).cloned().unwrap_or_default();
+        for sub in &subs {
+            if let Some(s) = self.subs.get(sub) {
+                s.report(Error::GroupRemoved);
+            }
+        }
+        if !subs.is_empty() {
+            self.wanted.insert(group);
+        }
     }
 
     fn apply_snapshot(&mut self, id: DataStructureId, snap: &Snapshot) {
@@ -112,9 +141,9 @@ impl NodeCore {
         let Some(record) = self.directory.get(group) else {
             return;
         };
-        if record.initial_voters.contains(&self.me) {
+        if record.initial_voters.contains(&self.me) && !record.removed.contains(&self.me) {
             let voters = record.initial_voters.clone();
-            self.create_replica(group, &voters);
+            self.create_replica(group, &voters, self.me);
         }
         if self.wanted.contains(&group) {
             self.pursue(group);
@@ -132,13 +161,21 @@ impl NodeCore {
         let Some(group) = self.groups.get_mut(&id) else {
             return;
         };
+        let before = members(group.log().conf_state());
         match group.apply_conf_change(&cc) {
             Ok(cs) => {
                 slog::info!(self.cfg.logger, "configuration changed"; "group" => %id,
-                    "voters" => ?cs.voters, "learners" => ?cs.learners);
+                    "voters" => ?cs.voters, "learners" => ?cs.learners,
+                    "outgoing" => ?cs.voters_outgoing);
+                let after = members(&cs);
+                let removed: Vec<_> = before.into_iter().filter(|r| !after.contains(r)).collect();
+                let me_removed = removed.contains(&group.replica_id());
+                self.removed_seen.entry(id).or_default().extend(removed);
                 self.write_for(id).conf_state = Some(cs);
                 self.active.insert(id);
-                if self.wanted.contains(&id) {
+                if me_removed {
+                    self.pending_removal.push(id);
+                } else if self.wanted.contains(&id) {
                     self.pursue(id);
                 }
             }
@@ -147,6 +184,17 @@ impl NodeCore {
             }
         }
     }
+}
+
+/// Every replica in a configuration, joint ones included.
+fn members(cs: &raft::eraftpb::ConfState) -> Vec<crate::id::ReplicaId> {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners_next)
+        .copied()
+        .collect()
 }
 
 fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2, protobuf::ProtobufError> {

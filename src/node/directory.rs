@@ -11,18 +11,20 @@ use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{incarnation_of, node_of, DataStructureId, NodeId, ReplicaId};
 
 /// A change to the directory, the payload of a system-group entry.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub(crate) enum DirectoryOp {
-    /// Create a group with these initial voters, unless it exists.
+    /// Create a group with these initial voters (incarnation 0), unless it exists.
     Create { group: u128, voters: Vec<NodeId> },
-    /// The group's configuration as of `conf_index` (ignored if not newer).
+    /// The group's configuration as of `conf_index` (ignored if not newer), and replicas
+    /// removed from it.
     SetReplicas {
         group: u128,
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
+        voters: Vec<ReplicaId>,
+        learners: Vec<ReplicaId>,
+        removed: Vec<ReplicaId>,
         conf_index: u64,
     },
 }
@@ -33,17 +35,37 @@ pub(crate) struct GroupRecord {
     /// The voters the group was bootstrapped with (every replica starts from them).
     pub initial_voters: Vec<NodeId>,
     /// Voters as of `conf_index`.
-    pub voters: Vec<NodeId>,
+    pub voters: Vec<ReplicaId>,
     /// Learners as of `conf_index`.
-    pub learners: Vec<NodeId>,
+    pub learners: Vec<ReplicaId>,
+    /// Replicas removed from the group (the most recent [`MAX_REMOVED`]): a node that finds
+    /// its replica here deletes it.
+    pub removed: Vec<ReplicaId>,
     /// Index of the conf change the sets come from (0: the initial voters).
     pub conf_index: u64,
 }
 
+/// How many removed replica ids a record keeps.
+pub(crate) const MAX_REMOVED: usize = 64;
+
 impl GroupRecord {
-    /// Every node holding a replica.
-    pub(crate) fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+    /// Every replica in the group.
+    pub(crate) fn replicas(&self) -> impl Iterator<Item = ReplicaId> + '_ {
         self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// An incarnation of `node` never used in this group (as far as the record and the
+    /// replicas in `also` know).
+    pub(crate) fn fresh_incarnation(&self, node: NodeId, also: &[ReplicaId]) -> u16 {
+        let used = self
+            .replicas()
+            .chain(self.removed.iter().copied())
+            .chain(self.initial_voters.iter().copied())
+            .chain(also.iter().copied())
+            .filter(|r| node_of(*r) == node)
+            .map(incarnation_of)
+            .max();
+        used.map_or(1, |max| max.saturating_add(1))
     }
 }
 
@@ -111,6 +133,7 @@ impl Directory {
                     initial_voters: voters.clone(),
                     voters,
                     learners: Vec::new(),
+                    removed: Vec::new(),
                     conf_index: 0,
                 };
                 self.groups.insert(group, record);
@@ -120,11 +143,19 @@ impl Directory {
                 group,
                 voters,
                 learners,
+                removed,
                 conf_index,
             } => match self.groups.get_mut(&group) {
                 Some(record) if conf_index > record.conf_index => {
                     record.voters = voters;
                     record.learners = learners;
+                    for r in removed {
+                        if !record.removed.contains(&r) {
+                            record.removed.push(r);
+                        }
+                    }
+                    let excess = record.removed.len().saturating_sub(MAX_REMOVED);
+                    record.removed.drain(..excess);
                     record.conf_index = conf_index;
                     Applied::Updated(DataStructureId::from_u128(group))
                 }
@@ -182,6 +213,7 @@ mod tests {
             group: g.as_u128(),
             voters,
             learners: vec![9],
+            removed: vec![crate::id::replica_id(4, 2)],
             conf_index,
         };
         assert_eq!(d.apply(set(10, vec![1, 2])), Applied::Updated(g));
@@ -190,6 +222,14 @@ mod tests {
         assert_eq!(DirectoryOp::decode(&op.encode()), Some(op));
         let back = Directory::decode(&d.encode()).unwrap();
         assert_eq!(back, d);
+        let record = d.get(g).unwrap();
+        assert_eq!(record.removed, vec![crate::id::replica_id(4, 2)]);
+        assert_eq!(record.fresh_incarnation(4, &[]), 3);
+        assert_eq!(record.fresh_incarnation(1, &[]), 1);
+        assert_eq!(
+            record.fresh_incarnation(8, &[crate::id::replica_id(8, 5)]),
+            6
+        );
         assert!(DirectoryOp::decode(b"\xff\xff garbage").is_none());
     }
 }

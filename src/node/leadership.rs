@@ -4,7 +4,7 @@
 
 use super::placement;
 use super::NodeCore;
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{node_of, DataStructureId, ReplicaId};
 
 /// How long a graceful shutdown waits for its leaderships to move before stopping anyway.
 const HANDOVER_TIMEOUT_MS: u64 = 3_000;
@@ -17,16 +17,16 @@ pub(crate) struct Handover {
 
 impl NodeCore {
     /// The voter that should lead `group`: the first alive one in rendezvous order.
-    fn preferred_leader(&self, group: DataStructureId) -> Option<NodeId> {
+    fn preferred_leader(&self, group: DataStructureId) -> Option<ReplicaId> {
         let raft = self.groups.get(&group)?;
-        let voters = raft
-            .log()
-            .conf_state()
-            .voters
+        let voters = &raft.log().conf_state().voters;
+        let alive = voters
             .iter()
-            .filter(|v| self.is_alive(**v))
-            .map(|v| (*v, ""));
-        placement::rank(group, voters).first().map(|(n, _)| *n)
+            .map(|v| node_of(*v))
+            .filter(|n| self.is_alive(*n))
+            .map(|n| (n, ""));
+        let node = placement::rank(group, alive).first().map(|(n, _)| *n)?;
+        voters.iter().copied().find(|v| node_of(*v) == node)
     }
 
     /// A leader that is not its group's preferred leader hands over to it once the
@@ -41,7 +41,7 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        if preferred == self.me || !raft.is_leader() || raft.has_pending_conf() {
+        if preferred == raft.replica_id() || !raft.is_leader() || raft.has_pending_conf() {
             return;
         }
         if raft.matched(preferred) == Some(raft.last_index()) {
@@ -106,14 +106,14 @@ impl NodeCore {
         pending
     }
 
-    /// The alive voter other than this node that has replicated the most.
-    fn best_successor(&self, group: DataStructureId) -> Option<NodeId> {
+    /// The alive voter on another node that has replicated the most.
+    fn best_successor(&self, group: DataStructureId) -> Option<ReplicaId> {
         let raft = self.groups.get(&group)?;
         raft.log()
             .conf_state()
             .voters
             .iter()
-            .filter(|v| **v != self.me && self.is_alive(**v))
+            .filter(|v| node_of(**v) != self.me && self.is_alive(node_of(**v)))
             .max_by_key(|v| raft.matched(**v).unwrap_or(0))
             .copied()
     }

@@ -1,13 +1,13 @@
-//! Periodic work: creating and joining wanted groups, growing groups to their replication
-//! factor, keeping the directory's replica sets current, serving the system snapshot.
+//! Periodic work: creating and joining wanted groups, keeping the directory's replica sets
+//! current, deleting replicas the directory says were removed, serving the system snapshot.
 
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Snapshot};
+use raft::eraftpb::Snapshot;
 
 use super::directory::DirectoryOp;
 use super::placement;
 use super::proposal::ProposalContext;
 use super::NodeCore;
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{incarnation_of, node_of, replica_id, DataStructureId, NodeId};
 use crate::proto;
 
 /// Ticks between attempts to create or join a wanted group, and between replica checks.
@@ -16,6 +16,11 @@ const MAINTENANCE_PERIOD_TICKS: u64 = 5;
 impl NodeCore {
     pub(super) fn maintain(&mut self) {
         self.prepare_system_snapshot();
+        // Joining nodes wait for the directory: the system group grows every tick.
+        let system = DataStructureId::SYSTEM;
+        if self.groups.get(&system).is_some_and(|g| g.is_leader()) {
+            self.manage_replicas(system);
+        }
         if self.ticks % MAINTENANCE_PERIOD_TICKS != 0 {
             return;
         }
@@ -23,6 +28,7 @@ impl NodeCore {
         for group in wanted {
             self.pursue(group);
         }
+        self.collect_removed_replicas();
         let led: Vec<_> = self
             .groups
             .iter()
@@ -30,18 +36,30 @@ impl NodeCore {
             .map(|(id, _)| *id)
             .collect();
         for group in led {
-            self.grow(group);
+            if !group.is_system() {
+                self.manage_replicas(group);
+            }
             self.reconcile_directory(group);
             self.balance_leadership(group);
         }
     }
 
+    /// Whether `node` is this node or an alive member.
     pub(super) fn is_alive(&self, node: NodeId) -> bool {
         node == self.me || self.members.get(&node).is_some_and(|m| m.alive)
     }
 
+    /// Whether gossip has considered `node` down for longer than the grace period.
+    pub(super) fn is_dead_for_good(&self, node: NodeId) -> bool {
+        self.members.get(&node).is_some_and(|m| {
+            !m.alive
+                && m.down_since_ms
+                    .is_some_and(|since| since + self.cfg.dead_node_grace_ms <= self.now_ms)
+        })
+    }
+
     /// Alive nodes with their datacenters, this one included.
-    fn alive_nodes(&self) -> Vec<(NodeId, &str)> {
+    pub(super) fn alive_nodes(&self) -> Vec<(NodeId, &str)> {
         let mut nodes = vec![(self.me, self.cfg.me.datacenter.as_str())];
         nodes.extend(
             self.members
@@ -53,28 +71,34 @@ impl NodeCore {
     }
 
     /// Moves a wanted group forward: propose its creation, or host a replica here and ask
-    /// its replicas to add this node as a learner. Done once this node is in its config.
+    /// the group to add it as a learner. Done once the replica is in the configuration.
     pub(super) fn pursue(&mut self, group: DataStructureId) {
         let Some(record) = self.directory.get(group) else {
             self.propose_creation(group);
             return;
         };
         let initial = record.initial_voters.clone();
-        let mut targets: Vec<NodeId> = record.replicas().collect();
+        let mut targets: Vec<NodeId> = record.replicas().map(node_of).collect();
         if !self.groups.contains_key(&group) {
-            self.create_replica(group, &initial);
+            let listed = record
+                .replicas()
+                .chain(initial.iter().copied())
+                .find(|r| node_of(*r) == self.me && !self.was_removed(group, *r));
+            let replica = listed.unwrap_or_else(|| self.fresh_replica(group, self.me));
+            self.create_replica(group, &initial, replica);
         }
         let Some(raft) = self.groups.get(&group) else {
             return;
         };
-        let cs = raft.log().conf_state();
-        if cs.voters.contains(&self.me) || cs.learners.contains(&self.me) {
+        let replica = raft.replica_id();
+        if raft.is_member(replica) {
             self.wanted.remove(&group);
             self.flush_queued(group);
             return;
         }
-        targets.extend(cs.voters.iter().chain(cs.learners.iter()));
-        targets.push(raft.leader());
+        let cs = raft.log().conf_state();
+        targets.extend(cs.voters.iter().chain(&cs.learners).map(|r| node_of(*r)));
+        targets.push(node_of(raft.leader()));
         targets.sort_unstable();
         targets.dedup();
         for node in targets.into_iter().filter(|n| *n != 0 && *n != self.me) {
@@ -85,8 +109,46 @@ impl NodeCore {
                 .push(proto::JoinRequest {
                     group: group.to_bytes().to_vec(),
                     node_id: self.me,
+                    replica_id: replica,
                 });
         }
+    }
+
+    /// Whether `replica` of `group` is known to have been removed.
+    pub(super) fn was_removed(&self, group: DataStructureId, replica: u64) -> bool {
+        self.removed_seen
+            .get(&group)
+            .is_some_and(|r| r.contains(&replica))
+            || self
+                .directory
+                .get(group)
+                .is_some_and(|r| r.removed.contains(&replica))
+    }
+
+    /// A replica id for `node` in `group` that was never used: one incarnation above any
+    /// seen in the directory, the current configuration or removals seen here.
+    pub(super) fn fresh_replica(&self, group: DataStructureId, node: NodeId) -> u64 {
+        let mut seen: Vec<u64> = self.removed_seen.get(&group).cloned().unwrap_or_default();
+        if let Some(raft) = self.groups.get(&group) {
+            let cs = raft.log().conf_state();
+            seen.extend(
+                cs.voters
+                    .iter()
+                    .chain(&cs.learners)
+                    .chain(&cs.voters_outgoing),
+            );
+            seen.push(raft.replica_id());
+        }
+        let incarnation = match self.directory.get(group) {
+            Some(record) => record.fresh_incarnation(node, &seen),
+            None => seen
+                .iter()
+                .filter(|r| node_of(**r) == node)
+                .map(|r| incarnation_of(*r))
+                .max()
+                .map_or(1, |max| max.saturating_add(1)),
+        };
+        replica_id(node, incarnation)
     }
 
     fn propose_creation(&mut self, group: DataStructureId) {
@@ -118,93 +180,29 @@ impl NodeCore {
         self.active.insert(DataStructureId::SYSTEM);
     }
 
-    /// Another node wants a replica of `group` for its subscriber: the leader adds it as a
-    /// learner.
-    pub(super) fn handle_join_request(&mut self, join: proto::JoinRequest) {
-        let Some(group) = DataStructureId::from_bytes(&join.group) else {
-            return;
-        };
-        let node = join.node_id;
-        let Some(raft) = self.groups.get(&group) else {
-            return;
-        };
-        if !raft.is_leader() || raft.has_pending_conf() || !self.members.contains_key(&node) {
-            return;
-        }
-        let cs = raft.log().conf_state();
-        if cs.voters.contains(&node) || cs.learners.contains(&node) {
-            return;
-        }
-        self.change_conf(group, node, ConfChangeType::AddLearnerNode);
-    }
-
-    fn change_conf(&mut self, group: DataStructureId, node: NodeId, change: ConfChangeType) {
-        let Some(raft) = self.groups.get_mut(&group) else {
-            return;
-        };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(change);
-        single.node_id = node;
-        let mut cc = ConfChangeV2::default();
-        cc.mut_changes().push(single);
-        match raft.propose_conf_change(cc) {
-            Ok(()) => {
-                slog::info!(self.cfg.logger, "proposing conf change"; "group" => %group,
-                    "peer" => node, "change" => ?change);
-            }
-            Err(e) => {
-                slog::debug!(self.cfg.logger, "conf change dropped"; "group" => %group, "error" => %e);
-            }
-        }
-        self.active.insert(group);
-    }
-
-    /// The leader grows its group towards the replication factor: promote a caught-up alive
-    /// learner, or add an alive node as a learner first. The system group also takes every
-    /// other alive node as a learner, so every node holds the directory.
-    fn grow(&mut self, group: DataStructureId) {
-        let Some(raft) = self.groups.get(&group) else {
-            return;
-        };
-        if raft.has_pending_conf() {
-            return;
-        }
-        let cs = raft.log().conf_state().clone();
-        let committed = raft.committed();
-        if cs.voters.len() < self.cfg.replication_factor {
-            let ranked = placement::rank(group, self.alive_nodes());
-            let caught_up = ranked.iter().map(|(n, _)| *n).find(|n| {
-                cs.learners.contains(n) && raft.matched(*n).is_some_and(|m| m >= committed)
-            });
-            if let Some(node) = caught_up {
-                return self.change_conf(group, node, ConfChangeType::AddNode);
-            }
-            let catching_up = cs.learners.iter().any(|n| self.is_alive(*n));
-            let fresh = ranked
-                .iter()
-                .map(|(n, _)| *n)
-                .find(|n| !cs.voters.contains(n) && !cs.learners.contains(n));
-            if !catching_up || group.is_system() {
-                if let Some(node) = fresh {
-                    return self.change_conf(group, node, ConfChangeType::AddLearnerNode);
-                }
-            }
-        }
-        if group.is_system() {
-            let missing = self
-                .members
-                .iter()
-                .filter(|(_, m)| m.alive)
-                .map(|(id, _)| *id)
-                .find(|n| !cs.voters.contains(n) && !cs.learners.contains(n));
-            if let Some(node) = missing {
-                self.change_conf(group, node, ConfChangeType::AddLearnerNode);
-            }
+    /// Deletes local replicas the directory lists as removed: this node was away when
+    /// they were replaced.
+    fn collect_removed_replicas(&mut self) {
+        let stale: Vec<_> = self
+            .groups
+            .iter()
+            .filter(|(id, raft)| {
+                !id.is_system()
+                    && self
+                        .directory
+                        .get(**id)
+                        .is_some_and(|r| r.removed.contains(&raft.replica_id()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for group in stale {
+            self.remove_replica(group);
         }
     }
 
-    /// The leader of a data group records its current replica set in the directory, so
-    /// nodes looking for the group find replicas that still exist.
+    /// The leader of a data group records its current replica set (and the replicas it
+    /// removed) in the directory, so nodes looking for the group find replicas that still
+    /// exist and nodes that were away learn their replicas are gone.
     fn reconcile_directory(&mut self, group: DataStructureId) {
         if group.is_system() {
             return;
@@ -222,13 +220,16 @@ impl NodeCore {
         let mut known_learners = record.learners.clone();
         known_voters.sort_unstable();
         known_learners.sort_unstable();
-        if voters == known_voters && learners == known_learners {
+        let removed = self.removed_seen.get(&group).cloned().unwrap_or_default();
+        let removed_known = removed.iter().all(|r| record.removed.contains(r));
+        if voters == known_voters && learners == known_learners && removed_known {
             return;
         }
         let op = DirectoryOp::SetReplicas {
             group: group.as_u128(),
             voters,
             learners,
+            removed,
             conf_index: raft.applied(),
         };
         self.propose_system(op);

@@ -14,6 +14,7 @@ pub mod member;
 mod placement;
 pub(crate) mod proposal;
 mod read;
+mod replicas;
 mod round;
 mod status;
 pub(crate) mod subscription;
@@ -29,7 +30,7 @@ use rand::SeedableRng;
 
 use crate::error::Error;
 use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{incarnation_of, node_of, DataStructureId, NodeId, ReplicaId};
 use crate::proto;
 use crate::storage::{GroupWrite, LogStore, WriteBatch};
 
@@ -56,6 +57,8 @@ pub(crate) struct CoreConfig {
     pub logger: slog::Logger,
     /// This node starts a new cluster: it bootstraps the system group if it has none.
     pub founder: bool,
+    /// How long a node stays down before its replicas are replaced elsewhere.
+    pub dead_node_grace_ms: u64,
 }
 
 /// What the runtime must do after a round.
@@ -72,6 +75,14 @@ pub(crate) struct Output {
 struct Member {
     info: NodeInfo,
     alive: bool,
+    /// When gossip declared it down (it is replaced after `dead_node_grace_ms`).
+    down_since_ms: Option<u64>,
+}
+
+/// Metadata key holding this node's replica id in `group` (absent: incarnation 0, the
+/// node id itself).
+fn replica_key(group: DataStructureId) -> String {
+    format!("replica/{group}")
 }
 
 /// The deterministic heart of a copycat node.
@@ -108,6 +119,11 @@ pub(crate) struct NodeCore {
     durable_seq: u64,
     storage_failed: bool,
     stopped: bool,
+    /// Replicas removed from each group, as seen in applied conf changes (reported to the
+    /// directory so that nodes that were away delete their stale replicas).
+    removed_seen: HashMap<DataStructureId, Vec<ReplicaId>>,
+    /// Groups whose local replica was just removed from the configuration.
+    pending_removal: Vec<DataStructureId>,
     /// Set while a graceful shutdown hands leaderships over.
     handover: Option<leadership::Handover>,
 }
@@ -145,13 +161,16 @@ impl NodeCore {
             storage_failed: false,
             stopped: false,
             handover: None,
+            removed_seen: HashMap::new(),
+            pending_removal: Vec::new(),
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone());
             let applied = group.applied.max(group.snapshot.index);
+            let replica = core.stored_replica_id(group.group)?;
             let raft = RaftGroup::new(
                 group.group,
-                core.me,
+                replica,
                 log,
                 applied,
                 &core.cfg.raft,
@@ -163,9 +182,22 @@ impl NodeCore {
         }
         core.rebuild_directory()?;
         if core.cfg.founder && !core.groups.contains_key(&DataStructureId::SYSTEM) {
-            core.create_replica(DataStructureId::SYSTEM, &[core.me]);
+            core.create_replica(DataStructureId::SYSTEM, &[core.me], core.me);
         }
         Ok(core)
+    }
+
+    /// This node's replica id in a stored group.
+    fn stored_replica_id(&self, group: DataStructureId) -> crate::Result<ReplicaId> {
+        let Some(bytes) = self.disk.get_meta(&replica_key(group))? else {
+            return Ok(self.me);
+        };
+        let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+            Error::Config(format!(
+                "the stored replica id of group {group} is corrupted"
+            ))
+        })?;
+        Ok(u64::from_be_bytes(arr))
     }
 
     /// Replays the system group's snapshot and applied entries into the directory.
@@ -194,10 +226,11 @@ impl NodeCore {
         Ok(())
     }
 
-    /// Creates a replica bootstrapped with the group's initial `voters`. Every replica of a
-    /// group, initial or added later, starts from this same synthetic snapshot.
-    fn create_replica(&mut self, group: DataStructureId, voters: &[NodeId]) {
-        if self.groups.contains_key(&group) {
+    /// Creates this node's replica `replica` of `group`, bootstrapped with the group's
+    /// initial `voters`. Every replica of a group, initial or added later, starts from this
+    /// same synthetic snapshot.
+    fn create_replica(&mut self, group: DataStructureId, voters: &[NodeId], replica: ReplicaId) {
+        if self.groups.contains_key(&group) || node_of(replica) != self.me {
             return;
         }
         let snap = GroupLog::bootstrap_snapshot(voters);
@@ -205,7 +238,7 @@ impl NodeCore {
         log.apply_snapshot(&snap);
         let raft = RaftGroup::new(
             group,
-            self.me,
+            replica,
             log,
             BOOTSTRAP_INDEX,
             &self.cfg.raft,
@@ -223,22 +256,33 @@ impl NodeCore {
         write.applied = Some(BOOTSTRAP_INDEX);
         write.hard_state = Some(raft.log().initial_hard_state());
         write.snapshot = Some(snap);
-        if voters.first() == Some(&self.me) {
+        if replica != self.me {
+            let key = replica_key(group);
+            self.round_meta
+                .push((key, Some(replica.to_be_bytes().to_vec())));
+        }
+        if voters.first() == Some(&replica) {
             if let Err(e) = raft.campaign(&mut self.rng) {
                 slog::warn!(self.cfg.logger, "campaign failed"; "group" => %group, "error" => %e);
             }
         }
-        slog::info!(self.cfg.logger, "replica created"; "group" => %group, "voters" => ?voters);
+        slog::info!(self.cfg.logger, "replica created"; "group" => %group, "replica" => replica,
+            "voters" => ?voters);
         self.groups.insert(group, raft);
         self.active.insert(group);
     }
 
     /// A replica waiting for the system group's snapshot from its leader.
-    fn create_uninitialized_system_replica(&mut self) {
+    fn create_uninitialized_system_replica(&mut self, replica: ReplicaId) {
         let group = DataStructureId::SYSTEM;
         let log = GroupLog::empty(group, self.disk.clone());
-        match RaftGroup::new(group, self.me, log, 0, &self.cfg.raft, &mut self.rng) {
+        match RaftGroup::new(group, replica, log, 0, &self.cfg.raft, &mut self.rng) {
             Ok(raft) => {
+                if replica != self.me {
+                    let key = replica_key(group);
+                    self.round_meta
+                        .push((key, Some(replica.to_be_bytes().to_vec())));
+                }
                 self.groups.insert(group, raft);
             }
             Err(e) => {
@@ -287,13 +331,37 @@ impl NodeCore {
             slog::warn!(self.cfg.logger, "dropping undecodable raft message"; "from" => from, "error" => %e);
             return;
         }
-        if msg.to != self.me || msg.from != from || raft::raw_node::is_local_msg(msg.msg_type) {
+        if node_of(msg.to) != self.me
+            || node_of(msg.from) != from
+            || raft::raw_node::is_local_msg(msg.msg_type)
+        {
             slog::warn!(self.cfg.logger, "dropping misaddressed raft message";
                 "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
             return;
         }
         if !self.groups.contains_key(&group) {
-            self.create_replica_for_message(group);
+            self.create_replica_for_message(group, msg.to);
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.replica_id() != msg.to {
+            let local = raft.replica_id();
+            // A local replica that never became a member has nothing to lose.
+            if incarnation_of(msg.to) <= incarnation_of(local) && raft.is_member(local) {
+                slog::debug!(self.cfg.logger, "dropping message for an old incarnation";
+                    "group" => %group, "to" => msg.to, "local" => local);
+                return;
+            }
+            // The group added another incarnation of this node's replica: the local one was
+            // removed while this node was away, or never joined. Replace it.
+            self.replace_stale_replica(group, msg.to);
+            let Some(raft) = self.groups.get_mut(&group) else {
+                return;
+            };
+            if raft.replica_id() != msg.to {
+                return;
+            }
         }
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
@@ -304,14 +372,34 @@ impl NodeCore {
         self.active.insert(group);
     }
 
-    /// A peer sends raft traffic for a group this node does not host: the system group
-    /// (this node was just added to it), or a data group the directory knows.
-    fn create_replica_for_message(&mut self, group: DataStructureId) {
+    /// Deletes the local replica of `group` and hosts `newer` instead.
+    fn replace_stale_replica(&mut self, group: DataStructureId, newer: ReplicaId) {
+        slog::info!(self.cfg.logger, "local replica superseded by a newer incarnation";
+            "group" => %group, "replica" => newer);
         if group.is_system() {
-            self.create_uninitialized_system_replica();
+            self.groups.remove(&group);
+            let mut write = GroupWrite::new(group);
+            write.remove = true;
+            self.round_writes.insert(group, write);
+            self.held.remove(&group);
+        } else {
+            self.remove_replica(group);
+        }
+        self.create_replica_for_message(group, newer);
+    }
+
+    /// A peer sends raft traffic to replica `replica` of a group this node does not host:
+    /// the system group (this node was just added to it), or a data group the directory
+    /// knows (this node was added as a learner), unless that replica was removed.
+    fn create_replica_for_message(&mut self, group: DataStructureId, replica: ReplicaId) {
+        if group.is_system() {
+            self.create_uninitialized_system_replica(replica);
         } else if let Some(record) = self.directory.get(group) {
+            if record.removed.contains(&replica) {
+                return;
+            }
             let voters = record.initial_voters.clone();
-            self.create_replica(group, &voters);
+            self.create_replica(group, &voters, replica);
         } else {
             slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
         }
@@ -328,8 +416,12 @@ impl NodeCore {
                     .is_none_or(|m| m.info != info || !m.alive);
                 if changed {
                     slog::info!(self.cfg.logger, "member up"; "peer" => info.node_id, "addr" => %info.raft_addr);
-                    self.members
-                        .insert(info.node_id, Member { info, alive: true });
+                    let member = Member {
+                        info,
+                        alive: true,
+                        down_since_ms: None,
+                    };
+                    self.members.insert(member.info.node_id, member);
                     self.record_known_peers();
                 }
             }
@@ -338,6 +430,7 @@ impl NodeCore {
                 if let Some(member) = self.members.get_mut(&node) {
                     slog::info!(self.cfg.logger, "member down"; "peer" => node);
                     member.alive = false;
+                    member.down_since_ms.get_or_insert(now_ms);
                 }
             }
         }
@@ -358,7 +451,7 @@ impl NodeCore {
     /// The transport could not reach `node`: tell every group so raft probes it gently.
     pub(crate) fn handle_unreachable(&mut self, node: NodeId) {
         for (id, group) in self.groups.iter_mut() {
-            group.report_unreachable(node);
+            group.report_unreachable_node(node);
             self.active.insert(*id);
         }
     }

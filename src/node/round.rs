@@ -7,7 +7,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::{NodeCore, Output};
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{node_of, DataStructureId, NodeId};
 use crate::proto;
 use crate::storage::WriteBatch;
 
@@ -111,7 +111,7 @@ impl NodeCore {
 
     pub(super) fn queue_messages(&mut self, group: DataStructureId, messages: Vec<Message>) {
         for msg in messages {
-            let to = msg.to;
+            let to = node_of(msg.to);
             match msg.write_to_bytes() {
                 Ok(bytes) => self
                     .sends

@@ -1,7 +1,7 @@
 //! Read-only views of the core for status pages and tests.
 
 use super::NodeCore;
-use crate::id::{DataStructureId, NodeId};
+use crate::id::{node_of, DataStructureId, NodeId};
 
 /// A member of the cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +21,11 @@ pub struct MemberStatus {
 pub struct GroupStatus {
     /// The data structure.
     pub id: DataStructureId,
-    /// The leader this replica knows of, if any.
+    /// The node of the leader this replica knows of, if any.
     pub leader: Option<NodeId>,
-    /// Voting members.
+    /// Nodes of the voting members.
     pub voters: Vec<NodeId>,
-    /// Non-voting members.
+    /// Nodes of the non-voting members.
     pub learners: Vec<NodeId>,
     /// The highest log index applied here.
     pub applied_index: u64,
@@ -57,9 +57,9 @@ impl NodeCore {
         let cs = raft.log().conf_state();
         Some(GroupStatus {
             id: group,
-            leader: Some(raft.leader()).filter(|l| *l != 0),
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            leader: Some(node_of(raft.leader())).filter(|l| *l != 0),
+            voters: cs.voters.iter().map(|r| node_of(*r)).collect(),
+            learners: cs.learners.iter().map(|r| node_of(*r)).collect(),
             applied_index: raft.applied(),
             commit_index: raft.committed(),
         })
@@ -72,6 +72,13 @@ impl NodeCore {
             .filter(|g| !g.is_system())
             .copied()
             .collect()
+    }
+
+    /// Whether this node replicates the directory (it is a member of the system group).
+    pub(crate) fn has_joined(&self) -> bool {
+        self.groups
+            .get(&DataStructureId::SYSTEM)
+            .is_some_and(|g| g.is_member(g.replica_id()) && g.leader() != 0)
     }
 
     /// How many groups the directory knows.

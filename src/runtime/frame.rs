@@ -160,6 +160,7 @@ mod tests {
                 joins: vec![JoinRequest {
                     group: vec![3; 16],
                     node_id: 9,
+                    replica_id: 9,
                 }],
             })),
         }

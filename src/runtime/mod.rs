@@ -217,6 +217,7 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
         rng_seed: seed,
         logger,
         founder: config.peers.is_empty(),
+        dead_node_grace_ms: config.dead_node_grace.as_millis() as u64,
     }
 }
 
@@ -225,14 +226,15 @@ fn load_or_create_node_id(store: &dyn LogStore) -> Result<NodeId> {
         let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
             Error::Config("the stored node id is corrupted (not 8 bytes)".to_string())
         })?;
-        return Ok(u64::from_be_bytes(arr));
-    }
-    let id = loop {
-        let id: u64 = rand::random();
-        if id != 0 {
-            break id;
+        let id = u64::from_be_bytes(arr);
+        if id == 0 || crate::id::node_of(id) != id {
+            return Err(Error::Config(format!(
+                "the stored node id {id} is out of range"
+            )));
         }
-    };
+        return Ok(id);
+    }
+    let id = crate::id::random_node_id(&mut rand::thread_rng());
     let batch = WriteBatch {
         groups: Vec::new(),
         meta: vec![(NODE_ID_KEY.to_string(), Some(id.to_be_bytes().to_vec()))],

@@ -45,16 +45,24 @@ fn logger() -> slog::Logger {
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub nodes: Vec<Option<CopyCat>>,
+    /// `Config::dead_node_grace` of every node.
+    pub dead_node_grace: Duration,
 }
 
 impl Cluster {
     /// Starts `n` nodes: the first founds the cluster, the others join through it, and
     /// waits until every node sees every other.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with_grace(n, Config::default().dead_node_grace)
+    }
+
+    /// [`Cluster::start`] with a dead-node grace period (replacement of dead replicas).
+    pub fn start_with_grace(n: usize, dead_node_grace: Duration) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
             root,
             nodes: Vec::new(),
+            dead_node_grace,
         };
         for _ in 0..n {
             cluster.add_node();
@@ -79,9 +87,16 @@ impl Cluster {
     /// Starts one more node joining the cluster; returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let node = CopyCat::start(config(&self.dir(i), self.peers())).expect("node starts");
+        let node = CopyCat::start(self.node_config(i, self.peers())).expect("node starts");
         self.nodes.push(Some(node));
         i
+    }
+
+    fn node_config(&self, i: usize, peers: Vec<String>) -> Config {
+        Config {
+            dead_node_grace: self.dead_node_grace,
+            ..config(&self.dir(i), peers)
+        }
     }
 
     pub fn node(&self, i: usize) -> &CopyCat {
@@ -109,10 +124,11 @@ impl Cluster {
             .filter_map(|(_, n)| n.as_ref())
             .map(|n| n.gossip_addr().to_string())
             .collect();
-        let node = CopyCat::start(config(&self.dir(i), peers)).expect("node restarts");
+        let node = CopyCat::start(self.node_config(i, peers)).expect("node restarts");
         self.nodes[i] = Some(node);
     }
 
+    /// Waits until every running node sees `n` alive members and has joined the directory.
     pub fn wait_members(&self, n: usize) {
         wait_until(
             "every node sees every other",
@@ -122,6 +138,7 @@ impl Cluster {
                     node.members()
                         .map(|m| m.iter().filter(|m| m.state == "alive").count() >= n)
                         .unwrap_or(false)
+                        && node.has_joined().unwrap_or(false)
                 })
             },
         );

@@ -122,6 +122,7 @@ fn batch(n: u32) -> Batch {
         joins: vec![JoinRequest {
             group: vec![8; 16],
             node_id: u64::from(n),
+            replica_id: u64::from(n),
         }],
     }
 }

@@ -9,8 +9,10 @@
 
 mod keys;
 mod sled_store;
+mod snapshot_files;
 
 pub use sled_store::SledStore;
+pub use snapshot_files::SnapshotFiles;
 
 use std::path::PathBuf;
 
@@ -64,15 +66,19 @@ pub struct StoredGroup {
 }
 
 /// The writes of one group in a round. Applied in field order: `remove`, `snapshot`,
-/// `truncate_from`, `entries`, `hard_state`, `conf_state`, `applied`.
+/// `compact`, `truncate_from`, `entries`, `hard_state`, `conf_state`, `applied`.
 #[derive(Debug, Clone, Default)]
 pub struct GroupWrite {
     /// The group.
     pub group: DataStructureId,
     /// Deletes everything stored for the group (entries, states, snapshot) first.
     pub remove: bool,
-    /// Installs a snapshot: stores it and deletes every log entry of the group.
+    /// Installs a snapshot: stores it and deletes every log entry of the group. Non-empty
+    /// data goes to a file (see [`SnapshotFiles`]), the metadata to sled.
     pub snapshot: Option<Snapshot>,
+    /// Compacts the log: the snapshot with this metadata, already written to its file,
+    /// covers every entry up to its index; those entries are deleted.
+    pub compact: Option<SnapshotMetadata>,
     /// Deletes every entry with index `>=` this (a follower's log was overwritten by a leader).
     pub truncate_from: Option<u64>,
     /// Entries to store, contiguous and ascending.
@@ -104,7 +110,12 @@ impl GroupWrite {
         if later.snapshot.is_some() {
             self.truncate_from = None;
             self.entries.clear();
+            self.compact = None;
             self.snapshot = later.snapshot;
+        }
+        if let Some(meta) = later.compact {
+            self.entries.retain(|e| e.index > meta.index);
+            self.compact = Some(meta);
         }
         if let Some(t) = later.truncate_from {
             self.entries.retain(|e| e.index < t);

@@ -202,6 +202,7 @@ pub struct SledStore {
     db: sled::Db,
     /// Held for a whole write (build, apply, flush, sync): one writer at a time.
     sync: Mutex<SyncFiles>,
+    files: SnapshotFiles,
     logger: Logger,
     _registration: DirRegistration,
 }
@@ -221,9 +222,15 @@ impl SledStore {
         Ok(SledStore {
             db,
             sync: Mutex::new(sync),
+            files: SnapshotFiles::new(&canonical),
             logger,
             _registration: registration,
         })
+    }
+
+    /// The snapshot files of this store.
+    pub fn snapshot_files(&self) -> &SnapshotFiles {
+        &self.files
     }
 
     /// The term of entry `index` of `group`, read from the stored term prefix without decoding
@@ -264,6 +271,16 @@ impl SledStore {
 
     /// Applies, flushes and syncs `batch`; the caller holds the writers' lock (`sync`).
     fn write_locked(&self, sync: &mut SyncFiles, batch: &WriteBatch) -> Result<()> {
+        // Snapshot files first: metadata never points to a file that is not durable.
+        for gw in &batch.groups {
+            if gw.remove {
+                self.files.remove_group(gw.group)?;
+            }
+            if let Some(snap) = gw.snapshot.as_ref().filter(|s| !s.get_data().is_empty()) {
+                let index = snap.get_metadata().index;
+                self.files.write(gw.group, index, snap.get_data())?;
+            }
+        }
         let mut overlay = Overlay {
             db: &self.db,
             ops: BTreeMap::new(),
@@ -361,6 +378,23 @@ impl Overlay<'_> {
         Ok(())
     }
 
+    /// Deletes the entries of `group` with index `<= through`.
+    fn delete_entries_through(&mut self, group: DataStructureId, through: u64) -> Result<()> {
+        let range = entry_range(group, 0);
+        let end = entry_key(group, through);
+        for key in self.db.range(range.start().clone()..=end.clone()).keys() {
+            self.ops.insert(key.map_err(sled_err)?.to_vec(), None);
+        }
+        let bounds = (
+            Bound::Included(&range.start()[..]),
+            Bound::Included(&end[..]),
+        );
+        for (_, v) in self.ops.range_mut::<[u8], _>(bounds) {
+            *v = None;
+        }
+        Ok(())
+    }
+
     fn apply_group(&mut self, gw: &GroupWrite) -> Result<()> {
         let g = gw.group;
         if gw.remove {
@@ -378,8 +412,22 @@ impl Overlay<'_> {
         if let Some(snap) = &gw.snapshot {
             let meta = encode_msg(snap.get_metadata(), "snapshot metadata")?;
             self.put(&group_key(TAG_SNAP_META, g), meta);
-            self.put(&group_key(TAG_SNAP_DATA, g), snap.get_data().to_vec());
+            // Empty data (a group's synthetic first snapshot) stays in sled; anything else
+            // is in its file.
+            if snap.get_data().is_empty() {
+                self.put(&group_key(TAG_SNAP_DATA, g), Vec::new());
+            } else {
+                self.delete(&group_key(TAG_SNAP_DATA, g));
+            }
             self.delete_entries_from(g, 0)?;
+        }
+        if let Some(meta) = &gw.compact {
+            self.put(
+                &group_key(TAG_SNAP_META, g),
+                encode_msg(meta, "snapshot metadata")?,
+            );
+            self.delete(&group_key(TAG_SNAP_DATA, g));
+            self.delete_entries_through(g, meta.index)?;
         }
         if let Some(from) = gw.truncate_from {
             self.delete_entries_from(g, from)?;
@@ -498,14 +546,20 @@ impl LogStore for SledStore {
         else {
             return Ok(None);
         };
-        let data = self
+        let data = match self
             .db
             .get(group_key(TAG_SNAP_DATA, group))
             .map_err(sled_err)?
-            .ok_or_else(|| StorageError::Corrupted {
-                what: format!("snapshot data of group {group}"),
-                detail: "metadata stored without data".to_string(),
-            })?;
+        {
+            Some(data) => data.to_vec(),
+            None => self
+                .files
+                .read(group, meta.index)?
+                .ok_or_else(|| StorageError::Corrupted {
+                    what: format!("snapshot data of group {group}"),
+                    detail: format!("metadata stored without data (index {})", meta.index),
+                })?,
+        };
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.set_data(Bytes::copy_from_slice(&data));

@@ -240,7 +240,7 @@ fn snapshot_install_deletes_entries() {
 
 #[test]
 fn large_snapshot_survives_reopen() {
-    // Large values go to sled blob files, which the store fdatasyncs itself.
+    // Snapshot data goes to a file of its own, not into sled.
     let dir = tempfile::tempdir().unwrap();
     let g = gid(3);
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -249,13 +249,34 @@ fn large_snapshot_survives_reopen() {
         let mut w = GroupWrite::new(g);
         w.snapshot = Some(snapshot(100, 4, &[1], data.clone()));
         write_one(&store, w);
-        let sync = lock_ignoring_poison(&store.sync);
-        assert!(!sync.synced_blobs.is_empty(), "expected a blob file");
+        assert_eq!(store.snapshot_files().indexes(g).unwrap(), vec![100]);
     }
     let store = SledStore::open(dir.path(), logger()).unwrap();
     let snap = store.snapshot(g).unwrap().unwrap();
     assert_eq!(snap.get_data(), data.as_slice());
     assert_eq!(group_of(&store, g).unwrap().last_index, 100);
+}
+
+#[test]
+fn compaction_keeps_the_tail_and_points_to_the_snapshot_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = gid(4);
+    let store = SledStore::open(dir.path(), logger()).unwrap();
+    let mut w = GroupWrite::new(g);
+    w.entries = entries(1..21, 1);
+    write_one(&store, w);
+    store.snapshot_files().write(g, 15, b"state@15").unwrap();
+    let mut w = GroupWrite::new(g);
+    let snap = snapshot(15, 1, &[1], Vec::new());
+    w.compact = Some(snap.get_metadata().clone());
+    write_one(&store, w);
+    assert_eq!(store.count_entries(g).unwrap(), 5);
+    let sg = group_of(&store, g).unwrap();
+    assert_eq!((sg.snapshot.index, sg.last_index), (15, 20));
+    assert_eq!(
+        store.snapshot(g).unwrap().unwrap().get_data(),
+        b"state@15".as_slice()
+    );
 }
 
 #[test]

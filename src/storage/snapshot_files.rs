@@ -1,0 +1,125 @@
+//! Snapshot data as files: `<data dir>/snapshots/<group>/<index>.snap`.
+//!
+//! Large snapshots do not belong in one sled value, so sled keeps only their metadata.
+//! A file is written to a temporary name, fdatasync'ed, renamed into place and its directory
+//! synced before the metadata that points to it is written, so a crash never leaves
+//! metadata without its file. Files are immutable and named by index: a consumer asking for
+//! the snapshot a marker announced gets exactly that one. The newest [`KEEP_FILES`] per
+//! group are kept, so a consumer that is one snapshot behind can still load its own.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Result, StorageError};
+use crate::id::DataStructureId;
+
+/// Snapshot files kept per group.
+pub const KEEP_FILES: usize = 2;
+
+/// The snapshot files under one data dir.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    root: PathBuf,
+}
+
+impl SnapshotFiles {
+    /// The snapshot files of the node whose data dir is `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        SnapshotFiles {
+            root: data_dir.join("snapshots"),
+        }
+    }
+
+    fn group_dir(&self, group: DataStructureId) -> PathBuf {
+        self.root.join(group.to_string())
+    }
+
+    /// Where the snapshot of `group` at `index` lives.
+    pub fn path(&self, group: DataStructureId, index: u64) -> PathBuf {
+        self.group_dir(group).join(format!("{index:020}.snap"))
+    }
+
+    /// Writes the snapshot of `group` at `index` durably, then prunes older files.
+    pub fn write(&self, group: DataStructureId, index: u64, data: &[u8]) -> Result<()> {
+        let dir = self.group_dir(group);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{index:020}.tmp"));
+        let mut file = File::create(&tmp)?;
+        file.write_all(data)?;
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&tmp, self.path(group, index))?;
+        File::open(&dir)?.sync_all()?;
+        self.prune(group)
+    }
+
+    /// The data of the snapshot of `group` at `index`, if its file exists.
+    pub fn read(&self, group: DataStructureId, index: u64) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.path(group, index)) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageError::Io(e)),
+        }
+    }
+
+    /// Indexes of the stored snapshot files of `group`, ascending.
+    pub fn indexes(&self, group: DataStructureId) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(self.group_dir(group)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(StorageError::Io(e)),
+        };
+        for entry in entries {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(index) = name.strip_suffix(".snap").and_then(|s| s.parse().ok()) {
+                out.push(index);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group`.
+    fn prune(&self, group: DataStructureId) -> Result<()> {
+        let indexes = self.indexes(group)?;
+        let excess = indexes.len().saturating_sub(KEEP_FILES);
+        for index in &indexes[..excess] {
+            fs::remove_file(self.path(group, *index))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every snapshot file of `group` (its replica was removed).
+    pub fn remove_group(&self, group: DataStructureId) -> Result<()> {
+        match fs::remove_dir_all(self.group_dir(group)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_durable_named_by_index_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path());
+        let g = DataStructureId::new();
+        assert_eq!(files.read(g, 10).unwrap(), None);
+        for index in [10, 20, 30] {
+            files
+                .write(g, index, format!("state@{index}").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(files.indexes(g).unwrap(), vec![20, 30]);
+        assert_eq!(files.read(g, 20).unwrap(), Some(b"state@20".to_vec()));
+        assert_eq!(files.read(g, 10).unwrap(), None);
+        files.remove_group(g).unwrap();
+        assert!(files.indexes(g).unwrap().is_empty());
+    }
+}

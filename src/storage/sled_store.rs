@@ -382,7 +382,7 @@ impl Overlay<'_> {
     fn delete_entries_through(&mut self, group: DataStructureId, through: u64) -> Result<()> {
         let range = entry_range(group, 0);
         let end = entry_key(group, through);
-        for key in self.db.range(range.start().clone()..=end.clone()).keys() {
+        for key in self.db.range(*range.start()..=end).keys() {
             self.ops.insert(key.map_err(sled_err)?.to_vec(), None);
         }
         let bounds = (

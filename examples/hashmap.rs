@@ -264,8 +264,11 @@ impl Store {
     }
 
     /// The map's bytes for copycat's snapshot machinery.
-    fn snapshot(&self) -> Vec<u8> {
-        bincode::encode_to_vec(&self.lock().map, bincode_config()).unwrap_or_default()
+    /// The map and the index of the last commit applied into it, read under one lock.
+    fn snapshot(&self) -> Option<(u64, Vec<u8>)> {
+        let state = self.lock();
+        let bytes = bincode::encode_to_vec(&state.map, bincode_config()).ok()?;
+        Some((state.applied, bytes))
     }
 }
 

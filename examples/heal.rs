@@ -78,7 +78,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let first = running(&nodes)[0].clone();
     let created = Instant::now();
     let subs: Vec<_> = (0..groups)
-        .map(|_| first.subscribe(DataStructureId::new(), Vec::new))
+        .map(|_| first.subscribe(DataStructureId::new(), copycat::no_snapshots))
         .collect::<Result<_, _>>()?;
     std::thread::scope(|s| {
         for chunk in subs.chunks(subs.len().div_ceil(16).max(1)) {

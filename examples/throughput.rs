@@ -161,7 +161,7 @@ fn run_driver(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(false)
     })?;
     let subs: Vec<DataStructure> = (0..args.groups)
-        .map(|_| node.subscribe(node.new_data_structure_id(), Vec::new))
+        .map(|_| node.subscribe(node.new_data_structure_id(), copycat::no_snapshots))
         .collect::<Result<_, _>>()?;
     for ds in &subs {
         ds.propose_and_wait(b"warm-up".to_vec(), Duration::from_secs(30))?;

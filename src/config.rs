@@ -42,6 +42,12 @@ pub struct Config {
     /// How long gossip must consider a node dead before every group in which it was a voter
     /// gets a replacement elsewhere, and its learners are removed (default 30 s).
     pub dead_node_grace: Duration,
+    /// Applied entries after which a replica with a subscriber snapshots and compacts its
+    /// log (default 10,000).
+    pub snapshot_interval: u64,
+    /// Bytes of applied entries after which a replica with a subscriber snapshots, whatever
+    /// their number (default 64 MiB).
+    pub snapshot_max_log_bytes: u64,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
 }
@@ -65,6 +71,8 @@ impl Default for Config {
             proposal_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 << 20,
             dead_node_grace: Duration::from_secs(30),
+            snapshot_interval: 10_000,
+            snapshot_max_log_bytes: 64 << 20,
             rng_seed: None,
         }
     }
@@ -82,6 +90,9 @@ impl Config {
         }
         if self.tick_interval.is_zero() {
             return fail("tick_interval must be positive");
+        }
+        if self.snapshot_interval == 0 || self.snapshot_max_log_bytes == 0 {
+            return fail("snapshot_interval and snapshot_max_log_bytes must be positive");
         }
         if self.cluster_name.is_empty() {
             return fail("cluster_name must not be empty");
@@ -111,6 +122,8 @@ impl std::fmt::Debug for Config {
             .field("proposal_timeout", &self.proposal_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("dead_node_grace", &self.dead_node_grace)
+            .field("snapshot_interval", &self.snapshot_interval)
+            .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
             .finish_non_exhaustive()
     }
 }

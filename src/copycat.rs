@@ -33,6 +33,7 @@ pub(crate) struct NodeHandle {
     input: crossbeam_channel::Sender<Input>,
     pump: crossbeam_channel::Sender<PumpControl>,
     node_id: NodeId,
+    data_dir: std::path::PathBuf,
     raft_addr: SocketAddr,
     gossip_addr: SocketAddr,
     next_sub: AtomicU64,
@@ -42,6 +43,11 @@ impl NodeHandle {
     /// Sends an input to the core; fails once the node is shut down.
     pub(crate) fn send(&self, input: Input) -> Result<()> {
         self.input.send(input).map_err(|_| Error::Shutdown)
+    }
+
+    /// The node's data dir.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 
     fn shutdown(&self) {
@@ -70,6 +76,7 @@ impl CopyCat {
             input: runtime.input.clone(),
             pump: runtime.pump.clone(),
             node_id: runtime.node_id,
+            data_dir: runtime.data_dir.clone(),
             raft_addr: runtime.raft_addr,
             gossip_addr: runtime.gossip_addr,
             runtime: Mutex::new(runtime),
@@ -125,6 +132,7 @@ impl CopyCat {
             channels: SubscriberChannels {
                 commits: commit_tx,
                 errors: error_tx,
+                provider: Arc::new(snapshot_provider),
             },
         })?;
         self.inner
@@ -138,7 +146,6 @@ impl CopyCat {
             proposals: propose_tx,
             commits: commit_rx,
             errors: error_rx,
-            snapshot_provider: Box::new(snapshot_provider),
         })
     }
 

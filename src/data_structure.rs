@@ -12,20 +12,30 @@ use crate::node::subscription::SubId;
 use crate::node::Commit;
 use crate::runtime::Input;
 
-/// Captures an application's state as bytes for a snapshot.
+/// Captures an application's state for a snapshot.
 ///
-/// It must return the state as of the last [`Commit`] the application has taken from the
-/// commit channel. The snapshot machinery (log compaction and snapshot shipping) calls it;
-/// until that lands, copycat keeps the whole log and never calls it.
+/// copycat calls it from its snapshot thread (never from the thread applying commits, and
+/// without blocking other data structures) when this replica has applied
+/// `Config::snapshot_interval` entries or `Config::snapshot_max_log_bytes` bytes since its
+/// last snapshot, or when a lagging replica needs one. It returns the state together with
+/// the index of the last [`Commit`] applied into it, read atomically (e.g. under the lock
+/// that guards the state), or `None` to skip this time. copycat then stores the bytes,
+/// compacts the log up to that index and ships the snapshot to replicas that need it.
 pub trait SnapshotProvider: Send + Sync + 'static {
-    /// The application's current state.
-    fn snapshot(&self) -> Vec<u8>;
+    /// The state and the index of the last commit it includes, or `None`.
+    fn snapshot(&self) -> Option<(u64, Vec<u8>)>;
 }
 
-impl<F: Fn() -> Vec<u8> + Send + Sync + 'static> SnapshotProvider for F {
-    fn snapshot(&self) -> Vec<u8> {
+impl<F: Fn() -> Option<(u64, Vec<u8>)> + Send + Sync + 'static> SnapshotProvider for F {
+    fn snapshot(&self) -> Option<(u64, Vec<u8>)> {
         self()
     }
+}
+
+/// A provider for applications that never snapshot: the log of their data structures is
+/// kept whole.
+pub fn no_snapshots() -> Option<(u64, Vec<u8>)> {
+    None
 }
 
 /// An application's handle on one replicated data structure: the seed's propose channel,
@@ -40,7 +50,6 @@ pub struct DataStructure {
     pub(crate) proposals: Sender<Vec<u8>>,
     pub(crate) commits: Receiver<Commit>,
     pub(crate) errors: Receiver<Error>,
-    pub(crate) snapshot_provider: Box<dyn SnapshotProvider>,
 }
 
 impl DataStructure {
@@ -137,19 +146,19 @@ impl DataStructure {
         rx.await.unwrap_or(Err(Error::Shutdown))
     }
 
-    /// The snapshot consumer: the state a [`Commit::Snapshot`] marker at `index` refers
-    /// to, exactly that one. No snapshots are taken yet (the log is kept whole), so no
-    /// marker is ever delivered and this returns [`Error::SnapshotUnavailable`].
+    /// The snapshot consumer: the state a [`Commit::Snapshot`] marker at `index` refers to,
+    /// exactly that one (snapshot files are immutable and named by index; the two newest
+    /// of each data structure are kept). Fails with [`Error::SnapshotUnavailable`] if that
+    /// snapshot was superseded twice before being loaded.
     pub fn load_snapshot(&self, index: u64) -> Result<Vec<u8>> {
-        Err(Error::SnapshotUnavailable(format!(
-            "no snapshot at index {index} for {}",
-            self.id
-        )))
-    }
-
-    /// Asks the application's snapshot provider for its current state.
-    pub fn capture_snapshot(&self) -> Vec<u8> {
-        self.snapshot_provider.snapshot()
+        let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
+        match files.read(self.id, index)? {
+            Some(data) => Ok(data),
+            None => Err(Error::SnapshotUnavailable(format!(
+                "no snapshot at index {index} for {}",
+                self.id
+            ))),
+        }
     }
 }
 

@@ -25,7 +25,7 @@
 //!
 //! // Subscribe to a data structure; the first subscription anywhere creates it.
 //! let id = node.new_data_structure_id();
-//! let map = node.subscribe(id, || Vec::new())?;
+//! let map = node.subscribe(id, copycat::no_snapshots)?;
 //!
 //! // Propose a change and wait until it is committed.
 //! let index = map.propose_and_wait(b"greeting=hello".to_vec(), Duration::from_secs(10))?;
@@ -73,7 +73,7 @@ pub mod storage;
 
 pub use config::Config;
 pub use copycat::CopyCat;
-pub use data_structure::{DataStructure, SnapshotProvider};
+pub use data_structure::{no_snapshots, DataStructure, SnapshotProvider};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus};

@@ -140,6 +140,21 @@ impl GroupLog {
         self.persisted_index = meta.index;
     }
 
+    /// The log up to `meta.index` is covered by a stored snapshot: forget those entries.
+    /// Unlike [`GroupLog::apply_snapshot`], the entries after it and the current
+    /// configuration stay.
+    pub(crate) fn compact(&mut self, meta: SnapshotMetadata) {
+        while self.tail.front().is_some_and(|e| e.index <= meta.index) {
+            self.tail.pop_front();
+        }
+        self.snapshot = meta;
+    }
+
+    /// Index of the latest snapshot (the synthetic first one is [`BOOTSTRAP_INDEX`]).
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        self.snapshot.index
+    }
+
     /// Everything up to `index` is durable now.
     pub(crate) fn on_persisted(&mut self, index: u64) {
         self.persisted_index = self.persisted_index.max(index.min(self.last_index));
@@ -256,21 +271,28 @@ impl raft::Storage for GroupLog {
         Ok(self.last_index)
     }
 
+    /// The system group serves a snapshot prepared from the directory; a data group serves
+    /// its latest stored snapshot. Either must include the receiver in its configuration
+    /// (raft-rs's receiver drops it otherwise); if not, the caller is told to prepare or
+    /// take a newer one and raft asks again later.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        match &self.prepared_snapshot {
-            // A receiver that is not in the snapshot's configuration would reject it.
-            Some(snap)
-                if snap.get_metadata().index >= request_index.max(self.snapshot.index)
-                    && includes(snap.get_metadata().get_conf_state(), to) =>
-            {
-                Ok(snap.clone())
+        let wanted_index = request_index.max(self.snapshot.index);
+        if let Some(snap) = &self.prepared_snapshot {
+            let meta = snap.get_metadata();
+            if meta.index >= wanted_index && includes(meta.get_conf_state(), to) {
+                return Ok(snap.clone());
             }
-            _ => {
-                self.snapshot_wanted.set(true);
-                Err(raft::Error::Store(
-                    RaftStorageError::SnapshotTemporarilyUnavailable,
-                ))
+        } else if self.snapshot.index > BOOTSTRAP_INDEX
+            && self.snapshot.index >= request_index
+            && includes(self.snapshot.get_conf_state(), to)
+        {
+            if let Ok(Some(snap)) = self.disk.snapshot(self.group) {
+                return Ok(snap);
             }
         }
+        self.snapshot_wanted.set(true);
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

@@ -9,7 +9,7 @@ pub(crate) mod log;
 
 use std::collections::VecDeque;
 
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::{RawNode, StateRole};
 use rand::Rng;
 
@@ -66,6 +66,18 @@ pub(crate) struct RaftGroup {
     last_term_role: (u64, StateRole),
     /// The leader as of the last `take_leader_change`.
     last_leader: ReplicaId,
+    /// Configurations applied since the latest snapshot, with their log index, so a
+    /// snapshot at any index carries the configuration of that index.
+    conf_history: Vec<(u64, ConfState)>,
+    /// Bytes of entries applied since the latest snapshot.
+    bytes_since_snapshot: u64,
+    /// A snapshot of this replica is being taken.
+    pub snapshotting: bool,
+    /// No snapshot is asked for before this applied index (after one was declined).
+    pub snapshot_not_before: u64,
+    /// Index of the last application entry applied (conservatively the applied index when
+    /// the replica opened).
+    pub last_entry_applied: u64,
 }
 
 impl RaftGroup {
@@ -94,6 +106,7 @@ impl RaftGroup {
         let logger = settings
             .logger
             .new(slog::o!("group" => id.to_string(), "replica" => replica));
+        let conf_history = vec![(applied, log.conf_state().clone())];
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
@@ -102,6 +115,11 @@ impl RaftGroup {
             applied,
             last_term_role: (u64::MAX, StateRole::Follower),
             last_leader: 0,
+            conf_history,
+            bytes_since_snapshot: 0,
+            snapshotting: false,
+            snapshot_not_before: 0,
+            last_entry_applied: applied,
         };
         group.randomize_timeout_if_changed(rng);
         Ok(group)
@@ -192,11 +210,64 @@ impl RaftGroup {
         self.raw.propose_conf_change(Vec::new(), cc)
     }
 
-    /// Applies a committed conf change; returns the new configuration.
-    pub(crate) fn apply_conf_change(&mut self, cc: &ConfChangeV2) -> raft::Result<ConfState> {
+    /// Applies the conf change committed at `index`; returns the new configuration.
+    pub(crate) fn apply_conf_change(
+        &mut self,
+        cc: &ConfChangeV2,
+        index: u64,
+    ) -> raft::Result<ConfState> {
         let cs = self.raw.apply_conf_change(cc)?;
         self.raw.mut_store().set_conf_state(cs.clone());
+        self.conf_history.push((index, cs.clone()));
         Ok(cs)
+    }
+
+    /// The configuration as of log index `index`, if known: configurations are known from
+    /// the applied index this replica opened at (its stored configuration) onwards.
+    pub(crate) fn conf_at(&self, index: u64) -> Option<ConfState> {
+        self.conf_history
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= index)
+            .map(|(_, cs)| cs.clone())
+    }
+
+    /// Compacts the log up to `index` under a snapshot taken there; `None` if `index` is
+    /// not in the log or not applied yet.
+    pub(crate) fn compact_to(&mut self, index: u64) -> Option<SnapshotMetadata> {
+        let log = self.raw.store();
+        if index <= log.snapshot_index() || index > self.applied {
+            return None;
+        }
+        let term = raft::Storage::term(log, index).ok()?;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.conf_at(index)?);
+        let keep_from = self
+            .conf_history
+            .iter()
+            .rposition(|(at, _)| *at <= index)
+            .unwrap_or(0);
+        self.conf_history.drain(..keep_from);
+        self.raw.mut_store().compact(meta.clone());
+        self.bytes_since_snapshot = 0;
+        Some(meta)
+    }
+
+    /// A snapshot from the leader replaced the log: configurations before it are gone.
+    pub(crate) fn on_snapshot_installed(&mut self, meta: &SnapshotMetadata) {
+        self.conf_history = vec![(meta.index, meta.get_conf_state().clone())];
+        self.bytes_since_snapshot = 0;
+    }
+
+    /// Counts applied entry bytes towards the next snapshot; returns the total since the
+    /// last one.
+    pub(crate) fn note_applied_bytes(&mut self, bytes: u64) -> u64 {
+        self.bytes_since_snapshot += bytes;
+        self.bytes_since_snapshot
     }
 
     /// Asks for the commit index a linearizable read must wait for (ReadIndex); the answer

@@ -36,6 +36,10 @@ impl NodeCore {
         }
         self.write_for(id).applied = Some(last);
         self.deliver(id);
+        if !id.is_system() {
+            let bytes = committed.iter().map(|e| e.data.len() as u64).sum();
+            self.maybe_request_snapshot(id, bytes);
+        }
         for group in std::mem::take(&mut self.pending_removal) {
             self.remove_replica(group);
         }
@@ -70,6 +74,11 @@ impl NodeCore {
         let index = snap.get_metadata().index;
         if let Some(group) = self.groups.get_mut(&id) {
             group.advance_applied(index);
+            group.on_snapshot_installed(snap.get_metadata());
+        }
+        if !id.is_system() {
+            // Subscribers reload from it: a marker, then the entries after it.
+            self.deliver(id);
         }
         if id.is_system() {
             match Directory::decode(&snap.data) {
@@ -105,6 +114,9 @@ impl NodeCore {
         let Some(ctx) = ProposalContext::decode(&entry.context) else {
             return;
         };
+        if let Some(group) = self.groups.get_mut(&id) {
+            group.last_entry_applied = entry.index;
+        }
         let (node, seq) = (ctx.node, ctx.seq);
         if node != self.me {
             return;
@@ -162,7 +174,7 @@ impl NodeCore {
             return;
         };
         let before = members(group.log().conf_state());
-        match group.apply_conf_change(&cc) {
+        match group.apply_conf_change(&cc, entry.index) {
             Ok(cs) => {
                 slog::info!(self.cfg.logger, "configuration changed"; "group" => %id,
                     "voters" => ?cs.voters, "learners" => ?cs.learners,

@@ -16,6 +16,7 @@ const MAINTENANCE_PERIOD_TICKS: u64 = 5;
 impl NodeCore {
     pub(super) fn maintain(&mut self) {
         self.prepare_system_snapshot();
+        self.request_wanted_snapshots();
         // Joining nodes wait for the directory: the system group grows every tick.
         let system = DataStructureId::SYSTEM;
         if self.groups.get(&system).is_some_and(|g| g.is_leader()) {

@@ -16,6 +16,7 @@ pub(crate) mod proposal;
 mod read;
 mod replicas;
 mod round;
+mod snapshot;
 mod status;
 pub(crate) mod subscription;
 
@@ -59,6 +60,38 @@ pub(crate) struct CoreConfig {
     pub founder: bool,
     /// How long a node stays down before its replicas are replaced elsewhere.
     pub dead_node_grace_ms: u64,
+    /// Applied entries between snapshots of a replica with a subscriber.
+    pub snapshot_interval: u64,
+    /// Applied bytes between snapshots of a replica with a subscriber.
+    pub snapshot_max_log_bytes: u64,
+}
+
+/// Asks the runtime to take a snapshot of `group` through an application's provider.
+pub(crate) struct SnapshotRequest {
+    pub group: DataStructureId,
+    pub provider: std::sync::Arc<dyn crate::SnapshotProvider>,
+    /// The snapshot's index must be in `[min_index, max_index]`: past the current snapshot,
+    /// and not beyond what was delivered to that subscription.
+    pub min_index: u64,
+    pub max_index: u64,
+    /// The last application entry at or before `max_index`: a provider whose state includes
+    /// it includes everything up to `max_index` (the rest are no-ops and conf changes).
+    pub last_entry_index: u64,
+}
+
+impl SnapshotRequest {
+    /// The log index a snapshot whose state includes commits up to `provider_index` covers,
+    /// if acceptable.
+    pub(crate) fn covered_index(&self, provider_index: u64) -> Option<u64> {
+        let index = if provider_index >= self.last_entry_index {
+            self.max_index
+        } else {
+            provider_index
+        };
+        (self.min_index..=self.max_index)
+            .contains(&index)
+            .then_some(index)
+    }
 }
 
 /// What the runtime must do after a round.
@@ -69,6 +102,8 @@ pub(crate) struct Output {
     /// The round's storage writes with their sequence number; report completion with
     /// [`NodeCore::handle_persisted`], in order.
     pub write: Option<(u64, WriteBatch)>,
+    /// Snapshots to take; report with [`NodeCore::handle_snapshot_taken`].
+    pub snapshots: Vec<SnapshotRequest>,
 }
 
 /// A node as this node sees it.
@@ -122,6 +157,8 @@ pub(crate) struct NodeCore {
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
     /// directory so that nodes that were away delete their stale replicas).
     removed_seen: HashMap<DataStructureId, Vec<ReplicaId>>,
+    /// Snapshots to request in this round's output.
+    snapshot_requests: Vec<SnapshotRequest>,
     /// Groups whose local replica was just removed from the configuration.
     pending_removal: Vec<DataStructureId>,
     /// Set while a graceful shutdown hands leaderships over.
@@ -163,6 +200,7 @@ impl NodeCore {
             handover: None,
             removed_seen: HashMap::new(),
             pending_removal: Vec::new(),
+            snapshot_requests: Vec::new(),
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone());
@@ -484,10 +522,8 @@ impl NodeCore {
         channels: SubscriberChannels,
     ) {
         self.now_ms = now_ms;
-        let next_index = self
-            .groups
-            .get(&group)
-            .map_or(BOOTSTRAP_INDEX + 1, |g| g.log().first_index());
+        // From the start: a compacted log yields a snapshot marker first.
+        let next_index = BOOTSTRAP_INDEX + 1;
         self.subs.insert(
             sub,
             Subscription {

@@ -43,6 +43,7 @@ impl NodeCore {
         let mut output = Output {
             sends: self.take_sends(),
             write: None,
+            snapshots: std::mem::take(&mut self.snapshot_requests),
         };
         if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
             self.issued_seq += 1;

@@ -4,7 +4,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::EntryType;
 
 use crate::error::Error;
-use crate::group::GroupLog;
+use crate::group::{GroupLog, BOOTSTRAP_INDEX};
 use crate::id::DataStructureId;
 use crate::node::proposal::ProposalContext;
 
@@ -43,6 +43,8 @@ pub enum Commit {
 pub(crate) struct SubscriberChannels {
     pub commits: Sender<Commit>,
     pub errors: Sender<Error>,
+    /// The application's snapshot hook (called by the runtime's snapshot thread).
+    pub provider: std::sync::Arc<dyn crate::SnapshotProvider>,
 }
 
 /// A local subscriber of one group.
@@ -67,7 +69,20 @@ pub(crate) enum Delivery {
 impl Subscription {
     /// Delivers the log from `next_index` up to `applied`.
     pub(crate) fn deliver(&mut self, log: &GroupLog, applied: u64) -> Delivery {
-        self.next_index = self.next_index.max(log.first_index());
+        let snapshot = log.snapshot_index();
+        if self.next_index <= snapshot {
+            // The entries this subscription needs next are compacted: reload from the
+            // snapshot instead (the synthetic first snapshot holds no state).
+            if snapshot > BOOTSTRAP_INDEX {
+                let marker = Commit::Snapshot { index: snapshot };
+                match self.channels.commits.try_send(marker) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => return Delivery::Paused,
+                    Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
+                }
+            }
+            self.next_index = snapshot + 1;
+        }
         while self.next_index <= applied {
             let entries =
                 match log.read_entries(self.next_index, applied + 1, Some(CATCH_UP_CHUNK_BYTES)) {

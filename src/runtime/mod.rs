@@ -9,6 +9,7 @@
 pub(crate) mod frame;
 pub(crate) mod gossip;
 mod pump;
+mod snapshot_thread;
 mod storage_thread;
 pub(crate) mod transport;
 
@@ -69,6 +70,15 @@ pub(crate) enum Input {
         ack: Ack,
         timeout: Duration,
     },
+    SnapshotTaken {
+        group: DataStructureId,
+        index: u64,
+    },
+    /// No snapshot: declined by the provider (`None`), or failed (why).
+    SnapshotFailed {
+        group: DataStructureId,
+        reason: Option<String>,
+    },
     Query(Query),
     /// Hand leaderships over, then call the closure (first step of a graceful shutdown).
     Handover(Box<dyn FnOnce() + Send>),
@@ -78,6 +88,7 @@ pub(crate) enum Input {
 /// A running node's threads and tasks.
 pub(crate) struct NodeRuntime {
     pub node_id: NodeId,
+    pub data_dir: std::path::PathBuf,
     pub raft_addr: SocketAddr,
     pub gossip_addr: SocketAddr,
     pub input: Sender<Input>,
@@ -137,6 +148,7 @@ impl NodeRuntime {
         });
         let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
 
+        let snapshot_tx = snapshot_thread::spawn(store.clone(), input_tx.clone(), logger.clone())?;
         let (storage_tx, storage_thread) =
             storage_thread::spawn(store, input_tx.clone(), logger.clone())?;
         let tick = config.tick_interval;
@@ -145,7 +157,12 @@ impl NodeRuntime {
             .spawn({
                 let transport_handle = transport.clone();
                 move || {
-                    run_core(core, input_rx, storage_tx, transport_handle, tick);
+                    let out = CoreOutputs {
+                        storage: storage_tx,
+                        transport: transport_handle,
+                        snapshots: snapshot_tx,
+                    };
+                    run_core(core, input_rx, out, tick);
                     // The storage sender is gone: wait for the queued writes to finish.
                     let _ = storage_thread.join();
                 }
@@ -153,6 +170,7 @@ impl NodeRuntime {
         let (pump_tx, pump_thread) = pump::spawn(input_tx.clone())?;
         Ok(NodeRuntime {
             node_id,
+            data_dir: config.data_dir.clone(),
             raft_addr,
             gossip_addr,
             input: input_tx,
@@ -218,6 +236,8 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
         logger,
         founder: config.peers.is_empty(),
         dead_node_grace_ms: config.dead_node_grace.as_millis() as u64,
+        snapshot_interval: config.snapshot_interval,
+        snapshot_max_log_bytes: config.snapshot_max_log_bytes,
     }
 }
 
@@ -295,13 +315,14 @@ fn start_transport(
 }
 
 /// The core thread: inputs in, rounds out, ticks on time.
-fn run_core(
-    mut core: NodeCore,
-    input: Receiver<Input>,
+/// Where the core thread sends its output.
+struct CoreOutputs {
     storage: Sender<(u64, WriteBatch)>,
     transport: Arc<Transport>,
-    tick: Duration,
-) {
+    snapshots: Sender<crate::node::SnapshotRequest>,
+}
+
+fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: Duration) {
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
     let mut next_tick = Instant::now() + tick;
@@ -328,10 +349,13 @@ fn run_core(
         core.poll_handover();
         let output = core.poll_output();
         for (node, addr, batch) in output.sends {
-            transport.send(node, addr, batch);
+            out.transport.send(node, addr, batch);
         }
         if let Some(write) = output.write {
-            let _ = storage.send(write);
+            let _ = out.storage.send(write);
+        }
+        for request in output.snapshots {
+            let _ = out.snapshots.send(request);
         }
         if stopping {
             break;
@@ -369,6 +393,8 @@ fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
             ack,
             timeout,
         } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
+        Input::SnapshotTaken { group, index } => core.handle_snapshot_taken(group, index),
+        Input::SnapshotFailed { group, reason } => core.handle_snapshot_failed(group, reason),
         Input::Query(query) => query(core),
         Input::Handover(done) => core.begin_handover(now_ms, done),
         Input::Shutdown => {

@@ -47,6 +47,8 @@ pub struct Cluster {
     pub nodes: Vec<Option<CopyCat>>,
     /// `Config::dead_node_grace` of every node.
     pub dead_node_grace: Duration,
+    /// Applied to every node's config.
+    pub tweak: fn(Config) -> Config,
 }
 
 impl Cluster {
@@ -56,6 +58,22 @@ impl Cluster {
         Self::start_with_grace(n, Config::default().dead_node_grace)
     }
 
+    /// [`Cluster::start`] with `tweak` applied to every node's config.
+    pub fn start_tweaked(n: usize, tweak: fn(Config) -> Config) -> Cluster {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            root,
+            nodes: Vec::new(),
+            dead_node_grace: Config::default().dead_node_grace,
+            tweak,
+        };
+        for _ in 0..n {
+            cluster.add_node();
+        }
+        cluster.wait_members(n);
+        cluster
+    }
+
     /// [`Cluster::start`] with a dead-node grace period (replacement of dead replicas).
     pub fn start_with_grace(n: usize, dead_node_grace: Duration) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
@@ -63,6 +81,7 @@ impl Cluster {
             root,
             nodes: Vec::new(),
             dead_node_grace,
+            tweak: |c| c,
         };
         for _ in 0..n {
             cluster.add_node();
@@ -93,10 +112,10 @@ impl Cluster {
     }
 
     fn node_config(&self, i: usize, peers: Vec<String>) -> Config {
-        Config {
+        (self.tweak)(Config {
             dead_node_grace: self.dead_node_grace,
             ..config(&self.dir(i), peers)
-        }
+        })
     }
 
     pub fn node(&self, i: usize) -> &CopyCat {
@@ -168,6 +187,6 @@ pub fn collect(ds: &DataStructure, count: usize, timeout: Duration) -> Vec<(u64,
     out
 }
 
-pub fn no_snapshot() -> Vec<u8> {
-    Vec::new()
+pub fn no_snapshot() -> Option<(u64, Vec<u8>)> {
+    None
 }

@@ -1,0 +1,148 @@
+//! Snapshots of data groups: when to ask the application for one, compacting the log under
+//! it, and installing one received from the leader.
+//!
+//! A replica with a subscriber asks that subscriber's provider for a snapshot every
+//! `snapshot_interval` applied entries (or `snapshot_max_log_bytes` applied bytes), and on
+//! demand when raft needs a snapshot for a replica its stored one does not include. The
+//! provider runs on the runtime's snapshot thread; the core only sees the result, compacts
+//! its log up to the snapshot's index and serves the stored snapshot to lagging replicas.
+//! A replica without a subscriber never snapshots by itself: it compacts when it installs
+//! a snapshot from its leader. So while a data structure has no subscriber anywhere, its
+//! log is kept whole.
+
+use super::{NodeCore, SnapshotRequest};
+use crate::error::Error;
+use crate::id::DataStructureId;
+
+impl NodeCore {
+    /// After applying: asks for a snapshot once enough was applied since the last one.
+    pub(super) fn maybe_request_snapshot(&mut self, group: DataStructureId, applied_bytes: u64) {
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let bytes = raft.note_applied_bytes(applied_bytes);
+        let entries = raft.applied().saturating_sub(raft.log().snapshot_index());
+        let due = entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
+        if due && raft.applied() >= raft.snapshot_not_before {
+            self.request_snapshot(group);
+        }
+    }
+
+    /// Raft needs a snapshot for a lagging replica that the stored one cannot serve.
+    pub(super) fn request_wanted_snapshots(&mut self) {
+        let wanted: Vec<_> = self
+            .groups
+            .iter_mut()
+            .filter(|(id, _)| !id.is_system())
+            .filter_map(|(id, raft)| raft.log_mut().take_snapshot_wanted().then_some(*id))
+            .collect();
+        for group in wanted {
+            self.request_snapshot(group);
+        }
+    }
+
+    /// Asks a local subscriber's provider for a snapshot of `group`, unless one is being
+    /// taken or nothing new was applied.
+    fn request_snapshot(&mut self, group: DataStructureId) {
+        if group.is_system() {
+            return;
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let min_index = raft.log().snapshot_index() + 1;
+        if raft.snapshotting || raft.applied() < min_index {
+            return;
+        }
+        let sub = self
+            .subs_by_group
+            .get(&group)
+            .and_then(|subs| subs.iter().filter_map(|s| self.subs.get(s)).next());
+        let Some(sub) = sub else {
+            return;
+        };
+        let max_index = sub.next_index.saturating_sub(1).min(raft.applied());
+        if max_index < min_index {
+            return;
+        }
+        let last_entry_index = if max_index == raft.applied() {
+            raft.last_entry_applied
+        } else {
+            max_index
+        };
+        raft.snapshotting = true;
+        self.snapshot_requests.push(SnapshotRequest {
+            group,
+            provider: sub.channels.provider.clone(),
+            min_index,
+            max_index,
+            last_entry_index,
+        });
+    }
+
+    /// The snapshot of `group` at `index` is stored: compact the log under it.
+    pub(crate) fn handle_snapshot_taken(&mut self, group: DataStructureId, index: u64) {
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        raft.snapshotting = false;
+        match raft.compact_to(index) {
+            Some(meta) => {
+                slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
+                    "index" => index);
+                self.write_for(group).compact = Some(meta);
+                self.active.insert(group);
+            }
+            None => {
+                slog::warn!(self.cfg.logger, "snapshot at an unusable index ignored";
+                    "group" => %group, "index" => index);
+            }
+        }
+    }
+
+    /// No snapshot of `group` this time: the provider declined (an application that never
+    /// snapshots), or taking it failed, which its subscribers hear about. Either way the
+    /// next attempt waits for another `snapshot_interval` entries.
+    pub(crate) fn handle_snapshot_failed(
+        &mut self,
+        group: DataStructureId,
+        reason: Option<String>,
+    ) {
+        if let Some(raft) = self.groups.get_mut(&group) {
+            raft.snapshotting = false;
+            raft.snapshot_not_before = raft.applied() + self.cfg.snapshot_interval;
+        }
+        let Some(reason) = reason else {
+            return;
+        };
+        slog::warn!(self.cfg.logger, "snapshot failed"; "group" => %group, "reason" => &reason);
+        for sub in self.subs_by_group.get(&group).into_iter().flatten() {
+            if let Some(s) = self.subs.get(sub) {
+                s.report(Error::SnapshotUnavailable(reason.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_snapshot_covers_trailing_non_application_entries_only_when_complete() {
+        let request = SnapshotRequest {
+            group: DataStructureId::new(),
+            provider: Arc::new(crate::no_snapshots),
+            min_index: 10,
+            max_index: 20,
+            last_entry_index: 17,
+        };
+        // State through the last application entry covers the no-ops after it.
+        assert_eq!(request.covered_index(17), Some(20));
+        // Older state covers only itself; state from before the range is refused.
+        assert_eq!(request.covered_index(12), Some(12));
+        assert_eq!(request.covered_index(9), None);
+    }
+}

@@ -1,0 +1,59 @@
+//! The snapshot thread: calls applications' snapshot providers and writes their state to
+//! snapshot files, off the core thread so no other group waits for a large snapshot.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use super::Input;
+use crate::node::SnapshotRequest;
+use crate::storage::SledStore;
+
+/// Starts the thread; it exits when the returned sender is dropped.
+pub(super) fn spawn(
+    store: Arc<SledStore>,
+    core: Sender<Input>,
+    logger: slog::Logger,
+) -> std::io::Result<Sender<SnapshotRequest>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<SnapshotRequest>();
+    std::thread::Builder::new()
+        .name("copycat-snapshot".to_string())
+        .spawn(move || {
+            for request in rx {
+                let input = take(&store, &request, &logger);
+                if core.send(input).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Calls the provider, checks the index it reports and stores the bytes durably.
+fn take(store: &SledStore, request: &SnapshotRequest, logger: &slog::Logger) -> Input {
+    let group = request.group;
+    let failed = |reason: String| Input::SnapshotFailed {
+        group,
+        reason: Some(reason),
+    };
+    let Some((index, data)) = request.provider.snapshot() else {
+        return Input::SnapshotFailed {
+            group,
+            reason: None,
+        };
+    };
+    let Some(index) = request.covered_index(index) else {
+        return failed(format!(
+            "the snapshot provider reported index {index}, outside the delivered range {}..={}",
+            request.min_index, request.max_index
+        ));
+    };
+    match store.snapshot_files().write(group, index, &data) {
+        Ok(()) => {
+            slog::debug!(logger, "snapshot stored"; "group" => %group, "index" => index,
+                "bytes" => data.len());
+            Input::SnapshotTaken { group, index }
+        }
+        Err(e) => failed(format!("cannot store the snapshot: {e}")),
+    }
+}

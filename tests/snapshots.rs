@@ -1,0 +1,189 @@
+//! Snapshots and log compaction: bounded logs, restart from a snapshot, catch-up of a new
+//! replica from a snapshot.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{wait_until, Cluster};
+use copycat::{Commit, Config, CopyCat, DataStructure, DataStructureId};
+
+const T: Duration = Duration::from_secs(30);
+const INTERVAL: u64 = 200;
+
+fn small_snapshots(config: Config) -> Config {
+    Config {
+        snapshot_interval: INTERVAL,
+        ..config
+    }
+}
+
+/// A replicated map of u8 keys, as an application would keep one: state plus the index of
+/// the last commit applied, behind one lock (so the snapshot provider reads both at once).
+#[derive(Default)]
+struct MapState {
+    applied: u64,
+    map: BTreeMap<u8, Vec<u8>>,
+    snapshots_loaded: usize,
+}
+
+fn encode(map: &BTreeMap<u8, Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in map {
+        out.push(*k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn decode(mut bytes: &[u8]) -> BTreeMap<u8, Vec<u8>> {
+    let mut map = BTreeMap::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        map.insert(bytes[0], bytes[5..5 + len].to_vec());
+        bytes = &bytes[5 + len..];
+    }
+    map
+}
+
+/// A subscriber that applies commits on its own thread.
+struct App {
+    ds: Arc<DataStructure>,
+    state: Arc<Mutex<MapState>>,
+}
+
+impl App {
+    fn subscribe(node: &CopyCat, id: DataStructureId) -> App {
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let provider = {
+            let state = state.clone();
+            move || {
+                let s = state.lock().unwrap();
+                Some((s.applied, encode(&s.map)))
+            }
+        };
+        let ds = Arc::new(node.subscribe(id, provider).unwrap());
+        let (ds2, state2) = (ds.clone(), state.clone());
+        std::thread::spawn(move || {
+            while let Ok(commit) = ds2.commits().recv() {
+                let mut s = state2.lock().unwrap();
+                match commit {
+                    Commit::Entry { index, data } => {
+                        s.map.insert(data[0], data[1..].to_vec());
+                        s.applied = index;
+                    }
+                    Commit::Snapshot { index } => {
+                        let bytes = ds2.load_snapshot(index).expect("announced snapshot loads");
+                        s.map = decode(&bytes);
+                        s.applied = index;
+                        s.snapshots_loaded += 1;
+                    }
+                }
+            }
+        });
+        App { ds, state }
+    }
+
+    fn put(&self, key: u8, value: &[u8]) -> u64 {
+        let mut data = vec![key];
+        data.extend_from_slice(value);
+        self.ds.propose_and_wait(data, T).expect("acknowledged")
+    }
+
+    fn map_at(&self, index: u64) -> BTreeMap<u8, Vec<u8>> {
+        wait_until("the app applied the index", T, || {
+            self.state.lock().unwrap().applied >= index
+        });
+        self.state.lock().unwrap().map.clone()
+    }
+}
+
+fn write_stream(app: &App, count: u32) -> u64 {
+    let mut last = 0;
+    for i in 0..count {
+        last = app.put((i % 8) as u8, format!("value-{i}").as_bytes());
+    }
+    last
+}
+
+fn stored_entries(dir: &std::path::Path, id: DataStructureId) -> u64 {
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let store = copycat::storage::SledStore::open(dir, log).unwrap();
+    store.count_entries(id).unwrap()
+}
+
+#[test]
+fn overwriting_a_small_key_set_keeps_the_log_bounded() {
+    let mut cluster = Cluster::start_tweaked(3, small_snapshots);
+    let id = copycat::new_data_structure_id();
+    let apps: Vec<_> = (0..3)
+        .map(|i| App::subscribe(cluster.node(i), id))
+        .collect();
+    let last = write_stream(&apps[0], 2_000);
+    let expected = apps[0].map_at(last);
+    for app in &apps[1..] {
+        assert_eq!(app.map_at(last), expected);
+    }
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    drop(apps);
+    for i in 0..3 {
+        let entries = stored_entries(&cluster.dir(i), id);
+        // 2,000 writes; each replica compacts every INTERVAL applied entries.
+        assert!(
+            entries <= 3 * INTERVAL,
+            "node {i} keeps {entries} entries of 2,000 in its log"
+        );
+    }
+}
+
+#[test]
+fn restart_from_snapshot_and_log_tail_gives_the_same_state() {
+    let mut cluster = Cluster::start_tweaked(3, small_snapshots);
+    let id = copycat::new_data_structure_id();
+    let writer = App::subscribe(cluster.node(0), id);
+    let reader = App::subscribe(cluster.node(2), id);
+    let last = write_stream(&writer, 1_000);
+    reader.map_at(last);
+    drop(reader);
+    cluster.stop(2);
+    let last = write_stream(&writer, 150).max(last);
+    let expected = writer.map_at(last);
+    cluster.restart(2);
+    let again = App::subscribe(cluster.node(2), id);
+    assert_eq!(again.map_at(last), expected);
+    assert!(
+        again.state.lock().unwrap().snapshots_loaded >= 1,
+        "the restarted subscriber started from a snapshot"
+    );
+}
+
+#[test]
+fn a_new_node_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_tweaked(3, small_snapshots);
+    let id = copycat::new_data_structure_id();
+    let apps: Vec<_> = (0..3)
+        .map(|i| App::subscribe(cluster.node(i), id))
+        .collect();
+    // About 1 MiB of state, far past the compaction point.
+    let big = vec![7u8; 4096];
+    let mut last = 0;
+    for i in 0..600u32 {
+        last = apps[(i % 3) as usize].put((i % 250) as u8, &big);
+    }
+    let expected = apps[0].map_at(last);
+    let fourth = cluster.add_node();
+    cluster.wait_members(4);
+    let late = App::subscribe(cluster.node(fourth), id);
+    assert_eq!(late.map_at(last), expected);
+    assert!(late.state.lock().unwrap().snapshots_loaded >= 1);
+    let more = late.put(1, b"from the new node");
+    assert_eq!(
+        apps[0].map_at(more).get(&1),
+        Some(&b"from the new node".to_vec())
+    );
+}

@@ -304,6 +304,16 @@ impl RaftGroup {
             || cs.voters_outgoing.contains(&replica)
     }
 
+    /// Tells raft whether the snapshot sent to `replica` was handed over (`sent`) or not.
+    pub(crate) fn report_snapshot(&mut self, replica: ReplicaId, sent: bool) {
+        let status = if sent {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(replica, status);
+    }
+
     /// Tells raft that the replicas on `node` could not be reached.
     pub(crate) fn report_unreachable_node(&mut self, node: NodeId) {
         let on_node: Vec<ReplicaId> = self
@@ -316,6 +326,7 @@ impl RaftGroup {
             .collect();
         for replica in on_node {
             self.raw.report_unreachable(replica);
+            self.report_snapshot(replica, false);
         }
     }
 

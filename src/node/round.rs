@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 
 use super::{NodeCore, Output};
 use crate::id::{node_of, DataStructureId, NodeId};
@@ -113,6 +113,13 @@ impl NodeCore {
     pub(super) fn queue_messages(&mut self, group: DataStructureId, messages: Vec<Message>) {
         for msg in messages {
             let to = node_of(msg.to);
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                // Handed to the transport: raft goes back to probing the receiver, which
+                // answers once it installed it, or gets the snapshot again if it was lost.
+                if let Some(raft) = self.groups.get_mut(&group) {
+                    raft.report_snapshot(msg.to, true);
+                }
+            }
             match msg.write_to_bytes() {
                 Ok(bytes) => self
                     .sends

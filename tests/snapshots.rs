@@ -187,3 +187,38 @@ fn a_new_node_catches_up_from_a_snapshot() {
         Some(&b"from the new node".to_vec())
     );
 }
+
+#[test]
+fn a_new_node_catches_up_from_a_100_mib_snapshot_streamed_in_chunks() {
+    fn big_state(config: Config) -> Config {
+        Config {
+            snapshot_interval: 50,
+            ..config
+        }
+    }
+    let mut cluster = Cluster::start_tweaked(3, big_state);
+    let id = copycat::new_data_structure_id();
+    // Subscribers everywhere: every replica (the leader included) snapshots and compacts.
+    let apps: Vec<_> = (0..3)
+        .map(|i| App::subscribe(cluster.node(i), id))
+        .collect();
+    let writer = &apps[0];
+    // 105 values of 1,000 KiB: a snapshot of about 103 MiB, beyond one transport frame.
+    let value = vec![3u8; 1000 * 1024];
+    let mut last = 0;
+    for key in 0..105u8 {
+        last = writer.put(key, &value);
+    }
+    // Compact past the big writes.
+    for i in 0..60u32 {
+        last = writer.put(200 + (i % 8) as u8, b"small");
+    }
+    let expected = writer.map_at(last);
+    let fourth = cluster.add_node();
+    cluster.wait_members(4);
+    let late = App::subscribe(cluster.node(fourth), id);
+    let got = late.map_at(last);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "the new node holds the same state");
+    assert!(late.state.lock().unwrap().snapshots_loaded >= 1);
+}

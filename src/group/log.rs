@@ -286,9 +286,11 @@ impl raft::Storage for GroupLog {
             && self.snapshot.index >= request_index
             && includes(self.snapshot.get_conf_state(), to)
         {
-            if let Ok(Some(snap)) = self.disk.snapshot(self.group) {
-                return Ok(snap);
-            }
+            // The state stays in its file and is streamed in chunks by the runtime.
+            let mut snap = Snapshot::default();
+            snap.set_metadata(self.snapshot.clone());
+            snap.data = crate::storage::file_reference(self.snapshot.index).into();
+            return Ok(snap);
         }
         self.snapshot_wanted.set(true);
         Err(raft::Error::Store(

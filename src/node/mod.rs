@@ -104,6 +104,20 @@ pub(crate) struct Output {
     pub write: Option<(u64, WriteBatch)>,
     /// Snapshots to take; report with [`NodeCore::handle_snapshot_taken`].
     pub snapshots: Vec<SnapshotRequest>,
+    /// Snapshot files to stream to lagging replicas; report with
+    /// [`NodeCore::handle_snapshot_sent`].
+    pub snapshot_sends: Vec<SnapshotSend>,
+}
+
+/// Asks the runtime to stream the snapshot file of `group` at `index` to a replica on
+/// node `to`, then deliver `message` (the raft `MsgSnapshot` referring to it).
+pub(crate) struct SnapshotSend {
+    pub to: NodeId,
+    pub addr: SocketAddr,
+    pub replica: ReplicaId,
+    pub group: DataStructureId,
+    pub index: u64,
+    pub message: Vec<u8>,
 }
 
 /// A node as this node sees it.
@@ -159,6 +173,8 @@ pub(crate) struct NodeCore {
     removed_seen: HashMap<DataStructureId, Vec<ReplicaId>>,
     /// Snapshots to request in this round's output.
     snapshot_requests: Vec<SnapshotRequest>,
+    /// Snapshot streams to start in this round's output.
+    snapshot_sends: Vec<SnapshotSend>,
     /// Groups whose local replica was just removed from the configuration.
     pending_removal: Vec<DataStructureId>,
     /// Set while a graceful shutdown hands leaderships over.
@@ -201,6 +217,7 @@ impl NodeCore {
             removed_seen: HashMap::new(),
             pending_removal: Vec::new(),
             snapshot_requests: Vec::new(),
+            snapshot_sends: Vec::new(),
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone());

@@ -9,7 +9,7 @@ use raft::eraftpb::{Message, MessageType};
 use super::{NodeCore, Output};
 use crate::id::{node_of, DataStructureId, NodeId};
 use crate::proto;
-use crate::storage::WriteBatch;
+use crate::storage::{parse_file_reference, WriteBatch};
 
 impl NodeCore {
     /// Runs a round: releases what became durable, collects every active group's `Ready`,
@@ -44,6 +44,7 @@ impl NodeCore {
             sends: self.take_sends(),
             write: None,
             snapshots: std::mem::take(&mut self.snapshot_requests),
+            snapshot_sends: std::mem::take(&mut self.snapshot_sends),
         };
         if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
             self.issued_seq += 1;
@@ -114,8 +115,13 @@ impl NodeCore {
         for msg in messages {
             let to = node_of(msg.to);
             if msg.get_msg_type() == MessageType::MsgSnapshot {
-                // Handed to the transport: raft goes back to probing the receiver, which
-                // answers once it installed it, or gets the snapshot again if it was lost.
+                if let Some(index) = parse_file_reference(msg.get_snapshot().get_data()) {
+                    self.stream_snapshot(group, index, msg);
+                    continue;
+                }
+                // An inline snapshot (the directory's) leaves with the batch: raft goes back
+                // to probing the receiver, which answers once it installed it, or gets the
+                // snapshot again if it was lost.
                 if let Some(raft) = self.groups.get_mut(&group) {
                     raft.report_snapshot(msg.to, true);
                 }

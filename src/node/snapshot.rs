@@ -10,9 +10,12 @@
 //! a snapshot from its leader. So while a data structure has no subscriber anywhere, its
 //! log is kept whole.
 
-use super::{NodeCore, SnapshotRequest};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::{NodeCore, SnapshotRequest, SnapshotSend};
 use crate::error::Error;
-use crate::id::DataStructureId;
+use crate::id::{node_of, DataStructureId};
 
 impl NodeCore {
     /// After applying: asks for a snapshot once enough was applied since the last one.
@@ -97,6 +100,41 @@ impl NodeCore {
                 slog::warn!(self.cfg.logger, "snapshot at an unusable index ignored";
                     "group" => %group, "index" => index);
             }
+        }
+    }
+
+    /// Hands a `MsgSnapshot` referring to a snapshot file to the runtime, which streams the
+    /// file to the receiver in chunks and delivers the message after it.
+    pub(super) fn stream_snapshot(&mut self, group: DataStructureId, index: u64, msg: Message) {
+        let (to, replica) = (node_of(msg.to), msg.to);
+        let addr = self.members.get(&to).map(|m| m.info.raft_addr);
+        let (Some(addr), Ok(message)) = (addr, msg.write_to_bytes()) else {
+            if let Some(raft) = self.groups.get_mut(&group) {
+                raft.report_snapshot(replica, false);
+            }
+            return;
+        };
+        slog::info!(self.cfg.logger, "streaming snapshot"; "group" => %group, "index" => index,
+            "to" => replica);
+        self.snapshot_sends.push(SnapshotSend {
+            to,
+            addr,
+            replica,
+            group,
+            index,
+            message,
+        });
+    }
+
+    /// A snapshot stream ended: raft resumes replicating to the receiver (after a success)
+    /// or retries later (after a failure).
+    pub(crate) fn handle_snapshot_sent(&mut self, group: DataStructureId, replica: u64, ok: bool) {
+        if let Some(raft) = self.groups.get_mut(&group) {
+            raft.report_snapshot(replica, ok);
+            self.active.insert(group);
+        }
+        if !ok {
+            slog::warn!(self.cfg.logger, "snapshot stream failed"; "group" => %group, "to" => replica);
         }
     }
 

@@ -162,6 +162,7 @@ mod tests {
                     node_id: 9,
                     replica_id: 9,
                 }],
+                ..Default::default()
             })),
         }
     }

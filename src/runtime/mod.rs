@@ -9,6 +9,7 @@
 pub(crate) mod frame;
 pub(crate) mod gossip;
 mod pump;
+mod snapshot_stream;
 mod snapshot_thread;
 mod storage_thread;
 pub(crate) mod transport;
@@ -32,6 +33,7 @@ use crate::storage::{LogStore, SledStore, WriteBatch};
 
 use gossip::{Gossip, GossipConfig};
 pub(crate) use pump::PumpControl;
+use snapshot_stream::SnapshotStreams;
 use transport::{Transport, TransportConfig};
 
 /// Metadata key of the persistent node id.
@@ -73,6 +75,12 @@ pub(crate) enum Input {
     SnapshotTaken {
         group: DataStructureId,
         index: u64,
+    },
+    /// A snapshot stream to `replica` ended.
+    SnapshotSent {
+        group: DataStructureId,
+        replica: u64,
+        ok: bool,
     },
     /// No snapshot: declined by the provider (`None`), or failed (why).
     SnapshotFailed {
@@ -132,9 +140,11 @@ impl NodeRuntime {
             .enable_all()
             .build()?;
         let (input_tx, input_rx) = crossbeam_channel::unbounded();
+        let streams = SnapshotStreams::start(store.clone(), input_tx.clone(), logger.clone())?;
         let transport = Arc::new(start_transport(
-            &tokio, listener, &config, node_id, &input_tx, &logger,
+            &tokio, listener, &config, node_id, &input_tx, &streams, &logger,
         )?);
+        streams.set_transport(&transport);
         let gossip_config = GossipConfig {
             cluster: config.cluster_name.clone(),
             me,
@@ -143,7 +153,11 @@ impl NodeRuntime {
             logger: logger.clone(),
         };
         let membership_tx = input_tx.clone();
+        let membership_streams = streams.clone();
         let on_membership = Arc::new(move |event: MembershipEvent| {
+            if let MembershipEvent::Up(info) = &event {
+                membership_streams.note_address(info.node_id, info.raft_addr);
+            }
             let _ = membership_tx.send(Input::Membership(event));
         });
         let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
@@ -161,6 +175,7 @@ impl NodeRuntime {
                         storage: storage_tx,
                         transport: transport_handle,
                         snapshots: snapshot_tx,
+                        streams,
                     };
                     run_core(core, input_rx, out, tick);
                     // The storage sender is gone: wait for the queued writes to finish.
@@ -291,9 +306,11 @@ fn start_transport(
     config: &Config,
     node_id: NodeId,
     input: &Sender<Input>,
+    streams: &Arc<SnapshotStreams>,
     logger: &slog::Logger,
 ) -> Result<Transport> {
     let batch_tx = input.clone();
+    let streams = streams.clone();
     let unreachable_tx = input.clone();
     let transport = Transport::start(
         tokio.handle(),
@@ -304,8 +321,17 @@ fn start_transport(
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
         },
-        Arc::new(move |from, batch| {
-            let _ = batch_tx.send(Input::Batch(from, batch));
+        Arc::new(move |from, mut batch: proto::Batch| {
+            // Snapshot streams bypass the core: files are the runtime's business.
+            if !batch.chunks.is_empty() {
+                streams.on_chunks(from, std::mem::take(&mut batch.chunks));
+            }
+            if !batch.acks.is_empty() {
+                streams.on_acks(from, std::mem::take(&mut batch.acks));
+            }
+            if !batch.messages.is_empty() || !batch.joins.is_empty() {
+                let _ = batch_tx.send(Input::Batch(from, batch));
+            }
         }),
         Arc::new(move |node| {
             let _ = unreachable_tx.send(Input::Unreachable(node));
@@ -320,6 +346,7 @@ struct CoreOutputs {
     storage: Sender<(u64, WriteBatch)>,
     transport: Arc<Transport>,
     snapshots: Sender<crate::node::SnapshotRequest>,
+    streams: Arc<SnapshotStreams>,
 }
 
 fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: Duration) {
@@ -356,6 +383,9 @@ fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: 
         }
         for request in output.snapshots {
             let _ = out.snapshots.send(request);
+        }
+        for send in output.snapshot_sends {
+            out.streams.send(send);
         }
         if stopping {
             break;
@@ -394,6 +424,7 @@ fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
             timeout,
         } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
         Input::SnapshotTaken { group, index } => core.handle_snapshot_taken(group, index),
+        Input::SnapshotSent { group, replica, ok } => core.handle_snapshot_sent(group, replica, ok),
         Input::SnapshotFailed { group, reason } => core.handle_snapshot_failed(group, reason),
         Input::Query(query) => query(core),
         Input::Handover(done) => core.begin_handover(now_ms, done),

@@ -12,7 +12,7 @@ mod sled_store;
 mod snapshot_files;
 
 pub use sled_store::SledStore;
-pub use snapshot_files::SnapshotFiles;
+pub use snapshot_files::{file_reference, parse_file_reference, SnapshotFiles};
 
 use std::path::PathBuf;
 

@@ -276,7 +276,10 @@ impl SledStore {
             if gw.remove {
                 self.files.remove_group(gw.group)?;
             }
-            if let Some(snap) = gw.snapshot.as_ref().filter(|s| !s.get_data().is_empty()) {
+            let inline = |s: &&Snapshot| {
+                !s.get_data().is_empty() && parse_file_reference(s.get_data()).is_none()
+            };
+            if let Some(snap) = gw.snapshot.as_ref().filter(inline) {
                 let index = snap.get_metadata().index;
                 self.files.write(gw.group, index, snap.get_data())?;
             }

@@ -17,6 +17,23 @@ use crate::id::DataStructureId;
 /// Snapshot files kept per group.
 pub const KEEP_FILES: usize = 2;
 
+/// Prefix of the data of a raft snapshot whose state is in its file: raft messages and
+/// sled carry this small reference, and the file itself is streamed in chunks.
+const REFERENCE_MAGIC: &[u8] = b"copycat-snapshot-file:";
+
+/// The data standing for the snapshot file at `index`.
+pub fn file_reference(index: u64) -> Vec<u8> {
+    let mut data = REFERENCE_MAGIC.to_vec();
+    data.extend_from_slice(&index.to_be_bytes());
+    data
+}
+
+/// The index of the file `data` refers to, if it is a file reference.
+pub fn parse_file_reference(data: &[u8]) -> Option<u64> {
+    let rest = data.strip_prefix(REFERENCE_MAGIC)?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
 /// The snapshot files under one data dir.
 #[derive(Debug, Clone)]
 pub struct SnapshotFiles {
@@ -33,6 +50,27 @@ impl SnapshotFiles {
 
     fn group_dir(&self, group: DataStructureId) -> PathBuf {
         self.root.join(group.to_string())
+    }
+
+    /// Where a snapshot of `group` at `index` being received is written before it is
+    /// complete.
+    pub fn partial_path(&self, group: DataStructureId, index: u64) -> PathBuf {
+        self.group_dir(group).join(format!("{index:020}.part"))
+    }
+
+    /// Makes a completely received snapshot file durable and moves it into place.
+    pub fn install_partial(&self, group: DataStructureId, index: u64) -> Result<()> {
+        let part = self.partial_path(group, index);
+        File::open(&part)?.sync_data()?;
+        fs::rename(&part, self.path(group, index))?;
+        File::open(self.group_dir(group))?.sync_all()?;
+        self.prune(group)
+    }
+
+    /// Opens (truncating) the partial file of a snapshot being received.
+    pub fn create_partial(&self, group: DataStructureId, index: u64) -> Result<File> {
+        fs::create_dir_all(self.group_dir(group))?;
+        Ok(File::create(self.partial_path(group, index))?)
     }
 
     /// Where the snapshot of `group` at `index` lives.

@@ -39,6 +39,8 @@ impl OutQueue {
             Some((last, last_len)) if *last_len + len <= self.max_batch => {
                 last.messages.extend(batch.messages);
                 last.joins.extend(batch.joins);
+                last.chunks.extend(batch.chunks);
+                last.acks.extend(batch.acks);
                 *last_len += len;
             }
             _ => self.frames.push_back((batch, len)),

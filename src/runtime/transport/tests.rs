@@ -124,6 +124,7 @@ fn batch(n: u32) -> Batch {
             node_id: u64::from(n),
             replica_id: u64::from(n),
         }],
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,316 @@
+//! Streaming snapshot files to lagging replicas, in chunks over the existing connections.
+//!
+//! A raft `MsgSnapshot` of a data group carries only a reference to its snapshot file. The
+//! sender reads the file in [`CHUNK_BYTES`] pieces and sends them as [`SnapshotChunk`]s in
+//! ordinary batches, at most [`WINDOW_BYTES`] ahead of the receiver's acknowledgements, so
+//! neither side holds the snapshot in memory and other groups' raft traffic interleaves
+//! with the chunks. The receiver appends chunks to a partial file, makes it durable, moves
+//! it into place, and only then hands the `MsgSnapshot` to its core, which installs the
+//! snapshot by its metadata. The outcome goes back to raft as `report_snapshot`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::transport::Transport;
+use super::Input;
+use crate::id::{DataStructureId, NodeId};
+use crate::node::SnapshotSend;
+use crate::proto::{Batch, GroupMessage, SnapshotAck, SnapshotChunk};
+use crate::storage::SledStore;
+
+/// Bytes per chunk.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes a sender may have in flight beyond the receiver's acknowledgement.
+const WINDOW_BYTES: u64 = 8 << 20;
+/// A sender that hears nothing for this long resends from the last acknowledged byte.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive silent periods after which a stream is abandoned (raft retries later).
+const MAX_SILENT_PERIODS: u32 = 5;
+
+/// Identifies one stream: peer, group, snapshot index.
+type StreamKey = (NodeId, DataStructureId, u64);
+
+/// The node's snapshot streams, both directions.
+pub(crate) struct SnapshotStreams {
+    store: Arc<SledStore>,
+    /// Weak: the transport's inbound callback holds these streams.
+    transport: OnceLock<Weak<Transport>>,
+    core: Sender<Input>,
+    /// Acknowledgement channels of the running senders.
+    senders: Mutex<HashMap<StreamKey, Sender<u64>>>,
+    /// Raft addresses of peers, for acknowledgements (kept from gossip).
+    addresses: Mutex<HashMap<NodeId, SocketAddr>>,
+    chunks: Sender<(NodeId, SnapshotChunk)>,
+    logger: slog::Logger,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SnapshotStreams {
+    /// Starts the receiving thread.
+    pub(crate) fn start(
+        store: Arc<SledStore>,
+        core: Sender<Input>,
+        logger: slog::Logger,
+    ) -> std::io::Result<Arc<SnapshotStreams>> {
+        let (chunks_tx, chunks_rx) = crossbeam_channel::unbounded();
+        let streams = Arc::new(SnapshotStreams {
+            store,
+            transport: OnceLock::new(),
+            core,
+            senders: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
+            chunks: chunks_tx,
+            logger,
+        });
+        let receiver = Arc::downgrade(&streams);
+        std::thread::Builder::new()
+            .name("copycat-snap-recv".to_string())
+            .spawn(move || receive(receiver, chunks_rx))?;
+        Ok(streams)
+    }
+
+    /// Connects the streams to the transport (created after them).
+    pub(crate) fn set_transport(&self, transport: &Arc<Transport>) {
+        let _ = self.transport.set(Arc::downgrade(transport));
+    }
+
+    /// Remembers where `node` takes raft traffic.
+    pub(crate) fn note_address(&self, node: NodeId, addr: SocketAddr) {
+        lock(&self.addresses).insert(node, addr);
+    }
+
+    fn send_batch(&self, to: NodeId, addr: SocketAddr, batch: Batch) {
+        if let Some(transport) = self.transport.get().and_then(Weak::upgrade) {
+            transport.send(to, addr, batch);
+        }
+    }
+
+    /// Starts streaming a snapshot file (on a thread of its own).
+    pub(crate) fn send(self: &Arc<Self>, request: SnapshotSend) {
+        let streams = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("copycat-snap-send".to_string())
+            .spawn(move || {
+                let (group, replica) = (request.group, request.replica);
+                let ok = match streams.stream(&request) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        slog::warn!(streams.logger, "snapshot stream failed"; "group" => %group,
+                            "to" => request.to, "error" => e);
+                        false
+                    }
+                };
+                let _ = streams
+                    .core
+                    .send(Input::SnapshotSent { group, replica, ok });
+            });
+        if spawned.is_err() {
+            slog::error!(self.logger, "cannot start a snapshot stream thread");
+        }
+    }
+
+    /// Sends the file in windowed chunks, then waits until the receiver has it all.
+    fn stream(&self, request: &SnapshotSend) -> Result<(), String> {
+        let files = self.store.snapshot_files();
+        let path = files.path(request.group, request.index);
+        let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let total = file.metadata().map_err(|e| e.to_string())?.len();
+        let key = (request.to, request.group, request.index);
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1024);
+        lock(&self.senders).insert(key, ack_tx);
+        let result = self.pump(request, &mut file, total, &ack_rx);
+        lock(&self.senders).remove(&key);
+        result
+    }
+
+    fn pump(
+        &self,
+        request: &SnapshotSend,
+        file: &mut File,
+        total: u64,
+        acks: &Receiver<u64>,
+    ) -> Result<(), String> {
+        let mut sent = 0u64;
+        let mut acked = 0u64;
+        let mut silent = 0;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            while (sent < total || (sent == 0 && total == 0)) && sent - acked < WINDOW_BYTES {
+                let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+                let last = sent + n as u64 >= total;
+                if n == 0 && !last {
+                    return Err("snapshot file shorter than its size".to_string());
+                }
+                let chunk = SnapshotChunk {
+                    group: request.group.to_bytes().to_vec(),
+                    index: request.index,
+                    offset: sent,
+                    total,
+                    data: buf[..n].to_vec(),
+                    message: if last {
+                        request.message.clone()
+                    } else {
+                        Vec::new()
+                    },
+                };
+                let batch = Batch {
+                    chunks: vec![chunk],
+                    ..Default::default()
+                };
+                self.send_batch(request.to, request.addr, batch);
+                sent += n as u64;
+                if last {
+                    sent = sent.max(1).min(total.max(1));
+                    break;
+                }
+            }
+            match acks.recv_timeout(ACK_TIMEOUT) {
+                Ok(received) => {
+                    silent = 0;
+                    acked = acked.max(received);
+                    if acked >= total {
+                        return Ok(());
+                    }
+                    if acked > sent {
+                        // The receiver is ahead of a resend: continue from what it has.
+                        file.seek(SeekFrom::Start(acked))
+                            .map_err(|e| e.to_string())?;
+                        sent = acked;
+                    }
+                }
+                Err(_) => {
+                    silent += 1;
+                    if silent >= MAX_SILENT_PERIODS {
+                        return Err("the receiver stopped acknowledging".to_string());
+                    }
+                    // Chunks or acknowledgements were lost: resend from what it has.
+                    file.seek(SeekFrom::Start(acked))
+                        .map_err(|e| e.to_string())?;
+                    sent = acked;
+                }
+            }
+        }
+    }
+
+    /// Chunks arrived from `from`: written by the receiving thread.
+    pub(crate) fn on_chunks(&self, from: NodeId, chunks: Vec<SnapshotChunk>) {
+        for chunk in chunks {
+            let _ = self.chunks.send((from, chunk));
+        }
+    }
+
+    /// Acknowledgements arrived from `from` for streams this node sends.
+    pub(crate) fn on_acks(&self, from: NodeId, acks: Vec<SnapshotAck>) {
+        let senders = lock(&self.senders);
+        for ack in acks {
+            let Some(group) = DataStructureId::from_bytes(&ack.group) else {
+                continue;
+            };
+            if let Some(tx) = senders.get(&(from, group, ack.index)) {
+                let _ = tx.try_send(ack.received);
+            }
+        }
+    }
+
+    fn ack(&self, to: NodeId, group: DataStructureId, index: u64, received: u64) {
+        let Some(addr) = lock(&self.addresses).get(&to).copied() else {
+            return;
+        };
+        let ack = SnapshotAck {
+            group: group.to_bytes().to_vec(),
+            index,
+            received,
+        };
+        let batch = Batch {
+            acks: vec![ack],
+            ..Default::default()
+        };
+        self.send_batch(to, addr, batch);
+    }
+}
+
+/// A snapshot being received.
+struct Incoming {
+    file: File,
+    received: u64,
+}
+
+/// The receiving thread: appends chunks to partial files; a complete file is made durable
+/// and moved into place before its `MsgSnapshot` goes to the core.
+fn receive(streams: Weak<SnapshotStreams>, chunks: Receiver<(NodeId, SnapshotChunk)>) {
+    let mut incoming: HashMap<StreamKey, Incoming> = HashMap::new();
+    while let Ok((from, chunk)) = chunks.recv() {
+        let Some(streams) = streams.upgrade() else {
+            return;
+        };
+        let Some(group) = DataStructureId::from_bytes(&chunk.group) else {
+            continue;
+        };
+        let key = (from, group, chunk.index);
+        match accept_chunk(&streams, &mut incoming, key, chunk) {
+            Ok(received) => streams.ack(from, group, key.2, received),
+            Err(e) => {
+                slog::warn!(streams.logger, "dropping a snapshot being received"; "group" => %group,
+                    "from" => from, "error" => e);
+                incoming.remove(&key);
+            }
+        }
+    }
+}
+
+/// Appends one chunk; returns how many bytes of the stream are now received.
+fn accept_chunk(
+    streams: &SnapshotStreams,
+    incoming: &mut HashMap<StreamKey, Incoming>,
+    key: StreamKey,
+    chunk: SnapshotChunk,
+) -> Result<u64, String> {
+    let (from, group, index) = key;
+    let files = streams.store.snapshot_files();
+    if chunk.offset == 0 {
+        // A new stream (or a restart of one): older partial streams of the group go.
+        incoming.retain(|(f, g, _), _| !(*f == from && *g == group));
+        let file = files
+            .create_partial(group, index)
+            .map_err(|e| e.to_string())?;
+        incoming.insert(key, Incoming { file, received: 0 });
+    }
+    let Some(stream) = incoming.get_mut(&key) else {
+        return Ok(0);
+    };
+    if chunk.offset != stream.received {
+        return Ok(stream.received);
+    }
+    stream
+        .file
+        .write_all(&chunk.data)
+        .map_err(|e| e.to_string())?;
+    stream.received += chunk.data.len() as u64;
+    if stream.received < chunk.total {
+        return Ok(stream.received);
+    }
+    let received = stream.received.max(chunk.total);
+    incoming.remove(&key);
+    files
+        .install_partial(group, index)
+        .map_err(|e| e.to_string())?;
+    let message = GroupMessage {
+        group: group.to_bytes().to_vec(),
+        message: chunk.message,
+    };
+    let batch = Batch {
+        messages: vec![message],
+        ..Default::default()
+    };
+    let _ = streams.core.send(Input::Batch(from, batch));
+    Ok(received.max(1))
+}

@@ -222,3 +222,48 @@ fn a_new_node_catches_up_from_a_100_mib_snapshot_streamed_in_chunks() {
     assert!(got == expected, "the new node holds the same state");
     assert!(late.state.lock().unwrap().snapshots_loaded >= 1);
 }
+
+#[test]
+fn replicas_without_a_subscriber_compact_under_offered_snapshots() {
+    let mut cluster = Cluster::start_tweaked(3, small_snapshots);
+    let id = copycat::new_data_structure_id();
+    // One subscriber, on node 0: nodes 1 and 2 hold detached replicas.
+    let app = App::subscribe(cluster.node(0), id);
+    let last = write_stream(&app, 2_000);
+    app.map_at(last);
+    wait_until("the detached replicas applied everything", T, || {
+        (1..3).all(|i| {
+            cluster
+                .node(i)
+                .group_status(id)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.applied_index >= last)
+        })
+    });
+    // Offers travel after each snapshot; give the last ones a moment to land.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let statuses: Vec<_> = (0..3)
+            .map(|i| cluster.node(i).group_status(id).unwrap().unwrap())
+            .collect();
+        let bounded = statuses
+            .iter()
+            .all(|s| s.applied_index - s.snapshot_index <= 3 * INTERVAL);
+        if bounded || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    drop(app);
+    for i in 0..3 {
+        let entries = stored_entries(&cluster.dir(i), id);
+        assert!(
+            entries <= 3 * INTERVAL,
+            "node {i} keeps {entries} entries of 2,000 in its log"
+        );
+    }
+}

@@ -117,7 +117,10 @@ pub(crate) struct SnapshotSend {
     pub replica: ReplicaId,
     pub group: DataStructureId,
     pub index: u64,
+    /// The raft `MsgSnapshot`, or for an offer the snapshot's encoded metadata.
     pub message: Vec<u8>,
+    /// An offer to a replica that is not behind (see [`NodeCore::handle_snapshot_offered`]).
+    pub offer: bool,
 }
 
 /// A node as this node sees it.

@@ -11,7 +11,7 @@
 //! log is kept whole.
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, SnapshotMetadata};
 
 use super::{NodeCore, SnapshotRequest, SnapshotSend};
 use crate::error::Error;
@@ -93,6 +93,7 @@ impl NodeCore {
             Some(meta) => {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
                     "index" => index);
+                self.offer_snapshot(group, &meta);
                 self.write_for(group).compact = Some(meta);
                 self.active.insert(group);
             }
@@ -123,7 +124,67 @@ impl NodeCore {
             group,
             index,
             message,
+            offer: false,
         });
+    }
+
+    /// After taking a snapshot: offer it to the group's other replicas, so replicas with
+    /// no subscriber (which never snapshot by themselves) compact their logs too.
+    fn offer_snapshot(&mut self, group: DataStructureId, meta: &SnapshotMetadata) {
+        let Ok(metadata) = meta.write_to_bytes() else {
+            return;
+        };
+        let Some(raft) = self.groups.get(&group) else {
+            return;
+        };
+        let cs = raft.log().conf_state();
+        let others: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .copied()
+            .filter(|r| node_of(*r) != self.me)
+            .collect();
+        for replica in others {
+            let to = node_of(replica);
+            let Some(member) = self.members.get(&to).filter(|m| m.alive) else {
+                continue;
+            };
+            self.snapshot_sends.push(SnapshotSend {
+                to,
+                addr: member.info.raft_addr,
+                replica,
+                group,
+                index: meta.index,
+                message: metadata.clone(),
+                offer: true,
+            });
+        }
+    }
+
+    /// Another replica's snapshot file is installed here: a replica with no subscriber
+    /// compacts its log under it (one with a subscriber takes its own snapshots). The
+    /// snapshot must be of an applied index whose term matches the local log, so both
+    /// cover the same committed prefix.
+    pub(crate) fn handle_snapshot_offered(&mut self, group: DataStructureId, metadata: &[u8]) {
+        let mut meta = SnapshotMetadata::default();
+        if meta.merge_from_bytes(metadata).is_err() || self.subs_by_group.contains_key(&group) {
+            return;
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let local_term = raft::Storage::term(raft.log(), meta.index).ok();
+        if local_term != Some(meta.term) {
+            return;
+        }
+        if let Some(compacted) = raft.compact_to(meta.index) {
+            slog::debug!(self.cfg.logger, "compacted under an offered snapshot";
+                "group" => %group, "index" => meta.index);
+            let write = self.write_for(group);
+            write.compact = Some(compacted);
+            write.adopt_offer = true;
+        }
     }
 
     /// A snapshot stream ended: raft resumes replicating to the receiver (after a success)

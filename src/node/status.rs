@@ -31,6 +31,8 @@ pub struct GroupStatus {
     pub applied_index: u64,
     /// The highest log index known committed.
     pub commit_index: u64,
+    /// Index of the latest snapshot (the log starts after it).
+    pub snapshot_index: u64,
 }
 
 impl NodeCore {
@@ -62,6 +64,7 @@ impl NodeCore {
             learners: cs.learners.iter().map(|r| node_of(*r)).collect(),
             applied_index: raft.applied(),
             commit_index: raft.committed(),
+            snapshot_index: raft.log().snapshot_index(),
         })
     }
 

@@ -76,6 +76,11 @@ pub(crate) enum Input {
         group: DataStructureId,
         index: u64,
     },
+    /// Another replica offered its snapshot (file installed, metadata encoded).
+    SnapshotOffered {
+        group: DataStructureId,
+        metadata: Vec<u8>,
+    },
     /// A snapshot stream to `replica` ended.
     SnapshotSent {
         group: DataStructureId,
@@ -425,6 +430,9 @@ fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
         } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
         Input::SnapshotTaken { group, index } => core.handle_snapshot_taken(group, index),
         Input::SnapshotSent { group, replica, ok } => core.handle_snapshot_sent(group, replica, ok),
+        Input::SnapshotOffered { group, metadata } => {
+            core.handle_snapshot_offered(group, &metadata)
+        }
         Input::SnapshotFailed { group, reason } => core.handle_snapshot_failed(group, reason),
         Input::Query(query) => query(core),
         Input::Handover(done) => core.begin_handover(now_ms, done),

@@ -161,6 +161,7 @@ impl SnapshotStreams {
                     } else {
                         Vec::new()
                     },
+                    offer: last && request.offer,
                 };
                 let batch = Batch {
                     chunks: vec![chunk],
@@ -300,17 +301,30 @@ fn accept_chunk(
     }
     let received = stream.received.max(chunk.total);
     incoming.remove(&key);
-    files
-        .install_partial(group, index)
-        .map_err(|e| e.to_string())?;
-    let message = GroupMessage {
-        group: group.to_bytes().to_vec(),
-        message: chunk.message,
+    let installed = if chunk.offer {
+        files.keep_offer(group, index)
+    } else {
+        files.install_partial(group, index)
     };
-    let batch = Batch {
-        messages: vec![message],
-        ..Default::default()
+    installed.map_err(|e| e.to_string())?;
+    let input = if chunk.offer {
+        Input::SnapshotOffered {
+            group,
+            metadata: chunk.message,
+        }
+    } else {
+        let message = GroupMessage {
+            group: group.to_bytes().to_vec(),
+            message: chunk.message,
+        };
+        Input::Batch(
+            from,
+            Batch {
+                messages: vec![message],
+                ..Default::default()
+            },
+        )
     };
-    let _ = streams.core.send(Input::Batch(from, batch));
+    let _ = streams.core.send(input);
     Ok(received.max(1))
 }

@@ -79,6 +79,9 @@ pub struct GroupWrite {
     /// Compacts the log: the snapshot with this metadata, already written to its file,
     /// covers every entry up to its index; those entries are deleted.
     pub compact: Option<SnapshotMetadata>,
+    /// The snapshot file of `compact` is an offer from another replica: move it into place
+    /// first.
+    pub adopt_offer: bool,
     /// Deletes every entry with index `>=` this (a follower's log was overwritten by a leader).
     pub truncate_from: Option<u64>,
     /// Entries to store, contiguous and ascending.
@@ -116,6 +119,7 @@ impl GroupWrite {
         if let Some(meta) = later.compact {
             self.entries.retain(|e| e.index > meta.index);
             self.compact = Some(meta);
+            self.adopt_offer = later.adopt_offer;
         }
         if let Some(t) = later.truncate_from {
             self.entries.retain(|e| e.index < t);

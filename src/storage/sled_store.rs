@@ -272,9 +272,15 @@ impl SledStore {
     /// Applies, flushes and syncs `batch`; the caller holds the writers' lock (`sync`).
     fn write_locked(&self, sync: &mut SyncFiles, batch: &WriteBatch) -> Result<()> {
         // Snapshot files first: metadata never points to a file that is not durable.
+        let mut skip_compaction = Vec::new();
         for gw in &batch.groups {
             if gw.remove {
                 self.files.remove_group(gw.group)?;
+            }
+            if let Some(meta) = gw.compact.as_ref().filter(|_| gw.adopt_offer) {
+                if !self.files.adopt_offer(gw.group, meta.index)? {
+                    skip_compaction.push(gw.group);
+                }
             }
             let inline = |s: &&Snapshot| {
                 !s.get_data().is_empty() && parse_file_reference(s.get_data()).is_none()
@@ -289,7 +295,13 @@ impl SledStore {
             ops: BTreeMap::new(),
         };
         for gw in &batch.groups {
-            overlay.apply_group(gw)?;
+            if skip_compaction.contains(&gw.group) {
+                let mut gw = gw.clone();
+                gw.compact = None;
+                overlay.apply_group(&gw)?;
+            } else {
+                overlay.apply_group(gw)?;
+            }
         }
         for (key, value) in &batch.meta {
             match value {

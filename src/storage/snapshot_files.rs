@@ -67,6 +67,60 @@ impl SnapshotFiles {
         self.prune(group)
     }
 
+    /// Where a complete snapshot offered by another replica waits until the node adopts it
+    /// (a replica with its own subscriber never does).
+    fn offer_path(&self, group: DataStructureId, index: u64) -> PathBuf {
+        self.group_dir(group).join(format!("{index:020}.offer"))
+    }
+
+    /// Makes a completely received offer durable under its offer name, keeping only the
+    /// newest [`KEEP_FILES`] offers of the group (offers come once per snapshot interval).
+    pub fn keep_offer(&self, group: DataStructureId, index: u64) -> Result<()> {
+        let part = self.partial_path(group, index);
+        File::open(&part)?.sync_data()?;
+        fs::rename(&part, self.offer_path(group, index))?;
+        File::open(self.group_dir(group))?.sync_all()?;
+        let mut offers = self.with_extension(group, "offer")?;
+        offers.sort_unstable();
+        let excess = offers.len().saturating_sub(KEEP_FILES);
+        for old in &offers[..excess] {
+            fs::remove_file(self.offer_path(group, *old))?;
+        }
+        Ok(())
+    }
+
+    /// Moves an adopted offer into place as the snapshot at `index`; false if that offer
+    /// is gone (a newer one replaced it), in which case nothing changed.
+    pub fn adopt_offer(&self, group: DataStructureId, index: u64) -> Result<bool> {
+        match fs::rename(self.offer_path(group, index), self.path(group, index)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StorageError::Io(e)),
+        }
+        File::open(self.group_dir(group))?.sync_all()?;
+        for old in self.with_extension(group, "offer")? {
+            if old < index {
+                fs::remove_file(self.offer_path(group, old))?;
+            }
+        }
+        self.prune(group)?;
+        Ok(true)
+    }
+
+    /// Indexes of the files of `group` with extension `ext`.
+    fn with_extension(&self, group: DataStructureId, ext: &str) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.group_dir(group))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == ext) {
+                if let Some(index) = path.file_stem().and_then(|s| s.to_str()?.parse().ok()) {
+                    out.push(index);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Opens (truncating) the partial file of a snapshot being received.
     pub fn create_partial(&self, group: DataStructureId, index: u64) -> Result<File> {
         fs::create_dir_all(self.group_dir(group))?;

@@ -4,6 +4,7 @@ use super::NodeCore;
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::SubId;
+use std::collections::VecDeque;
 
 /// Completion of an acknowledged proposal: the commit index, or why it failed.
 pub(crate) type Ack = Box<dyn FnOnce(Result<u64>) + Send>;
@@ -157,7 +158,10 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        let mut failures = Vec::new();
+        // raft drops a proposal only before appending it (no leader, leadership moving,
+        // too much uncommitted data), so it waits in the queue and is tried again next
+        // round, until its deadline.
+        let mut dropped = VecDeque::new();
         for p in queue {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -179,12 +183,16 @@ impl NodeCore {
                         },
                     );
                 }
-                Err(e) => failures.push((p.sub, p.ack, Error::ProposalDropped(e.to_string()))),
+                Err(e) => {
+                    slog::debug!(self.cfg.logger, "proposal dropped by raft, will retry";
+                        "group" => %group, "error" => %e);
+                    dropped.push_back(p);
+                }
             }
         }
         self.active.insert(group);
-        for (sub, ack, error) in failures {
-            self.fail(sub, ack, error);
+        if !dropped.is_empty() {
+            self.queued.insert(group, dropped);
         }
     }
 

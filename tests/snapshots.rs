@@ -267,3 +267,27 @@ fn replicas_without_a_subscriber_compact_under_offered_snapshots() {
         );
     }
 }
+
+#[test]
+fn a_leader_without_a_subscriber_serves_a_new_replica_a_fresh_snapshot() {
+    let mut cluster = Cluster::start_tweaked(3, small_snapshots);
+    // A group whose leader is not node 0, the only node with a subscriber.
+    let (id, app) = loop {
+        let id = copycat::new_data_structure_id();
+        let app = App::subscribe(cluster.node(0), id);
+        app.put(0, b"first");
+        let leader = cluster.node(0).group_status(id).unwrap().unwrap().leader;
+        if leader.is_some() && leader != Some(cluster.node(0).node_id()) {
+            break (id, app);
+        }
+    };
+    let last = write_stream(&app, 600);
+    let expected = app.map_at(last);
+    // The new node's learner joins after every snapshot so far: the detached leader must
+    // get a fresh one from node 0 before it can serve it.
+    let fourth = cluster.add_node();
+    cluster.wait_members(4);
+    let late = App::subscribe(cluster.node(fourth), id);
+    assert_eq!(late.map_at(last), expected);
+    assert!(late.state.lock().unwrap().snapshots_loaded >= 1);
+}

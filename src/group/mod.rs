@@ -75,6 +75,10 @@ pub(crate) struct RaftGroup {
     pub snapshotting: bool,
     /// No snapshot is asked for before this applied index (after one was declined).
     pub snapshot_not_before: u64,
+    /// When this replica last asked others for a snapshot (ms, node clock).
+    pub snapshot_asked_ms: u64,
+    /// When this replica last took a snapshot because another asked (ms, node clock).
+    pub snapshot_forced_ms: u64,
     /// Index of the last application entry applied (conservatively the applied index when
     /// the replica opened).
     pub last_entry_applied: u64,
@@ -120,6 +124,8 @@ impl RaftGroup {
             snapshotting: false,
             snapshot_not_before: 0,
             last_entry_applied: applied,
+            snapshot_asked_ms: 0,
+            snapshot_forced_ms: 0,
         };
         group.randomize_timeout_if_changed(rng);
         Ok(group)

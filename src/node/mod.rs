@@ -377,6 +377,11 @@ impl NodeCore {
         for join in batch.joins {
             self.handle_join_request(join);
         }
+        for needed in batch.snapshots_needed {
+            if let Some(group) = DataStructureId::from_bytes(&needed.group) {
+                self.handle_snapshot_needed(group);
+            }
+        }
     }
 
     fn handle_group_message(&mut self, from: NodeId, gm: proto::GroupMessage) {

@@ -17,6 +17,11 @@ use super::{NodeCore, SnapshotRequest, SnapshotSend};
 use crate::error::Error;
 use crate::id::{node_of, DataStructureId};
 
+/// How often a replica without a subscriber asks the others for a snapshot.
+const SNAPSHOT_ASK_PERIOD_MS: u64 = 1_000;
+/// How often a replica takes a snapshot because another one asked.
+const FORCED_SNAPSHOT_PERIOD_MS: u64 = 5_000;
+
 impl NodeCore {
     /// After applying: asks for a snapshot once enough was applied since the last one.
     pub(super) fn maybe_request_snapshot(&mut self, group: DataStructureId, applied_bytes: u64) {
@@ -31,7 +36,8 @@ impl NodeCore {
         }
     }
 
-    /// Raft needs a snapshot for a lagging replica that the stored one cannot serve.
+    /// Raft needs a snapshot for a lagging replica that the stored one cannot serve: take
+    /// one, or without a local subscriber ask the other replicas to take one and offer it.
     pub(super) fn request_wanted_snapshots(&mut self) {
         let wanted: Vec<_> = self
             .groups
@@ -40,8 +46,57 @@ impl NodeCore {
             .filter_map(|(id, raft)| raft.log_mut().take_snapshot_wanted().then_some(*id))
             .collect();
         for group in wanted {
-            self.request_snapshot(group);
+            if self.subs_by_group.contains_key(&group) {
+                self.request_snapshot(group);
+            } else {
+                self.ask_for_snapshot(group);
+            }
         }
+    }
+
+    /// Asks every other replica of `group` for a fresh snapshot (at most once a second).
+    fn ask_for_snapshot(&mut self, group: DataStructureId) {
+        let now = self.now_ms;
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.snapshot_asked_ms > 0 && now < raft.snapshot_asked_ms + SNAPSHOT_ASK_PERIOD_MS {
+            return;
+        }
+        raft.snapshot_asked_ms = now;
+        let cs = raft.log().conf_state();
+        let nodes: Vec<_> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .map(|r| node_of(*r))
+            .filter(|n| *n != self.me)
+            .collect();
+        for node in nodes {
+            self.sends.entry(node).or_default().snapshots_needed.push(
+                crate::proto::SnapshotNeeded {
+                    group: group.to_bytes().to_vec(),
+                },
+            );
+        }
+    }
+
+    /// Another replica needs a snapshot it cannot take: a replica with a subscriber takes
+    /// one now (at most once per [`FORCED_SNAPSHOT_PERIOD_MS`]) and offers it.
+    pub(super) fn handle_snapshot_needed(&mut self, group: DataStructureId) {
+        let now = self.now_ms;
+        if !self.subs_by_group.contains_key(&group) {
+            return;
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.snapshot_forced_ms > 0 && now < raft.snapshot_forced_ms + FORCED_SNAPSHOT_PERIOD_MS
+        {
+            return;
+        }
+        raft.snapshot_forced_ms = now;
+        self.request_snapshot(group);
     }
 
     /// Asks a local subscriber's provider for a snapshot of `group`, unless one is being

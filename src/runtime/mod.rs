@@ -334,7 +334,10 @@ fn start_transport(
             if !batch.acks.is_empty() {
                 streams.on_acks(from, std::mem::take(&mut batch.acks));
             }
-            if !batch.messages.is_empty() || !batch.joins.is_empty() {
+            if !batch.messages.is_empty()
+                || !batch.joins.is_empty()
+                || !batch.snapshots_needed.is_empty()
+            {
                 let _ = batch_tx.send(Input::Batch(from, batch));
             }
         }),

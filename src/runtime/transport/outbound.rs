@@ -41,6 +41,7 @@ impl OutQueue {
                 last.joins.extend(batch.joins);
                 last.chunks.extend(batch.chunks);
                 last.acks.extend(batch.acks);
+                last.snapshots_needed.extend(batch.snapshots_needed);
                 *last_len += len;
             }
             _ => self.frames.push_back((batch, len)),

@@ -122,7 +122,12 @@ fn overwriting_a_small_key_set_keeps_the_log_bounded() {
     let apps: Vec<_> = (0..3)
         .map(|i| App::subscribe(cluster.node(i), id))
         .collect();
-    let last = write_stream(&apps[0], 2_000);
+    // 3,000 overwrites of 4 KiB values under 8 keys: 12 MiB of log, 32 KiB of state.
+    let value = vec![9u8; 4096];
+    let mut last = 0;
+    for i in 0..3_000u32 {
+        last = apps[0].put((i % 8) as u8, &value);
+    }
     let expected = apps[0].map_at(last);
     for app in &apps[1..] {
         assert_eq!(app.map_at(last), expected);
@@ -133,12 +138,30 @@ fn overwriting_a_small_key_set_keeps_the_log_bounded() {
     drop(apps);
     for i in 0..3 {
         let entries = stored_entries(&cluster.dir(i), id);
-        // 2,000 writes; each replica compacts every INTERVAL applied entries.
+        // Each replica compacts every INTERVAL applied entries.
         assert!(
             entries <= 3 * INTERVAL,
-            "node {i} keeps {entries} entries of 2,000 in its log"
+            "node {i} keeps {entries} entries of 3,000 in its log"
+        );
+        let bytes = dir_size(&cluster.dir(i));
+        assert!(
+            bytes < 12 << 20,
+            "node {i}'s data dir holds {bytes} bytes, as much as the whole log"
         );
     }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_size(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
 }
 
 #[test]

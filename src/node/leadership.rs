@@ -86,12 +86,7 @@ impl NodeCore {
     /// many groups still have a leadership to hand over.
     fn hand_over_leaderships(&mut self) -> usize {
         let mut pending = 0;
-        let led: Vec<_> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.is_leader())
-            .map(|(id, _)| *id)
-            .collect();
+        let led = self.led_groups();
         for group in led {
             let target = self.best_successor(group);
             let Some(raft) = self.groups.get_mut(&group) else {

@@ -30,12 +30,7 @@ impl NodeCore {
             self.pursue(group);
         }
         self.collect_removed_replicas();
-        let led: Vec<_> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.is_leader())
-            .map(|(id, _)| *id)
-            .collect();
+        let led = self.led_groups();
         for group in led {
             if !group.is_system() {
                 self.manage_replicas(group);
@@ -43,6 +38,15 @@ impl NodeCore {
             self.reconcile_directory(group);
             self.balance_leadership(group);
         }
+    }
+
+    /// Groups this node leads.
+    pub(super) fn led_groups(&self) -> Vec<DataStructureId> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.is_leader())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether `node` is this node or an alive member.

@@ -63,12 +63,7 @@ impl NodeCore {
             return self.change_conf(group, &[(ConfChangeType::RemoveNode, learner)]);
         }
         if group.is_system() {
-            let hosting: Vec<NodeId> = cs
-                .voters
-                .iter()
-                .chain(&cs.learners)
-                .map(|r| node_of(*r))
-                .collect();
+            let hosting = hosting_nodes(&cs);
             let missing = self
                 .members
                 .iter()
@@ -98,12 +93,7 @@ impl NodeCore {
         group: DataStructureId,
         cs: &raft::eraftpb::ConfState,
     ) -> Option<NodeId> {
-        let hosting: Vec<NodeId> = cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .map(|r| node_of(*r))
-            .collect();
+        let hosting = hosting_nodes(cs);
         let datacenter = |node: NodeId| -> &str {
             if node == self.me {
                 &self.cfg.me.datacenter
@@ -190,4 +180,13 @@ impl NodeCore {
         }
         self.change_conf(group, &[(ConfChangeType::AddLearnerNode, replica)]);
     }
+}
+
+/// The nodes holding a replica in configuration `cs`.
+fn hosting_nodes(cs: &raft::eraftpb::ConfState) -> Vec<NodeId> {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .map(|r| node_of(*r))
+        .collect()
 }

@@ -36,6 +36,9 @@ pub(crate) struct GroupLog {
     last_index: u64,
     /// Highest index known to be on disk.
     persisted_index: u64,
+    /// Proposal ids of the application entries just before the snapshot (see
+    /// [`crate::storage::ProposalIds`]).
+    compacted_ids: crate::storage::ProposalIds,
 }
 
 impl GroupLog {
@@ -52,6 +55,7 @@ impl GroupLog {
             tail: VecDeque::new(),
             last_index: 0,
             persisted_index: 0,
+            compacted_ids: Vec::new(),
         }
     }
 
@@ -63,6 +67,7 @@ impl GroupLog {
         log.snapshot = stored.snapshot.clone();
         log.last_index = stored.last_index;
         log.persisted_index = stored.last_index;
+        log.load_compacted_ids();
         log
     }
 
@@ -132,6 +137,8 @@ impl GroupLog {
     pub(crate) fn apply_snapshot(&mut self, snap: &Snapshot) {
         let meta = snap.get_metadata();
         self.snapshot = meta.clone();
+        self.load_compacted_ids();
+        self.snapshot = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
@@ -143,11 +150,29 @@ impl GroupLog {
     /// The log up to `meta.index` is covered by a stored snapshot: forget those entries.
     /// Unlike [`GroupLog::apply_snapshot`], the entries after it and the current
     /// configuration stay.
-    pub(crate) fn compact(&mut self, meta: SnapshotMetadata) {
+    pub(crate) fn compact(&mut self, meta: SnapshotMetadata, ids: crate::storage::ProposalIds) {
         while self.tail.front().is_some_and(|e| e.index <= meta.index) {
             self.tail.pop_front();
         }
         self.snapshot = meta;
+        self.compacted_ids = ids;
+    }
+
+    /// Proposal ids of the application entries just before the snapshot.
+    pub(crate) fn compacted_ids(&self) -> &crate::storage::ProposalIds {
+        &self.compacted_ids
+    }
+
+    /// Reads the proposal ids stored with the current snapshot (none for the synthetic
+    /// first one, or if they cannot be read: retries are then checked against the log only).
+    fn load_compacted_ids(&mut self) {
+        self.compacted_ids = if self.snapshot.index > BOOTSTRAP_INDEX {
+            self.disk
+                .snapshot_ids(self.group, self.snapshot.index)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
     }
 
     /// Index of the latest snapshot (the synthetic first one is [`BOOTSTRAP_INDEX`]).

@@ -238,9 +238,14 @@ impl RaftGroup {
             .map(|(_, cs)| cs.clone())
     }
 
-    /// Compacts the log up to `index` under a snapshot taken there; `None` if `index` is
-    /// not in the log or not applied yet.
-    pub(crate) fn compact_to(&mut self, index: u64) -> Option<SnapshotMetadata> {
+    /// Compacts the log up to `index` under a snapshot taken there, keeping the proposal
+    /// ids of the application entries in the last `window` indexes before it; `None` if
+    /// `index` is not in the log or not applied yet.
+    pub(crate) fn compact_to(
+        &mut self,
+        index: u64,
+        window: u64,
+    ) -> Option<(SnapshotMetadata, crate::storage::ProposalIds)> {
         let log = self.raw.store();
         if index <= log.snapshot_index() || index > self.applied {
             return None;
@@ -258,9 +263,33 @@ impl RaftGroup {
             .rposition(|(at, _)| *at <= index)
             .unwrap_or(0);
         self.conf_history.drain(..keep_from);
-        self.raw.mut_store().compact(meta.clone());
+        let ids = self.proposal_ids_before(index, window);
+        self.raw.mut_store().compact(meta.clone(), ids.clone());
         self.bytes_since_snapshot = 0;
-        Some(meta)
+        Some((meta, ids))
+    }
+
+    /// Ids of the application entries in `(index - window, index]`: from the log, and
+    /// from the previous snapshot's ids for the part already compacted.
+    fn proposal_ids_before(&self, index: u64, window: u64) -> crate::storage::ProposalIds {
+        let log = self.raw.store();
+        let floor = index.saturating_sub(window);
+        let from = log.first_index().max(floor + 1);
+        let mut ids: crate::storage::ProposalIds = log
+            .compacted_ids()
+            .iter()
+            .copied()
+            .filter(|(at, _, _)| *at > floor && *at < from)
+            .collect();
+        let entries = log.read_entries(from, index + 1, None).unwrap_or_default();
+        for entry in entries {
+            if entry.get_entry_type() == raft::eraftpb::EntryType::EntryNormal {
+                if let Some(ctx) = crate::node::proposal::ProposalContext::decode(&entry.context) {
+                    ids.push((entry.index, ctx.node, ctx.seq));
+                }
+            }
+        }
+        ids
     }
 
     /// A snapshot from the leader replaced the log: configurations before it are gone.

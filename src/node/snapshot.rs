@@ -144,12 +144,14 @@ impl NodeCore {
             return;
         };
         raft.snapshotting = false;
-        match raft.compact_to(index) {
-            Some(meta) => {
+        match raft.compact_to(index, self.cfg.snapshot_interval) {
+            Some((meta, ids)) => {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
                     "index" => index);
                 self.offer_snapshot(group, &meta);
-                self.write_for(group).compact = Some(meta);
+                let write = self.write_for(group);
+                write.compact = Some(meta);
+                write.compact_ids = Some(ids);
                 self.active.insert(group);
             }
             None => {
@@ -233,12 +235,13 @@ impl NodeCore {
         if local_term != Some(meta.term) {
             return;
         }
-        if let Some(compacted) = raft.compact_to(meta.index) {
+        if let Some((compacted, ids)) = raft.compact_to(meta.index, self.cfg.snapshot_interval) {
             slog::debug!(self.cfg.logger, "compacted under an offered snapshot";
                 "group" => %group, "index" => meta.index);
             let write = self.write_for(group);
             write.compact = Some(compacted);
             write.adopt_offer = true;
+            write.compact_ids = Some(ids);
         }
     }
 

@@ -125,6 +125,14 @@ pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option
         return Some(ctx);
     };
     let from = (after + 1).max(log.first_index());
+    // The part of the range already compacted: the snapshot's proposal ids.
+    let compacted_copy = log
+        .compacted_ids()
+        .iter()
+        .any(|(at, node, seq)| *at > after && *node == ctx.node && *seq == ctx.seq);
+    if compacted_copy {
+        return None;
+    }
     if from >= entry.index {
         return Some(ctx);
     }
@@ -191,6 +199,20 @@ mod tests {
             copies,
             vec![None, Some(5), Some(6), None, Some(7), None],
             "no-ops carry nothing; a retry whose original (or earlier retry) is in the log is a duplicate"
+        );
+        // Compact through index 8: the originals at 7 and 8 are now only in the snapshot's
+        // proposal ids, and still make their retries duplicates.
+        let meta = raft::eraftpb::SnapshotMetadata {
+            index: 8,
+            term: 6,
+            ..Default::default()
+        };
+        log.compact(meta, vec![(7, 1, 5), (8, 1, 6)]);
+        assert_eq!(first_copy(&log, &entry(9, ctx(5, Some(6)))), None);
+        assert_eq!(first_copy(&log, &entry(12, ctx(6, Some(6)))), None);
+        assert_eq!(
+            first_copy(&log, &entry(12, ctx(8, Some(6)))).map(|c| c.seq),
+            Some(8)
         );
     }
 }

@@ -143,6 +143,13 @@ impl SnapshotStreams {
         let mut acked = 0u64;
         let mut silent = 0;
         let mut buf = vec![0u8; CHUNK_BYTES];
+        let ids = if request.offer {
+            Vec::new()
+        } else {
+            let files = self.store.snapshot_files();
+            let ids = files.read_ids(request.group, request.index);
+            crate::storage::encode_ids(&ids.map_err(|e| e.to_string())?)
+        };
         loop {
             while (sent < total || (sent == 0 && total == 0)) && sent - acked < WINDOW_BYTES {
                 let n = file.read(&mut buf).map_err(|e| e.to_string())?;
@@ -162,6 +169,7 @@ impl SnapshotStreams {
                         Vec::new()
                     },
                     offer: last && request.offer,
+                    ids: if last { ids.clone() } else { Vec::new() },
                 };
                 let batch = Batch {
                     chunks: vec![chunk],
@@ -304,7 +312,10 @@ fn accept_chunk(
     let installed = if chunk.offer {
         files.keep_offer(group, index)
     } else {
-        files.install_partial(group, index)
+        let ids = crate::storage::decode_ids(&chunk.ids);
+        files
+            .write_ids(group, index, &ids)
+            .and_then(|()| files.install_partial(group, index))
     };
     installed.map_err(|e| e.to_string())?;
     let input = if chunk.offer {

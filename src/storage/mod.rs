@@ -12,7 +12,9 @@ mod sled_store;
 mod snapshot_files;
 
 pub use sled_store::SledStore;
-pub use snapshot_files::{file_reference, parse_file_reference, SnapshotFiles};
+pub use snapshot_files::{
+    decode_ids, encode_ids, file_reference, parse_file_reference, ProposalIds, SnapshotFiles,
+};
 
 use std::path::PathBuf;
 
@@ -82,6 +84,8 @@ pub struct GroupWrite {
     /// The snapshot file of `compact` is an offer from another replica: move it into place
     /// first.
     pub adopt_offer: bool,
+    /// Proposal ids to store with the snapshot of `compact`.
+    pub compact_ids: Option<ProposalIds>,
     /// Deletes every entry with index `>=` this (a follower's log was overwritten by a leader).
     pub truncate_from: Option<u64>,
     /// Entries to store, contiguous and ascending.
@@ -120,6 +124,7 @@ impl GroupWrite {
             self.entries.retain(|e| e.index > meta.index);
             self.compact = Some(meta);
             self.adopt_offer = later.adopt_offer;
+            self.compact_ids = later.compact_ids;
         }
         if let Some(t) = later.truncate_from {
             self.entries.retain(|e| e.index < t);
@@ -184,6 +189,9 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// Node-level metadata (node id, known peers).
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The proposal ids stored with the snapshot of `group` at `index`.
+    fn snapshot_ids(&self, group: DataStructureId, index: u64) -> Result<ProposalIds>;
 }
 
 #[cfg(test)]

@@ -277,6 +277,9 @@ impl SledStore {
             if gw.remove {
                 self.files.remove_group(gw.group)?;
             }
+            if let (Some(meta), Some(ids)) = (&gw.compact, &gw.compact_ids) {
+                self.files.write_ids(gw.group, meta.index, ids)?;
+            }
             if let Some(meta) = gw.compact.as_ref().filter(|_| gw.adopt_offer) {
                 if !self.files.adopt_offer(gw.group, meta.index)? {
                     skip_compaction.push(gw.group);
@@ -591,6 +594,10 @@ impl LogStore for SledStore {
             warn!(self.logger, "storage write failed"; "error" => %e, "groups" => batch.groups.len());
         }
         result
+    }
+
+    fn snapshot_ids(&self, group: DataStructureId, index: u64) -> Result<ProposalIds> {
+        self.files.read_ids(group, index)
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -17,6 +17,37 @@ use crate::id::DataStructureId;
 /// Snapshot files kept per group.
 pub const KEEP_FILES: usize = 2;
 
+/// `(log index, proposing node, sequence)` of the application entries in the window of
+/// the log just before a snapshot's index. A proposal retried after a leader change is a
+/// duplicate if its first copy is in the log or, once that part is compacted, here.
+pub type ProposalIds = Vec<(u64, u64, u64)>;
+
+/// Encodes ids as big-endian triples.
+pub fn encode_ids(ids: &ProposalIds) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 24);
+    for (index, node, seq) in ids {
+        for v in [index, node, seq] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Decodes ids; a torn trailing triple is ignored.
+pub fn decode_ids(bytes: &[u8]) -> ProposalIds {
+    bytes
+        .chunks_exact(24)
+        .map(|c| {
+            let word = |i: usize| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&c[i..i + 8]);
+                u64::from_be_bytes(b)
+            };
+            (word(0), word(8), word(16))
+        })
+        .collect()
+}
+
 /// Prefix of the data of a raft snapshot whose state is in its file: raft messages and
 /// sled carry this small reference, and the file itself is streamed in chunks.
 const REFERENCE_MAGIC: &[u8] = b"copycat-snapshot-file:";
@@ -127,6 +158,34 @@ impl SnapshotFiles {
         Ok(File::create(self.partial_path(group, index))?)
     }
 
+    fn ids_path(&self, group: DataStructureId, index: u64) -> PathBuf {
+        self.group_dir(group).join(format!("{index:020}.ids"))
+    }
+
+    /// Stores the proposal ids that go with the snapshot at `index` (see
+    /// [`ProposalIds`]), durably.
+    pub fn write_ids(&self, group: DataStructureId, index: u64, ids: &ProposalIds) -> Result<()> {
+        let dir = self.group_dir(group);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{index:020}.ids.tmp"));
+        let mut file = File::create(&tmp)?;
+        file.write_all(&encode_ids(ids))?;
+        file.sync_data()?;
+        drop(file);
+        fs::rename(&tmp, self.ids_path(group, index))?;
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// The proposal ids of the snapshot at `index` (empty if none were stored).
+    pub fn read_ids(&self, group: DataStructureId, index: u64) -> Result<ProposalIds> {
+        match fs::read(self.ids_path(group, index)) {
+            Ok(bytes) => Ok(decode_ids(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StorageError::Io(e)),
+        }
+    }
+
     /// Where the snapshot of `group` at `index` lives.
     pub fn path(&self, group: DataStructureId, index: u64) -> PathBuf {
         self.group_dir(group).join(format!("{index:020}.snap"))
@@ -174,12 +233,19 @@ impl SnapshotFiles {
         Ok(out)
     }
 
-    /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group`.
+    /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group` (and their ids).
     fn prune(&self, group: DataStructureId) -> Result<()> {
         let indexes = self.indexes(group)?;
         let excess = indexes.len().saturating_sub(KEEP_FILES);
         for index in &indexes[..excess] {
             fs::remove_file(self.path(group, *index))?;
+        }
+        if let Some(oldest_kept) = indexes.get(excess) {
+            for index in self.with_extension(group, "ids")? {
+                if index < *oldest_kept {
+                    fs::remove_file(self.ids_path(group, index))?;
+                }
+            }
         }
         Ok(())
     }

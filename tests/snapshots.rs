@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{wait_until, Cluster};
 use copycat::{Commit, Config, CopyCat, DataStructure, DataStructureId};
 
-const T: Duration = Duration::from_secs(30);
+/// Generous: the 100 MiB test writes and streams a lot on a loaded 2-core machine.
+const T: Duration = Duration::from_secs(120);
 const INTERVAL: u64 = 200;
 
 fn small_snapshots(config: Config) -> Config {

@@ -244,7 +244,6 @@ impl NodeCore {
     /// directory as of the applied index.
     fn prepare_system_snapshot(&mut self) {
         let applied = self.directory_applied;
-        let data = self.directory.encode();
         let Some(system) = self.groups.get_mut(&DataStructureId::SYSTEM) else {
             return;
         };
@@ -254,8 +253,9 @@ impl NodeCore {
         let Ok(term) = raft::Storage::term(system.log(), applied) else {
             return;
         };
+        // Encoded only when a joining node needs it: the directory can be large.
         let mut snap = Snapshot {
-            data: data.into(),
+            data: self.directory.encode().into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();

@@ -8,6 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::copycat::NodeHandle;
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
+use crate::node::proposal::Ack;
 use crate::node::subscription::SubId;
 use crate::node::Commit;
 use crate::runtime::Input;
@@ -81,37 +82,12 @@ impl DataStructure {
     /// its log index. An `Ok` is durable on a quorum and is never lost while a quorum of
     /// the group's disks survives. A [`Error::Timeout`] leaves the outcome unknown.
     pub fn propose_and_wait(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
-        let slot = Arc::new(AckSlot::default());
-        let filler = slot.clone();
-        self.send_proposal(data, timeout, move |result| filler.fill(result))?;
-        // The core always completes the ack (commit, failure, deadline or shutdown); the
-        // margin covers a core busy with a large round.
-        slot.wait(timeout + Duration::from_secs(5))
-            .unwrap_or(Err(Error::Timeout))
+        self.call(timeout, self.proposal(data, timeout))
     }
 
     /// The async form of [`DataStructure::propose_and_wait`]; does not block the executor.
     pub async fn propose(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send_proposal(data, timeout, move |result| {
-            let _ = tx.send(result);
-        })?;
-        rx.await.unwrap_or(Err(Error::Shutdown))
-    }
-
-    fn send_proposal(
-        &self,
-        data: Vec<u8>,
-        timeout: Duration,
-        ack: impl FnOnce(Result<u64>) + Send + 'static,
-    ) -> Result<()> {
-        self.node.send(Input::Propose {
-            group: self.id,
-            data,
-            sub: Some(self.sub),
-            ack: Some(Box::new(ack)),
-            timeout: Some(timeout),
-        })
+        self.call_async(self.proposal(data, timeout)).await
     }
 
     /// A linearizable read barrier (Raft ReadIndex). Returns an index `R` once every entry
@@ -120,29 +96,55 @@ impl DataStructure {
     /// write acknowledged before the barrier was called. Works on any replica, learners
     /// included; costs one round of heartbeats from the leader, no log write.
     pub fn read_barrier(&self, timeout: Duration) -> Result<u64> {
-        let slot = Arc::new(AckSlot::default());
-        let filler = slot.clone();
-        self.node.send(Input::ReadBarrier {
-            group: self.id,
-            sub: self.sub,
-            ack: Box::new(move |result| filler.fill(result)),
-            timeout,
-        })?;
-        slot.wait(timeout + Duration::from_secs(5))
-            .unwrap_or(Err(Error::Timeout))
+        self.call(timeout, self.barrier(timeout))
     }
 
     /// The async form of [`DataStructure::read_barrier`].
     pub async fn read_barrier_async(&self, timeout: Duration) -> Result<u64> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.node.send(Input::ReadBarrier {
-            group: self.id,
-            sub: self.sub,
-            ack: Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
+        self.call_async(self.barrier(timeout)).await
+    }
+
+    /// The core input proposing `data`, given its completion.
+    fn proposal(&self, data: Vec<u8>, timeout: Duration) -> impl FnOnce(Ack) -> Input {
+        let (group, sub) = (self.id, self.sub);
+        move |ack| Input::Propose {
+            group,
+            data,
+            sub: Some(sub),
+            ack: Some(ack),
+            timeout: Some(timeout),
+        }
+    }
+
+    /// The core input starting a read barrier, given its completion.
+    fn barrier(&self, timeout: Duration) -> impl FnOnce(Ack) -> Input {
+        let (group, sub) = (self.id, self.sub);
+        move |ack| Input::ReadBarrier {
+            group,
+            sub,
+            ack,
             timeout,
-        })?;
+        }
+    }
+
+    /// Sends the input built around a completion and blocks until the core completes it.
+    fn call(&self, timeout: Duration, input: impl FnOnce(Ack) -> Input) -> Result<u64> {
+        let slot = Arc::new(AckSlot::default());
+        let filler = slot.clone();
+        self.node
+            .send(input(Box::new(move |result| filler.fill(result))))?;
+        // The core always completes the ack (success, failure, deadline or shutdown); the
+        // margin covers a core busy with a large round.
+        slot.wait(timeout + Duration::from_secs(5))
+            .unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The async form of [`DataStructure::call`].
+    async fn call_async(&self, input: impl FnOnce(Ack) -> Input) -> Result<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.node.send(input(Box::new(move |result| {
+            let _ = tx.send(result);
+        })))?;
         rx.await.unwrap_or(Err(Error::Shutdown))
     }
 

@@ -10,9 +10,12 @@ use crate::id::{node_of, DataStructureId, ReplicaId};
 const HANDOVER_TIMEOUT_MS: u64 = 3_000;
 
 /// A graceful shutdown in progress: leaderships are being handed over.
+/// Once started it lasts until the node stops: the node keeps handing over leaderships it
+/// gains meanwhile, and never takes one back by balancing.
 pub(crate) struct Handover {
     deadline_ms: u64,
-    done: Box<dyn FnOnce() + Send>,
+    /// Told once, when nothing is left to hand over or at the deadline.
+    done: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl NodeCore {
@@ -58,7 +61,7 @@ impl NodeCore {
         self.now_ms = now_ms;
         self.handover = Some(Handover {
             deadline_ms: now_ms + HANDOVER_TIMEOUT_MS,
-            done,
+            done: Some(done),
         });
         self.hand_over_leaderships();
     }
@@ -66,19 +69,14 @@ impl NodeCore {
     /// Moves on with a handover: re-targets leaderships gained meanwhile, and finishes it
     /// when nothing is left to hand over.
     pub(crate) fn poll_handover(&mut self) {
-        let Some(handover) = &self.handover else {
+        let Some(deadline_ms) = self.handover.as_ref().map(|h| h.deadline_ms) else {
             return;
         };
-        let expired = handover.deadline_ms <= self.now_ms;
-        if self.hand_over_leaderships() == 0 || expired {
-            if let Some(handover) = self.handover.take() {
-                (handover.done)();
+        let pending = self.hand_over_leaderships();
+        if pending == 0 || deadline_ms <= self.now_ms {
+            if let Some(done) = self.handover.as_mut().and_then(|h| h.done.take()) {
+                done();
             }
-            // Stay out of leadership until stopped.
-            self.handover = Some(Handover {
-                deadline_ms: u64::MAX,
-                done: Box::new(|| {}),
-            });
         }
     }
 

@@ -100,30 +100,35 @@ impl NodeCore {
     fn apply_entry(&mut self, id: DataStructureId, entry: &Entry) {
         match entry.get_entry_type() {
             EntryType::EntryNormal if id.is_system() => self.apply_directory_entry(entry),
-            EntryType::EntryNormal => self.acknowledge(id, entry),
+            EntryType::EntryNormal => self.apply_data_entry(id, entry),
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 self.apply_conf_change(id, entry)
             }
         }
     }
 
-    /// Completes the local waiter of a proposal, if this node proposed it.
-    fn acknowledge(&mut self, id: DataStructureId, entry: &Entry) {
-        // The first copy of a proposal in the log completes it; later (retried) copies find
-        // it gone from `in_flight`.
+    /// An application entry: remember it as the latest (snapshots cover up to it) and
+    /// complete its local waiter, if this node proposed it. Leader no-ops carry no context.
+    fn apply_data_entry(&mut self, id: DataStructureId, entry: &Entry) {
         let Some(ctx) = ProposalContext::decode(&entry.context) else {
             return;
         };
         if let Some(group) = self.groups.get_mut(&id) {
             group.last_entry_applied = entry.index;
         }
+        self.acknowledge(id, entry.index, ctx);
+    }
+
+    /// Completes the local waiter of a proposal. The first copy of a proposal in the log
+    /// completes it; later (retried) copies find it gone from `in_flight`.
+    fn acknowledge(&mut self, id: DataStructureId, index: u64, ctx: ProposalContext) {
         let (node, seq) = (ctx.node, ctx.seq);
         if node != self.me {
             return;
         }
         if let Some(flight) = self.in_flight.remove(&seq) {
             if flight.group == id {
-                proposal::complete(flight.ack, Ok(entry.index));
+                proposal::complete(flight.ack, Ok(index));
             } else {
                 self.in_flight.insert(seq, flight);
             }

@@ -139,10 +139,6 @@ impl SnapshotStreams {
         total: u64,
         acks: &Receiver<u64>,
     ) -> Result<(), String> {
-        let mut sent = 0u64;
-        let mut acked = 0u64;
-        let mut silent = 0;
-        let mut buf = vec![0u8; CHUNK_BYTES];
         let ids = if request.offer {
             Vec::new()
         } else {
@@ -150,11 +146,15 @@ impl SnapshotStreams {
             let ids = files.read_ids(request.group, request.index);
             crate::storage::encode_ids(&ids.map_err(|e| e.to_string())?)
         };
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        // `sent`: bytes handed to the transport; `last_sent`: the final chunk (the one
+        // carrying the message) went out, so only acknowledgements are awaited.
+        let (mut sent, mut acked, mut last_sent, mut silent) = (0u64, 0u64, false, 0);
         loop {
-            while (sent < total || (sent == 0 && total == 0)) && sent - acked < WINDOW_BYTES {
+            while !last_sent && sent - acked < WINDOW_BYTES {
                 let n = file.read(&mut buf).map_err(|e| e.to_string())?;
-                let last = sent + n as u64 >= total;
-                if n == 0 && !last {
+                last_sent = sent + n as u64 >= total;
+                if n == 0 && !last_sent {
                     return Err("snapshot file shorter than its size".to_string());
                 }
                 let chunk = SnapshotChunk {
@@ -163,13 +163,13 @@ impl SnapshotStreams {
                     offset: sent,
                     total,
                     data: buf[..n].to_vec(),
-                    message: if last {
+                    message: if last_sent {
                         request.message.clone()
                     } else {
                         Vec::new()
                     },
-                    offer: last && request.offer,
-                    ids: if last { ids.clone() } else { Vec::new() },
+                    offer: last_sent && request.offer,
+                    ids: if last_sent { ids.clone() } else { Vec::new() },
                 };
                 let batch = Batch {
                     chunks: vec![chunk],
@@ -177,24 +177,18 @@ impl SnapshotStreams {
                 };
                 self.send_batch(request.to, request.addr, batch);
                 sent += n as u64;
-                if last {
-                    sent = sent.max(1).min(total.max(1));
-                    break;
-                }
             }
-            match acks.recv_timeout(ACK_TIMEOUT) {
+            let resume_from = match acks.recv_timeout(ACK_TIMEOUT) {
                 Ok(received) => {
                     silent = 0;
                     acked = acked.max(received);
-                    if acked >= total {
+                    // Every stream ends with an acknowledgement of at least 1 (a stream of
+                    // an empty file included).
+                    if acked >= total.max(1) {
                         return Ok(());
                     }
-                    if acked > sent {
-                        // The receiver is ahead of a resend: continue from what it has.
-                        file.seek(SeekFrom::Start(acked))
-                            .map_err(|e| e.to_string())?;
-                        sent = acked;
-                    }
+                    // The receiver is ahead of a resend: continue from what it has.
+                    (acked > sent).then_some(acked)
                 }
                 Err(_) => {
                     silent += 1;
@@ -202,10 +196,13 @@ impl SnapshotStreams {
                         return Err("the receiver stopped acknowledging".to_string());
                     }
                     // Chunks or acknowledgements were lost: resend from what it has.
-                    file.seek(SeekFrom::Start(acked))
-                        .map_err(|e| e.to_string())?;
-                    sent = acked;
+                    Some(acked)
                 }
+            };
+            if let Some(offset) = resume_from {
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| e.to_string())?;
+                (sent, last_sent) = (offset, false);
             }
         }
     }

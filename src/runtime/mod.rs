@@ -36,6 +36,16 @@ pub(crate) use pump::PumpControl;
 use snapshot_stream::SnapshotStreams;
 use transport::{Transport, TransportConfig};
 
+/// A multi-thread runtime of its own for one test.
+#[cfg(test)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Metadata key of the persistent node id.
 const NODE_ID_KEY: &str = "node_id";
 

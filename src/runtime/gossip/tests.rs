@@ -19,14 +19,7 @@ fn logger() -> Logger {
     }
 }
 
-/// A multi-thread runtime of its own for one test.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::runtime::test_runtime as runtime;
 
 /// A gossip node under test and the events it reported.
 struct TestNode {

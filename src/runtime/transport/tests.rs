@@ -9,14 +9,7 @@ use crate::proto::{GroupMessage, JoinRequest};
 /// Deadline for every awaited condition.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A multi-threaded runtime of its own for one test.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::runtime::test_runtime as runtime;
 
 /// Log drain keeping "LEVEL message key=value..." lines for assertions.
 #[derive(Clone, Default)]

@@ -89,9 +89,6 @@ pub(crate) struct Transport {
 struct Shared {
     /// Runtime every task runs on.
     handle: Handle,
-    /// Address the listener is bound to.
-    #[cfg_attr(not(test), allow(dead_code))]
-    local_addr: SocketAddr,
     /// What outgoing peer tasks need.
     outbound: Arc<Outbound>,
     /// Peers, tasks and the shut-down flag.
@@ -182,7 +179,6 @@ impl Transport {
         });
         let shared = Arc::new(Shared {
             handle: handle.clone(),
-            local_addr,
             outbound,
             state: Mutex::new(State {
                 peers: HashMap::new(),
@@ -200,13 +196,6 @@ impl Transport {
         ));
         info!(logger, "transport listening"; "addr" => local_addr.to_string());
         Ok(Transport { shared })
-    }
-
-    /// The address the transport accepts connections on (the runtime knows it from the
-    /// listener, so only tests read it here).
-    #[cfg(test)]
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
     }
 
     /// Queues `batch` for node `to` at `addr`; never blocks (callable from any thread).

@@ -85,9 +85,9 @@ fn start_on(
     let on_unreachable: OnUnreachable = Arc::new(move |peer| {
         let _ = unreachable_tx.send(peer);
     });
+    let addr = listener.local_addr().unwrap();
     let transport =
         Transport::start(rt.handle(), listener, config, on_batch, on_unreachable).unwrap();
-    let addr = transport.local_addr();
     Node {
         transport,
         addr,

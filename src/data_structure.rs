@@ -90,11 +90,13 @@ impl DataStructure {
         self.call_async(self.proposal(data, timeout)).await
     }
 
-    /// A linearizable read barrier (Raft ReadIndex). Returns an index `R` once every entry
-    /// committed anywhere before the call has been delivered to this subscription's commit
-    /// channel. Apply your commits up to `R`, then read your state: that read sees every
-    /// write acknowledged before the barrier was called. Works on any replica, learners
-    /// included; costs one round of heartbeats from the leader, no log write.
+    /// A linearizable read barrier (Raft ReadIndex). Once every entry committed anywhere
+    /// before the call has been delivered to this subscription's commit channel, returns
+    /// the index `R` of the last commit handed to the channel (an entry or snapshot marker
+    /// your channel carries; 0 if none yet). Apply your commits up to `R`, then read your
+    /// state: that read sees every write acknowledged before the barrier was called. Works
+    /// on any replica, learners included; costs one round of heartbeats from the leader, no
+    /// log write.
     pub fn read_barrier(&self, timeout: Duration) -> Result<u64> {
         self.call(timeout, self.barrier(timeout))
     }

@@ -70,7 +70,7 @@ impl DataStructureId {
     }
 
     /// The id from a 128-bit number.
-    pub fn from_u128(v: u128) -> Self {
+    pub const fn from_u128(v: u128) -> Self {
         DataStructureId(v)
     }
 

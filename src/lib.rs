@@ -68,6 +68,7 @@ pub(crate) mod group;
 pub mod id;
 pub mod node;
 pub(crate) mod proto;
+pub mod registry;
 pub(crate) mod runtime;
 pub mod storage;
 

@@ -11,7 +11,7 @@ mod directory;
 mod leadership;
 mod maintenance;
 pub mod member;
-mod placement;
+pub(crate) mod placement;
 pub(crate) mod proposal;
 mod read;
 mod replicas;
@@ -364,6 +364,7 @@ impl NodeCore {
             self.active.insert(*id);
         }
         self.expire_proposals();
+        self.retry_unanswered_reads();
         self.retry_lagging();
         self.maintain();
     }
@@ -555,6 +556,7 @@ impl NodeCore {
                 group,
                 channels,
                 next_index,
+                last_delivered: 0,
             },
         );
         self.subs_by_group.entry(group).or_default().push(sub);

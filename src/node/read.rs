@@ -20,7 +20,13 @@ pub(crate) struct PendingRead {
     pub deadline_ms: u64,
     /// The read index, once the leader answered.
     pub index: Option<u64>,
+    /// When the read index was last asked for.
+    pub requested_ms: u64,
 }
+
+/// How long a read waits for the leader's answer before asking again: a leader that has
+/// not yet committed an entry of its term drops ReadIndex requests without an answer.
+const READ_RETRY_MS: u64 = 300;
 
 impl NodeCore {
     /// Starts a read barrier on `group` for subscription `sub`.
@@ -46,6 +52,7 @@ impl NodeCore {
                 ack: Some(ack),
                 deadline_ms: now_ms + timeout_ms,
                 index: None,
+                requested_ms: now_ms,
             },
         );
         self.request_read_index(seq);
@@ -54,7 +61,7 @@ impl NodeCore {
     /// Sends (or re-sends, after a leader change) the ReadIndex request of read `seq`; it
     /// waits for a replica that knows a leader.
     fn request_read_index(&mut self, seq: u64) {
-        let Some(read) = self.reads.get(&seq) else {
+        let Some(read) = self.reads.get_mut(&seq) else {
             return;
         };
         let Some(raft) = self.groups.get_mut(&read.group) else {
@@ -63,6 +70,7 @@ impl NodeCore {
         if raft.leader() == 0 || !raft.log().is_initialized() {
             return;
         }
+        read.requested_ms = self.now_ms;
         let ctx = ProposalContext {
             node: self.me,
             seq,
@@ -82,6 +90,20 @@ impl NodeCore {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in waiting {
+            self.request_read_index(seq);
+        }
+    }
+
+    /// Asks again for read indexes that got no answer in time (see [`READ_RETRY_MS`]).
+    pub(super) fn retry_unanswered_reads(&mut self) {
+        let now = self.now_ms;
+        let unanswered: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_none() && now >= r.requested_ms + READ_RETRY_MS)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in unanswered {
             self.request_read_index(seq);
         }
     }
@@ -111,7 +133,7 @@ impl NodeCore {
                 .index
                 .filter(|index| self.delivered_up_to(read, *index));
             if let Some(index) = reached {
-                done.push((*seq, Ok(index)));
+                done.push((*seq, Ok(self.barrier_answer(read, index))));
             } else if read.deadline_ms <= now {
                 done.push((*seq, Err(Error::Timeout)));
             }
@@ -123,6 +145,15 @@ impl NodeCore {
                     Err(error) => self.fail(read.sub, read.ack, error),
                 }
             }
+        }
+    }
+
+    /// What a completed barrier returns: for a subscription, the index of the last commit
+    /// it was handed (the read index itself may be a leader no-op it never sees).
+    fn barrier_answer(&self, read: &PendingRead, index: u64) -> u64 {
+        match read.sub.and_then(|s| self.subs.get(&s)) {
+            Some(sub) => sub.last_delivered,
+            None => index,
         }
     }
 

@@ -14,6 +14,9 @@ pub struct MemberStatus {
     pub datacenter: String,
     /// `alive` or `down`.
     pub state: String,
+    /// For a `down` member: how long gossip has considered it down (as of this node's last
+    /// tick); `None` while alive.
+    pub down_for: Option<std::time::Duration>,
 }
 
 /// One group's replica on this node.
@@ -43,12 +46,17 @@ impl NodeCore {
             addr: self.cfg.me.raft_addr.to_string(),
             datacenter: self.cfg.me.datacenter.clone(),
             state: "alive".to_string(),
+            down_for: None,
         }];
         out.extend(self.members.values().map(|m| MemberStatus {
             node_id: m.info.node_id,
             addr: m.info.raft_addr.to_string(),
             datacenter: m.info.datacenter.clone(),
             state: if m.alive { "alive" } else { "down" }.to_string(),
+            down_for:
+                m.down_since_ms.filter(|_| !m.alive).map(|since| {
+                    std::time::Duration::from_millis(self.now_ms.saturating_sub(since))
+                }),
         }));
         out
     }

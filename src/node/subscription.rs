@@ -53,6 +53,9 @@ pub(crate) struct Subscription {
     pub channels: SubscriberChannels,
     /// Index of the next log entry to look at.
     pub next_index: u64,
+    /// Index of the last commit (entry or snapshot marker) handed to the channel; 0 before
+    /// any. Read barriers answer with it: an index the application actually receives.
+    pub last_delivered: u64,
 }
 
 /// How far a delivery attempt got.
@@ -76,7 +79,7 @@ impl Subscription {
             if snapshot > BOOTSTRAP_INDEX {
                 let marker = Commit::Snapshot { index: snapshot };
                 match self.channels.commits.try_send(marker) {
-                    Ok(()) => {}
+                    Ok(()) => self.last_delivered = snapshot,
                     Err(TrySendError::Full(_)) => return Delivery::Paused,
                     Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
                 }
@@ -96,7 +99,7 @@ impl Subscription {
                         data: entry.data.to_vec(),
                     };
                     match self.channels.commits.try_send(commit) {
-                        Ok(()) => {}
+                        Ok(()) => self.last_delivered = entry.index,
                         Err(TrySendError::Full(_)) => return Delivery::Paused,
                         Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
                     }

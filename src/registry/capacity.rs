@@ -76,6 +76,15 @@ impl LeaseTable {
         self.in_use.get(id).copied().unwrap_or(0)
     }
 
+    /// Callers waiting for a lease on a publication named `name`.
+    pub(crate) fn waiting_for(&self, name: &str) -> usize {
+        self.queues
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, queue)| queue.len())
+            .sum()
+    }
+
     /// Tries `option`, whose winning tier is `tier` (non-empty): a free slot, else a place
     /// in the queue (`sink` receives the grant later), else overcapacity.
     pub(crate) fn attempt(

@@ -51,6 +51,8 @@ mod publication;
 mod resolve;
 mod shared;
 mod state;
+#[cfg(test)]
+mod tests;
 mod watch;
 mod worker;
 
@@ -308,6 +310,16 @@ impl Registry {
             .filter(|p| p.name == name)
             .cloned()
             .collect()
+    }
+
+    /// Leases out now on this node for the publication `id`.
+    pub fn leases_out(&self, id: PublicationId) -> u32 {
+        lock(&self.core.shared.leases).leases_on(&id)
+    }
+
+    /// Callers on this node waiting for a lease on a publication named `name`.
+    pub fn waiting(&self, name: &str) -> usize {
+        lock(&self.core.shared.leases).waiting_for(name)
     }
 
     /// The revision of the latest change applied on this node.

@@ -42,11 +42,17 @@ struct DirRegistration {
 }
 
 impl DirRegistration {
+    /// Registers the data dir, waiting up to [`LOCK_RETRY_BUDGET`] for a store of a node
+    /// that just shut down in this process (its last threads may still hold it briefly).
     fn acquire(canonical: &Path, path: &Path) -> Result<DirRegistration> {
-        if !lock_ignoring_poison(&OPEN_DIRS).insert(canonical.to_path_buf()) {
-            return Err(StorageError::Locked {
-                path: path.to_path_buf(),
-            });
+        let start = Instant::now();
+        while !lock_ignoring_poison(&OPEN_DIRS).insert(canonical.to_path_buf()) {
+            if start.elapsed() >= LOCK_RETRY_BUDGET {
+                return Err(StorageError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         Ok(DirRegistration {
             canonical: canonical.to_path_buf(),

@@ -49,6 +49,8 @@ pub struct Cluster {
     pub dead_node_grace: Duration,
     /// Applied to every node's config.
     pub tweak: fn(Config) -> Config,
+    /// Datacenter of node `i` (nodes past the end: the default datacenter).
+    pub datacenters: Vec<String>,
 }
 
 impl Cluster {
@@ -60,28 +62,33 @@ impl Cluster {
 
     /// [`Cluster::start`] with `tweak` applied to every node's config.
     pub fn start_tweaked(n: usize, tweak: fn(Config) -> Config) -> Cluster {
-        let root = tempfile::tempdir().expect("temp dir");
-        let mut cluster = Cluster {
-            root,
-            nodes: Vec::new(),
-            dead_node_grace: Config::default().dead_node_grace,
-            tweak,
-        };
-        for _ in 0..n {
-            cluster.add_node();
-        }
-        cluster.wait_members(n);
-        cluster
+        Self::launch(n, Config::default().dead_node_grace, tweak, &[])
     }
 
     /// [`Cluster::start`] with a dead-node grace period (replacement of dead replicas).
     pub fn start_with_grace(n: usize, dead_node_grace: Duration) -> Cluster {
+        Self::launch(n, dead_node_grace, |c| c, &[])
+    }
+
+    /// One node per entry of `datacenters`, in that datacenter, with `tweak` applied.
+    pub fn start_in_datacenters(datacenters: &[&str], tweak: fn(Config) -> Config) -> Cluster {
+        let grace = Config::default().dead_node_grace;
+        Self::launch(datacenters.len(), grace, tweak, datacenters)
+    }
+
+    fn launch(
+        n: usize,
+        dead_node_grace: Duration,
+        tweak: fn(Config) -> Config,
+        datacenters: &[&str],
+    ) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
             root,
             nodes: Vec::new(),
             dead_node_grace,
-            tweak: |c| c,
+            tweak,
+            datacenters: datacenters.iter().map(|d| d.to_string()).collect(),
         };
         for _ in 0..n {
             cluster.add_node();
@@ -112,9 +119,15 @@ impl Cluster {
     }
 
     fn node_config(&self, i: usize, peers: Vec<String>) -> Config {
+        let base = config(&self.dir(i), peers);
         (self.tweak)(Config {
             dead_node_grace: self.dead_node_grace,
-            ..config(&self.dir(i), peers)
+            datacenter: self
+                .datacenters
+                .get(i)
+                .cloned()
+                .unwrap_or(base.datacenter.clone()),
+            ..base
         })
     }
 

@@ -418,3 +418,16 @@ fn graceful_shutdown_hands_leadership_over_and_leaders_rebalance() {
         "unbalanced leaders {counts:?}"
     );
 }
+
+#[test]
+fn a_read_barrier_answers_with_an_index_the_subscriber_receives() {
+    let cluster = Cluster::start(3);
+    let id = copycat::new_data_structure_id();
+    let ds = cluster.node(1).subscribe(id, no_snapshot).unwrap();
+    // A fresh group's log holds only leader no-ops, which no subscriber ever receives.
+    assert_eq!(ds.read_barrier(T).expect("barrier on a fresh group"), 0);
+    let written = ds.propose_and_wait(b"x".to_vec(), T).unwrap();
+    assert_eq!(ds.read_barrier(T).expect("barrier"), written);
+    let received = collect(&ds, 1, T);
+    assert_eq!(received[0].0, written);
+}

@@ -91,7 +91,11 @@ fn locate_hashmap() -> Result<std::path::PathBuf, String> {
             " --release"
         };
         println!("hashmap example missing or older than the demo: cargo build{profile} --example hashmap");
-        cluster::cargo_build_hashmap(Path::new(&cargo), Path::new(env!("CARGO_MANIFEST_DIR")))?;
+        cluster::cargo_build_example(
+            Path::new(&cargo),
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            "hashmap",
+        )?;
     }
     if !bin.exists() {
         return Err(format!("{} is missing after the build", bin.display()));

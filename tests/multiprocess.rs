@@ -33,9 +33,10 @@ const PER_PHASE: usize = 30;
 fn hashmap_bin() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        cluster::cargo_build_hashmap(
+        cluster::cargo_build_example(
             Path::new(env!("CARGO")),
             Path::new(env!("CARGO_MANIFEST_DIR")),
+            "hashmap",
         )?;
         let bin = cluster::hashmap_path()?;
         if !bin.exists() {
@@ -259,4 +260,39 @@ fn consistent_reads_on_other_nodes_see_acknowledged_writes() {
             "consistent read of {key}"
         );
     }
+}
+
+/// The registry example end to end: a service published by one process in `west` is
+/// resolved by name from a process in `east` (falling back across datacenters) and called.
+#[test]
+fn the_registry_example_resolves_and_calls_across_datacenters() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cluster::cargo_build_example(Path::new(env!("CARGO")), manifest, "registry")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bin = cluster::example_path("registry").unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new(&bin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let finished = wait_until("the registry example finishes", PHASE * 2, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if let Err(e) = finished {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{e}");
+    }
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("in datacenter west (this node is in east)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("RESPONSE 200 hello from node"), "{stdout}");
 }

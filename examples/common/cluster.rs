@@ -21,10 +21,10 @@ pub const QUICK: Duration = Duration::from_secs(3);
 /// machine opens sled and binds in well under this).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where `cargo build --example hashmap` puts the binary for the profile that built the
+/// Where `cargo build --example <name>` puts the binary for the profile that built the
 /// running executable, which lives in `target/<profile>/examples/` (an example) or
 /// `target/<profile>/deps/` (a test).
-pub fn hashmap_path() -> Result<PathBuf, String> {
+pub fn example_path(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let profile_dir = exe
         .parent()
@@ -32,14 +32,19 @@ pub fn hashmap_path() -> Result<PathBuf, String> {
         .ok_or_else(|| format!("unexpected executable location {}", exe.display()))?;
     Ok(profile_dir
         .join("examples")
-        .join(format!("hashmap{}", std::env::consts::EXE_SUFFIX)))
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
-/// Runs `cargo build --example hashmap` with the running executable's profile.
-pub fn cargo_build_hashmap(cargo: &Path, manifest_dir: &Path) -> Result<(), String> {
+/// The hashmap example's binary (see [`example_path`]).
+pub fn hashmap_path() -> Result<PathBuf, String> {
+    example_path("hashmap")
+}
+
+/// Runs `cargo build --example <name>` with the running executable's profile.
+pub fn cargo_build_example(cargo: &Path, manifest_dir: &Path, name: &str) -> Result<(), String> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(manifest_dir)
-        .args(["build", "--example", "hashmap"]);
+        .args(["build", "--example", name]);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
@@ -47,7 +52,7 @@ pub fn cargo_build_hashmap(cargo: &Path, manifest_dir: &Path) -> Result<(), Stri
         .status()
         .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
     if !status.success() {
-        return Err(format!("cargo build --example hashmap failed: {status}"));
+        return Err(format!("cargo build --example {name} failed: {status}"));
     }
     Ok(())
 }

@@ -69,6 +69,8 @@ pub mod id;
 pub mod node;
 pub(crate) mod proto;
 pub mod registry;
+#[cfg(test)]
+mod sim;
 pub(crate) mod runtime;
 pub mod storage;
 

@@ -6,14 +6,18 @@
 //! ("persist before sending persisted messages, persist the commit index before applying").
 
 pub(crate) mod log;
+mod recent;
 
 use std::collections::VecDeque;
 
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChangeV2, ConfState, Entry, Message, MessageType, Snapshot, SnapshotMetadata,
+};
 use raft::{RawNode, StateRole};
 use rand::Rng;
 
 use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
+use recent::RecentProposals;
 use crate::storage::GroupWrite;
 pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
 
@@ -82,6 +86,8 @@ pub(crate) struct RaftGroup {
     /// Index of the last application entry applied (conservatively the applied index when
     /// the replica opened).
     pub last_entry_applied: u64,
+    /// Proposals that entered the log lately (duplicate forwarded proposals are dropped).
+    recent: RecentProposals,
 }
 
 impl RaftGroup {
@@ -124,6 +130,7 @@ impl RaftGroup {
             snapshotting: false,
             snapshot_not_before: 0,
             last_entry_applied: applied,
+            recent: RecentProposals::default(),
             snapshot_asked_ms: 0,
             snapshot_forced_ms: 0,
         };
@@ -200,8 +207,16 @@ impl RaftGroup {
     }
 
     /// Feeds a message from a peer.
-    pub(crate) fn step(&mut self, msg: Message, rng: &mut impl Rng) -> raft::Result<()> {
+    pub(crate) fn step(&mut self, mut msg: Message, rng: &mut impl Rng) -> raft::Result<()> {
+        let forwarded = msg.get_msg_type() == MessageType::MsgPropose && self.is_leader();
+        if forwarded && !self.recent.drop_seen(&mut msg) {
+            return Ok(());
+        }
+        let accepted = forwarded.then(|| msg.entries.to_vec());
         let result = self.raw.step(msg);
+        if let (Some(entries), Ok(())) = (accepted, &result) {
+            self.recent.remember(&entries);
+        }
         self.randomize_timeout_if_changed(rng);
         result
     }
@@ -401,6 +416,7 @@ impl RaftGroup {
             wrote = true;
         }
         let entries = rd.take_entries();
+        self.recent.remember(&entries);
         let last_appended = entries.last().map(|e| e.index);
         if !entries.is_empty() {
             write.truncate_from = self.raw.mut_store().append(&entries);

@@ -20,7 +20,9 @@ mod snapshot;
 mod status;
 pub(crate) mod subscription;
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -41,6 +43,12 @@ use proposal::{InFlight, Proposal};
 pub use status::{GroupStatus, MemberStatus};
 pub use subscription::Commit;
 use subscription::{Delivery, SubId, SubscriberChannels, Subscription};
+
+/// Hash maps with a fixed hasher: their iteration order, and with it the order of the
+/// core's output, depends only on the inputs, so a simulated run replays from its seed.
+pub(crate) type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// The set counterpart of [`Map`].
+pub(crate) type Set<T> = HashSet<T, BuildHasherDefault<DefaultHasher>>;
 
 /// Metadata key under which the gossip addresses of known peers are stored, so a restarted
 /// node can rejoin even if its configured peers are gone.
@@ -70,9 +78,10 @@ pub(crate) struct CoreConfig {
 pub(crate) struct SnapshotRequest {
     pub group: DataStructureId,
     pub provider: std::sync::Arc<dyn crate::SnapshotProvider>,
-    /// The snapshot's index must be in `[min_index, max_index]`: past the current snapshot,
-    /// and not beyond what was delivered to that subscription.
+    /// The snapshot's index must be past the current snapshot (`min_index`).
     pub min_index: u64,
+    /// What the subscription had been handed when the snapshot was asked for; the
+    /// application may have applied more by the time its provider runs.
     pub max_index: u64,
     /// The last application entry at or before `max_index`: a provider whose state includes
     /// it includes everything up to `max_index` (the rest are no-ops and conf changes).
@@ -81,16 +90,18 @@ pub(crate) struct SnapshotRequest {
 
 impl SnapshotRequest {
     /// The log index a snapshot whose state includes commits up to `provider_index` covers,
-    /// if acceptable.
+    /// if acceptable: state through the last application entry also covers the no-ops and
+    /// conf changes up to `max_index`; state that moved past `max_index` covers exactly its
+    /// own index (the core refuses one beyond what it applied).
     pub(crate) fn covered_index(&self, provider_index: u64) -> Option<u64> {
-        let index = if provider_index >= self.last_entry_index {
+        let index = if provider_index > self.max_index {
+            provider_index
+        } else if provider_index >= self.last_entry_index {
             self.max_index
         } else {
             provider_index
         };
-        (self.min_index..=self.max_index)
-            .contains(&index)
-            .then_some(index)
+        (index >= self.min_index).then_some(index)
     }
 }
 
@@ -145,35 +156,35 @@ pub(crate) struct NodeCore {
     rng: SmallRng,
     now_ms: u64,
     ticks: u64,
-    groups: HashMap<DataStructureId, RaftGroup>,
+    groups: Map<DataStructureId, RaftGroup>,
     members: BTreeMap<NodeId, Member>,
     directory: Directory,
     /// Index of the last system-group entry applied to `directory`.
     directory_applied: u64,
-    subs: HashMap<SubId, Subscription>,
-    subs_by_group: HashMap<DataStructureId, Vec<SubId>>,
+    subs: Map<SubId, Subscription>,
+    subs_by_group: Map<DataStructureId, Vec<SubId>>,
     /// Subscriptions whose delivery paused on a full channel.
-    lagging: HashSet<SubId>,
+    lagging: Set<SubId>,
     /// Groups a local subscriber waits for: to be created, or to get a replica here.
-    wanted: HashSet<DataStructureId>,
-    queued: HashMap<DataStructureId, VecDeque<Proposal>>,
-    in_flight: HashMap<u64, InFlight>,
-    reads: HashMap<u64, read::PendingRead>,
+    wanted: Set<DataStructureId>,
+    queued: Map<DataStructureId, VecDeque<Proposal>>,
+    in_flight: Map<u64, InFlight>,
+    reads: Map<u64, read::PendingRead>,
     next_seq: u64,
     /// Groups that may have a `Ready`.
-    active: HashSet<DataStructureId>,
+    active: Set<DataStructureId>,
     /// Groups with readies waiting for a batch to be durable.
-    held: HashSet<DataStructureId>,
-    round_writes: HashMap<DataStructureId, GroupWrite>,
+    held: Set<DataStructureId>,
+    round_writes: Map<DataStructureId, GroupWrite>,
     round_meta: Vec<(String, Option<Vec<u8>>)>,
-    sends: HashMap<NodeId, proto::Batch>,
+    sends: Map<NodeId, proto::Batch>,
     issued_seq: u64,
     durable_seq: u64,
     storage_failed: bool,
     stopped: bool,
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
     /// directory so that nodes that were away delete their stale replicas).
-    removed_seen: HashMap<DataStructureId, Vec<ReplicaId>>,
+    removed_seen: Map<DataStructureId, Vec<ReplicaId>>,
     /// Snapshots to request in this round's output.
     snapshot_requests: Vec<SnapshotRequest>,
     /// Snapshot streams to start in this round's output.
@@ -195,29 +206,29 @@ impl NodeCore {
             disk,
             now_ms: 0,
             ticks: 0,
-            groups: HashMap::new(),
+            groups: Map::default(),
             members: BTreeMap::new(),
             directory: Directory::default(),
             directory_applied: 0,
-            subs: HashMap::new(),
-            subs_by_group: HashMap::new(),
-            lagging: HashSet::new(),
-            wanted: HashSet::new(),
-            queued: HashMap::new(),
-            in_flight: HashMap::new(),
-            reads: HashMap::new(),
+            subs: Map::default(),
+            subs_by_group: Map::default(),
+            lagging: Set::default(),
+            wanted: Set::default(),
+            queued: Map::default(),
+            in_flight: Map::default(),
+            reads: Map::default(),
             next_seq: 1,
-            active: HashSet::new(),
-            held: HashSet::new(),
-            round_writes: HashMap::new(),
+            active: Set::default(),
+            held: Set::default(),
+            round_writes: Map::default(),
             round_meta: Vec::new(),
-            sends: HashMap::new(),
+            sends: Map::default(),
             issued_seq: 0,
             durable_seq: 0,
             storage_failed: false,
             stopped: false,
             handover: None,
-            removed_seen: HashMap::new(),
+            removed_seen: Map::default(),
             pending_removal: Vec::new(),
             snapshot_requests: Vec::new(),
             snapshot_sends: Vec::new(),
@@ -623,7 +634,7 @@ impl NodeCore {
     }
 
     fn retry_lagging(&mut self) {
-        let groups: HashSet<_> = self
+        let groups: Set<_> = self
             .lagging
             .iter()
             .filter_map(|s| self.subs.get(s).map(|s| s.group))

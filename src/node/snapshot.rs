@@ -301,5 +301,8 @@ mod tests {
         // Older state covers only itself; state from before the range is refused.
         assert_eq!(request.covered_index(12), Some(12));
         assert_eq!(request.covered_index(9), None);
+        // State that moved on since the request covers exactly itself, never less: a
+        // snapshot labelled 20 holding entry 23 would hand entry 23 out twice.
+        assert_eq!(request.covered_index(23), Some(23));
     }
 }

@@ -9,8 +9,8 @@
 pub(crate) mod frame;
 pub(crate) mod gossip;
 mod pump;
-mod snapshot_stream;
-mod snapshot_thread;
+pub(crate) mod snapshot_stream;
+pub(crate) mod snapshot_thread;
 mod storage_thread;
 pub(crate) mod transport;
 
@@ -412,7 +412,7 @@ fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: 
 }
 
 /// Applies one input; true when it asks the core to stop.
-fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
+pub(crate) fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
     match input {
         Input::Batch(from, batch) => core.handle_batch(now_ms, from, batch),
         Input::Membership(event) => core.handle_membership(now_ms, event),

@@ -306,24 +306,39 @@ fn accept_chunk(
     }
     let received = stream.received.max(chunk.total);
     incoming.remove(&key);
-    let installed = if chunk.offer {
+    let input = install_received(&files, from, group, index, chunk)?;
+    let _ = streams.core.send(input);
+    Ok(received.max(1))
+}
+
+/// Makes a completely received snapshot file official (an offer is kept aside, a snapshot
+/// for raft is installed with its proposal ids) and returns the input for the core: the
+/// offer, or the `MsgSnapshot` the final chunk carried.
+pub(crate) fn install_received(
+    files: &crate::storage::SnapshotFiles,
+    from: NodeId,
+    group: DataStructureId,
+    index: u64,
+    last_chunk: SnapshotChunk,
+) -> Result<Input, String> {
+    let installed = if last_chunk.offer {
         files.keep_offer(group, index)
     } else {
-        let ids = crate::storage::decode_ids(&chunk.ids);
+        let ids = crate::storage::decode_ids(&last_chunk.ids);
         files
             .write_ids(group, index, &ids)
             .and_then(|()| files.install_partial(group, index))
     };
     installed.map_err(|e| e.to_string())?;
-    let input = if chunk.offer {
+    Ok(if last_chunk.offer {
         Input::SnapshotOffered {
             group,
-            metadata: chunk.message,
+            metadata: last_chunk.message,
         }
     } else {
         let message = GroupMessage {
             group: group.to_bytes().to_vec(),
-            message: chunk.message,
+            message: last_chunk.message,
         };
         Input::Batch(
             from,
@@ -332,7 +347,5 @@ fn accept_chunk(
                 ..Default::default()
             },
         )
-    };
-    let _ = streams.core.send(input);
-    Ok(received.max(1))
+    })
 }

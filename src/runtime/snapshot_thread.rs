@@ -30,7 +30,7 @@ pub(super) fn spawn(
 }
 
 /// Calls the provider, checks the index it reports and stores the bytes durably.
-fn take(store: &SledStore, request: &SnapshotRequest, logger: &slog::Logger) -> Input {
+pub(crate) fn take(store: &SledStore, request: &SnapshotRequest, logger: &slog::Logger) -> Input {
     let group = request.group;
     let failed = |reason: String| Input::SnapshotFailed {
         group,
@@ -44,8 +44,8 @@ fn take(store: &SledStore, request: &SnapshotRequest, logger: &slog::Logger) -> 
     };
     let Some(index) = request.covered_index(index) else {
         return failed(format!(
-            "the snapshot provider reported index {index}, outside the delivered range {}..={}",
-            request.min_index, request.max_index
+            "the snapshot provider reported index {index}, at or below the current snapshot {}",
+            request.min_index.saturating_sub(1)
         ));
     };
     match store.snapshot_files().write(group, index, &data) {

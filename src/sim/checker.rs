@@ -1,0 +1,208 @@
+//! The simulation's checkers: one sequence of entries per group that every subscriber
+//! sees a prefix of, each entry once per subscription, every acknowledged proposal in it,
+//! and linearizable read barriers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::app::{Delivered, History};
+use crate::id::DataStructureId;
+use crate::node::subscription::SubId;
+
+/// A proposal made through an acknowledged call.
+pub(crate) struct Write {
+    pub group: DataStructureId,
+    pub data: Vec<u8>,
+    /// `(completion time, index)` once acknowledged.
+    pub acked: Option<(u64, u64)>,
+}
+
+/// A read barrier that completed with `index`.
+pub(crate) struct Read {
+    pub group: DataStructureId,
+    pub invoked: u64,
+    pub completed: u64,
+    pub index: u64,
+}
+
+/// Where one subscription's delivery stands.
+#[derive(Default)]
+struct Stream {
+    last: u64,
+}
+
+/// Everything observed, and the violations found.
+#[derive(Default)]
+pub(crate) struct Checker {
+    /// The one sequence per group, as far as any subscriber has seen it.
+    canon: HashMap<DataStructureId, BTreeMap<u64, Vec<u8>>>,
+    streams: HashMap<(usize, SubId), Stream>,
+    pub writes: Vec<Write>,
+    pub reads: Vec<Read>,
+    pub violations: Vec<String>,
+    pub delivered: u64,
+}
+
+impl Checker {
+    fn violation(&mut self, what: String) {
+        if self.violations.len() < 20 {
+            self.violations.push(what);
+        }
+    }
+
+    /// Checks and records what subscription `sub` on node `node` was handed.
+    pub(crate) fn observe(
+        &mut self,
+        node: usize,
+        sub: SubId,
+        group: DataStructureId,
+        delivered: Vec<Delivered>,
+    ) {
+        for item in delivered {
+            match item {
+                Delivered::Entry(index, data) => self.on_entry(node, sub, group, index, data),
+                Delivered::Snapshot(index, history) => {
+                    self.on_snapshot(node, sub, group, index, history)
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, node: usize, sub: SubId, group: DataStructureId, index: u64) {
+        let stream = self.streams.entry((node, sub)).or_default();
+        let last = stream.last;
+        stream.last = index;
+        if index <= last {
+            self.violation(format!(
+                "group {group}: node {node} sub {sub} got index {index} after {last} (repeat or reorder)"
+            ));
+        }
+    }
+
+    fn on_entry(&mut self, node: usize, sub: SubId, group: DataStructureId, index: u64, data: Vec<u8>) {
+        self.delivered += 1;
+        self.advance(node, sub, group, index);
+        self.agree(group, index, data, &format!("node {node} sub {sub}"));
+    }
+
+    fn on_snapshot(
+        &mut self,
+        node: usize,
+        sub: SubId,
+        group: DataStructureId,
+        index: u64,
+        history: Option<History>,
+    ) {
+        self.advance(node, sub, group, index);
+        let Some(history) = history else {
+            self.violation(format!("group {group}: snapshot {index} on node {node} unreadable"));
+            return;
+        };
+        for (i, data) in history {
+            if i > index {
+                self.violation(format!("group {group}: snapshot {index} holds later entry {i}"));
+            }
+            self.agree(group, i, data, &format!("snapshot {index} on node {node}"));
+        }
+    }
+
+    /// Records `data` at `index`, or checks it against what is already there.
+    fn agree(&mut self, group: DataStructureId, index: u64, data: Vec<u8>, who: &str) {
+        let canon = self.canon.entry(group).or_default();
+        match canon.get(&index) {
+            Some(seen) if *seen != data => {
+                let what = format!(
+                    "group {group}: {who} has {:?} at index {index}, others {:?}",
+                    String::from_utf8_lossy(&data),
+                    String::from_utf8_lossy(seen)
+                );
+                self.violation(what);
+            }
+            Some(_) => {}
+            None => {
+                canon.insert(index, data);
+            }
+        }
+    }
+
+    /// The final checks: each proposal at most once in its group's sequence, every
+    /// acknowledged one at its index, and read barriers linearizable.
+    pub(crate) fn finish(&mut self) {
+        self.check_once();
+        self.check_acknowledged();
+        self.check_reads();
+    }
+
+    fn check_once(&mut self) {
+        let mut found = Vec::new();
+        for (group, canon) in &self.canon {
+            let mut at: HashMap<&[u8], u64> = HashMap::new();
+            for (index, data) in canon {
+                if let Some(first) = at.insert(data.as_slice(), *index) {
+                    found.push(format!(
+                        "group {group}: {:?} committed twice, at {first} and {index}",
+                        String::from_utf8_lossy(data)
+                    ));
+                }
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+
+    fn check_acknowledged(&mut self) {
+        let mut found = Vec::new();
+        for w in &self.writes {
+            let Some((_, index)) = w.acked else { continue };
+            let seen = self.canon.get(&w.group).and_then(|c| c.get(&index));
+            if seen != Some(&w.data) {
+                found.push(format!(
+                    "group {}: acknowledged {:?} at {index} but the sequence has {:?} there",
+                    w.group,
+                    String::from_utf8_lossy(&w.data),
+                    seen.map(|d| String::from_utf8_lossy(d).into_owned())
+                ));
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+
+    /// A barrier read sees every write acknowledged before it started, and a read that
+    /// starts after another finished sees at least as much.
+    fn check_reads(&mut self) {
+        let mut found = Vec::new();
+        for r in &self.reads {
+            for w in self.writes.iter().filter(|w| w.group == r.group) {
+                if let Some((done, index)) = w.acked {
+                    if done < r.invoked && index > r.index {
+                        found.push(format!(
+                            "group {}: read at {} returned {} but a write acked at {done} has index {index}",
+                            r.group, r.invoked, r.index
+                        ));
+                    }
+                }
+            }
+            for earlier in self.reads.iter().filter(|e| e.group == r.group) {
+                if earlier.completed < r.invoked && earlier.index > r.index {
+                    found.push(format!(
+                        "group {}: read at {} returned {} below an earlier read's {}",
+                        r.group, r.invoked, r.index, earlier.index
+                    ));
+                }
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
+    }
+
+    /// The highest index seen in `group`'s sequence.
+    pub(crate) fn last_index(&self, group: DataStructureId) -> u64 {
+        self.canon
+            .get(&group)
+            .and_then(|c| c.keys().next_back().copied())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,195 @@
+//! What the simulated clients and the fault injector do, chosen by the seeded RNG.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::checker::{Read, Write};
+use super::world::{Event, World};
+use crate::id::DataStructureId;
+use crate::runtime::Input;
+
+/// Completions reported by the cores' callbacks, collected into the checker's history.
+#[derive(Default)]
+pub(crate) struct Completions {
+    /// `(write number, completion time, index)` of acknowledged writes.
+    pub writes: Vec<(usize, u64, u64)>,
+    /// Read barriers that completed: `(group, invoked, completed, index)`.
+    pub reads: Vec<(DataStructureId, u64, u64, u64)>,
+}
+
+/// The clients: proposals, read barriers, subscribe and unsubscribe.
+pub(crate) struct Workload {
+    pub groups: Vec<DataStructureId>,
+    pub completions: Arc<Mutex<Completions>>,
+    pub writing: bool,
+}
+
+impl Workload {
+    /// One client action, then the next one is scheduled.
+    pub(crate) fn step(&mut self, world: &mut World) {
+        if !self.writing {
+            return;
+        }
+        let delay = world.rng.gen_range(1..world.params.op_gap_ms);
+        world.at(delay, Event::Workload);
+        let running = world.running();
+        let Some(&node) = running.choose(&mut world.rng) else {
+            return;
+        };
+        match world.rng.gen_range(0..100) {
+            0..=59 => self.propose(world, node),
+            60..=79 => self.barrier(world, node),
+            80..=94 => {
+                let group = self.groups[world.rng.gen_range(0..self.groups.len())];
+                world.subscribe(node, group);
+            }
+            _ => {
+                let apps = world.nodes[node].running.as_ref().map_or(0, |r| r.apps.len());
+                if apps > 1 {
+                    let k = world.rng.gen_range(0..apps);
+                    world.unsubscribe(node, k);
+                }
+            }
+        }
+    }
+
+    /// An application on `node` proposes to one of its groups and waits for the ack.
+    fn propose(&mut self, world: &mut World, node: usize) {
+        let Some((sub, group)) = pick_app(world, node) else {
+            return;
+        };
+        let number = world.checker.writes.len();
+        let data = format!("{group}/{number}").into_bytes();
+        world.checker.writes.push(Write {
+            group,
+            data: data.clone(),
+            acked: None,
+        });
+        let (completions, clock) = (self.completions.clone(), world.clock.clone());
+        let ack = Box::new(move |result: crate::Result<u64>| {
+            if let (Ok(index), Ok(mut c)) = (result, completions.lock()) {
+                c.writes.push((number, clock.load(Ordering::Relaxed), index));
+            }
+        });
+        world.input(
+            node,
+            Input::Propose {
+                group,
+                data,
+                sub: Some(sub),
+                ack: Some(ack),
+                timeout: Some(std::time::Duration::from_millis(world.params.proposal_timeout_ms)),
+            },
+        );
+    }
+
+    /// An application on `node` asks for a read barrier.
+    fn barrier(&mut self, world: &mut World, node: usize) {
+        let Some((sub, group)) = pick_app(world, node) else {
+            return;
+        };
+        let invoked = world.now;
+        let (completions, clock) = (self.completions.clone(), world.clock.clone());
+        let ack = Box::new(move |result: crate::Result<u64>| {
+            if let (Ok(index), Ok(mut c)) = (result, completions.lock()) {
+                c.reads
+                    .push((group, invoked, clock.load(Ordering::Relaxed), index));
+            }
+        });
+        let timeout = std::time::Duration::from_millis(world.params.proposal_timeout_ms);
+        world.input(
+            node,
+            Input::ReadBarrier {
+                group,
+                sub,
+                ack,
+                timeout,
+            },
+        );
+    }
+
+    /// Moves the callbacks' completions into the checker's history.
+    pub(crate) fn collect(&self, world: &mut World) {
+        let Ok(mut c) = self.completions.lock() else {
+            return;
+        };
+        for (number, at, index) in c.writes.drain(..) {
+            if let Some(w) = world.checker.writes.get_mut(number) {
+                w.acked = Some((at, index));
+            }
+        }
+        for (group, invoked, completed, index) in c.reads.drain(..) {
+            world.checker.reads.push(Read {
+                group,
+                invoked,
+                completed,
+                index,
+            });
+        }
+    }
+}
+
+fn pick_app(world: &mut World, node: usize) -> Option<(u64, DataStructureId)> {
+    let apps = &world.nodes[node].running.as_ref()?.apps;
+    if apps.is_empty() {
+        return None;
+    }
+    let app = &apps[world.rng.gen_range(0..apps.len())];
+    Some((app.sub, app.group))
+}
+
+/// The fault injector: crashes and restarts, partitions and heals, a node killed for good
+/// and a new one joining.
+pub(crate) struct Faults {
+    pub killed_for_good: bool,
+}
+
+impl Faults {
+    pub(crate) fn step(&mut self, world: &mut World) -> Result<(), String> {
+        let delay = world.rng.gen_range(world.params.fault_gap_ms / 2..world.params.fault_gap_ms * 3 / 2);
+        world.at(delay, Event::Fault);
+        world.faults += 1;
+        let n = world.nodes.len();
+        let down: Vec<usize> = (0..n)
+            .filter(|i| world.nodes[*i].running.is_none() && !world.nodes[*i].gone)
+            .collect();
+        let running = world.running();
+        let max_down = (running.len() + down.len() - 1) / 2;
+        match world.rng.gen_range(0..100) {
+            0..=29 if down.len() < max_down => {
+                if let Some(&victim) = running.choose(&mut world.rng) {
+                    world.crash(victim);
+                }
+            }
+            0..=49 => {
+                if let Some(&back) = down.choose(&mut world.rng) {
+                    world.start(back)?;
+                }
+            }
+            50..=74 => {
+                for i in 0..n {
+                    world.nodes[i].side = u8::from(world.rng.gen_bool(0.3));
+                }
+            }
+            75..=89 => {
+                for node in &mut world.nodes {
+                    node.side = 0;
+                }
+            }
+            _ if !self.killed_for_good && down.is_empty() && running.len() >= 3 => {
+                self.killed_for_good = true;
+                if let Some(&victim) = running.choose(&mut world.rng) {
+                    world.crash(victim);
+                    world.nodes[victim].gone = true;
+                    let fresh = world.add_node();
+                    world.start(fresh)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,562 @@
+//! The simulated world: node cores on one thread, a fake clock, an event queue, a faulty
+//! network, disks whose unwritten batches die with their node, and a membership view in
+//! place of gossip. The cores are production's; only the runtime around them is swapped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use super::app::App;
+use super::checker::Checker;
+use super::Params;
+use crate::group::RaftSettings;
+use crate::id::{DataStructureId, NodeId};
+use crate::node::member::{MembershipEvent, NodeInfo};
+use crate::node::subscription::SubId;
+use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest, SnapshotSend};
+use crate::proto;
+use crate::runtime::{handle_input, Input};
+use crate::storage::{SledStore, WriteBatch};
+
+/// What happens at a point of simulated time.
+pub(crate) enum Event {
+    Tick(usize),
+    Deliver {
+        to: usize,
+        life: u64,
+        from: NodeId,
+        batch: proto::Batch,
+    },
+    DiskDone {
+        node: usize,
+        life: u64,
+    },
+    Unreachable {
+        node: usize,
+        life: u64,
+        peer: NodeId,
+    },
+    TakeSnapshot {
+        node: usize,
+        life: u64,
+        request: SnapshotRequest,
+    },
+    Stream {
+        from: usize,
+        from_life: u64,
+        to: usize,
+        to_life: u64,
+        send: SnapshotSend,
+    },
+    Gossip,
+    Workload,
+    Fault,
+}
+
+/// A running node: its core, its store, and its disk queue.
+pub(crate) struct Running {
+    pub core: NodeCore,
+    pub store: Arc<SledStore>,
+    disk: VecDeque<(u64, WriteBatch)>,
+    disk_busy: bool,
+    pub apps: Vec<App>,
+}
+
+/// A node of the simulation, running or not.
+pub(crate) struct SimNode {
+    pub info: NodeInfo,
+    pub dir: PathBuf,
+    /// Incremented at every start: events of an earlier life are void.
+    pub life: u64,
+    pub running: Option<Running>,
+    /// Killed for good.
+    pub gone: bool,
+    /// Network side; nodes talk only to nodes on the same side.
+    pub side: u8,
+    /// This node's membership view: alive, and when it last heard of each peer.
+    view: BTreeMap<NodeId, (bool, u64)>,
+}
+
+/// The simulated world.
+pub(crate) struct World {
+    pub params: Params,
+    pub now: u64,
+    /// `now`, readable from completion callbacks.
+    pub clock: Arc<AtomicU64>,
+    pub rng: SmallRng,
+    events: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    pub nodes: Vec<SimNode>,
+    pub checker: Checker,
+    root: PathBuf,
+    next_sub: SubId,
+    /// Running hash of every event processed: equal for equal seeds.
+    pub trace: u64,
+    pub faults: u64,
+    pub messages: u64,
+    logger: slog::Logger,
+}
+
+impl World {
+    pub(crate) fn new(params: Params, rng: SmallRng, root: PathBuf) -> World {
+        World {
+            params,
+            now: 0,
+            clock: Arc::new(AtomicU64::new(0)),
+            rng,
+            events: BTreeMap::new(),
+            seq: 0,
+            nodes: Vec::new(),
+            checker: Checker::default(),
+            root,
+            next_sub: 1,
+            trace: 0xcbf2_9ce4_8422_2325,
+            faults: 0,
+            messages: 0,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    /// Schedules `event` `delay` ms from now.
+    pub(crate) fn at(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert((self.now + delay, self.seq), event);
+    }
+
+    /// Processes events until `until` (ms); false if the queue ran dry.
+    pub(crate) fn run_until(&mut self, until: u64, mut on: impl FnMut(&mut World, Event)) {
+        while let Some(entry) = self.events.first_entry() {
+            let (time, seq) = *entry.key();
+            if time > until {
+                break;
+            }
+            let event = entry.remove();
+            self.now = time;
+            self.clock.store(time, Ordering::Relaxed);
+            self.trace = (self.trace ^ time ^ (seq << 20)).wrapping_mul(0x100_0000_01b3);
+            on(self, event);
+        }
+        self.now = until;
+        self.clock.store(until, Ordering::Relaxed);
+    }
+
+    /// Adds a node (not started); returns its index.
+    pub(crate) fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let id: NodeId = 1000 + i as u64;
+        let addr = |port: u16| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], port));
+        self.nodes.push(SimNode {
+            info: NodeInfo {
+                node_id: id,
+                raft_addr: addr(7458),
+                gossip_addr: addr(7459),
+                datacenter: format!("dc{}", i % 2),
+            },
+            dir: self.root.join(format!("node{i}")),
+            life: 0,
+            running: None,
+            gone: false,
+            side: 0,
+            view: BTreeMap::new(),
+        });
+        i
+    }
+
+    /// Starts (or restarts) node `i` from its data dir.
+    pub(crate) fn start(&mut self, i: usize) -> Result<(), String> {
+        let store = SledStore::open_without_fsync(&self.nodes[i].dir, self.logger.clone())
+            .map_err(|e| format!("node {i} store: {e}"))?;
+        let store = Arc::new(store);
+        let founder = i == 0 && self.nodes[i].life == 0;
+        let config = self.core_config(i, founder);
+        let core = NodeCore::open(config, store.clone()).map_err(|e| format!("node {i} open: {e}"))?;
+        let node = &mut self.nodes[i];
+        node.life += 1;
+        node.view.clear();
+        node.running = Some(Running {
+            core,
+            store,
+            disk: VecDeque::new(),
+            disk_busy: false,
+            apps: Vec::new(),
+        });
+        let life = node.life;
+        let first_tick = self.rng.gen_range(1..=self.params.tick_ms);
+        self.at(first_tick, Event::Tick(i));
+        let _ = life;
+        self.flush(i);
+        Ok(())
+    }
+
+    fn core_config(&mut self, i: usize, founder: bool) -> CoreConfig {
+        let p = &self.params;
+        CoreConfig {
+            me: self.nodes[i].info.clone(),
+            replication_factor: p.replication_factor,
+            raft: RaftSettings {
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                logger: self.logger.clone(),
+            },
+            max_proposal_bytes: 1 << 20,
+            proposal_timeout_ms: p.proposal_timeout_ms,
+            rng_seed: self.rng.gen(),
+            logger: self.logger.clone(),
+            founder,
+            dead_node_grace_ms: p.dead_node_grace_ms,
+            snapshot_interval: p.snapshot_interval,
+            snapshot_max_log_bytes: 1 << 20,
+        }
+    }
+
+    /// Crashes node `i`: its core, queued disk writes and in-flight messages are lost.
+    pub(crate) fn crash(&mut self, i: usize) {
+        if let Some(running) = self.nodes[i].running.take() {
+            // What sled flushed survives the crash of a node (the machine stays up).
+            let _ = running.store.flush_for_simulation();
+            drop(running);
+        }
+        self.nodes[i].life += 1;
+    }
+
+    /// Whether `a` and `b` can talk now.
+    pub(crate) fn connected(&self, a: usize, b: usize) -> bool {
+        let (na, nb) = (&self.nodes[a], &self.nodes[b]);
+        na.running.is_some() && nb.running.is_some() && na.side == nb.side
+    }
+
+    fn index_of(&self, node: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.info.node_id == node)
+    }
+
+    /// Feeds `input` to node `i` (if running) and routes what it produces.
+    pub(crate) fn input(&mut self, i: usize, input: Input) {
+        let now = self.now;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        handle_input(&mut running.core, now, input);
+        self.flush(i);
+    }
+
+    /// Routes node `i`'s output and hands its subscribers what was delivered.
+    pub(crate) fn flush(&mut self, i: usize) {
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.core.poll_handover();
+        let output = running.core.poll_output();
+        self.route(i, output);
+        self.drain_apps(i);
+    }
+
+    fn drain_apps(&mut self, i: usize) {
+        let Some(running) = self.nodes[i].running.as_ref() else {
+            return;
+        };
+        let files = running.store.snapshot_files();
+        let mut observed = Vec::new();
+        for app in &running.apps {
+            let delivered = app.drain(files);
+            if !delivered.is_empty() {
+                observed.push((app.sub, app.group, delivered));
+            }
+        }
+        for (sub, group, delivered) in observed {
+            self.checker.observe(i, sub, group, delivered);
+        }
+    }
+
+    fn route(&mut self, i: usize, output: Output) {
+        let life = self.nodes[i].life;
+        let from = self.nodes[i].info.node_id;
+        for (to, _, batch) in output.sends {
+            self.send(i, from, to, batch);
+        }
+        if let Some(write) = output.write {
+            if let Some(running) = self.nodes[i].running.as_mut() {
+                running.disk.push_back(write);
+            }
+            self.start_disk(i);
+        }
+        for request in output.snapshots {
+            let delay = self.rng.gen_range(1..20);
+            self.at(delay, Event::TakeSnapshot { node: i, life, request });
+        }
+        for send in output.snapshot_sends {
+            let Some(to) = self.index_of(send.to) else { continue };
+            let to_life = self.nodes[to].life;
+            let delay = self.rng.gen_range(5..60);
+            self.at(
+                delay,
+                Event::Stream {
+                    from: i,
+                    from_life: life,
+                    to,
+                    to_life,
+                    send,
+                },
+            );
+        }
+    }
+
+    /// Puts a batch on the network: delayed, sometimes dropped or duplicated; the sender
+    /// hears of an unreachable peer as its transport would.
+    fn send(&mut self, i: usize, from: NodeId, to: NodeId, batch: proto::Batch) {
+        self.messages += 1;
+        let Some(j) = self.index_of(to) else { return };
+        let life = self.nodes[i].life;
+        if !self.connected(i, j) {
+            let delay = self.rng.gen_range(50..300);
+            self.at(delay, Event::Unreachable { node: i, life, peer: to });
+            return;
+        }
+        let p = self.params.clone();
+        if self.rng.gen_bool(p.drop_rate) {
+            return;
+        }
+        let to_life = self.nodes[j].life;
+        let copies = if self.rng.gen_bool(p.duplicate_rate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = if self.rng.gen_bool(0.02) {
+                self.rng.gen_range(50..400)
+            } else {
+                self.rng.gen_range(1..p.max_delay_ms)
+            };
+            self.at(
+                delay,
+                Event::Deliver {
+                    to: j,
+                    life: to_life,
+                    from,
+                    batch: batch.clone(),
+                },
+            );
+        }
+    }
+
+    /// Starts node `i`'s next queued disk write, if idle.
+    fn start_disk(&mut self, i: usize) {
+        let life = self.nodes[i].life;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        if running.disk_busy || running.disk.is_empty() {
+            return;
+        }
+        running.disk_busy = true;
+        let delay = self.rng.gen_range(1..8);
+        self.at(delay, Event::DiskDone { node: i, life });
+    }
+
+    /// Handles the world's own events (everything but the workload and faults).
+    pub(crate) fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick(i) => self.tick(i),
+            Event::Deliver { to, life, from, batch } => {
+                if self.nodes[to].life == life && self.nodes[to].running.is_some() {
+                    let Some(from_index) = self.index_of(from) else { return };
+                    if self.nodes[to].side == self.nodes[from_index].side {
+                        self.deliver(to, from, batch);
+                    }
+                }
+            }
+            Event::DiskDone { node, life } => self.disk_done(node, life),
+            Event::Unreachable { node, life, peer } => {
+                if self.nodes[node].life == life {
+                    self.input(node, Input::Unreachable(peer));
+                }
+            }
+            Event::TakeSnapshot { node, life, request } => {
+                if self.nodes[node].life == life {
+                    self.take_snapshot(node, request);
+                }
+            }
+            Event::Stream {
+                from,
+                from_life,
+                to,
+                to_life,
+                send,
+            } => self.stream(from, from_life, to, to_life, send),
+            Event::Gossip => self.gossip(),
+            Event::Workload | Event::Fault => {}
+        }
+    }
+
+    fn tick(&mut self, i: usize) {
+        let now = self.now;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.core.handle_tick(now);
+        let tick = self.params.tick_ms;
+        self.at(tick, Event::Tick(i));
+        self.flush(i);
+    }
+
+    /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
+    /// events), so the rest goes to the core as the transport would hand it over.
+    fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
+        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty() {
+            return;
+        }
+        self.input(to, Input::Batch(from, batch));
+    }
+
+    fn disk_done(&mut self, i: usize, life: u64) {
+        if self.nodes[i].life != life {
+            return;
+        }
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.disk_busy = false;
+        let Some((seq, batch)) = running.disk.pop_front() else {
+            return;
+        };
+        let input = match crate::storage::LogStore::write(running.store.as_ref(), &batch) {
+            Ok(()) => Input::Persisted(seq),
+            Err(e) => Input::StorageFailed(seq, e.into()),
+        };
+        self.input(i, input);
+        self.start_disk(i);
+    }
+
+    fn take_snapshot(&mut self, i: usize, request: SnapshotRequest) {
+        self.drain_apps(i);
+        let Some(running) = self.nodes[i].running.as_ref() else {
+            return;
+        };
+        let input = crate::runtime::snapshot_thread::take(&running.store, &request, &self.logger);
+        self.input(i, input);
+    }
+
+    /// A snapshot stream, as one event: it succeeds if both ends lived through it and can
+    /// talk; the receiver installs the file and gets the message, the sender hears how it
+    /// went.
+    fn stream(&mut self, from: usize, from_life: u64, to: usize, to_life: u64, send: SnapshotSend) {
+        let sender_alive = self.nodes[from].life == from_life && self.nodes[from].running.is_some();
+        let receiver_alive = self.nodes[to].life == to_life && self.nodes[to].running.is_some();
+        let ok = sender_alive && receiver_alive && self.connected(from, to) && self.copy_snapshot(from, to, &send);
+        if sender_alive {
+            let (group, replica) = (send.group, send.replica);
+            self.input(from, Input::SnapshotSent { group, replica, ok });
+        }
+    }
+
+    fn copy_snapshot(&mut self, from: usize, to: usize, send: &SnapshotSend) -> bool {
+        let (Some(src), Some(dst)) = (&self.nodes[from].running, &self.nodes[to].running) else {
+            return false;
+        };
+        let (src, dst) = (src.store.snapshot_files(), dst.store.snapshot_files());
+        let Ok(Some(data)) = src.read(send.group, send.index) else {
+            return false;
+        };
+        let ids = if send.offer {
+            Vec::new()
+        } else {
+            match src.read_ids(send.group, send.index) {
+                Ok(ids) => crate::storage::encode_ids(&ids),
+                Err(_) => return false,
+            }
+        };
+        let written = dst.create_partial(send.group, send.index).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&data).map_err(Into::into)
+        });
+        if written.is_err() {
+            return false;
+        }
+        let last_chunk = proto::SnapshotChunk {
+            group: send.group.to_bytes().to_vec(),
+            index: send.index,
+            offset: 0,
+            total: data.len() as u64,
+            data: Vec::new(),
+            message: send.message.clone(),
+            offer: send.offer,
+            ids,
+        };
+        let from_id = self.nodes[from].info.node_id;
+        match crate::runtime::snapshot_stream::install_received(dst, from_id, send.group, send.index, last_chunk) {
+            Ok(input) => {
+                self.input(to, input);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One round of the membership view that stands in for gossip: a peer is up once
+    /// heard from, down after a second of silence (crashed or partitioned away).
+    fn gossip(&mut self) {
+        let period = self.params.gossip_ms;
+        self.at(period, Event::Gossip);
+        for a in 0..self.nodes.len() {
+            if self.nodes[a].running.is_none() {
+                continue;
+            }
+            for b in 0..self.nodes.len() {
+                if a == b || self.nodes[b].life == 0 {
+                    continue;
+                }
+                let peer = self.nodes[b].info.clone();
+                let heard = self.connected(a, b);
+                let now = self.now;
+                let entry = self.nodes[a].view.entry(peer.node_id).or_insert((false, now));
+                let event = if heard {
+                    entry.1 = now;
+                    (!entry.0).then(|| {
+                        entry.0 = true;
+                        MembershipEvent::Up(peer)
+                    })
+                } else if entry.0 && now.saturating_sub(entry.1) >= 1_000 {
+                    entry.0 = false;
+                    Some(MembershipEvent::Down(peer.node_id))
+                } else {
+                    None
+                };
+                if let Some(event) = event {
+                    self.input(a, Input::Membership(event));
+                }
+            }
+        }
+    }
+
+    /// Subscribes a new simulated application to `group` on node `i`.
+    pub(crate) fn subscribe(&mut self, i: usize, group: DataStructureId) {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        let (app, channels) = App::new(sub, group);
+        running.apps.push(app);
+        self.input(i, Input::Subscribe { sub, group, channels });
+    }
+
+    /// Drops subscription number `k` on node `i`.
+    pub(crate) fn unsubscribe(&mut self, i: usize, k: usize) {
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        if k >= running.apps.len() {
+            return;
+        }
+        let app = running.apps.remove(k);
+        self.input(i, Input::Unsubscribe(app.sub));
+    }
+
+    /// Indexes of running nodes.
+    pub(crate) fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].running.is_some())
+            .collect()
+    }
+}

@@ -54,13 +54,17 @@ impl NodeCore {
         node == self.me || self.members.get(&node).is_some_and(|m| m.alive)
     }
 
-    /// Whether gossip has considered `node` down for longer than the grace period.
+    /// Whether gossip has considered `node` down for longer than the grace period, or has
+    /// not known it at all for that long since this node started (a node that restarts
+    /// after a peer's death was gossiped never hears of that peer).
     pub(super) fn is_dead_for_good(&self, node: NodeId) -> bool {
-        self.members.get(&node).is_some_and(|m| {
-            !m.alive
-                && m.down_since_ms
-                    .is_some_and(|since| since + self.cfg.dead_node_grace_ms <= self.now_ms)
-        })
+        let grace = self.cfg.dead_node_grace_ms;
+        match self.members.get(&node) {
+            Some(m) => {
+                !m.alive && m.down_since_ms.is_some_and(|since| since + grace <= self.now_ms)
+            }
+            None => node != self.me && self.started_ms.is_some_and(|t| t + grace <= self.now_ms),
+        }
     }
 
     /// Alive nodes with their datacenters, this one included.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::error::Error;
 use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
@@ -171,6 +171,8 @@ pub(crate) struct NodeCore {
     in_flight: Map<u64, InFlight>,
     reads: Map<u64, read::PendingRead>,
     next_seq: u64,
+    /// When this core saw its first tick.
+    started_ms: Option<u64>,
     /// Groups that may have a `Ready`.
     active: Set<DataStructureId>,
     /// Groups with readies waiting for a batch to be durable.
@@ -199,9 +201,13 @@ impl NodeCore {
     /// Opens the core over `disk`, reopening every group stored there.
     pub(crate) fn open(cfg: CoreConfig, disk: Arc<dyn LogStore>) -> crate::Result<Self> {
         let stored = disk.load_groups()?;
+        let mut rng = SmallRng::seed_from_u64(cfg.rng_seed);
+        // Proposal ids must not repeat across restarts of this node: the log still holds
+        // the previous run's, and duplicates are recognised by id.
+        let next_seq = rng.gen_range(1..u64::MAX / 2);
         let mut core = NodeCore {
             me: cfg.me.node_id,
-            rng: SmallRng::seed_from_u64(cfg.rng_seed),
+            rng,
             cfg,
             disk,
             now_ms: 0,
@@ -217,7 +223,8 @@ impl NodeCore {
             queued: Map::default(),
             in_flight: Map::default(),
             reads: Map::default(),
-            next_seq: 1,
+            next_seq,
+            started_ms: None,
             active: Set::default(),
             held: Set::default(),
             round_writes: Map::default(),
@@ -369,6 +376,7 @@ impl NodeCore {
     /// Advances time by one tick: raft timers, proposal deadlines, periodic maintenance.
     pub(crate) fn handle_tick(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+        self.started_ms.get_or_insert(now_ms);
         self.ticks += 1;
         for (id, group) in self.groups.iter_mut() {
             group.tick(&mut self.rng);

@@ -235,13 +235,19 @@ impl NodeCore {
 
     /// A new leader is known: requests sent to the old one may be lost.
     pub(super) fn on_leader_change(&mut self, id: DataStructureId) {
-        self.retry_in_flight(id);
+        if self.in_flight.values().any(|f| f.group == id) {
+            self.gate_retries(id);
+        }
         self.request_waiting_reads(id);
     }
 
     /// The group's leader changed: a proposal forwarded to the old one may be lost, so
-    /// propose every unapplied one again as a retry (duplicates are skipped on apply).
-    fn retry_in_flight(&mut self, id: DataStructureId) {
+    /// propose every one still unapplied again as a retry (the copy that comes second in
+    /// the log is skipped on apply). Called once this replica has applied everything the
+    /// new leader had committed (see `gate_retries`): an original committed before is
+    /// then acknowledged, not retried, and one committed later lands after `after`, where
+    /// the retry's duplicate check looks.
+    pub(super) fn retry_in_flight(&mut self, id: DataStructureId) {
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
         };

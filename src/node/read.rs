@@ -20,6 +20,9 @@ pub(crate) struct PendingRead {
     pub deadline_ms: u64,
     /// The read index, once the leader answered.
     pub index: Option<u64>,
+    /// Not an application's read: once applied up to its index, retry the group's
+    /// proposals in flight.
+    pub retry_gate: bool,
     /// When the read index was last asked for.
     pub requested_ms: u64,
 }
@@ -53,6 +56,32 @@ impl NodeCore {
                 deadline_ms: now_ms + timeout_ms,
                 index: None,
                 requested_ms: now_ms,
+                retry_gate: false,
+            },
+        );
+        self.request_read_index(seq);
+    }
+
+    /// Retries the proposals in flight on `group` once this replica has applied what the
+    /// leader has committed (a read index): retrying from a lagging replica would let the
+    /// original and its retry land too far apart for the duplicate check.
+    pub(super) fn gate_retries(&mut self, group: DataStructureId) {
+        if self.reads.values().any(|r| r.retry_gate && r.group == group) {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let now = self.now_ms;
+        self.reads.insert(
+            seq,
+            PendingRead {
+                group,
+                sub: None,
+                ack: None,
+                deadline_ms: now + self.cfg.proposal_timeout_ms,
+                index: None,
+                requested_ms: now,
+                retry_gate: true,
             },
         );
         self.request_read_index(seq);
@@ -141,6 +170,7 @@ impl NodeCore {
         for (seq, result) in done {
             if let Some(read) = self.reads.remove(&seq) {
                 match result {
+                    Ok(_) if read.retry_gate => self.retry_in_flight(read.group),
                     Ok(index) => super::proposal::complete(read.ack, Ok(index)),
                     Err(error) => self.fail(read.sub, read.ack, error),
                 }

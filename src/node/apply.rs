@@ -76,6 +76,7 @@ impl NodeCore {
             group.advance_applied(index);
             group.on_snapshot_installed(snap.get_metadata());
         }
+        self.acknowledge_from_snapshot(id);
         if !id.is_system() {
             // Subscribers reload from it: a marker, then the entries after it.
             self.deliver(id);
@@ -117,6 +118,29 @@ impl NodeCore {
             group.last_entry_applied = entry.index;
         }
         self.acknowledge(id, entry.index, ctx);
+    }
+
+    /// Proposals of this node that a snapshot skipped over (it holds their ids) are
+    /// committed: complete their waiters instead of retrying them later.
+    fn acknowledge_from_snapshot(&mut self, id: DataStructureId) {
+        let Some(group) = self.groups.get(&id) else {
+            return;
+        };
+        let landed: Vec<(u64, u64)> = group
+            .log()
+            .compacted_ids()
+            .iter()
+            .filter(|(_, node, _)| *node == self.me)
+            .map(|(at, _, seq)| (*at, *seq))
+            .collect();
+        for (index, seq) in landed {
+            let ctx = ProposalContext {
+                node: self.me,
+                seq,
+                retry_after: None,
+            };
+            self.acknowledge(id, index, ctx);
+        }
     }
 
     /// Completes the local waiter of a proposal. The first copy of a proposal in the log

@@ -26,6 +26,9 @@ pub(crate) struct InFlight {
     pub sub: Option<SubId>,
     pub ack: Option<Ack>,
     pub deadline_ms: u64,
+    /// The proposer's applied index when it first proposed: the entry can only land
+    /// after it, so a retry's duplicate check starts there.
+    pub proposed_after: u64,
 }
 
 /// The context raft carries with an entry: the proposing node and its sequence number, so
@@ -162,6 +165,7 @@ impl NodeCore {
         // too much uncommitted data), so it waits in the queue and is tried again next
         // round, until its deadline.
         let mut dropped = VecDeque::new();
+        let proposed_after = raft.applied();
         for p in queue {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -180,6 +184,7 @@ impl NodeCore {
                             sub: p.sub,
                             ack: p.ack,
                             deadline_ms: p.deadline_ms,
+                            proposed_after,
                         },
                     );
                 }
@@ -243,21 +248,19 @@ impl NodeCore {
 
     /// The group's leader changed: a proposal forwarded to the old one may be lost, so
     /// propose every one still unapplied again as a retry (the copy that comes second in
-    /// the log is skipped on apply). Called once this replica has applied everything the
-    /// new leader had committed (see `gate_retries`): an original committed before is
-    /// then acknowledged, not retried, and one committed later lands after `after`, where
-    /// the retry's duplicate check looks.
+    /// the log is skipped on apply; the check starts where the original could first land).
+    /// Called once this replica has applied everything the new leader had committed (see
+    /// `gate_retries`), so an original committed before is acknowledged, not retried.
     pub(super) fn retry_in_flight(&mut self, id: DataStructureId) {
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
         };
-        let after = raft.applied();
         let mut retried = 0usize;
         for (seq, flight) in self.in_flight.iter().filter(|(_, f)| f.group == id) {
             let ctx = ProposalContext {
                 node: self.me,
                 seq: *seq,
-                retry_after: Some(after),
+                retry_after: Some(flight.proposed_after),
             };
             if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {
                 retried += 1;

@@ -40,6 +40,9 @@ pub(crate) struct Checker {
     pub reads: Vec<Read>,
     pub violations: Vec<String>,
     pub delivered: u64,
+    /// Where each proposal's data first appeared, to report a duplicate when it happens.
+    first_at: HashMap<Vec<u8>, u64>,
+    pub fresh_duplicate: Option<(DataStructureId, u64, u64)>,
 }
 
 impl Checker {
@@ -119,6 +122,9 @@ impl Checker {
             }
             Some(_) => {}
             None => {
+                if let Some(first) = self.first_at.insert(data.clone(), index) {
+                    self.fresh_duplicate.get_or_insert((group, first, index));
+                }
                 canon.insert(index, data);
             }
         }

@@ -270,6 +270,23 @@ impl World {
         for (sub, group, delivered) in observed {
             self.checker.observe(i, sub, group, delivered);
         }
+        if let Some((group, a, b)) = self.checker.fresh_duplicate.take() {
+            if std::env::var_os("COPYCAT_SIM_DUMP").is_some() {
+                self.dump(group, a.saturating_sub(3), b + 3);
+            }
+        }
+    }
+
+    fn dump(&self, group: DataStructureId, from: u64, to: u64) {
+        eprintln!("DUMP at {} ms: duplicate in {group} between {from} and {to}", self.now);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(r) = node.running.as_ref() else { continue };
+            let entries = (from..to).filter_map(|k| crate::storage::LogStore::entries(r.store.as_ref(), group, k, k + 1, None).ok()).flatten();
+            for e in entries {
+                let ctx = crate::node::proposal::ProposalContext::decode(&e.context);
+                eprintln!("DUMP node{i} idx={} term={} ctx={:?} data={}", e.index, e.term, ctx, String::from_utf8_lossy(&e.data));
+            }
+        }
     }
 
     fn route(&mut self, i: usize, output: Output) {

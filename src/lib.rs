@@ -69,9 +69,9 @@ pub mod id;
 pub mod node;
 pub(crate) mod proto;
 pub mod registry;
+pub(crate) mod runtime;
 #[cfg(test)]
 mod sim;
-pub(crate) mod runtime;
 pub mod storage;
 
 pub use config::Config;

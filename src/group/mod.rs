@@ -17,9 +17,9 @@ use raft::{RawNode, StateRole};
 use rand::Rng;
 
 use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
-use recent::RecentProposals;
 use crate::storage::GroupWrite;
 pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
+use recent::RecentProposals;
 
 /// Raft settings shared by every group of a node.
 #[derive(Clone)]

@@ -60,10 +60,15 @@ mod tests {
         let left: Vec<Vec<u8>> = msg.entries.iter().map(|e| e.context.to_vec()).collect();
         assert_eq!(left, vec![b"b".to_vec(), Vec::new()]);
 
-        let many: Vec<Entry> = (0..CAPACITY as u32).map(|i| entry(&i.to_be_bytes())).collect();
+        let many: Vec<Entry> = (0..CAPACITY as u32)
+            .map(|i| entry(&i.to_be_bytes()))
+            .collect();
         recent.remember(&many);
         let mut again = Message::default();
         again.entries = vec![entry(b"a")].into();
-        assert!(recent.drop_seen(&mut again), "the oldest context was forgotten");
+        assert!(
+            recent.drop_seen(&mut again),
+            "the oldest context was forgotten"
+        );
     }
 }

@@ -145,22 +145,46 @@ impl Directory {
                 learners,
                 removed,
                 conf_index,
-            } => match self.groups.get_mut(&group) {
-                Some(record) if conf_index > record.conf_index => {
+            } => {
+                let Some(record) = self.groups.get_mut(&group) else {
+                    return Applied::Unchanged;
+                };
+                // A removal is a fact whatever the age of the configuration it came with:
+                // the leader that removed a replica may report after another leader
+                // recorded the same configuration index without it.
+                let mut changed = false;
+                let mut removed = removed;
+                if conf_index > record.conf_index {
+                    // Replica ids are never reused: one that leaves the configuration was
+                    // removed, even if the leader that removed it never reported it.
+                    let now_in = |r: &ReplicaId| voters.contains(r) || learners.contains(r);
+                    let left = record
+                        .voters
+                        .iter()
+                        .chain(&record.learners)
+                        .filter(|r| !now_in(r));
+                    removed.extend(left.copied().collect::<Vec<_>>());
+                }
+                for r in removed {
+                    if !record.removed.contains(&r) {
+                        record.removed.push(r);
+                        changed = true;
+                    }
+                }
+                let excess = record.removed.len().saturating_sub(MAX_REMOVED);
+                record.removed.drain(..excess);
+                if conf_index > record.conf_index {
                     record.voters = voters;
                     record.learners = learners;
-                    for r in removed {
-                        if !record.removed.contains(&r) {
-                            record.removed.push(r);
-                        }
-                    }
-                    let excess = record.removed.len().saturating_sub(MAX_REMOVED);
-                    record.removed.drain(..excess);
                     record.conf_index = conf_index;
-                    Applied::Updated(DataStructureId::from_u128(group))
+                    changed = true;
                 }
-                _ => Applied::Unchanged,
-            },
+                if changed {
+                    Applied::Updated(DataStructureId::from_u128(group))
+                } else {
+                    Applied::Unchanged
+                }
+            }
         }
     }
 
@@ -231,5 +255,30 @@ mod tests {
             6
         );
         assert!(DirectoryOp::decode(b"\xff\xff garbage").is_none());
+    }
+
+    #[test]
+    fn removals_are_recorded_whatever_reports_them() {
+        let mut d = Directory::default();
+        let g = DataStructureId::new();
+        d.apply(DirectoryOp::Create {
+            group: g.as_u128(),
+            voters: vec![1],
+        });
+        let set = |conf_index, learners: Vec<u64>, removed: Vec<u64>| DirectoryOp::SetReplicas {
+            group: g.as_u128(),
+            voters: vec![1, 2],
+            learners,
+            removed,
+            conf_index,
+        };
+        assert_eq!(d.apply(set(10, vec![9], vec![])), Applied::Updated(g));
+        // The leader that removed replica 7 reports it after another recorded index 10.
+        assert_eq!(d.apply(set(10, vec![9], vec![7])), Applied::Updated(g));
+        assert_eq!(d.get(g).map(|r| r.removed.clone()), Some(vec![7]));
+        // A newer configuration without learner 9: it was removed, reported or not.
+        assert_eq!(d.apply(set(12, vec![], vec![])), Applied::Updated(g));
+        assert_eq!(d.get(g).map(|r| r.removed.clone()), Some(vec![7, 9]));
+        assert_eq!(d.apply(set(12, vec![], vec![7])), Applied::Unchanged);
     }
 }

@@ -61,7 +61,9 @@ impl NodeCore {
         let grace = self.cfg.dead_node_grace_ms;
         match self.members.get(&node) {
             Some(m) => {
-                !m.alive && m.down_since_ms.is_some_and(|since| since + grace <= self.now_ms)
+                !m.alive
+                    && m.down_since_ms
+                        .is_some_and(|since| since + grace <= self.now_ms)
             }
             None => node != self.me && self.started_ms.is_some_and(|t| t + grace <= self.now_ms),
         }

@@ -66,7 +66,11 @@ impl NodeCore {
     /// leader has committed (a read index): retrying from a lagging replica would let the
     /// original and its retry land too far apart for the duplicate check.
     pub(super) fn gate_retries(&mut self, group: DataStructureId) {
-        if self.reads.values().any(|r| r.retry_gate && r.group == group) {
+        if self
+            .reads
+            .values()
+            .any(|r| r.retry_gate && r.group == group)
+        {
             return;
         }
         let seq = self.next_seq;

@@ -97,3 +97,20 @@ impl NodeCore {
         self.directory.len()
     }
 }
+
+#[cfg(test)]
+impl NodeCore {
+    /// The directory record of `group` and the removals seen here (simulation diagnostics).
+    pub(crate) fn debug_record(&self, group: DataStructureId) -> String {
+        format!(
+            "record {:?} removed_seen {:?} system applied {:?}",
+            self.directory
+                .get(group)
+                .map(|r| (&r.voters, &r.learners, &r.removed, r.conf_index)),
+            self.removed_seen.get(&group),
+            self.groups
+                .get(&DataStructureId::SYSTEM)
+                .map(|g| (g.applied(), g.leader()))
+        )
+    }
+}

@@ -87,7 +87,11 @@ impl App {
                     out.push(Delivered::Entry(index, data));
                 }
                 Commit::Snapshot { index } => {
-                    let history = files.read(self.group, index).ok().flatten().and_then(|b| decode(&b));
+                    let history = files
+                        .read(self.group, index)
+                        .ok()
+                        .flatten()
+                        .and_then(|b| decode(&b));
                     if let Some(h) = &history {
                         state.history = h.clone();
                     }

@@ -81,7 +81,14 @@ impl Checker {
         }
     }
 
-    fn on_entry(&mut self, node: usize, sub: SubId, group: DataStructureId, index: u64, data: Vec<u8>) {
+    fn on_entry(
+        &mut self,
+        node: usize,
+        sub: SubId,
+        group: DataStructureId,
+        index: u64,
+        data: Vec<u8>,
+    ) {
         self.delivered += 1;
         self.advance(node, sub, group, index);
         self.agree(group, index, data, &format!("node {node} sub {sub}"));
@@ -97,12 +104,16 @@ impl Checker {
     ) {
         self.advance(node, sub, group, index);
         let Some(history) = history else {
-            self.violation(format!("group {group}: snapshot {index} on node {node} unreadable"));
+            self.violation(format!(
+                "group {group}: snapshot {index} on node {node} unreadable"
+            ));
             return;
         };
         for (i, data) in history {
             if i > index {
-                self.violation(format!("group {group}: snapshot {index} holds later entry {i}"));
+                self.violation(format!(
+                    "group {group}: snapshot {index} holds later entry {i}"
+                ));
             }
             self.agree(group, i, data, &format!("snapshot {index} on node {node}"));
         }

@@ -87,7 +87,11 @@ pub(crate) struct Report {
 /// Runs seed `seed`; `Err` names the first violations found.
 pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut world = World::new(params.clone(), SmallRng::seed_from_u64(seed), root.path().to_path_buf());
+    let mut world = World::new(
+        params.clone(),
+        SmallRng::seed_from_u64(seed),
+        root.path().to_path_buf(),
+    );
     for _ in 0..params.nodes {
         world.add_node();
     }
@@ -140,7 +144,12 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         }
         return Err(world.checker.violations.join("\n"));
     }
-    let acked = world.checker.writes.iter().filter(|w| w.acked.is_some()).count();
+    let acked = world
+        .checker
+        .writes
+        .iter()
+        .filter(|w| w.acked.is_some())
+        .count();
     Ok(Report {
         trace: world.trace,
         faults: world.faults,
@@ -154,12 +163,22 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
 
 fn dump(world: &World, workload: &Workload) {
     for i in world.running() {
-        let Some(r) = world.nodes[i].running.as_ref() else { continue };
+        let Some(r) = world.nodes[i].running.as_ref() else {
+            continue;
+        };
         for g in &workload.groups {
-            let entries = crate::storage::LogStore::entries(r.store.as_ref(), *g, 1, 400, None).unwrap_or_default();
+            let entries = crate::storage::LogStore::entries(r.store.as_ref(), *g, 1, 400, None)
+                .unwrap_or_default();
             for e in entries {
                 let ctx = crate::node::proposal::ProposalContext::decode(&e.context);
-                eprintln!("DUMP node{i} {g} idx={} term={} type={:?} ctx={:?} data={}", e.index, e.term, e.get_entry_type(), ctx, String::from_utf8_lossy(&e.data));
+                eprintln!(
+                    "DUMP node{i} {g} idx={} term={} type={:?} ctx={:?} data={}",
+                    e.index,
+                    e.term,
+                    e.get_entry_type(),
+                    ctx,
+                    String::from_utf8_lossy(&e.data)
+                );
             }
         }
     }
@@ -192,7 +211,10 @@ fn wait_converged(world: &mut World, workload: &Workload, params: &Params) -> Re
         match state {
             Ok(()) => return Ok(world.now),
             Err(why) if world.now >= deadline => {
-                return Err(format!("not healed {} ms after the faults stopped: {why}", params.heal_deadline_ms))
+                return Err(format!(
+                    "not healed {} ms after the faults stopped: {why}",
+                    params.heal_deadline_ms
+                ))
             }
             Err(_) => {}
         }
@@ -204,10 +226,13 @@ fn wait_converged(world: &mut World, workload: &Workload, params: &Params) -> Re
 /// applied everything committed, and every subscriber has caught up.
 fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
     let running = world.running();
-    let alive: Vec<u64> = running.iter().map(|i| world.nodes[*i].info.node_id).collect();
+    let alive: Vec<u64> = running
+        .iter()
+        .map(|i| world.nodes[*i].info.node_id)
+        .collect();
     let want = world.params.replication_factor.min(running.len());
-    let mut groups = workload.groups.clone();
-    groups.push(DataStructureId::SYSTEM);
+    let mut groups = vec![DataStructureId::SYSTEM];
+    groups.extend(&workload.groups);
     for group in groups {
         let statuses: Vec<_> = running
             .iter()
@@ -219,15 +244,28 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
         let mut voters = first.voters.clone();
         voters.sort();
         if voters.len() != want || !voters.iter().all(|v| alive.contains(v)) {
-            return Err(format!("group {group}: voters {voters:?}, want {want} of {alive:?}"));
+            return Err(format!(
+                "group {group}: voters {voters:?}, want {want} of {alive:?}"
+            ));
         }
         let applied = statuses.iter().map(|s| s.applied_index).max().unwrap_or(0);
-        if statuses.iter().any(|s| s.applied_index != applied || s.commit_index != applied || s.leader.is_none()) {
-            return Err(format!("group {group}: replicas not converged: {statuses:?}"));
+        if statuses
+            .iter()
+            .any(|s| s.applied_index != applied || s.commit_index != applied || s.leader.is_none())
+        {
+            let records: Vec<String> = running
+                .iter()
+                .filter_map(|i| Some(world.nodes[*i].running.as_ref()?.core.debug_record(group)))
+                .collect();
+            return Err(format!(
+                "group {group}: replicas not converged: {statuses:?} {records:?}"
+            ));
         }
     }
     for i in &running {
-        let Some(node) = world.nodes[*i].running.as_ref() else { continue };
+        let Some(node) = world.nodes[*i].running.as_ref() else {
+            continue;
+        };
         for app in &node.apps {
             let last = world.checker.last_index(app.group);
             let acked = world
@@ -239,7 +277,11 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
                 .max()
                 .unwrap_or(0);
             if app.applied() < acked.min(last) || (acked > 0 && last < acked) {
-                return Err(format!("node {i}: subscriber of {} at {} of {acked}", app.group, app.applied()));
+                return Err(format!(
+                    "node {i}: subscriber of {} at {} of {acked}",
+                    app.group,
+                    app.applied()
+                ));
             }
         }
     }
@@ -262,15 +304,14 @@ pub(crate) fn seeds(default_count: u64) -> std::ops::Range<u64> {
 /// Runs `seed`, turning a failure or a panic into a message with the replay command.
 fn check_seed(seed: u64, params: &Params) -> Result<Report, String> {
     let started = Instant::now();
-    let result = std::panic::catch_unwind(|| run_seed(seed, params))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!("panic: {what}"))
-        });
+    let result = std::panic::catch_unwind(|| run_seed(seed, params)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(format!("panic: {what}"))
+    });
     match &result {
         Ok(report) => eprintln!("sim seed {seed}: ok in {:?}: {report:?}", started.elapsed()),
         Err(e) => eprintln!(

@@ -47,7 +47,10 @@ impl Workload {
                 world.subscribe(node, group);
             }
             _ => {
-                let apps = world.nodes[node].running.as_ref().map_or(0, |r| r.apps.len());
+                let apps = world.nodes[node]
+                    .running
+                    .as_ref()
+                    .map_or(0, |r| r.apps.len());
                 if apps > 1 {
                     let k = world.rng.gen_range(0..apps);
                     world.unsubscribe(node, k);
@@ -71,7 +74,8 @@ impl Workload {
         let (completions, clock) = (self.completions.clone(), world.clock.clone());
         let ack = Box::new(move |result: crate::Result<u64>| {
             if let (Ok(index), Ok(mut c)) = (result, completions.lock()) {
-                c.writes.push((number, clock.load(Ordering::Relaxed), index));
+                c.writes
+                    .push((number, clock.load(Ordering::Relaxed), index));
             }
         });
         world.input(
@@ -81,7 +85,9 @@ impl Workload {
                 data,
                 sub: Some(sub),
                 ack: Some(ack),
-                timeout: Some(std::time::Duration::from_millis(world.params.proposal_timeout_ms)),
+                timeout: Some(std::time::Duration::from_millis(
+                    world.params.proposal_timeout_ms,
+                )),
             },
         );
     }
@@ -149,7 +155,9 @@ pub(crate) struct Faults {
 
 impl Faults {
     pub(crate) fn step(&mut self, world: &mut World) -> Result<(), String> {
-        let delay = world.rng.gen_range(world.params.fault_gap_ms / 2..world.params.fault_gap_ms * 3 / 2);
+        let delay = world
+            .rng
+            .gen_range(world.params.fault_gap_ms / 2..world.params.fault_gap_ms * 3 / 2);
         world.at(delay, Event::Fault);
         world.faults += 1;
         let n = world.nodes.len();

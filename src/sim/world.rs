@@ -118,7 +118,7 @@ impl World {
             trace: 0xcbf2_9ce4_8422_2325,
             faults: 0,
             messages: 0,
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            logger: sim_logger(),
         }
     }
 
@@ -149,7 +149,8 @@ impl World {
     pub(crate) fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
         let id: NodeId = 1000 + i as u64;
-        let addr = |port: u16| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], port));
+        let addr =
+            |port: u16| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], port));
         self.nodes.push(SimNode {
             info: NodeInfo {
                 node_id: id,
@@ -174,7 +175,8 @@ impl World {
         let store = Arc::new(store);
         let founder = i == 0 && self.nodes[i].life == 0;
         let config = self.core_config(i, founder);
-        let core = NodeCore::open(config, store.clone()).map_err(|e| format!("node {i} open: {e}"))?;
+        let core =
+            NodeCore::open(config, store.clone()).map_err(|e| format!("node {i} open: {e}"))?;
         let node = &mut self.nodes[i];
         node.life += 1;
         node.view.clear();
@@ -194,6 +196,7 @@ impl World {
     }
 
     fn core_config(&mut self, i: usize, founder: bool) -> CoreConfig {
+        let logger = self.logger.new(slog::o!("node" => i));
         let p = &self.params;
         CoreConfig {
             me: self.nodes[i].info.clone(),
@@ -201,12 +204,12 @@ impl World {
             raft: RaftSettings {
                 election_ticks: 10,
                 heartbeat_ticks: 2,
-                logger: self.logger.clone(),
+                logger: logger.clone(),
             },
             max_proposal_bytes: 1 << 20,
             proposal_timeout_ms: p.proposal_timeout_ms,
             rng_seed: self.rng.gen(),
-            logger: self.logger.clone(),
+            logger,
             founder,
             dead_node_grace_ms: p.dead_node_grace_ms,
             snapshot_interval: p.snapshot_interval,
@@ -278,13 +281,28 @@ impl World {
     }
 
     fn dump(&self, group: DataStructureId, from: u64, to: u64) {
-        eprintln!("DUMP at {} ms: duplicate in {group} between {from} and {to}", self.now);
+        eprintln!(
+            "DUMP at {} ms: duplicate in {group} between {from} and {to}",
+            self.now
+        );
         for (i, node) in self.nodes.iter().enumerate() {
-            let Some(r) = node.running.as_ref() else { continue };
-            let entries = (from..to).filter_map(|k| crate::storage::LogStore::entries(r.store.as_ref(), group, k, k + 1, None).ok()).flatten();
+            let Some(r) = node.running.as_ref() else {
+                continue;
+            };
+            let entries = (from..to)
+                .filter_map(|k| {
+                    crate::storage::LogStore::entries(r.store.as_ref(), group, k, k + 1, None).ok()
+                })
+                .flatten();
             for e in entries {
                 let ctx = crate::node::proposal::ProposalContext::decode(&e.context);
-                eprintln!("DUMP node{i} idx={} term={} ctx={:?} data={}", e.index, e.term, ctx, String::from_utf8_lossy(&e.data));
+                eprintln!(
+                    "DUMP node{i} idx={} term={} ctx={:?} data={}",
+                    e.index,
+                    e.term,
+                    ctx,
+                    String::from_utf8_lossy(&e.data)
+                );
             }
         }
     }
@@ -303,10 +321,19 @@ impl World {
         }
         for request in output.snapshots {
             let delay = self.rng.gen_range(1..20);
-            self.at(delay, Event::TakeSnapshot { node: i, life, request });
+            self.at(
+                delay,
+                Event::TakeSnapshot {
+                    node: i,
+                    life,
+                    request,
+                },
+            );
         }
         for send in output.snapshot_sends {
-            let Some(to) = self.index_of(send.to) else { continue };
+            let Some(to) = self.index_of(send.to) else {
+                continue;
+            };
             let to_life = self.nodes[to].life;
             let delay = self.rng.gen_range(5..60);
             self.at(
@@ -330,7 +357,14 @@ impl World {
         let life = self.nodes[i].life;
         if !self.connected(i, j) {
             let delay = self.rng.gen_range(50..300);
-            self.at(delay, Event::Unreachable { node: i, life, peer: to });
+            self.at(
+                delay,
+                Event::Unreachable {
+                    node: i,
+                    life,
+                    peer: to,
+                },
+            );
             return;
         }
         let p = self.params.clone();
@@ -338,7 +372,11 @@ impl World {
             return;
         }
         let to_life = self.nodes[j].life;
-        let copies = if self.rng.gen_bool(p.duplicate_rate) { 2 } else { 1 };
+        let copies = if self.rng.gen_bool(p.duplicate_rate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = if self.rng.gen_bool(0.02) {
                 self.rng.gen_range(50..400)
@@ -375,9 +413,16 @@ impl World {
     pub(crate) fn handle(&mut self, event: Event) {
         match event {
             Event::Tick(i) => self.tick(i),
-            Event::Deliver { to, life, from, batch } => {
+            Event::Deliver {
+                to,
+                life,
+                from,
+                batch,
+            } => {
                 if self.nodes[to].life == life && self.nodes[to].running.is_some() {
-                    let Some(from_index) = self.index_of(from) else { return };
+                    let Some(from_index) = self.index_of(from) else {
+                        return;
+                    };
                     if self.nodes[to].side == self.nodes[from_index].side {
                         self.deliver(to, from, batch);
                     }
@@ -389,7 +434,11 @@ impl World {
                     self.input(node, Input::Unreachable(peer));
                 }
             }
-            Event::TakeSnapshot { node, life, request } => {
+            Event::TakeSnapshot {
+                node,
+                life,
+                request,
+            } => {
                 if self.nodes[node].life == life {
                     self.take_snapshot(node, request);
                 }
@@ -420,7 +469,8 @@ impl World {
     /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
     /// events), so the rest goes to the core as the transport would hand it over.
     fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
-        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty() {
+        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty()
+        {
             return;
         }
         self.input(to, Input::Batch(from, batch));
@@ -460,7 +510,10 @@ impl World {
     fn stream(&mut self, from: usize, from_life: u64, to: usize, to_life: u64, send: SnapshotSend) {
         let sender_alive = self.nodes[from].life == from_life && self.nodes[from].running.is_some();
         let receiver_alive = self.nodes[to].life == to_life && self.nodes[to].running.is_some();
-        let ok = sender_alive && receiver_alive && self.connected(from, to) && self.copy_snapshot(from, to, &send);
+        let ok = sender_alive
+            && receiver_alive
+            && self.connected(from, to)
+            && self.copy_snapshot(from, to, &send);
         if sender_alive {
             let (group, replica) = (send.group, send.replica);
             self.input(from, Input::SnapshotSent { group, replica, ok });
@@ -483,10 +536,12 @@ impl World {
                 Err(_) => return false,
             }
         };
-        let written = dst.create_partial(send.group, send.index).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(&data).map_err(Into::into)
-        });
+        let written = dst
+            .create_partial(send.group, send.index)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&data).map_err(Into::into)
+            });
         if written.is_err() {
             return false;
         }
@@ -501,7 +556,9 @@ impl World {
             ids,
         };
         let from_id = self.nodes[from].info.node_id;
-        match crate::runtime::snapshot_stream::install_received(dst, from_id, send.group, send.index, last_chunk) {
+        match crate::runtime::snapshot_stream::install_received(
+            dst, from_id, send.group, send.index, last_chunk,
+        ) {
             Ok(input) => {
                 self.input(to, input);
                 true
@@ -526,7 +583,10 @@ impl World {
                 let peer = self.nodes[b].info.clone();
                 let heard = self.connected(a, b);
                 let now = self.now;
-                let entry = self.nodes[a].view.entry(peer.node_id).or_insert((false, now));
+                let entry = self.nodes[a]
+                    .view
+                    .entry(peer.node_id)
+                    .or_insert((false, now));
                 let event = if heard {
                     entry.1 = now;
                     (!entry.0).then(|| {
@@ -555,7 +615,14 @@ impl World {
         };
         let (app, channels) = App::new(sub, group);
         running.apps.push(app);
-        self.input(i, Input::Subscribe { sub, group, channels });
+        self.input(
+            i,
+            Input::Subscribe {
+                sub,
+                group,
+                channels,
+            },
+        );
     }
 
     /// Drops subscription number `k` on node `i`.
@@ -576,4 +643,17 @@ impl World {
             .filter(|i| self.nodes[*i].running.is_some())
             .collect()
     }
+}
+
+/// Logs to stderr when `COPYCAT_SIM_LOG` is set (info and above; raft's debug lines would
+/// drown the rest).
+fn sim_logger() -> slog::Logger {
+    use slog::Drain;
+    if std::env::var_os("COPYCAT_SIM_LOG").is_none() {
+        return slog::Logger::root(slog::Discard, slog::o!());
+    }
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    slog::Logger::root(drain, slog::o!())
 }

@@ -206,12 +206,20 @@ impl SnapshotFiles {
     }
 
     /// The data of the snapshot of `group` at `index`, if its file exists.
+    ///
+    /// An adopted offer is compacted into the log (and its marker delivered) before the
+    /// storage thread moves its file into place: until then it is read as the offer. The
+    /// snapshot is tried once more last, in case the move happened between the two reads.
     pub fn read(&self, group: DataStructureId, index: u64) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.path(group, index)) {
-            Ok(data) => Ok(Some(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::Io(e)),
+        let snapshot = self.path(group, index);
+        for path in [&snapshot, &self.offer_path(group, index), &snapshot] {
+            match fs::read(path) {
+                Ok(data) => return Ok(Some(data)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::Io(e)),
+            }
         }
+        Ok(None)
     }
 
     /// Indexes of the stored snapshot files of `group`, ascending.

@@ -60,6 +60,7 @@ usage: hashmap [flags]
   --datacenter NAME     this node's datacenter (default \"default\")
   --id ULID             the hashmap's data structure id (default 01CFR5R4JJE9KNRAJFFEAQ2SAJ)
   --hostname HOST       address to bind and advertise (default 127.0.0.1)
+  --snapshot-interval N entries applied between snapshots (default 10000)
   -h, --help            print this help
 
 Environment: COPYCAT_LOG=off|error|warn|info|debug|trace (default info), to stderr.";
@@ -75,6 +76,7 @@ struct Args {
     datacenter: String,
     id: String,
     hostname: String,
+    snapshot_interval: u64,
 }
 
 impl Default for Args {
@@ -88,6 +90,7 @@ impl Default for Args {
             datacenter: "default".to_string(),
             id: DEFAULT_ID.to_string(),
             hostname: "127.0.0.1".to_string(),
+            snapshot_interval: Config::default().snapshot_interval,
         }
     }
 }
@@ -105,7 +108,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             _ => (arg.clone(), None),
         };
-        const FLAGS: [&str; 8] = [
+        const FLAGS: [&str; 9] = [
             "--data-dir",
             "--port",
             "--gossip-port",
@@ -114,6 +117,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--datacenter",
             "--id",
             "--hostname",
+            "--snapshot-interval",
         ];
         if !flag.starts_with("--") {
             return Err(format!("unexpected argument {arg:?}"));
@@ -153,6 +157,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 args.id = value;
             }
             "--hostname" => args.hostname = value,
+            "--snapshot-interval" => {
+                args.snapshot_interval = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("--snapshot-interval: {value:?} is not a positive number")
+                })?
+            }
             _ => unreachable!("checked against FLAGS above"),
         }
     }
@@ -317,6 +326,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         peers: args.peers.clone(),
         datacenter: args.datacenter.clone(),
         logger: log.clone(),
+        snapshot_interval: args.snapshot_interval,
         ..Config::default()
     })?;
     let store = Arc::new(Store::default());

@@ -2,6 +2,9 @@
 //! keeps writing, restart it on the same data dir and ports, and check that no
 //! acknowledged write is lost and that every node ends up serving every one of them.
 
+#[allow(dead_code)] // shared with examples/chaos.rs, which uses other parts
+#[path = "../examples/common/chaos.rs"]
+mod chaos;
 #[allow(dead_code)] // shared with examples/demo.rs, which uses other parts
 #[path = "../examples/common/cluster.rs"]
 mod cluster;
@@ -11,22 +14,22 @@ mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cluster::{wait_until, ProcessCluster, QUICK};
+use chaos::{check_all_readable, ChaosConfig, Writer, PUT_TIMEOUT};
+use cluster::{wait_until, ProcessCluster};
 
 /// Deadline for each phase (formation, failover, catch-up, final reads); generous for a
 /// loaded two-core machine, while a healthy run needs a few seconds per phase at most.
 const PHASE: Duration = Duration::from_secs(30);
 
-/// Client timeout of one PUT: the node's commit wait (5 s) plus its apply wait, and slack.
-const PUT_TIMEOUT: Duration = Duration::from_secs(12);
-
 /// Writes that must be acknowledged in each phase (before the kill, while the node is
 /// down, after its restart) to show the cluster kept working.
 const PER_PHASE: usize = 30;
+
+/// Concurrent writer threads.
+const WRITERS: usize = 3;
 
 /// Builds the hashmap example once per test binary (examples get no `CARGO_BIN_EXE_*`),
 /// with this test's profile, and returns its path.
@@ -48,95 +51,6 @@ fn hashmap_bin() -> PathBuf {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// One write the cluster acknowledged with a 200.
-#[derive(Debug, Clone)]
-struct Acked {
-    key: String,
-    value: String,
-    via: usize,
-    /// When the PUT was sent and when its 200 arrived.
-    sent: Instant,
-    at: Instant,
-}
-
-/// Threads that PUT fresh keys round-robin through all nodes until stopped, recording
-/// the acknowledged ones. Several threads keep several writes in flight when the leader
-/// dies. Writes to a dead node fail at connect and are simply skipped; a 503 or a timeout
-/// leaves the write's outcome unknown, so it is not checked.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    handles: Vec<std::thread::JoinHandle<usize>>,
-}
-
-/// Concurrent writer threads.
-const WRITERS: usize = 3;
-
-impl Writer {
-    fn start(addrs: Vec<SocketAddr>) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let handles = (0..WRITERS)
-            .map(|t| {
-                let (stop, acked, addrs) = (stop.clone(), acked.clone(), addrs.clone());
-                std::thread::spawn(move || {
-                    let mut failed = 0;
-                    let mut n = 0usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        let via = (n + t) % addrs.len();
-                        let (key, value) = (format!("w{t}-{n}"), format!("value-{t}-{n}"));
-                        n += 1;
-                        let path = format!("/kv/{key}");
-                        let sent = Instant::now();
-                        match http::put(addrs[via], &path, value.as_bytes(), PUT_TIMEOUT) {
-                            Ok(r) if r.status == 200 => acked.lock().unwrap().push(Acked {
-                                key,
-                                value,
-                                via,
-                                sent,
-                                at: Instant::now(),
-                            }),
-                            _ => {
-                                failed += 1;
-                                // Not a spin on a dead node's refused connections.
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                        }
-                    }
-                    failed
-                })
-            })
-            .collect();
-        Writer {
-            stop,
-            acked,
-            handles,
-        }
-    }
-
-    fn acked(&self) -> Vec<Acked> {
-        self.acked.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Stops the writer; returns the acknowledged writes and how many failed.
-    fn finish(mut self) -> (Vec<Acked>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failed = self.handles.drain(..).map(|h| h.join().unwrap()).sum();
-        (self.acked(), failed)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // On a failed assertion, stop the thread rather than leave it writing.
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 fn expect<T>(result: Result<T, String>) -> T {
     result.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -154,7 +68,7 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
         nodes.converged(3)
     }));
 
-    let writer = Writer::start((0..3).map(|i| nodes.http(i)).collect());
+    let writer = Writer::start((0..3).map(|i| nodes.http(i)).collect(), WRITERS);
     expect(wait_until("writes are acknowledged", PHASE, || {
         writer.count() >= PER_PHASE
     }));
@@ -200,22 +114,7 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
 
     // Every acknowledged write, on every node, with its value.
     for i in 0..3 {
-        let mut missing: Vec<&Acked> = acked.iter().collect();
-        let result = wait_until(
-            &format!("node {i} serves all {} acknowledged keys", acked.len()),
-            PHASE,
-            || {
-                missing.retain(|a| {
-                    !matches!(http::get(nodes.http(i), &format!("/kv/{}", a.key), QUICK),
-                        Ok(r) if r.status == 200 && r.body == a.value.as_bytes())
-                });
-                missing.is_empty()
-            },
-        );
-        if let Err(e) = result {
-            let sample: Vec<_> = missing.iter().take(10).map(|a| &a.key).collect();
-            panic!("{e}: {} missing, e.g. {sample:?}", missing.len());
-        }
+        expect(check_all_readable(&nodes, i, &acked));
     }
     eprintln!(
         "multiprocess: build check {built:.1?}, formed in {formed:.1?}, {} writes acknowledged \
@@ -295,4 +194,28 @@ fn the_registry_example_resolves_and_calls_across_datacenters() {
         "{stdout}"
     );
     assert!(stdout.contains("RESPONSE 200 hello from node"), "{stdout}");
+}
+
+/// A short chaos run (the `chaos` example runs it longer): three nodes killed with
+/// SIGKILL and restarted for 20 s under continuous writes, with a small snapshot interval
+/// so restarted nodes catch up from snapshots; no acknowledged write may be lost.
+#[test]
+fn chaos_kills_and_restarts_lose_no_acknowledged_write() {
+    let config = ChaosConfig {
+        nodes: 3,
+        duration: Duration::from_secs(20),
+        seed: 3,
+        snapshot_interval: 100,
+        writers: 3,
+    };
+    let nodes = expect(ProcessCluster::new(hashmap_bin()))
+        .with_args(&["--snapshot-interval", &config.snapshot_interval.to_string()]);
+    let report = expect(chaos::run(nodes, &config, |what| {
+        eprintln!("chaos: {what}")
+    }));
+    eprintln!("chaos: {report:?}");
+    assert!(
+        report.kills >= 3,
+        "the schedule killed too little: {report:?}"
+    );
 }

@@ -100,6 +100,8 @@ type Children = Arc<Mutex<Vec<Option<Child>>>>;
 /// removes the temp dir, unless `COPYCAT_KEEP_DIR` is set (to read the node logs).
 pub struct ProcessCluster {
     bin: PathBuf,
+    /// Flags given to every node besides the ones this type sets.
+    extra_args: Vec<String>,
     /// What each node reported in its last READY line; kept across kills.
     infos: Vec<NodeInfo>,
     children: Children,
@@ -134,10 +136,17 @@ impl ProcessCluster {
         }
         Ok(ProcessCluster {
             bin,
+            extra_args: Vec::new(),
             infos: Vec::new(),
             children: Arc::default(),
             root,
         })
+    }
+
+    /// Gives every node started from now on the flags `args` too.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     /// For a signal handler, which ends the process without running destructors: kills
@@ -249,6 +258,7 @@ impl ProcessCluster {
             .args(["--gossip-port", &gossip.to_string()])
             .args(["--http-port", &http.to_string()])
             .args(["--peers", &peers.join(",")])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -279,8 +289,8 @@ impl ProcessCluster {
         serde_json::from_slice(&resp.body).map_err(|e| format!("/status JSON: {e}"))
     }
 
-    /// Whether every running node sees `n` alive members and a group of `n` voters with
-    /// the same leader, which is itself one of the running nodes.
+    /// Whether every running node sees `n` alive members and a group of `min(n, 3)` voters
+    /// (the default replication factor) with the same leader, itself a running node.
     pub fn converged(&self, n: usize) -> bool {
         let mut leaders = Vec::new();
         for i in (0..self.len()).filter(|i| self.is_running(*i)) {
@@ -294,7 +304,7 @@ impl ProcessCluster {
             let Some(leader) = s["group"]["leader"].as_str() else {
                 return false;
             };
-            if alive < n || voters != n {
+            if alive < n || voters != n.min(3) {
                 return false;
             }
             leaders.push(leader.to_string());

@@ -45,17 +45,24 @@ mod tests {
     use super::*;
 
     fn entry(context: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.context = context.to_vec().into();
-        e
+        Entry {
+            context: context.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn propose(entries: Vec<Entry>) -> Message {
+        Message {
+            entries: entries.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_proposal_seen_before_is_dropped_and_the_window_is_bounded() {
         let mut recent = RecentProposals::default();
         recent.remember(&[entry(b"a"), entry(b"")]);
-        let mut msg = Message::default();
-        msg.entries = vec![entry(b"a"), entry(b"b"), entry(b"")].into();
+        let mut msg = propose(vec![entry(b"a"), entry(b"b"), entry(b"")]);
         assert!(recent.drop_seen(&mut msg));
         let left: Vec<Vec<u8>> = msg.entries.iter().map(|e| e.context.to_vec()).collect();
         assert_eq!(left, vec![b"b".to_vec(), Vec::new()]);
@@ -64,8 +71,7 @@ mod tests {
             .map(|i| entry(&i.to_be_bytes()))
             .collect();
         recent.remember(&many);
-        let mut again = Message::default();
-        again.entries = vec![entry(b"a")].into();
+        let mut again = propose(vec![entry(b"a")]);
         assert!(
             recent.drop_seen(&mut again),
             "the oldest context was forgotten"

@@ -306,7 +306,7 @@ fn accept_chunk(
     }
     let received = stream.received.max(chunk.total);
     incoming.remove(&key);
-    let input = install_received(&files, from, group, index, chunk)?;
+    let input = install_received(files, from, group, index, chunk)?;
     let _ = streams.core.send(input);
     Ok(received.max(1))
 }

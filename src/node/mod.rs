@@ -132,6 +132,9 @@ pub(crate) struct SnapshotSend {
     pub message: Vec<u8>,
     /// An offer to a replica that is not behind (see [`NodeCore::handle_snapshot_offered`]).
     pub offer: bool,
+    /// The proposal ids kept with the snapshot (none for an offer: its adopter computes
+    /// them from its own log).
+    pub ids: crate::storage::ProposalIds,
 }
 
 /// A node as this node sees it.

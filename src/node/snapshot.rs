@@ -174,6 +174,13 @@ impl NodeCore {
         };
         slog::info!(self.cfg.logger, "streaming snapshot"; "group" => %group, "index" => index,
             "to" => replica);
+        // From memory: the ids file of a snapshot just taken may not be written yet.
+        let ids = self
+            .groups
+            .get(&group)
+            .filter(|raft| raft.log().snapshot_index() == index)
+            .map(|raft| raft.log().compacted_ids().clone())
+            .unwrap_or_default();
         self.snapshot_sends.push(SnapshotSend {
             to,
             addr,
@@ -182,6 +189,7 @@ impl NodeCore {
             index,
             message,
             offer: false,
+            ids,
         });
     }
 
@@ -215,6 +223,7 @@ impl NodeCore {
                 index: meta.index,
                 message: metadata.clone(),
                 offer: true,
+                ids: Vec::new(),
             });
         }
     }

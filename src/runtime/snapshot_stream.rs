@@ -139,13 +139,7 @@ impl SnapshotStreams {
         total: u64,
         acks: &Receiver<u64>,
     ) -> Result<(), String> {
-        let ids = if request.offer {
-            Vec::new()
-        } else {
-            let files = self.store.snapshot_files();
-            let ids = files.read_ids(request.group, request.index);
-            crate::storage::encode_ids(&ids.map_err(|e| e.to_string())?)
-        };
+        let ids = crate::storage::encode_ids(&request.ids);
         let mut buf = vec![0u8; CHUNK_BYTES];
         // `sent`: bytes handed to the transport; `last_sent`: the final chunk (the one
         // carrying the message) went out, so only acknowledgements are awaited.

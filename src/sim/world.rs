@@ -528,14 +528,7 @@ impl World {
         let Ok(Some(data)) = src.read(send.group, send.index) else {
             return false;
         };
-        let ids = if send.offer {
-            Vec::new()
-        } else {
-            match src.read_ids(send.group, send.index) {
-                Ok(ids) => crate::storage::encode_ids(&ids),
-                Err(_) => return false,
-            }
-        };
+        let ids = crate::storage::encode_ids(&send.ids);
         let written = dst
             .create_partial(send.group, send.index)
             .and_then(|mut f| {

@@ -252,6 +252,24 @@ impl NodeCore {
     /// Called once this replica has applied everything the new leader had committed (see
     /// `gate_retries`), so an original committed before is acknowledged, not retried.
     pub(super) fn retry_in_flight(&mut self, id: DataStructureId) {
+        let Some(raft) = self.groups.get(&id) else {
+            return;
+        };
+        // A retry is recognised as a duplicate only if its original is at most
+        // `snapshot_interval` entries before it (the log, plus the ids kept with a
+        // snapshot). A proposal older than half that is not retried: its outcome is unknown.
+        let horizon = raft.applied().saturating_sub(self.cfg.snapshot_interval / 2);
+        let stale: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.group == id && f.proposed_after < horizon)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in stale {
+            if let Some(flight) = self.in_flight.remove(&seq) {
+                self.fail(flight.sub, flight.ack, Error::Timeout);
+            }
+        }
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
         };

@@ -258,7 +258,9 @@ impl NodeCore {
         // A retry is recognised as a duplicate only if its original is at most
         // `snapshot_interval` entries before it (the log, plus the ids kept with a
         // snapshot). A proposal older than half that is not retried: its outcome is unknown.
-        let horizon = raft.applied().saturating_sub(self.cfg.snapshot_interval / 2);
+        let horizon = raft
+            .applied()
+            .saturating_sub(self.cfg.snapshot_interval / 2);
         let stale: Vec<u64> = self
             .in_flight
             .iter()

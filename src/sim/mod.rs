@@ -328,7 +328,7 @@ mod tests {
     /// Half of the seeds (`parity` 0 or 1), so the two halves run on two cores.
     fn run_half(parity: u64) {
         let params = Params::default();
-        let failures: Vec<String> = seeds(8)
+        let failures: Vec<String> = seeds(16)
             .filter(|s| s % 2 == parity)
             .filter_map(|seed| check_seed(seed, &params).err())
             .collect();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
+use super::copies::{ProposalCopies, DEDUPE_WINDOW};
 use crate::id::DataStructureId;
 use crate::storage::{LogStore, StoredGroup};
 
@@ -39,6 +40,8 @@ pub(crate) struct GroupLog {
     /// Proposal ids of the application entries just before the snapshot (see
     /// [`crate::storage::ProposalIds`]).
     compacted_ids: crate::storage::ProposalIds,
+    /// Where each proposal appears: the snapshot's ids and the entries after it.
+    copies: ProposalCopies,
 }
 
 impl GroupLog {
@@ -56,6 +59,7 @@ impl GroupLog {
             last_index: 0,
             persisted_index: 0,
             compacted_ids: Vec::new(),
+            copies: ProposalCopies::default(),
         }
     }
 
@@ -68,6 +72,10 @@ impl GroupLog {
         log.last_index = stored.last_index;
         log.persisted_index = stored.last_index;
         log.load_compacted_ids();
+        let entries = log
+            .read_entries(log.first_index(), log.last_index + 1, None)
+            .unwrap_or_default();
+        log.copies = ProposalCopies::rebuild(&log.compacted_ids, &entries);
         log
     }
 
@@ -117,6 +125,10 @@ impl GroupLog {
             let keep = (first - self.tail_first()) as usize;
             self.tail.truncate(keep);
         }
+        if let Some(from) = truncate_from {
+            self.copies.truncate_from(from);
+        }
+        self.copies.add_entries(entries);
         self.tail.extend(entries.iter().cloned());
         self.last_index = first + entries.len() as u64 - 1;
         self.persisted_index = self.persisted_index.min(first - 1);
@@ -138,7 +150,7 @@ impl GroupLog {
         let meta = snap.get_metadata();
         self.snapshot = meta.clone();
         self.load_compacted_ids();
-        self.snapshot = meta.clone();
+        self.copies = ProposalCopies::rebuild(&self.compacted_ids, &[]);
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
@@ -154,8 +166,15 @@ impl GroupLog {
         while self.tail.front().is_some_and(|e| e.index <= meta.index) {
             self.tail.pop_front();
         }
+        self.copies
+            .forget_through(meta.index.saturating_sub(DEDUPE_WINDOW));
         self.snapshot = meta;
         self.compacted_ids = ids;
+    }
+
+    /// Where each proposal appears in the recent log.
+    pub(crate) fn copies(&self) -> &ProposalCopies {
+        &self.copies
     }
 
     /// Proposal ids of the application entries just before the snapshot.

@@ -5,6 +5,7 @@
 //! and its persisted messages and committed entries are held until that batch is durable
 //! ("persist before sending persisted messages, persist the commit index before applying").
 
+mod copies;
 pub(crate) mod log;
 mod recent;
 
@@ -18,6 +19,7 @@ use rand::Rng;
 
 use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
 use crate::storage::GroupWrite;
+pub(crate) use copies::DEDUPE_WINDOW;
 pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
 use recent::RecentProposals;
 
@@ -263,7 +265,6 @@ impl RaftGroup {
     pub(crate) fn compact_to(
         &mut self,
         index: u64,
-        window: u64,
     ) -> Option<(SnapshotMetadata, crate::storage::ProposalIds)> {
         let log = self.raw.store();
         if index <= log.snapshot_index() || index > self.applied {
@@ -282,7 +283,7 @@ impl RaftGroup {
             .rposition(|(at, _)| *at <= index)
             .unwrap_or(0);
         self.conf_history.drain(..keep_from);
-        let ids = self.proposal_ids_before(index, window);
+        let ids = self.proposal_ids_before(index, DEDUPE_WINDOW);
         self.raw.mut_store().compact(meta.clone(), ids.clone());
         self.bytes_since_snapshot = 0;
         Some((meta, ids))

@@ -77,11 +77,6 @@ impl ProposalContext {
             retry_after,
         })
     }
-
-    /// Whether two contexts name the same proposal.
-    pub(crate) fn same_proposal(&self, other: &ProposalContext) -> bool {
-        self.node == other.node && self.seq == other.seq
-    }
 }
 
 /// Completes an ack, if there is one.
@@ -256,11 +251,11 @@ impl NodeCore {
             return;
         };
         // A retry is recognised as a duplicate only if its original is at most
-        // `snapshot_interval` entries before it (the log, plus the ids kept with a
-        // snapshot). A proposal older than half that is not retried: its outcome is unknown.
+        // `DEDUPE_WINDOW` entries before it. A proposal older than half that is not
+        // retried: its outcome is unknown.
         let horizon = raft
             .applied()
-            .saturating_sub(self.cfg.snapshot_interval / 2);
+            .saturating_sub(crate::group::DEDUPE_WINDOW / 2);
         let stale: Vec<u64> = self
             .in_flight
             .iter()
@@ -311,7 +306,6 @@ mod tests {
         };
         assert_eq!(ProposalContext::decode(&first.encode()), Some(first));
         assert_eq!(ProposalContext::decode(&retry.encode()), Some(retry));
-        assert!(first.same_proposal(&retry));
         assert_eq!(ProposalContext::decode(&[]), None);
         assert_eq!(ProposalContext::decode(&[0; 17]), None);
     }

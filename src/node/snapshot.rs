@@ -144,7 +144,7 @@ impl NodeCore {
             return;
         };
         raft.snapshotting = false;
-        match raft.compact_to(index, self.cfg.snapshot_interval) {
+        match raft.compact_to(index) {
             Some((meta, ids)) => {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
                     "index" => index);
@@ -244,7 +244,7 @@ impl NodeCore {
         if local_term != Some(meta.term) {
             return;
         }
-        if let Some((compacted, ids)) = raft.compact_to(meta.index, self.cfg.snapshot_interval) {
+        if let Some((compacted, ids)) = raft.compact_to(meta.index) {
             slog::debug!(self.cfg.logger, "compacted under an offered snapshot";
                 "group" => %group, "index" => meta.index);
             let write = self.write_for(group);

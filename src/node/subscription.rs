@@ -4,7 +4,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use raft::eraftpb::EntryType;
 
 use crate::error::Error;
-use crate::group::{GroupLog, BOOTSTRAP_INDEX};
+use crate::group::{GroupLog, BOOTSTRAP_INDEX, DEDUPE_WINDOW};
 use crate::id::DataStructureId;
 use crate::node::proposal::ProposalContext;
 
@@ -116,36 +116,21 @@ impl Subscription {
     }
 }
 
-/// The proposal context of an application entry, unless the entry is a retry of a
-/// proposal that is already in the log (see [`ProposalContext`]). Leader no-ops and conf
-/// changes carry no context.
+/// The proposal context of an application entry, unless an earlier copy of the same
+/// proposal (a retry's original, or a proposal message delivered twice) lies within
+/// [`DEDUPE_WINDOW`] indexes before it, or after the retry's starting point. Every replica
+/// decides the same (see `ProposalCopies`). Leader no-ops and conf changes carry no
+/// context.
 pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option<ProposalContext> {
     if entry.get_entry_type() != EntryType::EntryNormal {
         return None;
     }
     let ctx = ProposalContext::decode(&entry.context)?;
-    let Some(after) = ctx.retry_after else {
-        return Some(ctx);
-    };
-    let from = (after + 1).max(log.first_index());
-    // The part of the range already compacted: the snapshot's proposal ids.
-    let compacted_copy = log
-        .compacted_ids()
-        .iter()
-        .any(|(at, node, seq)| *at > after && *node == ctx.node && *seq == ctx.seq);
-    if compacted_copy {
-        return None;
-    }
-    if from >= entry.index {
-        return Some(ctx);
-    }
-    let earlier = log
-        .read_entries(from, entry.index, None)
-        .unwrap_or_default();
-    let duplicate = earlier.iter().any(|e| {
-        e.get_entry_type() == EntryType::EntryNormal
-            && ProposalContext::decode(&e.context).is_some_and(|c| c.same_proposal(&ctx))
-    });
+    let floor = entry.index.saturating_sub(DEDUPE_WINDOW);
+    let after = ctx.retry_after.map_or(floor, |a| a.max(floor));
+    let duplicate = log
+        .copies()
+        .has_copy_between(ctx.node, ctx.seq, after, entry.index);
     (!duplicate).then_some(ctx)
 }
 

@@ -1,0 +1,114 @@
+//! Where each proposal appears in the recent log, so a copy that comes second (a retry, or
+//! a proposal message delivered twice) is recognised on every replica alike.
+//!
+//! The index covers the ids kept with the latest snapshot (the application entries of the
+//! [`DEDUPE_WINDOW`] indexes before it) and every entry after it. A copy is a duplicate if
+//! an earlier copy lies within [`DEDUPE_WINDOW`] indexes before it: every replica covers
+//! that range, whatever its own snapshot, so every replica decides the same.
+
+use std::collections::HashMap;
+
+use raft::eraftpb::{Entry, EntryType};
+
+use crate::id::NodeId;
+use crate::node::proposal::ProposalContext;
+use crate::storage::ProposalIds;
+
+/// How far back (in log indexes) duplicates are recognised; the same on every node.
+pub(crate) const DEDUPE_WINDOW: u64 = 10_000;
+
+/// Indexes of the copies of each proposal `(node, seq)` in the recent log.
+#[derive(Default)]
+pub(crate) struct ProposalCopies {
+    at: HashMap<(NodeId, u64), Vec<u64>>,
+}
+
+impl ProposalCopies {
+    /// An index of `ids` (kept with a snapshot) and of the application entries `entries`.
+    pub(crate) fn rebuild(ids: &ProposalIds, entries: &[Entry]) -> Self {
+        let mut copies = ProposalCopies::default();
+        for (index, node, seq) in ids {
+            copies.add(*index, *node, *seq);
+        }
+        copies.add_entries(entries);
+        copies
+    }
+
+    fn add(&mut self, index: u64, node: NodeId, seq: u64) {
+        let at = self.at.entry((node, seq)).or_default();
+        if !at.contains(&index) {
+            at.push(index);
+        }
+    }
+
+    /// Records the application entries among `entries`.
+    pub(crate) fn add_entries(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            if let Some(ctx) = ProposalContext::decode(&entry.context) {
+                self.add(entry.index, ctx.node, ctx.seq);
+            }
+        }
+    }
+
+    /// Forgets the copies at `from` and after (the log was overwritten there).
+    pub(crate) fn truncate_from(&mut self, from: u64) {
+        self.retain(|index| index < from);
+    }
+
+    /// Forgets the copies at `floor` and before (outside every later entry's window).
+    pub(crate) fn forget_through(&mut self, floor: u64) {
+        self.retain(|index| index > floor);
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.at.retain(|_, at| {
+            at.retain(|i| keep(*i));
+            !at.is_empty()
+        });
+    }
+
+    /// Whether `(node, seq)` has a copy strictly between `after` and `before`.
+    pub(crate) fn has_copy_between(&self, node: NodeId, seq: u64, after: u64, before: u64) -> bool {
+        self.at
+            .get(&(node, seq))
+            .is_some_and(|at| at.iter().any(|i| *i > after && *i < before))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, node: NodeId, seq: u64) -> Entry {
+        let ctx = ProposalContext {
+            node,
+            seq,
+            retry_after: None,
+        };
+        Entry {
+            index,
+            context: ctx.encode().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn copies_are_found_within_bounds_and_forgotten_on_truncation_and_compaction() {
+        let mut copies = ProposalCopies::rebuild(&vec![(7, 1, 70)], &[entry(9, 1, 90)]);
+        copies.add_entries(&[entry(10, 1, 70), entry(11, 2, 90)]);
+        assert!(copies.has_copy_between(1, 70, 0, 10), "the snapshot's id");
+        assert!(
+            !copies.has_copy_between(1, 70, 7, 10),
+            "after excludes its bound"
+        );
+        assert!(!copies.has_copy_between(2, 90, 0, 11), "another node's seq");
+        copies.truncate_from(10);
+        assert!(!copies.has_copy_between(1, 70, 7, 20));
+        copies.forget_through(7);
+        assert!(!copies.has_copy_between(1, 70, 0, 20));
+        assert!(copies.has_copy_between(1, 90, 0, 20));
+    }
+}

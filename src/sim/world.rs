@@ -16,7 +16,7 @@ use super::checker::Checker;
 use super::Params;
 use crate::group::RaftSettings;
 use crate::id::{DataStructureId, NodeId};
-use crate::node::member::{MembershipEvent, NodeInfo};
+use crate::node::member::NodeInfo;
 use crate::node::subscription::SubId;
 use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest, SnapshotSend};
 use crate::proto;
@@ -62,8 +62,8 @@ pub(crate) enum Event {
 pub(crate) struct Running {
     pub core: NodeCore,
     pub store: Arc<SledStore>,
-    disk: VecDeque<(u64, WriteBatch)>,
-    disk_busy: bool,
+    pub disk: VecDeque<(u64, WriteBatch)>,
+    pub disk_busy: bool,
     pub apps: Vec<App>,
 }
 
@@ -79,7 +79,7 @@ pub(crate) struct SimNode {
     /// Network side; nodes talk only to nodes on the same side.
     pub side: u8,
     /// This node's membership view: alive, and when it last heard of each peer.
-    view: BTreeMap<NodeId, (bool, u64)>,
+    pub view: BTreeMap<NodeId, (bool, u64)>,
 }
 
 /// The simulated world.
@@ -99,7 +99,7 @@ pub(crate) struct World {
     pub trace: u64,
     pub faults: u64,
     pub messages: u64,
-    logger: slog::Logger,
+    pub logger: slog::Logger,
 }
 
 impl World {
@@ -233,7 +233,7 @@ impl World {
         na.running.is_some() && nb.running.is_some() && na.side == nb.side
     }
 
-    fn index_of(&self, node: NodeId) -> Option<usize> {
+    pub(crate) fn index_of(&self, node: NodeId) -> Option<usize> {
         self.nodes.iter().position(|n| n.info.node_id == node)
     }
 
@@ -258,7 +258,7 @@ impl World {
         self.drain_apps(i);
     }
 
-    fn drain_apps(&mut self, i: usize) {
+    pub(super) fn drain_apps(&mut self, i: usize) {
         let Some(running) = self.nodes[i].running.as_ref() else {
             return;
         };
@@ -349,66 +349,6 @@ impl World {
         }
     }
 
-    /// Puts a batch on the network: delayed, sometimes dropped or duplicated; the sender
-    /// hears of an unreachable peer as its transport would.
-    fn send(&mut self, i: usize, from: NodeId, to: NodeId, batch: proto::Batch) {
-        self.messages += 1;
-        let Some(j) = self.index_of(to) else { return };
-        let life = self.nodes[i].life;
-        if !self.connected(i, j) {
-            let delay = self.rng.gen_range(50..300);
-            self.at(
-                delay,
-                Event::Unreachable {
-                    node: i,
-                    life,
-                    peer: to,
-                },
-            );
-            return;
-        }
-        let p = self.params.clone();
-        if self.rng.gen_bool(p.drop_rate) {
-            return;
-        }
-        let to_life = self.nodes[j].life;
-        let copies = if self.rng.gen_bool(p.duplicate_rate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let delay = if self.rng.gen_bool(0.02) {
-                self.rng.gen_range(50..400)
-            } else {
-                self.rng.gen_range(1..p.max_delay_ms)
-            };
-            self.at(
-                delay,
-                Event::Deliver {
-                    to: j,
-                    life: to_life,
-                    from,
-                    batch: batch.clone(),
-                },
-            );
-        }
-    }
-
-    /// Starts node `i`'s next queued disk write, if idle.
-    fn start_disk(&mut self, i: usize) {
-        let life = self.nodes[i].life;
-        let Some(running) = self.nodes[i].running.as_mut() else {
-            return;
-        };
-        if running.disk_busy || running.disk.is_empty() {
-            return;
-        }
-        running.disk_busy = true;
-        let delay = self.rng.gen_range(1..8);
-        self.at(delay, Event::DiskDone { node: i, life });
-    }
-
     /// Handles the world's own events (everything but the workload and faults).
     pub(crate) fn handle(&mut self, event: Event) {
         match event {
@@ -464,139 +404,6 @@ impl World {
         let tick = self.params.tick_ms;
         self.at(tick, Event::Tick(i));
         self.flush(i);
-    }
-
-    /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
-    /// events), so the rest goes to the core as the transport would hand it over.
-    fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
-        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty()
-        {
-            return;
-        }
-        self.input(to, Input::Batch(from, batch));
-    }
-
-    fn disk_done(&mut self, i: usize, life: u64) {
-        if self.nodes[i].life != life {
-            return;
-        }
-        let Some(running) = self.nodes[i].running.as_mut() else {
-            return;
-        };
-        running.disk_busy = false;
-        let Some((seq, batch)) = running.disk.pop_front() else {
-            return;
-        };
-        let input = match crate::storage::LogStore::write(running.store.as_ref(), &batch) {
-            Ok(()) => Input::Persisted(seq),
-            Err(e) => Input::StorageFailed(seq, e.into()),
-        };
-        self.input(i, input);
-        self.start_disk(i);
-    }
-
-    fn take_snapshot(&mut self, i: usize, request: SnapshotRequest) {
-        self.drain_apps(i);
-        let Some(running) = self.nodes[i].running.as_ref() else {
-            return;
-        };
-        let input = crate::runtime::snapshot_thread::take(&running.store, &request, &self.logger);
-        self.input(i, input);
-    }
-
-    /// A snapshot stream, as one event: it succeeds if both ends lived through it and can
-    /// talk; the receiver installs the file and gets the message, the sender hears how it
-    /// went.
-    fn stream(&mut self, from: usize, from_life: u64, to: usize, to_life: u64, send: SnapshotSend) {
-        let sender_alive = self.nodes[from].life == from_life && self.nodes[from].running.is_some();
-        let receiver_alive = self.nodes[to].life == to_life && self.nodes[to].running.is_some();
-        let ok = sender_alive
-            && receiver_alive
-            && self.connected(from, to)
-            && self.copy_snapshot(from, to, &send);
-        if sender_alive {
-            let (group, replica) = (send.group, send.replica);
-            self.input(from, Input::SnapshotSent { group, replica, ok });
-        }
-    }
-
-    fn copy_snapshot(&mut self, from: usize, to: usize, send: &SnapshotSend) -> bool {
-        let (Some(src), Some(dst)) = (&self.nodes[from].running, &self.nodes[to].running) else {
-            return false;
-        };
-        let (src, dst) = (src.store.snapshot_files(), dst.store.snapshot_files());
-        let Ok(Some(data)) = src.read(send.group, send.index) else {
-            return false;
-        };
-        let ids = crate::storage::encode_ids(&send.ids);
-        let written = dst
-            .create_partial(send.group, send.index)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(&data).map_err(Into::into)
-            });
-        if written.is_err() {
-            return false;
-        }
-        let last_chunk = proto::SnapshotChunk {
-            group: send.group.to_bytes().to_vec(),
-            index: send.index,
-            offset: 0,
-            total: data.len() as u64,
-            data: Vec::new(),
-            message: send.message.clone(),
-            offer: send.offer,
-            ids,
-        };
-        let from_id = self.nodes[from].info.node_id;
-        match crate::runtime::snapshot_stream::install_received(
-            dst, from_id, send.group, send.index, last_chunk,
-        ) {
-            Ok(input) => {
-                self.input(to, input);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// One round of the membership view that stands in for gossip: a peer is up once
-    /// heard from, down after a second of silence (crashed or partitioned away).
-    fn gossip(&mut self) {
-        let period = self.params.gossip_ms;
-        self.at(period, Event::Gossip);
-        for a in 0..self.nodes.len() {
-            if self.nodes[a].running.is_none() {
-                continue;
-            }
-            for b in 0..self.nodes.len() {
-                if a == b || self.nodes[b].life == 0 {
-                    continue;
-                }
-                let peer = self.nodes[b].info.clone();
-                let heard = self.connected(a, b);
-                let now = self.now;
-                let entry = self.nodes[a]
-                    .view
-                    .entry(peer.node_id)
-                    .or_insert((false, now));
-                let event = if heard {
-                    entry.1 = now;
-                    (!entry.0).then(|| {
-                        entry.0 = true;
-                        MembershipEvent::Up(peer)
-                    })
-                } else if entry.0 && now.saturating_sub(entry.1) >= 1_000 {
-                    entry.0 = false;
-                    Some(MembershipEvent::Down(peer.node_id))
-                } else {
-                    None
-                };
-                if let Some(event) = event {
-                    self.input(a, Input::Membership(event));
-                }
-            }
-        }
     }
 
     /// Subscribes a new simulated application to `group` on node `i`.

@@ -1,0 +1,214 @@
+//! The simulated I/O around each core: a network that delays, drops and duplicates
+//! batches and honours partitions, a disk that writes one batch at a time, snapshot
+//! taking and streaming as single events, and a membership view standing in for gossip.
+
+use rand::Rng;
+
+use super::world::{Event, World};
+use crate::id::NodeId;
+use crate::node::member::MembershipEvent;
+use crate::node::{SnapshotRequest, SnapshotSend};
+use crate::proto;
+use crate::runtime::Input;
+
+impl World {
+    /// Puts a batch on the network: delayed, sometimes dropped or duplicated; the sender
+    /// hears of an unreachable peer as its transport would.
+    pub(super) fn send(&mut self, i: usize, from: NodeId, to: NodeId, batch: proto::Batch) {
+        self.messages += 1;
+        let Some(j) = self.index_of(to) else { return };
+        let life = self.nodes[i].life;
+        if !self.connected(i, j) {
+            let delay = self.rng.gen_range(50..300);
+            self.at(
+                delay,
+                Event::Unreachable {
+                    node: i,
+                    life,
+                    peer: to,
+                },
+            );
+            return;
+        }
+        let p = self.params.clone();
+        if self.rng.gen_bool(p.drop_rate) {
+            return;
+        }
+        let to_life = self.nodes[j].life;
+        let copies = if self.rng.gen_bool(p.duplicate_rate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = if self.rng.gen_bool(0.02) {
+                self.rng.gen_range(50..400)
+            } else {
+                self.rng.gen_range(1..p.max_delay_ms)
+            };
+            self.at(
+                delay,
+                Event::Deliver {
+                    to: j,
+                    life: to_life,
+                    from,
+                    batch: batch.clone(),
+                },
+            );
+        }
+    }
+
+    /// Starts node `i`'s next queued disk write, if idle.
+    pub(super) fn start_disk(&mut self, i: usize) {
+        let life = self.nodes[i].life;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        if running.disk_busy || running.disk.is_empty() {
+            return;
+        }
+        running.disk_busy = true;
+        let delay = self.rng.gen_range(1..8);
+        self.at(delay, Event::DiskDone { node: i, life });
+    }
+
+    /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
+    /// events), so the rest goes to the core as the transport would hand it over.
+    pub(super) fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
+        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty()
+        {
+            return;
+        }
+        self.input(to, Input::Batch(from, batch));
+    }
+
+    pub(super) fn disk_done(&mut self, i: usize, life: u64) {
+        if self.nodes[i].life != life {
+            return;
+        }
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.disk_busy = false;
+        let Some((seq, batch)) = running.disk.pop_front() else {
+            return;
+        };
+        let input = match crate::storage::LogStore::write(running.store.as_ref(), &batch) {
+            Ok(()) => Input::Persisted(seq),
+            Err(e) => Input::StorageFailed(seq, e.into()),
+        };
+        self.input(i, input);
+        self.start_disk(i);
+    }
+
+    pub(super) fn take_snapshot(&mut self, i: usize, request: SnapshotRequest) {
+        self.drain_apps(i);
+        let Some(running) = self.nodes[i].running.as_ref() else {
+            return;
+        };
+        let input = crate::runtime::snapshot_thread::take(&running.store, &request, &self.logger);
+        self.input(i, input);
+    }
+
+    /// A snapshot stream, as one event: it succeeds if both ends lived through it and can
+    /// talk; the receiver installs the file and gets the message, the sender hears how it
+    /// went.
+    pub(super) fn stream(
+        &mut self,
+        from: usize,
+        from_life: u64,
+        to: usize,
+        to_life: u64,
+        send: SnapshotSend,
+    ) {
+        let sender_alive = self.nodes[from].life == from_life && self.nodes[from].running.is_some();
+        let receiver_alive = self.nodes[to].life == to_life && self.nodes[to].running.is_some();
+        let ok = sender_alive
+            && receiver_alive
+            && self.connected(from, to)
+            && self.copy_snapshot(from, to, &send);
+        if sender_alive {
+            let (group, replica) = (send.group, send.replica);
+            self.input(from, Input::SnapshotSent { group, replica, ok });
+        }
+    }
+
+    fn copy_snapshot(&mut self, from: usize, to: usize, send: &SnapshotSend) -> bool {
+        let (Some(src), Some(dst)) = (&self.nodes[from].running, &self.nodes[to].running) else {
+            return false;
+        };
+        let (src, dst) = (src.store.snapshot_files(), dst.store.snapshot_files());
+        let Ok(Some(data)) = src.read(send.group, send.index) else {
+            return false;
+        };
+        let ids = crate::storage::encode_ids(&send.ids);
+        let written = dst
+            .create_partial(send.group, send.index)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&data).map_err(Into::into)
+            });
+        if written.is_err() {
+            return false;
+        }
+        let last_chunk = proto::SnapshotChunk {
+            group: send.group.to_bytes().to_vec(),
+            index: send.index,
+            offset: 0,
+            total: data.len() as u64,
+            data: Vec::new(),
+            message: send.message.clone(),
+            offer: send.offer,
+            ids,
+        };
+        let from_id = self.nodes[from].info.node_id;
+        match crate::runtime::snapshot_stream::install_received(
+            dst, from_id, send.group, send.index, last_chunk,
+        ) {
+            Ok(input) => {
+                self.input(to, input);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One round of the membership view that stands in for gossip: a peer is up once
+    /// heard from, down after a second of silence (crashed or partitioned away).
+    pub(super) fn gossip(&mut self) {
+        let period = self.params.gossip_ms;
+        self.at(period, Event::Gossip);
+        for a in 0..self.nodes.len() {
+            if self.nodes[a].running.is_none() {
+                continue;
+            }
+            for b in 0..self.nodes.len() {
+                if a == b || self.nodes[b].life == 0 {
+                    continue;
+                }
+                let peer = self.nodes[b].info.clone();
+                let heard = self.connected(a, b);
+                let now = self.now;
+                let entry = self.nodes[a]
+                    .view
+                    .entry(peer.node_id)
+                    .or_insert((false, now));
+                let event = if heard {
+                    entry.1 = now;
+                    (!entry.0).then(|| {
+                        entry.0 = true;
+                        MembershipEvent::Up(peer)
+                    })
+                } else if entry.0 && now.saturating_sub(entry.1) >= 1_000 {
+                    entry.0 = false;
+                    Some(MembershipEvent::Down(peer.node_id))
+                } else {
+                    None
+                };
+                if let Some(event) = event {
+                    self.input(a, Input::Membership(event));
+                }
+            }
+        }
+    }
+}

@@ -346,12 +346,13 @@ mod tests {
         run_half(1);
     }
 
-    /// Seeds that found bugs (each fixed): a snapshot labelled below its content (1),
-    /// duplicate deliveries from lagging, removed or snapshot-skipped proposers (3, 23, 39,
-    /// 78, 82), a removal never recorded in the directory (9), an unreadable adopted offer
-    /// (3), raft-rs append batching acknowledging missing entries (20), diverging duplicate
-    /// checks breaking read linearizability (49).
-    const REGRESSION_SEEDS: [u64; 8] = [1, 3, 9, 20, 23, 39, 49, 82];
+    /// Seeds beyond the default range that found bugs (each fixed): raft-rs append
+    /// batching acknowledging missing entries (20), duplicate deliveries from lagging,
+    /// removed or snapshot-skipped proposers (23, 39, 78, 82), diverging duplicate checks
+    /// breaking read linearizability (49). Seeds 1, 3 and 9 of the default range found a
+    /// snapshot labelled below its content, an unreadable adopted offer and a removal
+    /// never recorded in the directory.
+    const REGRESSION_SEEDS: [u64; 6] = [20, 23, 39, 49, 78, 82];
 
     #[test]
     fn seeds_that_found_bugs_stay_fixed() {

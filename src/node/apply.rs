@@ -49,9 +49,13 @@ impl NodeCore {
     /// Subscribers hear [`Error::GroupRemoved`] and the node asks to join again as a new
     /// incarnation, so their commit streams continue.
     pub(super) fn remove_replica(&mut self, group: DataStructureId) {
-        if group.is_system() || self.groups.remove(&group).is_none() {
+        if group.is_system() {
             return;
         }
+        let Some(raft) = self.groups.remove(&group) else {
+            return;
+        };
+        self.remember_deleted(group, raft.replica_id());
         slog::info!(self.cfg.logger, "replica removed from its group; deleting it"; "group" => %group);
         let mut write = crate::storage::GroupWrite::new(group);
         write.remove = true;

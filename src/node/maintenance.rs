@@ -150,6 +150,7 @@ impl NodeCore {
             );
             seen.push(raft.replica_id());
         }
+        seen.extend(self.deleted_replica(group));
         let incarnation = match self.directory.get(group) {
             Some(record) => record.fresh_incarnation(node, &seen),
             None => seen

@@ -151,6 +151,13 @@ fn replica_key(group: DataStructureId) -> String {
     format!("replica/{group}")
 }
 
+/// Metadata key holding the last replica id of `group` this node deleted: a message for it
+/// or an older incarnation must never bring it back with an empty log (its votes and
+/// acknowledgements would be forgotten).
+fn deleted_key(group: DataStructureId) -> String {
+    format!("deleted/{group}")
+}
+
 /// The deterministic heart of a copycat node.
 pub(crate) struct NodeCore {
     cfg: CoreConfig,
@@ -190,6 +197,8 @@ pub(crate) struct NodeCore {
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
     /// directory so that nodes that were away delete their stale replicas).
     removed_seen: Map<DataStructureId, Vec<ReplicaId>>,
+    /// The last replica of each group deleted here (also kept on disk, see `deleted_key`).
+    deleted: Map<DataStructureId, ReplicaId>,
     /// Snapshots to request in this round's output.
     snapshot_requests: Vec<SnapshotRequest>,
     /// Snapshot streams to start in this round's output.
@@ -239,6 +248,7 @@ impl NodeCore {
             stopped: false,
             handover: None,
             removed_seen: Map::default(),
+            deleted: Map::default(),
             pending_removal: Vec::new(),
             snapshot_requests: Vec::new(),
             snapshot_sends: Vec::new(),
@@ -478,6 +488,11 @@ impl NodeCore {
     /// the system group (this node was just added to it), or a data group the directory
     /// knows (this node was added as a learner), unless that replica was removed.
     fn create_replica_for_message(&mut self, group: DataStructureId, replica: ReplicaId) {
+        if self.is_deleted(group, replica) {
+            slog::debug!(self.cfg.logger, "message for a deleted replica"; "group" => %group,
+                "replica" => replica);
+            return;
+        }
         if group.is_system() {
             self.create_uninitialized_system_replica(replica);
         } else if let Some(record) = self.directory.get(group) {
@@ -489,6 +504,28 @@ impl NodeCore {
         } else {
             slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
         }
+    }
+
+    /// Whether `replica` is, or is older than, a replica of `group` this node deleted.
+    fn is_deleted(&self, group: DataStructureId, replica: ReplicaId) -> bool {
+        self.deleted_replica(group).is_some_and(|d| {
+            node_of(d) == node_of(replica) && incarnation_of(replica) <= incarnation_of(d)
+        })
+    }
+
+    /// The last replica of `group` deleted here, if any.
+    pub(super) fn deleted_replica(&self, group: DataStructureId) -> Option<ReplicaId> {
+        self.deleted.get(&group).copied().or_else(|| {
+            let bytes = self.disk.get_meta(&deleted_key(group)).ok()??;
+            Some(u64::from_be_bytes(bytes.as_slice().try_into().ok()?))
+        })
+    }
+
+    /// Remembers, durably, that `replica` of `group` was deleted here.
+    fn remember_deleted(&mut self, group: DataStructureId, replica: ReplicaId) {
+        self.deleted.insert(group, replica);
+        self.round_meta
+            .push((deleted_key(group), Some(replica.to_be_bytes().to_vec())));
     }
 
     /// A change in gossip's membership view.

@@ -11,9 +11,10 @@ use crate::MemberStatus;
 /// Which nodes gossip reports down, and since when.
 #[derive(Debug, Default)]
 pub(crate) struct MemberView {
-    /// Nodes gossip reports down; their publications are hidden from resolution.
+    /// Nodes gossip reports down.
     pub down: HashSet<NodeId>,
-    alive: HashSet<NodeId>,
+    /// Nodes gossip reports alive (this one included); only their publications resolve.
+    pub alive: HashSet<NodeId>,
     /// When each down node went down, in this process's clock.
     down_since: HashMap<NodeId, Instant>,
     /// Owners gossip does not know at all, since when this view noticed.
@@ -22,10 +23,10 @@ pub(crate) struct MemberView {
 
 impl MemberView {
     /// Replaces the view with `members` as polled at `now`; returns whether the set of
-    /// down nodes changed.
+    /// alive nodes changed.
     pub(crate) fn update(&mut self, members: &[MemberStatus], now: Instant) -> bool {
-        let before = std::mem::take(&mut self.down);
-        self.alive.clear();
+        let before = std::mem::take(&mut self.alive);
+        self.down.clear();
         for member in members {
             match member.down_for {
                 Some(down_for) => {
@@ -41,7 +42,7 @@ impl MemberView {
         self.down_since.retain(|node, _| self.down.contains(node));
         self.missing_since
             .retain(|node, _| !self.down.contains(node) && !self.alive.contains(node));
-        before != self.down
+        before != self.alive
     }
 
     /// Whether `node` counts as alive here.

@@ -46,13 +46,14 @@
 mod capacity;
 mod error;
 mod handles;
-mod liveness;
+pub(crate) mod liveness;
 mod publication;
-mod resolve;
-mod shared;
-mod state;
+pub(crate) mod resolve;
+pub(crate) mod shared;
+pub(crate) mod state;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upkeep;
 mod watch;
 mod worker;
 
@@ -71,7 +72,7 @@ pub use state::{Change, RemovalReason, Revision, WatchEvent};
 pub use watch::Watch;
 
 use capacity::LeaseTable;
-use shared::{lock, read, Shared};
+use shared::{lock, read, write, Shared};
 use state::{Op, RegistryState};
 
 use crate::{CopyCat, DataStructureId};
@@ -203,6 +204,9 @@ impl Registry {
                 .spawn(move || worker::run(shared, stop))
                 .map_err(crate::Error::from)?
         };
+        // Resolution only shows publications of nodes seen alive: see them before the
+        // first answer.
+        write(&shared.view).update(&node.members()?, Instant::now());
         let registry = Registry {
             core: Arc::new(RegistryCore {
                 shared,

@@ -98,18 +98,20 @@ impl SubscribeOptions {
     }
 }
 
-/// Where resolution runs from: this node, its datacenter, and the owners gossip reports down
-/// (their publications are hidden until they return or are removed).
+/// Where resolution runs from: this node, its datacenter, and the nodes gossip reports
+/// alive. Publications of other owners (down, or unknown to this node) are hidden until
+/// their owner is seen alive, or they are removed.
 pub(crate) struct Vantage<'a> {
     pub node: NodeId,
     pub datacenter: &'a str,
-    pub down: &'a HashSet<NodeId>,
+    pub alive: &'a HashSet<NodeId>,
 }
 
 impl Vantage<'_> {
     /// Whether `option` sees `publication` from here.
     pub(crate) fn sees(&self, option: &ResolveOption, publication: &Publication) -> bool {
-        if publication.name != option.name || self.down.contains(&publication.id.node) {
+        let owner = publication.id.node;
+        if publication.name != option.name || (owner != self.node && !self.alive.contains(&owner)) {
             return false;
         }
         let distance = publication.distance_from(self.node, self.datacenter);
@@ -189,11 +191,11 @@ mod tests {
 
     #[test]
     fn options_see_only_their_distances_and_the_publication_reach() {
-        let down = HashSet::new();
+        let alive: HashSet<NodeId> = [2, 3].into();
         let here = Vantage {
             node: 1,
             datacenter: "a",
-            down: &down,
+            alive: &alive,
         };
         let local = SubscribeOptions::name("svc").options[0].clone();
         let remote = SubscribeOptions::name("svc").options[1].clone();
@@ -204,21 +206,24 @@ mod tests {
         let mut near_only = other_dc.clone();
         near_only.settings.max_distance = Distance::SameDatacenter;
         assert!(!here.sees(&remote, &near_only));
-        let down: HashSet<NodeId> = [2].into();
+        let without_2: HashSet<NodeId> = [3].into();
         let gone = Vantage {
-            down: &down,
+            alive: &without_2,
             ..here
         };
-        assert!(!gone.sees(&local, &same_dc));
+        assert!(
+            !gone.sees(&local, &same_dc),
+            "an owner not known alive is hidden"
+        );
     }
 
     #[test]
     fn the_lowest_priority_value_wins() {
-        let down = HashSet::new();
+        let alive: HashSet<NodeId> = [2, 3, 4].into();
         let here = Vantage {
             node: 1,
             datacenter: "a",
-            down: &down,
+            alive: &alive,
         };
         let pubs = [
             publication(2, "a", 1, 1),

@@ -22,6 +22,8 @@ use crate::{CopyCat, DataStructure};
 pub(crate) struct Wanted {
     pub publications: BTreeMap<PublicationId, Publication>,
     pub proposed_at: HashMap<PublicationId, Instant>,
+    /// When this instance's hello was last proposed by the upkeep.
+    pub hello_at: Option<Instant>,
 }
 
 /// State shared by the registry's handles and its worker.
@@ -160,7 +162,7 @@ impl Shared {
         Vantage {
             node: self.me,
             datacenter: &self.datacenter,
-            down: &view.down,
+            alive: &view.alive,
         }
     }
 

@@ -3,7 +3,7 @@
 //! withdraws what it dropped, and removes the publications of owners dead past the grace
 //! period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 
 use super::shared::{lock, read, write, Shared};
-use super::state::{Op, RegistryState};
+use super::state::RegistryState;
+use super::upkeep;
 use crate::id::NodeId;
 use crate::Commit;
-
-/// How long a proposal the worker made may stay unapplied before it proposes it again.
-const REPROPOSE_AFTER: Duration = Duration::from_secs(3);
 
 /// Most commits applied before waiters are woken, so a long backlog is applied in batches.
 const APPLY_BATCH: usize = 1024;
@@ -110,69 +108,28 @@ fn maintain(shared: &Shared, dead_proposed: &mut HashMap<NodeId, Instant>) {
 /// application no longer holds (a dropped handle whose proposal was lost).
 fn reconcile_own(shared: &Shared, now: Instant) {
     let state = read(&shared.state);
-    if shared.is_superseded(&state) {
-        return;
-    }
-    let epoch = shared.epoch();
-    let mut wanted = lock(&shared.wanted);
-    let wanted = &mut *wanted;
-    let due = |at: Option<&Instant>| at.is_none_or(|at| now.duration_since(*at) >= REPROPOSE_AFTER);
-    let mut ops = Vec::new();
-    for (id, publication) in &wanted.publications {
-        if state.publications.get(id) != Some(publication) && due(wanted.proposed_at.get(id)) {
-            ops.push((*id, Op::Publish(publication.clone())));
-        }
-    }
-    for publication in state.owned_by(shared.me) {
-        let id = publication.id;
-        if id.epoch == epoch
-            && !wanted.publications.contains_key(&id)
-            && due(wanted.proposed_at.get(&id))
-        {
-            ops.push((id, Op::Unpublish(id)));
-        }
-    }
-    wanted.proposed_at.retain(|id, _| {
-        wanted.publications.contains_key(id) || state.publications.contains_key(id)
-    });
-    for (id, op) in ops {
-        wanted.proposed_at.insert(id, now);
+    let ops = upkeep::own_ops(
+        &state,
+        &mut lock(&shared.wanted),
+        shared.me,
+        shared.epoch(),
+        now,
+    );
+    for op in ops {
         shared.propose_detached(&op);
     }
 }
 
 /// Proposes the removal of the publications of owners dead past the grace period, when
 /// this node is the one responsible.
-fn remove_dead_owners(shared: &Shared, now: Instant, dead_proposed: &mut HashMap<NodeId, Instant>) {
+fn remove_dead_owners(shared: &Shared, now: Instant, proposed: &mut HashMap<NodeId, Instant>) {
     let state = read(&shared.state);
     let mut view = write(&shared.view);
-    let mut owners: BTreeMap<NodeId, u64> = Default::default();
-    for publication in state.publications.values() {
-        let epoch = owners.entry(publication.id.node).or_default();
-        *epoch = (*epoch).max(publication.id.epoch);
-    }
-    dead_proposed.retain(|node, _| owners.contains_key(node));
-    for (node, epoch) in owners {
-        if node == shared.me {
-            continue;
-        }
-        let Some(dead_for) = view.dead_for(node, now) else {
-            continue;
-        };
-        let registry_nodes = state.epochs.keys().copied();
-        let grace = shared.config.owner_grace;
-        if !view.responsible_for(node, shared.me, registry_nodes, dead_for, grace) {
-            continue;
-        }
-        if dead_proposed
-            .get(&node)
-            .is_some_and(|at| now.duration_since(*at) < REPROPOSE_AFTER)
-        {
-            continue;
-        }
+    let grace = shared.config.owner_grace;
+    for (op, dead_for) in upkeep::dead_owner_ops(&state, &mut view, proposed, shared.me, grace, now)
+    {
         slog::info!(shared.config.logger, "registry: removing a dead owner's publications";
-            "node" => node, "dead_for_ms" => dead_for.as_millis() as u64);
-        dead_proposed.insert(node, now);
-        shared.propose_detached(&Op::OwnerDead { node, epoch });
+            "op" => ?op, "dead_for_ms" => dead_for.as_millis() as u64);
+        shared.propose_detached(&op);
     }
 }

@@ -46,6 +46,11 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
+    /// Records a violation found outside the entry checks.
+    pub(crate) fn note(&mut self, what: String) {
+        self.violation(what);
+    }
+
     fn violation(&mut self, what: String) {
         if self.violations.len() < 20 {
             self.violations.push(what);

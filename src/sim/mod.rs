@@ -17,6 +17,7 @@
 mod app;
 mod checker;
 mod io;
+mod registry;
 mod workload;
 mod world;
 
@@ -49,6 +50,8 @@ pub(crate) struct Params {
     /// How long clients and faults run, then how long healing may take.
     pub fault_phase_ms: u64,
     pub heal_deadline_ms: u64,
+    /// Run the service registry on every node (its grace is `dead_node_grace_ms`).
+    pub registry: bool,
 }
 
 impl Default for Params {
@@ -69,6 +72,7 @@ impl Default for Params {
             fault_gap_ms: 1_500,
             fault_phase_ms: 20_000,
             heal_deadline_ms: 60_000,
+            registry: true,
         }
     }
 }
@@ -100,6 +104,9 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         world.start(i)?;
     }
     world.at(0, Event::Gossip);
+    if params.registry {
+        world.at(500, Event::RegistryUpkeep);
+    }
     let groups: Vec<DataStructureId> = (0..params.groups)
         .map(|k| DataStructureId::from_u128((u128::from(seed) << 64) | (k as u128 + 1)))
         .collect();
@@ -234,6 +241,9 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
     let want = world.params.replication_factor.min(running.len());
     let mut groups = vec![DataStructureId::SYSTEM];
     groups.extend(&workload.groups);
+    if world.params.registry {
+        groups.push(crate::registry::REGISTRY_ID);
+    }
     for group in groups {
         let statuses: Vec<_> = running
             .iter()
@@ -263,6 +273,9 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
             ));
         }
     }
+    if world.params.registry {
+        registry_convergence(world)?;
+    }
     for i in &running {
         let Some(node) = world.nodes[*i].running.as_ref() else {
             continue;
@@ -284,6 +297,48 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
                     app.applied()
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `Ok` once every registry replica holds the same map, every publication in it belongs
+/// to the current instance of a running node, and every instance's publications are in it.
+fn registry_convergence(world: &World) -> Result<(), String> {
+    let agents: Vec<(usize, &registry::RegistryAgent)> = world
+        .running()
+        .into_iter()
+        .filter_map(|i| Some((i, world.nodes[i].running.as_ref()?.registry.as_ref()?)))
+        .collect();
+    let states: Vec<crate::registry::state::RegistryState> = agents
+        .iter()
+        .filter_map(|(_, a)| a.state.lock().ok().map(|s| s.clone()))
+        .collect();
+    let Some(first) = states.first() else {
+        return Err("no registry replica".to_string());
+    };
+    for (k, state) in states.iter().enumerate() {
+        if state.revision != first.revision || state.publications != first.publications {
+            return Err(format!("registry replica on node {} differs", agents[k].0));
+        }
+    }
+    for publication in first.publications.values() {
+        let current = agents
+            .iter()
+            .find(|(i, _)| world.nodes[*i].info.node_id == publication.id.node)
+            .map(|(_, a)| a.epoch);
+        if current != Some(publication.id.epoch) {
+            return Err(format!(
+                "registry holds {} of node {} epoch {}, whose instance is {current:?}",
+                publication.name, publication.id.node, publication.id.epoch
+            ));
+        }
+    }
+    for (i, agent) in &agents {
+        if !agent.holds_all(&first.publications) {
+            return Err(format!(
+                "node {i}: a held publication is missing from the registry"
+            ));
         }
     }
     Ok(())

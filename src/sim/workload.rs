@@ -7,6 +7,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::checker::{Read, Write};
+use super::registry::NAMES;
 use super::world::{Event, World};
 use crate::id::DataStructureId;
 use crate::runtime::Input;
@@ -40,12 +41,14 @@ impl Workload {
             return;
         };
         match world.rng.gen_range(0..100) {
-            0..=59 => self.propose(world, node),
-            60..=79 => self.barrier(world, node),
-            80..=94 => {
+            0..=49 => self.propose(world, node),
+            50..=64 => self.barrier(world, node),
+            65..=74 => {
                 let group = self.groups[world.rng.gen_range(0..self.groups.len())];
                 world.subscribe(node, group);
             }
+            75..=92 if world.params.registry => registry_action(world, node),
+            75..=92 => {}
             _ => {
                 let apps = world.nodes[node]
                     .running
@@ -199,5 +202,59 @@ impl Faults {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// A registry client on `node`: publish, unpublish, or resolve and check the answer.
+fn registry_action(world: &mut World, node: usize) {
+    let me = world.nodes[node].info.node_id;
+    let datacenter = world.nodes[node].info.datacenter.clone();
+    let name = NAMES[world.rng.gen_range(0..NAMES.len())];
+    let choice = world.rng.gen_range(0..3);
+    let Some(agent) = world.nodes[node]
+        .running
+        .as_mut()
+        .and_then(|r| r.registry.as_mut())
+    else {
+        return;
+    };
+    let op = match choice {
+        0 if agent.held() < 4 => Some(agent.publish(me, &datacenter, name)),
+        1 if agent.held() > 0 => {
+            let k = world.rng.gen_range(0..agent.held());
+            agent.unpublish(k)
+        }
+        _ => {
+            let resolved = agent.resolve(me, &datacenter, name, &mut world.rng);
+            if let Some(publication) = resolved {
+                check_owner_alive(world, node, &publication);
+            }
+            None
+        }
+    };
+    if let Some(op) = op {
+        world.propose_registry(node, &op);
+    }
+}
+
+/// Time for a crash to reach every member view (a second of silence, a gossip round) and
+/// the registry's view of it (an upkeep round), on top of the grace period.
+const DETECTION_MS: u64 = 2_000;
+
+/// The registry never resolves to a publication whose owner has been dead for longer than
+/// the grace period.
+fn check_owner_alive(world: &mut World, node: usize, publication: &crate::registry::Publication) {
+    let Some(owner) = world.index_of(publication.id.node) else {
+        return;
+    };
+    let limit = world.params.dead_node_grace_ms + DETECTION_MS;
+    if let Some(since) = world.nodes[owner].dead_since {
+        if world.now.saturating_sub(since) > limit {
+            let what = format!(
+                "registry on node {node} resolved {} to node {owner}, dead since {since} ms (now {} ms)",
+                publication.name, world.now
+            );
+            world.checker.note(what);
+        }
     }
 }

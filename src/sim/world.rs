@@ -13,6 +13,7 @@ use rand::Rng;
 
 use super::app::App;
 use super::checker::Checker;
+use super::registry::RegistryAgent;
 use super::Params;
 use crate::group::RaftSettings;
 use crate::id::{DataStructureId, NodeId};
@@ -20,6 +21,7 @@ use crate::node::member::NodeInfo;
 use crate::node::subscription::SubId;
 use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest, SnapshotSend};
 use crate::proto;
+use crate::registry::state::Op;
 use crate::runtime::{handle_input, Input};
 use crate::storage::{SledStore, WriteBatch};
 
@@ -54,6 +56,7 @@ pub(crate) enum Event {
         send: SnapshotSend,
     },
     Gossip,
+    RegistryUpkeep,
     Workload,
     Fault,
 }
@@ -65,6 +68,7 @@ pub(crate) struct Running {
     pub disk: VecDeque<(u64, WriteBatch)>,
     pub disk_busy: bool,
     pub apps: Vec<App>,
+    pub registry: Option<RegistryAgent>,
 }
 
 /// A node of the simulation, running or not.
@@ -78,6 +82,8 @@ pub(crate) struct SimNode {
     pub gone: bool,
     /// Network side; nodes talk only to nodes on the same side.
     pub side: u8,
+    /// When it last crashed, while it is down (ms).
+    pub dead_since: Option<u64>,
     /// This node's membership view: alive, and when it last heard of each peer.
     pub view: BTreeMap<NodeId, (bool, u64)>,
 }
@@ -95,6 +101,8 @@ pub(crate) struct World {
     pub checker: Checker,
     root: PathBuf,
     next_sub: SubId,
+    /// The instant simulated time 0 maps to, for the registry's `Instant`-based upkeep.
+    pub base: std::time::Instant,
     /// Running hash of every event processed: equal for equal seeds.
     pub trace: u64,
     pub faults: u64,
@@ -115,6 +123,7 @@ impl World {
             checker: Checker::default(),
             root,
             next_sub: 1,
+            base: std::time::Instant::now(),
             trace: 0xcbf2_9ce4_8422_2325,
             faults: 0,
             messages: 0,
@@ -163,6 +172,7 @@ impl World {
             running: None,
             gone: false,
             side: 0,
+            dead_since: None,
             view: BTreeMap::new(),
         });
         i
@@ -180,19 +190,90 @@ impl World {
         let node = &mut self.nodes[i];
         node.life += 1;
         node.view.clear();
+        node.dead_since = None;
         node.running = Some(Running {
             core,
             store,
             disk: VecDeque::new(),
             disk_busy: false,
             apps: Vec::new(),
+            registry: None,
         });
-        let life = node.life;
         let first_tick = self.rng.gen_range(1..=self.params.tick_ms);
         self.at(first_tick, Event::Tick(i));
-        let _ = life;
         self.flush(i);
+        if self.params.registry {
+            self.start_registry(i);
+        }
         Ok(())
+    }
+
+    /// Starts node `i`'s registry instance: a fresh epoch (above any earlier one of the
+    /// node: the clock only moves forward), its subscription, and its hello.
+    fn start_registry(&mut self, i: usize) {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let epoch = self.now * 1_000 + self.nodes[i].life;
+        let (agent, channels) = RegistryAgent::new(sub, epoch);
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.registry = Some(agent);
+        let group = RegistryAgent::group();
+        self.input(
+            i,
+            Input::Subscribe {
+                sub,
+                group,
+                channels,
+            },
+        );
+        let node = self.nodes[i].info.node_id;
+        self.propose_registry(i, &Op::Hello { node, epoch });
+    }
+
+    /// Proposes a registry operation from node `i`'s instance, without waiting.
+    pub(crate) fn propose_registry(&mut self, i: usize, op: &Op) {
+        let Some(sub) = self.nodes[i]
+            .running
+            .as_ref()
+            .and_then(|r| r.registry.as_ref())
+            .map(|a| a.sub)
+        else {
+            return;
+        };
+        let input = Input::Propose {
+            group: RegistryAgent::group(),
+            data: op.encode(),
+            sub: Some(sub),
+            ack: None,
+            timeout: None,
+        };
+        self.input(i, input);
+    }
+
+    /// The registry's upkeep on every running node, as its worker thread would do it.
+    fn registry_upkeep(&mut self) {
+        self.at(500, Event::RegistryUpkeep);
+        let now = self.base + std::time::Duration::from_millis(self.now);
+        let grace = std::time::Duration::from_millis(self.params.dead_node_grace_ms);
+        for i in self.running() {
+            let me = self.nodes[i].info.node_id;
+            let ops = match self.nodes[i].running.as_mut() {
+                Some(Running {
+                    core,
+                    registry: Some(agent),
+                    ..
+                }) => {
+                    let members = core.member_statuses();
+                    agent.upkeep(&members, me, grace, now)
+                }
+                _ => continue,
+            };
+            for op in ops {
+                self.propose_registry(i, &op);
+            }
+        }
     }
 
     fn core_config(&mut self, i: usize, founder: bool) -> CoreConfig {
@@ -223,6 +304,7 @@ impl World {
             // What sled flushed survives the crash of a node (the machine stays up).
             let _ = running.store.flush_for_simulation();
             drop(running);
+            self.nodes[i].dead_since = Some(self.now);
         }
         self.nodes[i].life += 1;
     }
@@ -270,8 +352,13 @@ impl World {
                 observed.push((app.sub, app.group, delivered));
             }
         }
+        let registry_ok = running.registry.as_ref().is_none_or(|r| r.drain(files));
         for (sub, group, delivered) in observed {
             self.checker.observe(i, sub, group, delivered);
+        }
+        if !registry_ok {
+            self.checker
+                .note(format!("node {i}: a registry snapshot could not be loaded"));
         }
         if let Some((group, a, b)) = self.checker.fresh_duplicate.take() {
             if std::env::var_os("COPYCAT_SIM_DUMP").is_some() {
@@ -391,6 +478,7 @@ impl World {
                 send,
             } => self.stream(from, from_life, to, to_life, send),
             Event::Gossip => self.gossip(),
+            Event::RegistryUpkeep => self.registry_upkeep(),
             Event::Workload | Event::Fault => {}
         }
     }

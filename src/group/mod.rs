@@ -85,8 +85,8 @@ pub(crate) struct RaftGroup {
     pub snapshot_asked_ms: u64,
     /// When this replica last took a snapshot because another asked (ms, node clock).
     pub snapshot_forced_ms: u64,
-    /// Index of the last application entry applied (conservatively the applied index when
-    /// the replica opened).
+    /// Index of the last application entry applied (on opening: found in the log, or the
+    /// snapshot's index if the log after it holds none).
     pub last_entry_applied: u64,
     /// Proposals that entered the log lately (duplicate forwarded proposals are dropped).
     recent: RecentProposals,
@@ -123,6 +123,7 @@ impl RaftGroup {
             .logger
             .new(slog::o!("group" => id.to_string(), "replica" => replica));
         let conf_history = vec![(applied, log.conf_state().clone())];
+        let last_entry_applied = last_application_entry(&log, applied);
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
@@ -135,7 +136,7 @@ impl RaftGroup {
             bytes_since_snapshot: 0,
             snapshotting: false,
             snapshot_not_before: 0,
-            last_entry_applied: applied,
+            last_entry_applied,
             recent: RecentProposals::default(),
             snapshot_asked_ms: 0,
             snapshot_forced_ms: 0,
@@ -498,4 +499,21 @@ impl RaftGroup {
         }
         self.raw.advance_apply_to(self.applied);
     }
+}
+
+/// The index of the last delivered application entry (not a second copy) at or before
+/// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose state includes that entry
+/// covers everything up to `applied`; overestimating it would refuse every snapshot of an
+/// application whose last entry came before a restart's trailing no-ops.
+fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
+    let from = log.first_index();
+    if applied < from {
+        return applied;
+    }
+    log.read_entries(from, applied + 1, None)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .find(|e| crate::node::subscription::first_copy(log, e).is_some())
+        .map_or(log.snapshot_index(), |e| e.index)
 }

@@ -112,14 +112,17 @@ impl NodeCore {
         }
     }
 
-    /// An application entry: remember it as the latest (snapshots cover up to it) and
-    /// complete its local waiter, if this node proposed it. Leader no-ops carry no context.
+    /// An application entry: complete its local waiter, if this node proposed it, and if
+    /// it is delivered (not a second copy) remember it as the latest one subscribers get
+    /// (snapshots cover up to it). Leader no-ops carry no context.
     fn apply_data_entry(&mut self, id: DataStructureId, entry: &Entry) {
         let Some(ctx) = ProposalContext::decode(&entry.context) else {
             return;
         };
         if let Some(group) = self.groups.get_mut(&id) {
-            group.last_entry_applied = entry.index;
+            if super::subscription::first_copy(group.log(), entry).is_some() {
+                group.last_entry_applied = entry.index;
+            }
         }
         self.acknowledge(id, entry.index, ctx);
     }

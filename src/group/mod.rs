@@ -90,6 +90,8 @@ pub(crate) struct RaftGroup {
     pub last_entry_applied: u64,
     /// Proposals that entered the log lately (duplicate forwarded proposals are dropped).
     recent: RecentProposals,
+    /// Consecutive ticks without a known leader.
+    leaderless_ticks: u64,
 }
 
 impl RaftGroup {
@@ -138,6 +140,7 @@ impl RaftGroup {
             snapshot_not_before: 0,
             last_entry_applied,
             recent: RecentProposals::default(),
+            leaderless_ticks: 0,
             snapshot_asked_ms: 0,
             snapshot_forced_ms: 0,
         };
@@ -204,6 +207,16 @@ impl RaftGroup {
     pub(crate) fn tick(&mut self, rng: &mut impl Rng) {
         self.raw.tick();
         self.randomize_timeout_if_changed(rng);
+        self.leaderless_ticks = if self.leader() == 0 {
+            self.leaderless_ticks + 1
+        } else {
+            0
+        };
+    }
+
+    /// Ticks since this replica last knew a leader.
+    pub(crate) fn leaderless_ticks(&self) -> u64 {
+        self.leaderless_ticks
     }
 
     /// Starts an election now (a freshly created group's first voter does this).

@@ -13,6 +13,10 @@ use crate::proto;
 /// Ticks between attempts to create or join a wanted group, and between replica checks.
 const MAINTENANCE_PERIOD_TICKS: u64 = 5;
 
+/// Election timeouts a replica waits without a leader before it trusts the directory
+/// over its own (stale) configuration.
+const LEADERLESS_PATIENCE_ELECTIONS: u64 = 10;
+
 impl NodeCore {
     pub(super) fn maintain(&mut self) {
         self.prepare_system_snapshot();
@@ -192,18 +196,25 @@ impl NodeCore {
         self.active.insert(DataStructureId::SYSTEM);
     }
 
-    /// Deletes local replicas the directory lists as removed: this node was away when
-    /// they were replaced.
+    /// Deletes local replicas that were removed while this node was away: listed as
+    /// removed in the directory, or, for one that has long known no leader, missing from a
+    /// configuration the directory recorded after everything it applied (replica ids are
+    /// never reused, so it was removed, even if no leader reported it).
     fn collect_removed_replicas(&mut self) {
+        let patience = LEADERLESS_PATIENCE_ELECTIONS * self.cfg.raft.election_ticks as u64;
         let stale: Vec<_> = self
             .groups
             .iter()
             .filter(|(id, raft)| {
-                !id.is_system()
-                    && self
-                        .directory
-                        .get(**id)
-                        .is_some_and(|r| r.removed.contains(&raft.replica_id()))
+                let Some(record) = self.directory.get(**id) else {
+                    return false;
+                };
+                let me = raft.replica_id();
+                let listed = record.voters.contains(&me) || record.learners.contains(&me);
+                let forgotten = raft.leaderless_ticks() >= patience
+                    && record.conf_index > raft.applied()
+                    && !listed;
+                !id.is_system() && (record.removed.contains(&me) || forgotten)
             })
             .map(|(id, _)| *id)
             .collect();

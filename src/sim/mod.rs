@@ -357,6 +357,20 @@ pub(crate) fn seeds(default_count: u64) -> std::ops::Range<u64> {
     start..start + var("COPYCAT_SIM_SEEDS", default_count)
 }
 
+/// The default parameters, with `COPYCAT_SIM_FAULT_SECS` (simulated seconds of faults and
+/// client load per seed, default 20) applied.
+pub(crate) fn params_from_env() -> Params {
+    let defaults = Params::default();
+    let fault_phase_ms = std::env::var("COPYCAT_SIM_FAULT_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(defaults.fault_phase_ms, |secs| secs * 1_000);
+    Params {
+        fault_phase_ms,
+        ..defaults
+    }
+}
+
 /// Runs `seed`, turning a failure or a panic into a message with the replay command.
 fn check_seed(seed: u64, params: &Params) -> Result<Report, String> {
     let started = Instant::now();
@@ -383,7 +397,7 @@ mod tests {
 
     /// Half of the seeds (`parity` 0 or 1), so the two halves run on two cores.
     fn run_half(parity: u64) {
-        let params = Params::default();
+        let params = params_from_env();
         let failures: Vec<String> = seeds(16)
             .filter(|s| s % 2 == parity)
             .filter_map(|seed| check_seed(seed, &params).err())

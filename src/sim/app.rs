@@ -50,19 +50,12 @@ pub(crate) enum Delivered {
 impl App {
     /// A subscription and the channels the core delivers into.
     pub(crate) fn new(sub: SubId, group: DataStructureId) -> (App, SubscriberChannels) {
-        let (commit_tx, commits) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
-        let (error_tx, errors) = crossbeam_channel::unbounded();
         let state = Arc::new(Mutex::new(AppState::default()));
         let provided = state.clone();
-        let provider = move || {
+        let (channels, commits, errors) = subscriber_channels(move || {
             let state = provided.lock().ok()?;
             (state.applied > 0).then(|| (state.applied, encode(&state.history)))
-        };
-        let channels = SubscriberChannels {
-            commits: commit_tx,
-            errors: error_tx,
-            provider: Arc::new(provider),
-        };
+        });
         let app = App {
             sub,
             group,
@@ -108,4 +101,19 @@ impl App {
     pub(crate) fn applied(&self) -> u64 {
         self.state.lock().map_or(0, |s| s.applied)
     }
+}
+
+/// The channels a simulated subscriber hands the core, with `provider` as its snapshot
+/// hook, and the receiving ends it keeps.
+pub(crate) fn subscriber_channels(
+    provider: impl Fn() -> Option<(u64, Vec<u8>)> + Send + Sync + 'static,
+) -> (SubscriberChannels, Receiver<Commit>, Receiver<Error>) {
+    let (commit_tx, commits) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
+    let (error_tx, errors) = crossbeam_channel::unbounded();
+    let channels = SubscriberChannels {
+        commits: commit_tx,
+        errors: error_tx,
+        provider: Arc::new(provider),
+    };
+    (channels, commits, errors)
 }

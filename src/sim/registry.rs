@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::app::subscriber_channels;
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{SubId, SubscriberChannels, COMMIT_CHANNEL_CAPACITY};
+use crate::node::subscription::{SubId, SubscriberChannels};
 use crate::registry::liveness::MemberView;
 use crate::registry::resolve::{pick_weighted, SubscribeOptions, Vantage};
 use crate::registry::shared::Wanted;
@@ -40,19 +41,12 @@ pub(crate) struct RegistryAgent {
 impl RegistryAgent {
     /// A new instance (epoch `epoch`) and the channels its subscription delivers into.
     pub(crate) fn new(sub: SubId, epoch: u64) -> (RegistryAgent, SubscriberChannels) {
-        let (commit_tx, commits) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
-        let (error_tx, errors) = crossbeam_channel::unbounded();
         let state = Arc::new(Mutex::new(RegistryState::default()));
         let provided = state.clone();
-        let provider = move || {
+        let (channels, commits, errors) = subscriber_channels(move || {
             let state = provided.lock().ok()?;
             (state.applied > 0).then(|| (state.applied, state.encode()))
-        };
-        let channels = SubscriberChannels {
-            commits: commit_tx,
-            errors: error_tx,
-            provider: Arc::new(provider),
-        };
+        });
         let agent = RegistryAgent {
             sub,
             commits,

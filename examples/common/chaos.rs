@@ -248,7 +248,10 @@ fn step(
     restart(nodes, back, report)?;
     say(&format!("restarted node {back}"));
     if dice.below(3) == 0 {
-        if let Some(leader) = nodes.leader_seen_by(back).filter(|l| *l != back) {
+        // The restarted node does not know the leader yet: ask one that stayed up.
+        let witness = (0..n).find(|i| *i != back && nodes.is_running(*i));
+        let leader = witness.and_then(|w| nodes.leader_seen_by(w));
+        if let Some(leader) = leader.filter(|l| *l != back) {
             std::thread::sleep(Duration::from_millis(dice.below(300)));
             nodes.kill(leader);
             report.kills += 1;

@@ -129,6 +129,12 @@ impl NodeCore {
         }
     }
 
+    /// Ticks without a leader after which a replica trusts the rest of the cluster over its
+    /// own (stale) configuration.
+    pub(super) fn leaderless_patience(&self) -> u64 {
+        LEADERLESS_PATIENCE_ELECTIONS * self.cfg.raft.election_ticks as u64
+    }
+
     /// Whether `replica` of `group` is known to have been removed.
     pub(super) fn was_removed(&self, group: DataStructureId, replica: u64) -> bool {
         self.removed_seen
@@ -201,7 +207,7 @@ impl NodeCore {
     /// configuration the directory recorded after everything it applied (replica ids are
     /// never reused, so it was removed, even if no leader reported it).
     fn collect_removed_replicas(&mut self) {
-        let patience = LEADERLESS_PATIENCE_ELECTIONS * self.cfg.raft.election_ticks as u64;
+        let patience = self.leaderless_patience();
         let stale: Vec<_> = self
             .groups
             .iter()

@@ -432,13 +432,20 @@ impl NodeCore {
         if !self.groups.contains_key(&group) {
             self.create_replica_for_message(group, msg.to);
         }
+        let patience = self.leaderless_patience();
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
         if raft.replica_id() != msg.to {
             let local = raft.replica_id();
-            // A local replica that never became a member has nothing to lose.
-            if incarnation_of(msg.to) <= incarnation_of(local) && raft.is_member(local) {
+            // A local replica that never became a member has nothing to lose; one that has
+            // heard from no leader for long was removed without knowing (the group talks
+            // to another incarnation of this node).
+            let abandoned = raft.leaderless_ticks() >= patience;
+            if incarnation_of(msg.to) <= incarnation_of(local)
+                && raft.is_member(local)
+                && !abandoned
+            {
                 slog::debug!(self.cfg.logger, "dropping message for an old incarnation";
                     "group" => %group, "to" => msg.to, "local" => local);
                 return;

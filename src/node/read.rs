@@ -62,6 +62,12 @@ impl NodeCore {
         self.request_read_index(seq);
     }
 
+    fn on_gate_expired(&mut self, group: DataStructureId) {
+        if self.in_flight.values().any(|f| f.group == group) {
+            self.gate_retries(group);
+        }
+    }
+
     /// Retries the proposals in flight on `group` once this replica has applied what the
     /// leader has committed (a read index): retrying from a lagging replica would let the
     /// original and its retry land too far apart for the duplicate check.
@@ -175,6 +181,9 @@ impl NodeCore {
             if let Some(read) = self.reads.remove(&seq) {
                 match result {
                     Ok(_) if read.retry_gate => self.retry_in_flight(read.group),
+                    // The leader could not confirm a read index in time: try again while
+                    // proposals still wait (each has its own deadline).
+                    Err(_) if read.retry_gate => self.on_gate_expired(read.group),
                     Ok(index) => super::proposal::complete(read.ack, Ok(index)),
                     Err(error) => self.fail(read.sub, read.ack, error),
                 }

@@ -1,0 +1,124 @@
+//! Messages from peers: every group's raft messages, join requests and snapshot requests
+//! of one batch, and the replicas they create or replace.
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::NodeCore;
+use crate::id::{incarnation_of, node_of, DataStructureId, NodeId, ReplicaId};
+use crate::proto;
+use crate::storage::GroupWrite;
+
+impl NodeCore {
+    /// A batch of messages from peer `from`.
+    pub(crate) fn handle_batch(&mut self, now_ms: u64, from: NodeId, batch: proto::Batch) {
+        self.now_ms = now_ms;
+        for gm in batch.messages {
+            self.handle_group_message(from, gm);
+        }
+        for join in batch.joins {
+            self.handle_join_request(join);
+        }
+        for needed in batch.snapshots_needed {
+            if let Some(group) = DataStructureId::from_bytes(&needed.group) {
+                self.handle_snapshot_needed(group);
+            }
+        }
+    }
+
+    fn handle_group_message(&mut self, from: NodeId, gm: proto::GroupMessage) {
+        let Some(group) = DataStructureId::from_bytes(&gm.group) else {
+            slog::warn!(self.cfg.logger, "dropping message with a malformed group id"; "from" => from);
+            return;
+        };
+        let mut msg = Message::default();
+        if let Err(e) = msg.merge_from_bytes(&gm.message) {
+            slog::warn!(self.cfg.logger, "dropping undecodable raft message"; "from" => from, "error" => %e);
+            return;
+        }
+        if node_of(msg.to) != self.me
+            || node_of(msg.from) != from
+            || raft::raw_node::is_local_msg(msg.msg_type)
+        {
+            slog::warn!(self.cfg.logger, "dropping misaddressed raft message";
+                "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
+            return;
+        }
+        if !self.groups.contains_key(&group) {
+            self.create_replica_for_message(group, msg.to);
+        }
+        let patience = self.leaderless_patience();
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if raft.replica_id() != msg.to {
+            let local = raft.replica_id();
+            // A local replica that never became a member has nothing to lose; one that has
+            // heard from no leader for long was removed without knowing (the group talks
+            // to another incarnation of this node).
+            let abandoned = raft.leaderless_ticks() >= patience;
+            if incarnation_of(msg.to) <= incarnation_of(local)
+                && raft.is_member(local)
+                && !abandoned
+            {
+                slog::debug!(self.cfg.logger, "dropping message for an old incarnation";
+                    "group" => %group, "to" => msg.to, "local" => local);
+                return;
+            }
+            // The group added another incarnation of this node's replica: the local one was
+            // removed while this node was away, or never joined. Replace it.
+            self.replace_stale_replica(group, msg.to);
+            let Some(raft) = self.groups.get_mut(&group) else {
+                return;
+            };
+            if raft.replica_id() != msg.to {
+                return;
+            }
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
+        if let Err(e) = raft.step(msg, &mut self.rng) {
+            slog::debug!(self.cfg.logger, "step failed"; "group" => %group, "error" => %e);
+        }
+        self.active.insert(group);
+    }
+
+    /// Deletes the local replica of `group` and hosts `newer` instead.
+    fn replace_stale_replica(&mut self, group: DataStructureId, newer: ReplicaId) {
+        slog::info!(self.cfg.logger, "local replica superseded by a newer incarnation";
+            "group" => %group, "replica" => newer);
+        if group.is_system() {
+            self.groups.remove(&group);
+            let mut write = GroupWrite::new(group);
+            write.remove = true;
+            self.round_writes.insert(group, write);
+            self.held.remove(&group);
+        } else {
+            self.remove_replica(group);
+        }
+        self.create_replica_for_message(group, newer);
+    }
+
+    /// A peer sends raft traffic to replica `replica` of a group this node does not host:
+    /// the system group (this node was just added to it), or a data group the directory
+    /// knows (this node was added as a learner), unless that replica was removed.
+    fn create_replica_for_message(&mut self, group: DataStructureId, replica: ReplicaId) {
+        if self.is_deleted(group, replica) {
+            slog::debug!(self.cfg.logger, "message for a deleted replica"; "group" => %group,
+                "replica" => replica);
+            return;
+        }
+        if group.is_system() {
+            self.create_uninitialized_system_replica(replica);
+        } else if let Some(record) = self.directory.get(group) {
+            if record.removed.contains(&replica) {
+                return;
+            }
+            let voters = record.initial_voters.clone();
+            self.create_replica(group, &voters, replica);
+        } else {
+            slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
+        }
+    }
+}

@@ -312,10 +312,7 @@ impl NodeCore {
     /// initial `voters`. Every replica of a group, initial or added later, starts from this
     /// same synthetic snapshot.
     fn create_replica(&mut self, group: DataStructureId, voters: &[NodeId], replica: ReplicaId) {
-        if self.groups.contains_key(&group)
-            || node_of(replica) != self.me
-            || self.is_deleted(group, replica)
-        {
+        if self.groups.contains_key(&group) || node_of(replica) != self.me {
             return;
         }
         let snap = GroupLog::bootstrap_snapshot(voters);

@@ -28,17 +28,8 @@ impl NodeCore {
         })
     }
 
-    /// Remembers, durably, that `replica` of `group` (and every older incarnation) was
-    /// deleted here.
+    /// Remembers, durably, that `replica` of `group` was deleted here.
     pub(super) fn remember_deleted(&mut self, group: DataStructureId, replica: ReplicaId) {
-        // The newest incarnation deleted covers every older one; deleting an older one
-        // later must not lower it.
-        if self
-            .deleted_replica(group)
-            .is_some_and(|d| incarnation_of(d) >= incarnation_of(replica))
-        {
-            return;
-        }
         self.deleted.insert(group, replica);
         self.round_meta
             .push((deleted_key(group), Some(replica.to_be_bytes().to_vec())));

@@ -147,9 +147,6 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
     workload.collect(&mut world);
     world.checker.finish();
     if !world.checker.violations.is_empty() {
-        if std::env::var_os("COPYCAT_SIM_DUMP").is_some() {
-            dump(&world, &workload);
-        }
         return Err(world.checker.violations.join("\n"));
     }
     let acked = world
@@ -167,29 +164,6 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         delivered: world.checker.delivered,
         healed_at_ms,
     })
-}
-
-fn dump(world: &World, workload: &Workload) {
-    for i in world.running() {
-        let Some(r) = world.nodes[i].running.as_ref() else {
-            continue;
-        };
-        for g in &workload.groups {
-            let entries = crate::storage::LogStore::entries(r.store.as_ref(), *g, 1, 400, None)
-                .unwrap_or_default();
-            for e in entries {
-                let ctx = crate::node::proposal::ProposalContext::decode(&e.context);
-                eprintln!(
-                    "DUMP node{i} {g} idx={} term={} type={:?} ctx={:?} data={}",
-                    e.index,
-                    e.term,
-                    e.get_entry_type(),
-                    ctx,
-                    String::from_utf8_lossy(&e.data)
-                );
-            }
-        }
-    }
 }
 
 /// Ends the faults: one network again, every node that is not gone running.

@@ -42,9 +42,6 @@ pub(crate) struct GroupLog {
     compacted_ids: crate::storage::ProposalIds,
     /// Where each proposal appears: the snapshot's ids and the entries after it.
     copies: ProposalCopies,
-    /// For a log opened from disk: the last delivered application entry at or before the
-    /// stored applied index (found while the log is read to index its proposals).
-    last_entry_at_open: Option<u64>,
 }
 
 impl GroupLog {
@@ -63,7 +60,6 @@ impl GroupLog {
             persisted_index: 0,
             compacted_ids: Vec::new(),
             copies: ProposalCopies::default(),
-            last_entry_at_open: None,
         }
     }
 
@@ -80,19 +76,7 @@ impl GroupLog {
             .read_entries(log.first_index(), log.last_index + 1, None)
             .unwrap_or_default();
         log.copies = ProposalCopies::rebuild(&log.compacted_ids, &entries);
-        let last_entry = entries
-            .iter()
-            .rev()
-            .filter(|e| e.index <= stored.applied)
-            .find(|e| crate::node::subscription::first_copy(&log, e).is_some())
-            .map_or(log.snapshot.index, |e| e.index);
-        log.last_entry_at_open = Some(last_entry.min(stored.applied));
         log
-    }
-
-    /// See `last_entry_at_open`; `None` for a log not opened from disk.
-    pub(crate) fn last_entry_at_open(&self) -> Option<u64> {
-        self.last_entry_at_open
     }
 
     /// The synthetic first snapshot of a new group with `voters`.

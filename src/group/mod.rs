@@ -125,10 +125,7 @@ impl RaftGroup {
             .logger
             .new(slog::o!("group" => id.to_string(), "replica" => replica));
         let conf_history = vec![(applied, log.conf_state().clone())];
-        // A snapshot whose state includes the last delivered application entry covers
-        // everything up to `applied`: overestimating it would refuse every snapshot of an
-        // application whose last entry came before trailing no-ops.
-        let last_entry_applied = log.last_entry_at_open().unwrap_or(applied);
+        let last_entry_applied = last_application_entry(&log, applied);
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
@@ -515,4 +512,21 @@ impl RaftGroup {
         }
         self.raw.advance_apply_to(self.applied);
     }
+}
+
+/// The index of the last delivered application entry (not a second copy) at or before
+/// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose state includes that entry
+/// covers everything up to `applied`; overestimating it would refuse every snapshot of an
+/// application whose last entry came before a restart's trailing no-ops.
+fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
+    let from = log.first_index();
+    if applied < from {
+        return applied;
+    }
+    log.read_entries(from, applied + 1, None)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .find(|e| crate::node::subscription::first_copy(log, e).is_some())
+        .map_or(log.snapshot_index(), |e| e.index)
 }

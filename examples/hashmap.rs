@@ -611,13 +611,14 @@ fn status(app: &App) -> HttpResponse {
         })
         .collect();
     // A node without a replica yet (still joining) reports an empty configuration.
-    let (leader, voters, learners) = match &group {
+    let (leader, voters, learners, hibernating) = match &group {
         Some(g) => (
             g.leader.map(|l| l.to_string()),
             ids(&g.voters),
             ids(&g.learners),
+            g.hibernating,
         ),
-        None => (None, Vec::new(), Vec::new()),
+        None => (None, Vec::new(), Vec::new(), false),
     };
     let body = serde_json::json!({
         "node_id": app.node.node_id().to_string(),
@@ -627,6 +628,7 @@ fn status(app: &App) -> HttpResponse {
             "leader": leader,
             "voters": voters,
             "learners": learners,
+            "hibernating": hibernating,
             "applied_index": app.store.applied(),
         },
     });

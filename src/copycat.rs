@@ -12,7 +12,7 @@ use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{
     SubscriberChannels, COMMIT_CHANNEL_CAPACITY, ERROR_CHANNEL_CAPACITY,
 };
-use crate::node::{GroupStatus, MemberStatus, NodeCore};
+use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
 use crate::runtime::{Input, NodeRuntime, PumpControl};
 
 /// How long status queries wait for the core thread.
@@ -166,6 +166,11 @@ impl CopyCat {
     /// This node's replica of `id`, if it hosts one.
     pub fn group_status(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
         self.query(move |core| core.group_status(id))
+    }
+
+    /// This node's counters: replicas hosted, how many hibernate, durable storage writes.
+    pub fn stats(&self) -> Result<NodeStats> {
+        self.query(|core| core.stats())
     }
 
     /// Every data structure with a replica on this node.

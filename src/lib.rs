@@ -79,4 +79,4 @@ pub use copycat::CopyCat;
 pub use data_structure::{no_snapshots, DataStructure, SnapshotProvider};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
-pub use node::{Commit, GroupStatus, MemberStatus};
+pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};

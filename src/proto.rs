@@ -5,3 +5,15 @@ include!(concat!(env!("OUT_DIR"), "/copycat.rs"));
 
 /// Version of the wire protocol, sent in every `Hello` and gossip packet.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+impl Batch {
+    /// Whether the batch holds anything for the node core (snapshot chunks and acks are
+    /// the runtime's business).
+    pub fn has_core_traffic(&self) -> bool {
+        !self.messages.is_empty()
+            || !self.joins.is_empty()
+            || !self.snapshots_needed.is_empty()
+            || !self.gone.is_empty()
+            || !self.wake.is_empty()
+    }
+}

@@ -431,3 +431,78 @@ fn a_read_barrier_answers_with_an_index_the_subscriber_receives() {
     let received = collect(&ds, 1, T);
     assert_eq!(received[0].0, written);
 }
+
+/// Every replica of `ids` on every running node hibernates.
+fn all_hibernating(cluster: &Cluster, ids: &[copycat::DataStructureId]) -> bool {
+    cluster.running().all(|n| {
+        ids.iter().all(|id| {
+            n.group_status(*id)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.hibernating)
+        })
+    })
+}
+
+#[test]
+fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
+    let mut cluster = Cluster::start(3);
+    let ids: Vec<_> = (0..20).map(|_| copycat::new_data_structure_id()).collect();
+    let subs: Vec<_> = ids
+        .iter()
+        .map(|id| cluster.node(0).subscribe(*id, no_snapshot).unwrap())
+        .collect();
+    for ds in &subs {
+        ds.propose_and_wait(b"first".to_vec(), T).unwrap();
+    }
+    wait_until("every replica hibernates", T, || {
+        all_hibernating(&cluster, &ids)
+    });
+
+    // A write wakes its group and reaches a subscriber on a follower too.
+    let watcher = cluster.node(1).subscribe(ids[0], no_snapshot).unwrap();
+    subs[0].propose_and_wait(b"second".to_vec(), T).unwrap();
+    let seen: Vec<_> = collect(&watcher, 2, T)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(seen, vec![b"first".to_vec(), b"second".to_vec()]);
+    drop(watcher);
+    wait_until("the group hibernates again", T, || {
+        all_hibernating(&cluster, &ids)
+    });
+
+    // Hibernating groups whose leader dies elect another once gossip reports it down,
+    // with no write to wake them.
+    let led_elsewhere = ids
+        .iter()
+        .position(|id| {
+            let leader = cluster.node(0).group_status(*id).unwrap().unwrap().leader;
+            leader.is_some_and(|l| l != cluster.node(0).node_id())
+        })
+        .expect("leadership is balanced, so node 0 does not lead all 20 groups");
+    let leader = cluster.node(0).group_status(ids[led_elsewhere]).unwrap();
+    let leader = leader.unwrap().leader.unwrap();
+    let leader_idx = (0..3)
+        .find(|i| cluster.node(*i).node_id() == leader)
+        .unwrap();
+    let dead = cluster.node(leader_idx).node_id();
+    cluster.stop(leader_idx);
+    wait_until("every group led by a live node", T, || {
+        cluster.running().all(|n| {
+            ids.iter().all(|id| {
+                let status = n.group_status(*id).ok().flatten();
+                status.is_some_and(|s| s.leader.is_some_and(|l| l != dead))
+            })
+        })
+    });
+    let ds = &subs[led_elsewhere];
+    wait_until(
+        "a write commits after the hibernating leader died",
+        T,
+        || {
+            ds.propose_and_wait(b"after".to_vec(), Duration::from_secs(3))
+                .is_ok()
+        },
+    );
+}

@@ -128,6 +128,42 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
     );
 }
 
+/// An idle map hibernates on every node; when its leader is killed -9, the survivors
+/// elect another leader with no write to wake them (gossip reporting the death does).
+#[test]
+fn a_hibernating_group_elects_a_new_leader_when_its_leader_is_killed() {
+    let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
+    let first = expect(nodes.start(&[]));
+    let seed = nodes.info(first).gossip;
+    expect(nodes.start(&[seed]));
+    expect(nodes.start(&[seed]));
+    expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+    let hibernating = |nodes: &ProcessCluster, i: usize| {
+        nodes
+            .status(i)
+            .is_ok_and(|s| s["group"]["hibernating"].as_bool() == Some(true))
+    };
+    expect(wait_until("the idle map hibernates", PHASE, || {
+        (0..3).all(|i| hibernating(&nodes, i))
+    }));
+    let victim = nodes.leader_seen_by(0).expect("node 0 knows the leader");
+    nodes.kill(victim);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    expect(wait_until(
+        "the survivors elect a new leader",
+        PHASE,
+        || {
+            survivors.iter().all(|i| {
+                nodes
+                    .leader_seen_by(*i)
+                    .is_some_and(|l| l != victim && survivors.contains(&l))
+            })
+        },
+    ));
+}
+
 /// `GET ?consistent=true` on another node right after an acknowledged PUT returns it: the
 /// read barrier makes the read linearizable, with no polling.
 #[test]

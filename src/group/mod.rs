@@ -6,6 +6,7 @@
 //! ("persist before sending persisted messages, persist the commit index before applying").
 
 mod copies;
+mod hibernation;
 pub(crate) mod log;
 mod recent;
 
@@ -92,6 +93,8 @@ pub(crate) struct RaftGroup {
     recent: RecentProposals,
     /// Consecutive ticks without a known leader.
     leaderless_ticks: u64,
+    /// Consecutive ticks with nothing in flight (see `hibernation`).
+    quiet_ticks: u64,
 }
 
 impl RaftGroup {
@@ -141,6 +144,7 @@ impl RaftGroup {
             last_entry_applied,
             recent: RecentProposals::default(),
             leaderless_ticks: 0,
+            quiet_ticks: 0,
             snapshot_asked_ms: 0,
             snapshot_forced_ms: 0,
         };
@@ -212,6 +216,7 @@ impl RaftGroup {
         } else {
             0
         };
+        self.count_quiet_tick();
     }
 
     /// Ticks since this replica last knew a leader.
@@ -221,6 +226,7 @@ impl RaftGroup {
 
     /// Starts an election now (a freshly created group's first voter does this).
     pub(crate) fn campaign(&mut self, rng: &mut impl Rng) -> raft::Result<()> {
+        self.stir();
         let result = self.raw.campaign();
         self.randomize_timeout_if_changed(rng);
         result
@@ -233,6 +239,7 @@ impl RaftGroup {
             return Ok(());
         }
         let accepted = forwarded.then(|| msg.entries.to_vec());
+        self.stir_for(msg.get_msg_type());
         let result = self.raw.step(msg);
         if let (Some(entries), Ok(())) = (accepted, &result) {
             self.recent.remember(&entries);
@@ -243,11 +250,13 @@ impl RaftGroup {
 
     /// Proposes an entry; followers forward it to the leader.
     pub(crate) fn propose(&mut self, context: Vec<u8>, data: Vec<u8>) -> raft::Result<()> {
+        self.stir();
         self.raw.propose(context, data)
     }
 
     /// Proposes a configuration change.
     pub(crate) fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<()> {
+        self.stir();
         self.raw.propose_conf_change(Vec::new(), cc)
     }
 
@@ -342,11 +351,13 @@ impl RaftGroup {
     /// Asks for the commit index a linearizable read must wait for (ReadIndex); the answer
     /// comes back in a later `Collected::reads` with the same `ctx`.
     pub(crate) fn read_index(&mut self, ctx: Vec<u8>) {
+        self.stir();
         self.raw.read_index(ctx);
     }
 
     /// Hands leadership to `replica` (leader only; raft waits until it has caught up).
     pub(crate) fn transfer_leader(&mut self, replica: ReplicaId) {
+        self.stir();
         self.raw.transfer_leader(replica);
     }
 

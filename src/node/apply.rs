@@ -63,6 +63,7 @@ impl NodeCore {
         self.round_meta.push((super::replica_key(group), None));
         self.held.remove(&group);
         self.active.remove(&group);
+        self.asleep.remove(&group);
         let subs = self.subs_by_group.get(&group).cloned().unwrap_or_default();
         for sub in &subs {
             if let Some(s) = self.subs.get(sub) {

@@ -95,10 +95,11 @@ impl NodeCore {
         let initial = record.initial_voters.clone();
         let mut targets: Vec<NodeId> = record.replicas().map(node_of).collect();
         if !self.groups.contains_key(&group) {
-            let listed = record
-                .replicas()
-                .chain(initial.iter().copied())
-                .find(|r| node_of(*r) == self.me && !self.was_removed(group, *r));
+            let listed = record.replicas().chain(initial.iter().copied()).find(|r| {
+                node_of(*r) == self.me
+                    && !self.was_removed(group, *r)
+                    && !self.is_deleted(group, *r)
+            });
             let replica = listed.unwrap_or_else(|| self.fresh_replica(group, self.me));
             self.create_replica(group, &initial, replica);
         }

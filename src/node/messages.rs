@@ -19,6 +19,14 @@ impl NodeCore {
         for join in batch.joins {
             self.handle_join_request(join);
         }
+        for group in batch.wake {
+            if let Some(group) = DataStructureId::from_bytes(&group) {
+                self.handle_wake(group);
+            }
+        }
+        for gone in batch.gone {
+            self.handle_replica_gone(from, gone);
+        }
         for needed in batch.snapshots_needed {
             if let Some(group) = DataStructureId::from_bytes(&needed.group) {
                 self.handle_snapshot_needed(group);
@@ -46,6 +54,10 @@ impl NodeCore {
         }
         if !self.groups.contains_key(&group) {
             self.create_replica_for_message(group, msg.to);
+            if !self.groups.contains_key(&group) && self.is_deleted(group, msg.to) {
+                self.report_gone(from, group, msg.to);
+                return;
+            }
         }
         let patience = self.leaderless_patience();
         let Some(raft) = self.groups.get_mut(&group) else {
@@ -90,6 +102,7 @@ impl NodeCore {
             "group" => %group, "replica" => newer);
         if group.is_system() {
             self.groups.remove(&group);
+            self.asleep.remove(&group);
             let mut write = GroupWrite::new(group);
             write.remove = true;
             self.round_writes.insert(group, write);

@@ -8,6 +8,7 @@
 
 mod apply;
 mod directory;
+mod hibernation;
 mod leadership;
 mod maintenance;
 pub mod member;
@@ -40,7 +41,7 @@ use crate::storage::{GroupWrite, LogStore, WriteBatch};
 use directory::Directory;
 pub(crate) use member::{MembershipEvent, NodeInfo};
 use proposal::{InFlight, Proposal};
-pub use status::{GroupStatus, MemberStatus};
+pub use status::{GroupStatus, MemberStatus, NodeStats};
 pub use subscription::Commit;
 use subscription::{Delivery, SubId, SubscriberChannels, Subscription};
 
@@ -178,6 +179,8 @@ pub(crate) struct NodeCore {
     started_ms: Option<u64>,
     /// Groups that may have a `Ready`.
     active: Set<DataStructureId>,
+    /// Groups hibernating: not ticked until something wakes them (see `group::hibernation`).
+    asleep: Set<DataStructureId>,
     /// Groups with readies waiting for a batch to be durable.
     held: Set<DataStructureId>,
     round_writes: Map<DataStructureId, GroupWrite>,
@@ -185,6 +188,8 @@ pub(crate) struct NodeCore {
     sends: Map<NodeId, proto::Batch>,
     issued_seq: u64,
     durable_seq: u64,
+    /// Storage writes made durable (one fdatasync round each) since the node started.
+    durable_writes: u64,
     storage_failed: bool,
     stopped: bool,
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
@@ -231,12 +236,14 @@ impl NodeCore {
             next_seq,
             started_ms: None,
             active: Set::default(),
+            asleep: Set::default(),
             held: Set::default(),
             round_writes: Map::default(),
             round_meta: Vec::new(),
             sends: Map::default(),
             issued_seq: 0,
             durable_seq: 0,
+            durable_writes: 0,
             storage_failed: false,
             stopped: false,
             handover: None,
@@ -312,7 +319,10 @@ impl NodeCore {
     /// initial `voters`. Every replica of a group, initial or added later, starts from this
     /// same synthetic snapshot.
     fn create_replica(&mut self, group: DataStructureId, voters: &[NodeId], replica: ReplicaId) {
-        if self.groups.contains_key(&group) || node_of(replica) != self.me {
+        if self.groups.contains_key(&group)
+            || node_of(replica) != self.me
+            || self.is_deleted(group, replica)
+        {
             return;
         }
         let snap = GroupLog::bootstrap_snapshot(voters);
@@ -384,9 +394,19 @@ impl NodeCore {
         self.now_ms = now_ms;
         self.started_ms.get_or_insert(now_ms);
         self.ticks += 1;
+        let mut leaderless = Vec::new();
         for (id, group) in self.groups.iter_mut() {
+            if self.asleep.contains(id) {
+                continue;
+            }
             group.tick(&mut self.rng);
             self.active.insert(*id);
+            if group.should_look_for_leader() {
+                leaderless.push(*id);
+            }
+        }
+        for group in leaderless {
+            self.ask_peers_to_wake(group);
         }
         self.expire_proposals();
         self.retry_unanswered_reads();
@@ -412,6 +432,7 @@ impl NodeCore {
                     };
                     self.members.insert(member.info.node_id, member);
                     self.record_known_peers();
+                    self.wake_all();
                 }
             }
             MembershipEvent::Up(_) => {}
@@ -420,6 +441,7 @@ impl NodeCore {
                     slog::info!(self.cfg.logger, "member down"; "peer" => node);
                     member.alive = false;
                     member.down_since_ms.get_or_insert(now_ms);
+                    self.wake_all();
                 }
             }
         }
@@ -448,6 +470,7 @@ impl NodeCore {
     /// The batch `seq` (and every earlier one) is durable.
     pub(crate) fn handle_persisted(&mut self, seq: u64) {
         self.durable_seq = self.durable_seq.max(seq);
+        self.durable_writes += 1;
     }
 
     /// The batch `seq` could not be written. Nothing after it is acknowledged: held readies

@@ -67,6 +67,11 @@ impl NodeCore {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
+            if group.may_hibernate() {
+                self.asleep.insert(id);
+            } else if self.asleep.remove(&id) {
+                group.wake();
+            }
             let Some(collected) = group.collect_ready(batch_seq) else {
                 continue;
             };

@@ -36,9 +36,33 @@ pub struct GroupStatus {
     pub commit_index: u64,
     /// Index of the latest snapshot (the log starts after it).
     pub snapshot_index: u64,
+    /// Whether the replica hibernates: idle, it neither ticks nor heartbeats until a
+    /// proposal, a message or a membership change wakes it.
+    pub hibernating: bool,
+}
+
+/// Counters of one node, for benchmarks and monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Replicas (of data structures and of the directory) hosted here.
+    pub replicas: usize,
+    /// Of those, how many hibernate (see [`GroupStatus::hibernating`]).
+    pub hibernating: usize,
+    /// Storage writes made durable since the node started: each is one flush and
+    /// fdatasync round, however many groups' entries it carried.
+    pub durable_writes: u64,
 }
 
 impl NodeCore {
+    /// This node's counters.
+    pub(crate) fn stats(&self) -> NodeStats {
+        NodeStats {
+            replicas: self.groups.len(),
+            hibernating: self.asleep.len(),
+            durable_writes: self.durable_writes,
+        }
+    }
+
     /// Every member, this node included.
     pub(crate) fn member_statuses(&self) -> Vec<MemberStatus> {
         let mut out = vec![MemberStatus {
@@ -73,6 +97,7 @@ impl NodeCore {
             applied_index: raft.applied(),
             commit_index: raft.committed(),
             snapshot_index: raft.log().snapshot_index(),
+            hibernating: self.asleep.contains(&group),
         })
     }
 

@@ -344,10 +344,7 @@ fn start_transport(
             if !batch.acks.is_empty() {
                 streams.on_acks(from, std::mem::take(&mut batch.acks));
             }
-            if !batch.messages.is_empty()
-                || !batch.joins.is_empty()
-                || !batch.snapshots_needed.is_empty()
-            {
+            if batch.has_core_traffic() {
                 let _ = batch_tx.send(Input::Batch(from, batch));
             }
         }),

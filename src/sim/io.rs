@@ -75,8 +75,7 @@ impl World {
     /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
     /// events), so the rest goes to the core as the transport would hand it over.
     pub(super) fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
-        if batch.messages.is_empty() && batch.joins.is_empty() && batch.snapshots_needed.is_empty()
-        {
+        if !batch.has_core_traffic() {
             return;
         }
         self.input(to, Input::Batch(from, batch));

@@ -1,0 +1,143 @@
+//! Command-line flags.
+
+use std::time::Duration;
+
+/// A boxed error: the benchmark reports and exits.
+pub type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Write,
+    Latency,
+    Failover,
+    Heal,
+    Recovery,
+    Idle,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Write => "write",
+            Scenario::Latency => "latency",
+            Scenario::Failover => "failover",
+            Scenario::Heal => "heal",
+            Scenario::Recovery => "recovery",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Scenario, String> {
+        [
+            Scenario::Write,
+            Scenario::Latency,
+            Scenario::Failover,
+            Scenario::Heal,
+            Scenario::Recovery,
+            Scenario::Idle,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+        .ok_or_else(|| format!("unknown scenario {name:?}"))
+    }
+
+    /// Default group count.
+    fn default_groups(self) -> usize {
+        match self {
+            Scenario::Write | Scenario::Failover => 64,
+            Scenario::Latency => 1,
+            Scenario::Heal | Scenario::Recovery => 1_000,
+            Scenario::Idle => 10_000,
+        }
+    }
+
+    /// Default concurrent proposers.
+    fn default_proposers(self, groups: usize) -> usize {
+        match self {
+            Scenario::Latency => 1,
+            Scenario::Write => (groups * 16).clamp(512, 4096),
+            _ => groups.clamp(1, 256),
+        }
+    }
+}
+
+/// The flags of a driver or replica process.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub scenario: Scenario,
+    pub groups: usize,
+    pub payload: usize,
+    pub proposers: usize,
+    pub duration: Duration,
+    /// `Config::dead_node_grace` of every node.
+    pub grace: Duration,
+    /// Log entries written before the recovery scenario reopens its node.
+    pub entries: usize,
+    /// Runs as a replica started by the driver.
+    pub replica: bool,
+    pub data_dir: Option<String>,
+    pub peers: Vec<String>,
+}
+
+impl Args {
+    pub fn parse() -> BoxResult<Args> {
+        let raw: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| -> Option<String> {
+            let i = raw.iter().position(|a| a == name)?;
+            raw.get(i + 1).cloned()
+        };
+        let number = |name: &str| -> BoxResult<Option<u64>> {
+            match value(name) {
+                Some(v) => Ok(Some(v.parse().map_err(|e| format!("{name}: {e}"))?)),
+                None => Ok(None),
+            }
+        };
+        if raw.iter().any(|a| a == "--help") {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        for flag in raw.iter().filter(|a| a.starts_with("--")) {
+            if !KNOWN_FLAGS.contains(&flag.as_str()) {
+                return Err(
+                    format!("unknown flag {flag}; known: {}", KNOWN_FLAGS.join(" ")).into(),
+                );
+            }
+        }
+        let scenario = Scenario::parse(&value("--scenario").unwrap_or_else(|| "write".into()))?;
+        let groups = number("--groups")?.map_or(scenario.default_groups(), |g| g.max(1) as usize);
+        Ok(Args {
+            scenario,
+            groups,
+            payload: number("--payload")?.unwrap_or(16) as usize,
+            proposers: number("--proposers")?
+                .map_or(scenario.default_proposers(groups), |p| p.max(1) as usize),
+            duration: Duration::from_secs(number("--seconds")?.unwrap_or(10)),
+            grace: Duration::from_secs(number("--grace-secs")?.unwrap_or(5)),
+            entries: number("--entries")?.unwrap_or(1_000_000) as usize,
+            replica: value("--role").as_deref() == Some("replica"),
+            data_dir: value("--data-dir"),
+            peers: value("--peers")
+                .map(|p| p.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+const USAGE: &str =
+    "cargo run --release --example bench -- [--scenario write|latency|failover|heal|recovery|idle]
+    [--groups N] [--payload BYTES] [--proposers N] [--seconds S] [--grace-secs S] [--entries N]";
+
+const KNOWN_FLAGS: [&str; 11] = [
+    "--scenario",
+    "--groups",
+    "--payload",
+    "--proposers",
+    "--seconds",
+    "--grace-secs",
+    "--entries",
+    "--role",
+    "--data-dir",
+    "--peers",
+    "--help",
+];

@@ -1,0 +1,186 @@
+//! The cluster under test: the first node in this process, the others in child processes
+//! (copies of this executable with `--role replica`) that can be killed -9.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use copycat::{Config, CopyCat, NodeStats};
+
+use crate::args::{Args, BoxResult};
+
+/// How long a proposal may take before it counts as failed.
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The config of every node: fsync on (the default), free ports.
+pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        port: 0,
+        gossip_port: 0,
+        peers,
+        proposal_timeout: PROPOSAL_TIMEOUT,
+        dead_node_grace: args.grace,
+        ..Config::default()
+    }
+}
+
+/// A replica process: runs a node, answers `stats` on stdin with a `STATS` line, and
+/// stops when stdin closes (the driver exited).
+pub fn run_replica(args: &Args) -> BoxResult<()> {
+    let dir = args.data_dir.clone().ok_or("--data-dir is required")?;
+    let node = CopyCat::start(node_config(dir.as_ref(), args.peers.clone(), args))?;
+    println!("READY {}", node.node_id());
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line)? > 0 {
+        if line.trim() == "stats" {
+            let s = node.stats()?;
+            println!(
+                "STATS {} {} {}",
+                s.durable_writes, s.replicas, s.hibernating
+            );
+        }
+        line.clear();
+    }
+    node.shutdown();
+    Ok(())
+}
+
+/// A replica process started by the driver.
+pub struct Replica {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub node_id: u64,
+}
+
+impl Replica {
+    fn spawn(dir: &Path, seed: &str, args: &Args) -> BoxResult<Replica> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["--role", "replica", "--peers", seed])
+            .args(["--grace-secs", &args.grace.as_secs().to_string()])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let node_id = line
+            .strip_prefix("READY ")
+            .and_then(|id| id.trim().parse().ok())
+            .ok_or_else(|| format!("replica did not start: {line:?}"))?;
+        Ok(Replica {
+            child,
+            stdin,
+            stdout,
+            node_id,
+        })
+    }
+
+    /// The process id (for CPU and memory figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The replica's counters.
+    pub fn stats(&mut self) -> BoxResult<NodeStats> {
+        writeln!(self.stdin, "stats")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let fields: Vec<u64> = line
+            .strip_prefix("STATS ")
+            .ok_or_else(|| format!("unexpected reply {line:?}"))?
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        match fields[..] {
+            [durable_writes, replicas, hibernating] => Ok(NodeStats {
+                durable_writes,
+                replicas: replicas as usize,
+                hibernating: hibernating as usize,
+            }),
+            _ => Err(format!("unexpected reply {line:?}").into()),
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// This process's node and the replica processes, on one temp dir.
+pub struct Cluster {
+    pub node: CopyCat,
+    pub replicas: Vec<Replica>,
+    pub root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` nodes (this one and `size - 1` replica processes) and waits until
+    /// every node sees every other alive.
+    pub fn start(size: usize, args: &Args) -> BoxResult<Cluster> {
+        let root = tempfile::tempdir()?;
+        let node = CopyCat::start(node_config(&root.path().join("node0"), Vec::new(), args))?;
+        let seed = node.gossip_addr().to_string();
+        let replicas = (1..size)
+            .map(|i| Replica::spawn(&root.path().join(format!("node{i}")), &seed, args))
+            .collect::<BoxResult<Vec<_>>>()?;
+        let cluster = Cluster {
+            node,
+            replicas,
+            root,
+        };
+        wait_for(
+            "every node to see every other",
+            Duration::from_secs(60),
+            || {
+                cluster
+                    .node
+                    .members()
+                    .is_ok_and(|m| m.iter().filter(|m| m.state == "alive").count() == size)
+            },
+        )?;
+        Ok(cluster)
+    }
+
+    /// Durable storage writes of every running node, summed.
+    pub fn durable_writes(&mut self) -> BoxResult<u64> {
+        let mut total = self.node.stats()?.durable_writes;
+        for replica in &mut self.replicas {
+            if replica.child.try_wait()?.is_none() {
+                total += replica.stats()?.durable_writes;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Stops everything: replicas first (killed), then this node.
+    pub fn stop(self) {
+        drop(self.replicas);
+        self.node.shutdown();
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, or fails after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> BoxResult<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("timed out after {limit:?} waiting for {what}").into())
+}

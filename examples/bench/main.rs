@@ -1,0 +1,46 @@
+//! copycat's benchmark: a 3-process cluster on loopback with fsync on, driven by
+//! acknowledged proposers. Results and the commands that produced them are in
+//! BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release --example bench -- --scenario write --groups 64 --payload 16
+//! cargo run --release --example bench -- --scenario latency
+//! cargo run --release --example bench -- --scenario failover
+//! cargo run --release --example bench -- --scenario heal --groups 1000
+//! cargo run --release --example bench -- --scenario recovery
+//! cargo run --release --example bench -- --scenario idle --groups 10000
+//! ```
+//!
+//! This process runs the first node and the proposers; it starts the other nodes as copies
+//! of itself (`--role replica`), which it can kill -9. Every scenario prints, as its last
+//! line:
+//!
+//! `RESULT scenario=<name> groups=<n> payload=<bytes> writes_per_sec=<n> p50_ms=<x>
+//! p99_ms=<y> p999_ms=<z> fsyncs_per_sec=<n>` followed by the scenario's own figures.
+
+mod args;
+mod cluster;
+mod load;
+mod measure;
+mod scenarios;
+
+use args::{Args, Scenario};
+
+fn main() {
+    let result = Args::parse().and_then(|args| {
+        if args.replica {
+            return cluster::run_replica(&args);
+        }
+        match args.scenario {
+            Scenario::Write | Scenario::Latency => scenarios::write::run(&args),
+            Scenario::Failover => scenarios::failover::run(&args),
+            Scenario::Heal => scenarios::heal::run(&args),
+            Scenario::Recovery => scenarios::recovery::run(&args),
+            Scenario::Idle => scenarios::idle::run(&args),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}

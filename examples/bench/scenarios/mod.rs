@@ -1,0 +1,7 @@
+//! One module per `--scenario`.
+
+pub mod failover;
+pub mod heal;
+pub mod idle;
+pub mod recovery;
+pub mod write;

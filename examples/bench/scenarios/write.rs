@@ -1,0 +1,56 @@
+//! `write`: throughput and latency under `--proposers` concurrent acknowledged writers;
+//! `latency`: the same with one proposer and one group, next to the disk's own fdatasync
+//! latency measured in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::args::{Args, BoxResult};
+use crate::cluster::Cluster;
+use crate::load::{create_groups, Drainer, Load};
+use crate::measure::{fdatasync_ms, print_result, WriteFigures};
+
+/// Load before the measured window, so it starts at a steady state.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+pub fn run(args: &Args) -> BoxResult<()> {
+    let mut cluster = Cluster::start(3, args)?;
+    let floor_ms = fdatasync_ms(cluster.root.path(), 200)?;
+    let subs = Arc::new(create_groups(&cluster.node, args.groups, 3)?);
+    let drainer = Drainer::start(subs.clone());
+    let load = Load::start(subs.clone(), args.proposers, args.payload);
+    std::thread::sleep(WARM_UP);
+    let (synced_before, started) = (cluster.durable_writes()?, Instant::now());
+    std::thread::sleep(args.duration);
+    let (synced_after, ended) = (cluster.durable_writes()?, Instant::now());
+    let outcome = load.finish()?;
+    drop(drainer);
+    let window: Vec<_> = outcome
+        .acks
+        .iter()
+        .filter(|a| a.done >= started && a.done < ended)
+        .copied()
+        .collect();
+    let figures = WriteFigures::of(&window, ended - started, synced_after - synced_before);
+    println!(
+        "{} acknowledged writes in {:.1} s ({} errors over the whole run); fdatasync {floor_ms:.2} ms",
+        window.len(),
+        (ended - started).as_secs_f64(),
+        outcome.errors
+    );
+    cluster.stop();
+    print_result(
+        args,
+        &figures,
+        &[
+            ("proposers", args.proposers.to_string()),
+            ("errors", outcome.errors.to_string()),
+            ("fdatasync_ms", format!("{floor_ms:.2}")),
+            (
+                "p50_over_fdatasync",
+                format!("{:.2}", figures.p50_ms / floor_ms),
+            ),
+        ],
+    );
+    Ok(())
+}

@@ -10,8 +10,8 @@
 //! and never start an election because of them. The node wakes a group on any proposal or
 //! non-heartbeat message, and every group on any membership change, so a dead leader's
 //! followers resume their election timers once gossip reports it down. A replica that
-//! hears from no leader (a restarted learner, which never campaigns) asks its peers to
-//! wake.
+//! hears from no leader for an election timeout (a restarted learner, which never
+//! campaigns, or one trusting a deposed leader) asks its peers to wake.
 
 use super::RaftGroup;
 use raft::eraftpb::MessageType;
@@ -86,10 +86,12 @@ impl RaftGroup {
         }
     }
 
-    /// Whether this replica, without a leader for another election timeout, should ask its
-    /// peers to wake: a hibernating leader sends nothing until something stirs it.
+    /// Whether this replica, unheard from any leader for another election timeout, should
+    /// ask its peers to wake: a hibernating leader sends nothing until something stirs it,
+    /// and learners (which never campaign) or replicas trusting a deposed leader would
+    /// wait forever.
     pub(crate) fn should_look_for_leader(&self) -> bool {
         let timeout = self.raw.raft.election_timeout() as u64;
-        self.leaderless_ticks > 0 && self.leaderless_ticks % timeout == 0
+        self.unheard_ticks > 0 && self.unheard_ticks % timeout == 0
     }
 }

@@ -95,6 +95,8 @@ pub(crate) struct RaftGroup {
     leaderless_ticks: u64,
     /// Consecutive ticks with nothing in flight (see `hibernation`).
     quiet_ticks: u64,
+    /// Ticks since a message from the leader this replica knows (or since it led).
+    unheard_ticks: u64,
 }
 
 impl RaftGroup {
@@ -145,6 +147,7 @@ impl RaftGroup {
             recent: RecentProposals::default(),
             leaderless_ticks: 0,
             quiet_ticks: 0,
+            unheard_ticks: 0,
             snapshot_asked_ms: 0,
             snapshot_forced_ms: 0,
         };
@@ -217,6 +220,11 @@ impl RaftGroup {
             0
         };
         self.count_quiet_tick();
+        self.unheard_ticks = if self.is_leader() {
+            0
+        } else {
+            self.unheard_ticks + 1
+        };
     }
 
     /// Ticks since this replica last knew a leader.
@@ -240,7 +248,11 @@ impl RaftGroup {
         }
         let accepted = forwarded.then(|| msg.entries.to_vec());
         self.stir_for(msg.get_msg_type());
+        let from = msg.from;
         let result = self.raw.step(msg);
+        if from == self.leader() {
+            self.unheard_ticks = 0;
+        }
         if let (Some(entries), Ok(())) = (accepted, &result) {
             self.recent.remember(&entries);
         }

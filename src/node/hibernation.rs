@@ -2,7 +2,7 @@
 //! wakes them.
 
 use super::NodeCore;
-use crate::id::{node_of, DataStructureId};
+use crate::id::{node_of, DataStructureId, NodeId};
 
 impl NodeCore {
     /// Wakes every hibernating group: a membership change may need elections (a leader
@@ -15,19 +15,26 @@ impl NodeCore {
         }
     }
 
-    /// Asks the nodes of `group`'s other replicas to wake it: this replica knows no leader.
+    /// Asks every node that may hold a replica of `group` (its configuration may be stale:
+    /// the directory's list too, and every member for the directory itself) to wake it:
+    /// this replica hears from no leader.
     pub(super) fn ask_peers_to_wake(&mut self, group: DataStructureId) {
         let Some(raft) = self.groups.get(&group) else {
             return;
         };
         let cs = raft.log().conf_state();
-        let mut nodes: Vec<_> = cs
+        let mut nodes: Vec<NodeId> = cs
             .voters
             .iter()
             .chain(&cs.learners)
             .map(|r| node_of(*r))
-            .filter(|n| *n != self.me)
             .collect();
+        if group.is_system() {
+            nodes.extend(self.members.keys().copied());
+        } else if let Some(record) = self.directory.get(group) {
+            nodes.extend(record.replicas().map(node_of));
+        }
+        nodes.retain(|n| *n != self.me);
         nodes.sort_unstable();
         nodes.dedup();
         for node in nodes {
@@ -39,7 +46,7 @@ impl NodeCore {
         }
     }
 
-    /// A peer's replica of `group` knows no leader: stay awake for a while (a leader
+    /// A peer's replica of `group` hears from no leader: stay awake for a while (a leader
     /// heartbeats again, a follower may elect one).
     pub(super) fn handle_wake(&mut self, group: DataStructureId) {
         let Some(raft) = self.groups.get_mut(&group) else {

@@ -29,7 +29,18 @@ pub(crate) struct InFlight {
     /// The proposer's applied index when it first proposed: the entry can only land
     /// after it, so a retry's duplicate check starts there.
     pub proposed_after: u64,
+    /// When it was last handed to raft (first proposal or retry).
+    pub sent_ms: u64,
 }
+
+/// How long a proposal handed to raft may stay unapplied before it is proposed again.
+///
+/// A proposal forwarded to the leader can be lost with no leader change: the transport
+/// drops the oldest frames queued for a slow peer, and a leader refuses proposals while it
+/// hands over. Raft retransmits its own messages but not forwarded proposals, so without
+/// this the proposer would wait for its deadline. The retry goes through the same gate as
+/// after a leader change, so a late original and its retry are applied once.
+const RESEND_AFTER_MS: u64 = 5_000;
 
 /// The context raft carries with an entry: the proposing node and its sequence number, so
 /// the proposer recognizes its entry when it is applied.
@@ -180,6 +191,7 @@ impl NodeCore {
                             ack: p.ack,
                             deadline_ms: p.deadline_ms,
                             proposed_after,
+                            sent_ms: self.now_ms,
                         },
                     );
                 }
@@ -197,6 +209,7 @@ impl NodeCore {
     }
 
     pub(super) fn expire_proposals(&mut self) {
+        self.resend_stalled_proposals();
         let now = self.now_ms;
         let expired: Vec<u64> = self
             .in_flight
@@ -230,6 +243,21 @@ impl NodeCore {
                 Error::Timeout
             };
             self.fail(p.sub, p.ack, error);
+        }
+    }
+
+    /// Retries the groups whose proposals have waited [`RESEND_AFTER_MS`] since they were
+    /// last handed to raft.
+    fn resend_stalled_proposals(&mut self) {
+        let now = self.now_ms;
+        let stalled: std::collections::BTreeSet<DataStructureId> = self
+            .in_flight
+            .values()
+            .filter(|f| f.sent_ms.saturating_add(RESEND_AFTER_MS) <= now)
+            .map(|f| f.group)
+            .collect();
+        for group in stalled {
+            self.gate_retries(group);
         }
     }
 
@@ -271,18 +299,19 @@ impl NodeCore {
             return;
         };
         let mut retried = 0usize;
-        for (seq, flight) in self.in_flight.iter().filter(|(_, f)| f.group == id) {
+        for (seq, flight) in self.in_flight.iter_mut().filter(|(_, f)| f.group == id) {
             let ctx = ProposalContext {
                 node: self.me,
                 seq: *seq,
                 retry_after: Some(flight.proposed_after),
             };
             if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {
+                flight.sent_ms = self.now_ms;
                 retried += 1;
             }
         }
         if retried > 0 {
-            slog::info!(self.cfg.logger, "leader changed, proposals retried";
+            slog::info!(self.cfg.logger, "proposals retried";
                 "group" => %id, "count" => retried, "leader" => raft.leader());
             self.active.insert(id);
         }

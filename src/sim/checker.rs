@@ -229,6 +229,11 @@ impl Checker {
         }
     }
 
+    /// How many writes were acknowledged.
+    pub(crate) fn acked(&self) -> usize {
+        self.writes.iter().filter(|w| w.acked.is_some()).count()
+    }
+
     /// The highest index seen in `group`'s sequence.
     pub(crate) fn last_index(&self, group: DataStructureId) -> u64 {
         self.canon

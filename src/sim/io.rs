@@ -2,6 +2,8 @@
 //! batches and honours partitions, a disk that writes one batch at a time, snapshot
 //! taking and streaming as single events, and a membership view standing in for gossip.
 
+use protobuf::Message as _;
+use raft::eraftpb::MessageType;
 use rand::Rng;
 
 use super::world::{Event, World};
@@ -10,6 +12,15 @@ use crate::node::member::MembershipEvent;
 use crate::node::{SnapshotRequest, SnapshotSend};
 use crate::proto;
 use crate::runtime::Input;
+
+/// `batch` without its forwarded proposals.
+fn without_proposals(mut batch: proto::Batch) -> proto::Batch {
+    batch.messages.retain(|gm| {
+        let mut msg = raft::eraftpb::Message::default();
+        msg.merge_from_bytes(&gm.message).is_err() || msg.msg_type != MessageType::MsgPropose
+    });
+    batch
+}
 
 impl World {
     /// Puts a batch on the network: delayed, sometimes dropped or duplicated; the sender
@@ -34,6 +45,11 @@ impl World {
         if self.rng.gen_bool(p.drop_rate) {
             return;
         }
+        let batch = if p.proposal_drop_rate > 0.0 && self.rng.gen_bool(p.proposal_drop_rate) {
+            without_proposals(batch)
+        } else {
+            batch
+        };
         let to_life = self.nodes[j].life;
         let copies = if self.rng.gen_bool(p.duplicate_rate) {
             2

@@ -52,6 +52,11 @@ pub(crate) struct Params {
     pub heal_deadline_ms: u64,
     /// Run the service registry on every node (its grace is `dead_node_grace_ms`).
     pub registry: bool,
+    /// Inject crashes, partitions and node replacements.
+    pub faults: bool,
+    /// Share of batches whose forwarded proposals (`MsgPropose`) the network drops, on
+    /// top of `drop_rate`: raft does not retransmit them, the proposer must.
+    pub proposal_drop_rate: f64,
 }
 
 impl Default for Params {
@@ -73,6 +78,8 @@ impl Default for Params {
             fault_phase_ms: 20_000,
             heal_deadline_ms: 60_000,
             registry: true,
+            faults: true,
+            proposal_drop_rate: 0.0,
         }
     }
 }
@@ -84,6 +91,8 @@ pub(crate) struct Report {
     pub faults: u64,
     pub messages: u64,
     pub acked: usize,
+    /// Writes proposed but not acknowledged (failed, timed out, or lost with a crash).
+    pub unacked: usize,
     pub reads: usize,
     pub delivered: u64,
     pub healed_at_ms: u64,
@@ -119,7 +128,9 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         killed_for_good: false,
     };
     world.at(1_000, Event::Workload);
-    world.at(3_000, Event::Fault);
+    if params.faults {
+        world.at(3_000, Event::Fault);
+    }
     let mut failure = None;
     world.run_until(params.fault_phase_ms, |w, event| {
         match event {
@@ -144,22 +155,21 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         }
     }
     let healed_at_ms = wait_converged(&mut world, &workload, params)?;
+    if !params.faults {
+        wait_writes_settled(&mut world, &workload);
+    }
     workload.collect(&mut world);
     world.checker.finish();
     if !world.checker.violations.is_empty() {
         return Err(world.checker.violations.join("\n"));
     }
-    let acked = world
-        .checker
-        .writes
-        .iter()
-        .filter(|w| w.acked.is_some())
-        .count();
+    let acked = world.checker.acked();
     Ok(Report {
         trace: world.trace,
         faults: world.faults,
         messages: world.messages,
         acked,
+        unacked: world.checker.writes.len() - acked,
         reads: world.checker.reads.len(),
         delivered: world.checker.delivered,
         healed_at_ms,
@@ -200,6 +210,20 @@ fn wait_converged(world: &mut World, workload: &Workload, params: &Params) -> Re
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Runs until every write has been acknowledged or has failed, or for one proposal
+/// timeout. Only for runs without crashes: a crashed node's writes never complete.
+fn wait_writes_settled(world: &mut World, workload: &Workload) {
+    let deadline = world.now + world.params.proposal_timeout_ms;
+    while world.now < deadline && !workload.settled(world) {
+        let until = world.now + 100;
+        world.run_until(until, |w, event| match event {
+            Event::Workload | Event::Fault => {}
+            other => w.handle(other),
+        });
+        workload.collect(world);
     }
 }
 
@@ -411,6 +435,25 @@ mod tests {
             .filter_map(|seed| check_seed(*seed, &params).err())
             .collect();
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Forwarded proposals lost by the network (with no leader change) are proposed again
+    /// and acknowledged, before their deadline, exactly once.
+    #[test]
+    fn lost_forwarded_proposals_are_retried() {
+        let params = Params {
+            faults: false,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            proposal_drop_rate: 0.3,
+            proposal_timeout_ms: 30_000,
+            fault_phase_ms: 8_000,
+            registry: false,
+            ..Params::default()
+        };
+        let report = check_seed(seeds(1).start, &params).expect("a clean run");
+        assert!(report.acked > 20, "{report:?}");
+        assert_eq!(report.unacked, 0, "{report:?}");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub(crate) struct Completions {
     pub writes: Vec<(usize, u64, u64)>,
     /// Read barriers that completed: `(group, invoked, completed, index)`.
     pub reads: Vec<(DataStructureId, u64, u64, u64)>,
+    /// How many writes failed.
+    pub failed_writes: usize,
 }
 
 /// The clients: proposals, read barriers, subscribe and unsubscribe.
@@ -76,9 +78,14 @@ impl Workload {
         });
         let (completions, clock) = (self.completions.clone(), world.clock.clone());
         let ack = Box::new(move |result: crate::Result<u64>| {
-            if let (Ok(index), Ok(mut c)) = (result, completions.lock()) {
-                c.writes
-                    .push((number, clock.load(Ordering::Relaxed), index));
+            let Ok(mut c) = completions.lock() else {
+                return;
+            };
+            match result {
+                Ok(index) => c
+                    .writes
+                    .push((number, clock.load(Ordering::Relaxed), index)),
+                Err(_) => c.failed_writes += 1,
             }
         });
         world.input(
@@ -118,6 +125,13 @@ impl Workload {
                 timeout,
             },
         );
+    }
+
+    /// Whether every write has completed (acknowledged or failed).
+    pub(crate) fn settled(&self, world: &World) -> bool {
+        self.completions.lock().is_ok_and(|c| {
+            c.writes.len() + c.failed_writes + world.checker.acked() >= world.checker.writes.len()
+        })
     }
 
     /// Moves the callbacks' completions into the checker's history.

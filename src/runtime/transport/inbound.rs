@@ -96,7 +96,7 @@ pub(super) async fn serve_inbound(
     };
     let peer = peer.map_or_else(|| "unknown".to_string(), |p: NodeId| p.to_string());
     match res {
-        Ok(()) => debug!(log, "peer closed its connection"; "peer" => peer),
+        Ok(()) => info!(log, "peer closed its connection"; "peer" => peer),
         Err(InboundError::ClosedBeforeHello) => {
             debug!(log, "connection closed before hello")
         }
@@ -136,7 +136,7 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
     }
     let from = hello.node_id;
     *peer = Some(from);
-    debug!(log, "accepted connection from peer"; "peer" => from);
+    info!(log, "accepted connection from peer"; "peer" => from);
     loop {
         match read_frame(reader, ctx.max_frame_bytes).await? {
             None => return Ok(()),

@@ -121,7 +121,7 @@ pub(super) async fn run_peer(
         };
         match connected {
             Ok(stream) => {
-                debug!(log, "connected to peer");
+                info!(log, "connected to peer");
                 let since = Instant::now();
                 match run_connection(&ctx, &log, stream, &mut rx, &mut queue, &mut shutdown).await {
                     Ended::Stopped => return,

@@ -36,10 +36,7 @@ pub fn run_replica(args: &Args) -> BoxResult<()> {
     while std::io::stdin().read_line(&mut line)? > 0 {
         if line.trim() == "stats" {
             let s = node.stats()?;
-            println!(
-                "STATS {} {} {}",
-                s.durable_writes, s.replicas, s.hibernating
-            );
+            println!("STATS {} {} {}", s.synced_writes, s.replicas, s.hibernating);
         }
         line.clear();
     }
@@ -98,8 +95,8 @@ impl Replica {
             .map(str::parse)
             .collect::<Result<_, _>>()?;
         match fields[..] {
-            [durable_writes, replicas, hibernating] => Ok(NodeStats {
-                durable_writes,
+            [synced_writes, replicas, hibernating] => Ok(NodeStats {
+                synced_writes,
                 replicas: replicas as usize,
                 hibernating: hibernating as usize,
             }),
@@ -156,11 +153,11 @@ impl Cluster {
     }
 
     /// Durable storage writes of every running node, summed.
-    pub fn durable_writes(&mut self) -> BoxResult<u64> {
-        let mut total = self.node.stats()?.durable_writes;
+    pub fn synced_writes(&mut self) -> BoxResult<u64> {
+        let mut total = self.node.stats()?.synced_writes;
         for replica in &mut self.replicas {
             if replica.child.try_wait()?.is_none() {
-                total += replica.stats()?.durable_writes;
+                total += replica.stats()?.synced_writes;
             }
         }
         Ok(total)

@@ -71,8 +71,8 @@ pub struct WriteFigures {
 }
 
 impl WriteFigures {
-    /// Figures of `acks` over `elapsed`, with `durable_writes` storage syncs meanwhile.
-    pub fn of(acks: &[Ack], elapsed: Duration, durable_writes: u64) -> WriteFigures {
+    /// Figures of `acks` over `elapsed`, with `synced_writes` storage syncs meanwhile.
+    pub fn of(acks: &[Ack], elapsed: Duration, synced_writes: u64) -> WriteFigures {
         let mut latencies: Vec<Duration> = acks.iter().map(Ack::latency).collect();
         latencies.sort();
         let secs = elapsed.as_secs_f64().max(1e-9);
@@ -81,7 +81,7 @@ impl WriteFigures {
             p50_ms: percentile_ms(&latencies, 0.5),
             p99_ms: percentile_ms(&latencies, 0.99),
             p999_ms: percentile_ms(&latencies, 0.999),
-            fsyncs_per_sec: durable_writes as f64 / secs,
+            fsyncs_per_sec: synced_writes as f64 / secs,
         }
     }
 }

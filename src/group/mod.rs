@@ -61,6 +61,9 @@ pub(crate) struct Collected {
     pub write: Option<GroupWrite>,
     /// Answers to read-index requests: `(request context, commit index to wait for)`.
     pub reads: Vec<(Vec<u8>, u64)>,
+    /// The ready needs no new durable write and every earlier one is durable: it can be
+    /// released now.
+    pub releasable: bool,
 }
 
 /// One replica of one group.
@@ -441,7 +444,8 @@ impl RaftGroup {
     }
 
     /// Collects this round's `Ready`, if any. Its writes are made durable by the batch
-    /// `batch_seq`; its persisted messages and committed entries wait for that batch.
+    /// `batch_seq`; its persisted messages and committed entries wait for that batch (or,
+    /// if it makes no promise, for the readies before it).
     pub(crate) fn collect_ready(&mut self, batch_seq: u64) -> Option<Collected> {
         if !self.raw.has_ready() {
             return None;
@@ -468,8 +472,18 @@ impl RaftGroup {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs.clone());
             write.hard_state = Some(hs.clone());
+            write.hard_state_must_sync = rd.must_sync();
             wrote = true;
         }
+        // A ready that makes no promise (no entries, snapshot, term or vote) waits only for
+        // the readies before it, not for its own write: a leader applies and acknowledges
+        // as soon as it learns an entry committed.
+        let batch_seq = if rd.must_sync() {
+            batch_seq
+        } else {
+            // 0: released by the next `on_durable`.
+            self.held.back().map_or(0, |h| h.batch_seq)
+        };
         let messages = rd.take_messages();
         let reads = rd
             .take_read_states()
@@ -489,6 +503,7 @@ impl RaftGroup {
             messages,
             reads,
             write: wrote.then_some(write),
+            releasable: batch_seq == 0,
         })
     }
 

@@ -189,7 +189,7 @@ pub(crate) struct NodeCore {
     issued_seq: u64,
     durable_seq: u64,
     /// Storage writes made durable (one fdatasync round each) since the node started.
-    durable_writes: u64,
+    synced_writes: u64,
     storage_failed: bool,
     stopped: bool,
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
@@ -243,7 +243,7 @@ impl NodeCore {
             sends: Map::default(),
             issued_seq: 0,
             durable_seq: 0,
-            durable_writes: 0,
+            synced_writes: 0,
             storage_failed: false,
             stopped: false,
             handover: None,
@@ -255,7 +255,10 @@ impl NodeCore {
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone());
-            let applied = group.applied.max(group.snapshot.index);
+            // Commit indexes and applied indexes are written without fsync, commit first;
+            // a store that lost the one but kept the other must not make raft panic.
+            let committed = group.hard_state.commit.max(group.snapshot.index);
+            let applied = group.applied.max(group.snapshot.index).min(committed);
             let replica = core.stored_replica_id(group.group)?;
             let raft = RaftGroup::new(
                 group.group,
@@ -467,10 +470,11 @@ impl NodeCore {
         }
     }
 
-    /// The batch `seq` (and every earlier one) is durable.
-    pub(crate) fn handle_persisted(&mut self, seq: u64) {
+    /// The batch `seq` (and every earlier one) is written, and durable as far as it needs
+    /// to be (`synced`: it was fsync'ed).
+    pub(crate) fn handle_persisted(&mut self, seq: u64, synced: bool) {
         self.durable_seq = self.durable_seq.max(seq);
-        self.durable_writes += 1;
+        self.synced_writes += u64::from(synced);
     }
 
     /// The batch `seq` could not be written. Nothing after it is acknowledged: held readies

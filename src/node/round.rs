@@ -11,6 +11,14 @@ use crate::id::{node_of, DataStructureId, NodeId};
 use crate::proto;
 use crate::storage::{parse_file_reference, WriteBatch};
 
+/// What a pass over the active groups' readies found.
+pub(super) struct CollectedReadies {
+    /// Some group had a ready.
+    any: bool,
+    /// Some ready can be released at once (it waits for no write).
+    releasable: bool,
+}
+
 impl NodeCore {
     /// Runs a round: releases what became durable, collects every active group's `Ready`,
     /// and returns the messages and the storage batch to perform.
@@ -22,8 +30,8 @@ impl NodeCore {
             for group in queued {
                 self.flush_queued(group);
             }
-            let collected_any = self.collect_readies();
-            if !collected_any {
+            let collected = self.collect_readies();
+            if !collected.any {
                 break;
             }
             if self.round_writes.is_empty()
@@ -37,7 +45,9 @@ impl NodeCore {
                 continue;
             }
             tagged = true;
-            break;
+            if !collected.releasable {
+                break;
+            }
         }
         self.complete_reads();
         let mut output = Output {
@@ -57,10 +67,11 @@ impl NodeCore {
         output
     }
 
-    /// Collects the `Ready` of every active group; true if any had one.
-    pub(super) fn collect_readies(&mut self) -> bool {
+    /// Collects the `Ready` of every active group.
+    pub(super) fn collect_readies(&mut self) -> CollectedReadies {
         let batch_seq = self.issued_seq + 1;
         let mut any = false;
+        let mut releasable = false;
         let active: Vec<_> = self.active.drain().collect();
         let mut changed_leader = Vec::new();
         for id in active {
@@ -76,6 +87,7 @@ impl NodeCore {
                 continue;
             };
             any = true;
+            releasable |= collected.releasable;
             if group.take_leader_change() {
                 changed_leader.push(id);
             }
@@ -89,7 +101,7 @@ impl NodeCore {
         for id in changed_leader {
             self.on_leader_change(id);
         }
-        any
+        CollectedReadies { any, releasable }
     }
 
     /// Releases held readies whose batch is durable: sends their persisted messages and

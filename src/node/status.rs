@@ -48,9 +48,10 @@ pub struct NodeStats {
     pub replicas: usize,
     /// Of those, how many hibernate (see [`GroupStatus::hibernating`]).
     pub hibernating: usize,
-    /// Storage writes made durable since the node started: each is one flush and
-    /// fdatasync round, however many groups' entries it carried.
-    pub durable_writes: u64,
+    /// Storage writes fsync'ed since the node started: each is one flush and fdatasync
+    /// round, however many groups' entries it carried (writes of commit and applied
+    /// indexes alone are not fsync'ed, and not counted).
+    pub synced_writes: u64,
 }
 
 impl NodeCore {
@@ -59,7 +60,7 @@ impl NodeCore {
         NodeStats {
             replicas: self.groups.len(),
             hibernating: self.asleep.len(),
-            durable_writes: self.durable_writes,
+            synced_writes: self.synced_writes,
         }
     }
 

@@ -61,7 +61,11 @@ pub(crate) enum Input {
     Batch(NodeId, proto::Batch),
     Membership(MembershipEvent),
     Unreachable(NodeId),
-    Persisted(u64),
+    /// Batch `seq` (and every earlier one) is written; `synced`: it was fsync'ed.
+    Persisted {
+        seq: u64,
+        synced: bool,
+    },
     StorageFailed(u64, Error),
     Subscribe {
         sub: SubId,
@@ -414,7 +418,7 @@ pub(crate) fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bo
         Input::Batch(from, batch) => core.handle_batch(now_ms, from, batch),
         Input::Membership(event) => core.handle_membership(now_ms, event),
         Input::Unreachable(node) => core.handle_unreachable(node),
-        Input::Persisted(seq) => core.handle_persisted(seq),
+        Input::Persisted { seq, synced } => core.handle_persisted(seq, synced),
         Input::StorageFailed(seq, error) => core.handle_storage_failed(seq, error),
         Input::Subscribe {
             sub,

@@ -37,13 +37,14 @@ fn run(
             seq = next_seq;
             batch.extend(next);
         }
+        let synced = batch.needs_sync();
         let result = if batch.is_empty() {
             Ok(())
         } else {
             store.write(&batch)
         };
         let input = match result {
-            Ok(()) => Input::Persisted(seq),
+            Ok(()) => Input::Persisted { seq, synced },
             Err(e) => {
                 slog::error!(logger, "storage write failed"; "batch" => seq, "error" => %e);
                 Input::StorageFailed(seq, e.into())

@@ -109,7 +109,10 @@ impl World {
             return;
         };
         let input = match crate::storage::LogStore::write(running.store.as_ref(), &batch) {
-            Ok(()) => Input::Persisted(seq),
+            Ok(()) => Input::Persisted {
+                seq,
+                synced: batch.needs_sync(),
+            },
             Err(e) => Input::StorageFailed(seq, e.into()),
         };
         self.input(i, input);

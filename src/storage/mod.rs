@@ -92,6 +92,10 @@ pub struct GroupWrite {
     pub entries: Vec<Entry>,
     /// New hard state.
     pub hard_state: Option<HardState>,
+    /// The hard state's term or vote changed: it must be durable before the write is
+    /// reported persisted. A change of the commit index alone need not be (raft learns it
+    /// again from the leader; etcd and raft-rs's `Ready::must_sync` agree).
+    pub hard_state_must_sync: bool,
     /// New configuration (stored when a conf change is applied).
     pub conf_state: Option<ConfState>,
     /// New applied index.
@@ -105,6 +109,18 @@ impl GroupWrite {
             group,
             ..Default::default()
         }
+    }
+
+    /// Whether the write must be durable (fsync'ed) before it is reported persisted:
+    /// everything but a new applied index and a hard state whose commit index alone moved.
+    pub fn needs_sync(&self) -> bool {
+        self.remove
+            || self.snapshot.is_some()
+            || self.compact.is_some()
+            || self.truncate_from.is_some()
+            || !self.entries.is_empty()
+            || self.conf_state.is_some()
+            || self.hard_state_must_sync
     }
 
     /// Folds a later write of the same group into this one, so that applying the result
@@ -132,6 +148,7 @@ impl GroupWrite {
         }
         self.entries.extend(later.entries);
         self.hard_state = later.hard_state.or(self.hard_state.take());
+        self.hard_state_must_sync |= later.hard_state_must_sync;
         self.conf_state = later.conf_state.or(self.conf_state.take());
         self.applied = later.applied.or(self.applied);
     }
@@ -150,6 +167,13 @@ impl WriteBatch {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty() && self.meta.is_empty()
+    }
+
+    /// Whether the batch must be fsync'ed (see [`GroupWrite::needs_sync`]); node metadata
+    /// always is. A batch that need not be is written and made durable by the next one
+    /// that is (stores keep writes in order, so a crash loses a suffix).
+    pub fn needs_sync(&self) -> bool {
+        !self.meta.is_empty() || self.groups.iter().any(GroupWrite::needs_sync)
     }
 
     /// Folds a later batch into this one (the storage thread merges queued batches into
@@ -220,6 +244,41 @@ mod tests {
         let got: Vec<_> = first.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(10, 1), (11, 2)]);
         assert_eq!(first.truncate_from, Some(11));
+    }
+
+    #[test]
+    fn only_commit_and_applied_indexes_skip_the_fsync() {
+        let g = DataStructureId::new();
+        let mut lazy = GroupWrite::new(g);
+        lazy.applied = Some(4);
+        lazy.hard_state = Some(HardState {
+            commit: 4,
+            ..Default::default()
+        });
+        let mut batch = WriteBatch {
+            groups: vec![lazy.clone()],
+            meta: Vec::new(),
+        };
+        assert!(!batch.needs_sync());
+        let mut vote = GroupWrite::new(g);
+        vote.hard_state_must_sync = true;
+        lazy.merge(vote);
+        assert!(
+            lazy.needs_sync(),
+            "a merged term or vote change keeps its fsync"
+        );
+        let mut appended = GroupWrite::new(DataStructureId::new());
+        appended.entries = entries(1..=1, 1);
+        batch.extend(WriteBatch {
+            groups: vec![appended],
+            meta: Vec::new(),
+        });
+        assert!(batch.needs_sync());
+        let meta = WriteBatch {
+            groups: Vec::new(),
+            meta: vec![("k".into(), None)],
+        };
+        assert!(meta.needs_sync());
     }
 
     #[test]

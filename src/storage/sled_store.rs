@@ -342,9 +342,11 @@ impl SledStore {
         self.db
             .apply_batch(overlay.into_batch())
             .map_err(sled_err)?;
-        self.db.flush().map_err(sled_err)?;
-        if self.fsync {
-            sync.sync()?;
+        if batch.needs_sync() {
+            self.db.flush().map_err(sled_err)?;
+            if self.fsync {
+                sync.sync()?;
+            }
         }
         Ok(())
     }

@@ -20,9 +20,9 @@ pub fn run(args: &Args) -> BoxResult<()> {
     let drainer = Drainer::start(subs.clone());
     let load = Load::start(subs.clone(), args.proposers, args.payload);
     std::thread::sleep(WARM_UP);
-    let (synced_before, started) = (cluster.durable_writes()?, Instant::now());
+    let (synced_before, started) = (cluster.synced_writes()?, Instant::now());
     std::thread::sleep(args.duration);
-    let (synced_after, ended) = (cluster.durable_writes()?, Instant::now());
+    let (synced_after, ended) = (cluster.synced_writes()?, Instant::now());
     let outcome = load.finish()?;
     drop(drainer);
     let window: Vec<_> = outcome

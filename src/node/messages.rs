@@ -75,6 +75,11 @@ impl NodeCore {
             {
                 slog::debug!(self.cfg.logger, "dropping message for an old incarnation";
                     "group" => %group, "to" => msg.to, "local" => local);
+                // A sender that forgot the incarnations used since (a system leader that
+                // restarted) would otherwise keep adding a replica that cannot exist.
+                if self.is_deleted(group, msg.to) {
+                    self.report_gone(from, group, msg.to);
+                }
                 return;
             }
             // The group added another incarnation of this node's replica: the local one was
@@ -101,7 +106,9 @@ impl NodeCore {
         slog::info!(self.cfg.logger, "local replica superseded by a newer incarnation";
             "group" => %group, "replica" => newer);
         if group.is_system() {
-            self.groups.remove(&group);
+            if let Some(old) = self.groups.remove(&group) {
+                self.remember_deleted(group, old.replica_id());
+            }
             self.asleep.remove(&group);
             let mut write = GroupWrite::new(group);
             write.remove = true;

@@ -9,9 +9,7 @@ use crate::config::Config;
 use crate::data_structure::{DataStructure, SnapshotProvider};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{
-    SubscriberChannels, COMMIT_CHANNEL_CAPACITY, ERROR_CHANNEL_CAPACITY,
-};
+use crate::node::subscription::{subscription_channel, SubscriberChannels};
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
 use crate::runtime::{Input, NodeRuntime, PumpControl};
 
@@ -123,8 +121,8 @@ impl CopyCat {
             return Err(Error::InvalidId("the zero id is reserved".to_string()));
         }
         let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (commit_tx, commit_rx) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
-        let (error_tx, error_rx) = crossbeam_channel::bounded(ERROR_CHANNEL_CAPACITY);
+        let (commit_tx, commit_rx) = subscription_channel();
+        let (error_tx, error_rx) = subscription_channel();
         let (propose_tx, propose_rx) = crossbeam_channel::unbounded();
         self.inner.send(Input::Subscribe {
             sub,

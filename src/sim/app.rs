@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Receiver;
 
 use crate::id::DataStructureId;
-use crate::node::subscription::{SubId, SubscriberChannels, COMMIT_CHANNEL_CAPACITY};
+use crate::node::subscription::{subscription_channel, SubId, SubscriberChannels};
 use crate::storage::SnapshotFiles;
 use crate::{Commit, Error};
 
@@ -108,8 +108,8 @@ impl App {
 pub(crate) fn subscriber_channels(
     provider: impl Fn() -> Option<(u64, Vec<u8>)> + Send + Sync + 'static,
 ) -> (SubscriberChannels, Receiver<Commit>, Receiver<Error>) {
-    let (commit_tx, commits) = crossbeam_channel::bounded(COMMIT_CHANNEL_CAPACITY);
-    let (error_tx, errors) = crossbeam_channel::unbounded();
+    let (commit_tx, commits) = subscription_channel();
+    let (error_tx, errors) = subscription_channel();
     let channels = SubscriberChannels {
         commits: commit_tx,
         errors: error_tx,

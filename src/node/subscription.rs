@@ -177,15 +177,20 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_full_commit_channel_pauses_delivery_without_losing_entries() {
+    /// The log of a one-voter group on a fresh sled store, just bootstrapped.
+    fn bootstrapped_log() -> (tempfile::TempDir, GroupLog) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap(),
         );
-        let group = DataStructureId::new();
-        let mut log = GroupLog::empty(group, store);
+        let mut log = GroupLog::empty(DataStructureId::new(), store);
         log.apply_snapshot(&GroupLog::bootstrap_snapshot(&[1]));
+        (dir, log)
+    }
+
+    #[test]
+    fn a_full_commit_channel_pauses_delivery_without_losing_entries() {
+        let (_dir, mut log) = bootstrapped_log();
         let first = BOOTSTRAP_INDEX + 1;
         let last = first + COMMIT_CHANNEL_CAPACITY as u64 + 9;
         let entries: Vec<_> = (first..=last).map(|i| entry(i, ctx(i, None))).collect();
@@ -193,7 +198,7 @@ mod tests {
         let (commits, received) = subscription_channel();
         let (errors, _errors) = subscription_channel();
         let mut sub = Subscription {
-            group,
+            group: DataStructureId::new(),
             channels: SubscriberChannels {
                 commits,
                 errors,
@@ -218,13 +223,7 @@ mod tests {
 
     #[test]
     fn a_retry_is_skipped_only_when_its_original_is_in_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap(),
-        );
-        let group = DataStructureId::new();
-        let mut log = GroupLog::empty(group, store);
-        log.apply_snapshot(&GroupLog::bootstrap_snapshot(&[1]));
+        let (_dir, mut log) = bootstrapped_log();
         let entries = vec![
             entry(6, None),
             entry(7, ctx(5, None)),

@@ -45,6 +45,10 @@ pub(crate) enum Delivered {
     Entry(u64, Vec<u8>),
     /// A snapshot marker and the history the snapshot holds (`None`: unreadable).
     Snapshot(u64, Option<History>),
+    /// A snapshot marker whose file two newer snapshots had already superseded: the load
+    /// fails with `SnapshotUnavailable` and, as the contract says, the application
+    /// subscribes again (this subscription delivers nothing more).
+    Superseded(u64),
 }
 
 impl App {
@@ -79,6 +83,10 @@ impl App {
                     state.applied = index;
                     out.push(Delivered::Entry(index, data));
                 }
+                Commit::Snapshot { index } if superseded(files, self.group, index) => {
+                    out.push(Delivered::Superseded(index));
+                    break;
+                }
                 Commit::Snapshot { index } => {
                     let history = files
                         .read(self.group, index)
@@ -101,6 +109,12 @@ impl App {
     pub(crate) fn applied(&self) -> u64 {
         self.state.lock().map_or(0, |s| s.applied)
     }
+}
+
+/// Whether snapshot `index` of `group` is gone and two newer ones are kept instead.
+fn superseded(files: &SnapshotFiles, group: DataStructureId, index: u64) -> bool {
+    let kept = files.indexes(group).unwrap_or_default();
+    !kept.contains(&index) && kept.iter().filter(|i| **i > index).count() >= 2
 }
 
 /// The channels a simulated subscriber hands the core, with `provider` as its snapshot

@@ -40,6 +40,8 @@ pub(crate) struct Checker {
     pub reads: Vec<Read>,
     pub violations: Vec<String>,
     pub delivered: u64,
+    /// Subscriptions that met a superseded snapshot marker and subscribed again.
+    pub resubscribed: u64,
     /// Where each proposal's data first appeared, to report a duplicate when it happens.
     first_at: HashMap<Vec<u8>, u64>,
     pub fresh_duplicate: Option<(DataStructureId, u64, u64)>,
@@ -70,6 +72,10 @@ impl Checker {
                 Delivered::Entry(index, data) => self.on_entry(node, sub, group, index, data),
                 Delivered::Snapshot(index, history) => {
                     self.on_snapshot(node, sub, group, index, history)
+                }
+                Delivered::Superseded(index) => {
+                    self.advance(node, sub, group, index);
+                    self.resubscribed += 1;
                 }
             }
         }

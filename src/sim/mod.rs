@@ -95,6 +95,8 @@ pub(crate) struct Report {
     pub unacked: usize,
     pub reads: usize,
     pub delivered: u64,
+    /// Subscribers that met a superseded snapshot marker and subscribed again.
+    pub resubscribed: u64,
     pub healed_at_ms: u64,
 }
 
@@ -172,6 +174,7 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         unacked: world.checker.writes.len() - acked,
         reads: world.checker.reads.len(),
         delivered: world.checker.delivered,
+        resubscribed: world.checker.resubscribed,
         healed_at_ms,
     })
 }

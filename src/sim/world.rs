@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::app::App;
+use super::app::{App, Delivered};
 use super::checker::Checker;
 use super::registry::RegistryAgent;
 use super::Params;
@@ -346,8 +346,12 @@ impl World {
         };
         let files = running.store.snapshot_files();
         let mut observed = Vec::new();
-        for app in &running.apps {
+        let mut resubscribe = Vec::new();
+        for (k, app) in running.apps.iter().enumerate() {
             let delivered = app.drain(files);
+            if matches!(delivered.last(), Some(Delivered::Superseded(_))) {
+                resubscribe.push((k, app.group));
+            }
             if !delivered.is_empty() {
                 observed.push((app.sub, app.group, delivered));
             }
@@ -355,6 +359,10 @@ impl World {
         let registry_ok = running.registry.as_ref().is_none_or(|r| r.drain(files));
         for (sub, group, delivered) in observed {
             self.checker.observe(i, sub, group, delivered);
+        }
+        for (k, group) in resubscribe.into_iter().rev() {
+            self.unsubscribe(i, k);
+            self.subscribe(i, group);
         }
         if !registry_ok {
             self.checker

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -30,8 +31,9 @@ const CHUNK_BYTES: usize = 1 << 20;
 const WINDOW_BYTES: u64 = 8 << 20;
 /// A sender that hears nothing for this long resends from the last acknowledged byte.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Consecutive silent periods after which a stream is abandoned (raft retries later).
-const MAX_SILENT_PERIODS: u32 = 5;
+/// A stream whose receiver acknowledges no new byte for this long is abandoned (raft
+/// retries later).
+const MAX_STALL: Duration = Duration::from_secs(10);
 
 /// Identifies one stream: peer, group, snapshot index.
 type StreamKey = (NodeId, DataStructureId, u64);
@@ -42,8 +44,12 @@ pub(crate) struct SnapshotStreams {
     /// Weak: the transport's inbound callback holds these streams.
     transport: OnceLock<Weak<Transport>>,
     core: Sender<Input>,
-    /// Acknowledgement channels of the running senders.
-    senders: Mutex<HashMap<StreamKey, Sender<u64>>>,
+    /// Acknowledgement channels of the running senders, with the number of the stream
+    /// that owns each: a newer stream of the same snapshot to the same node supersedes an
+    /// older one (two would reset each other's partial file and share acknowledgements).
+    senders: Mutex<HashMap<StreamKey, (u64, Sender<u64>)>>,
+    /// Number of the next stream.
+    next_stream: AtomicU64,
     /// Raft addresses of peers, for acknowledgements (kept from gossip).
     addresses: Mutex<HashMap<NodeId, SocketAddr>>,
     chunks: Sender<(NodeId, SnapshotChunk)>,
@@ -67,6 +73,7 @@ impl SnapshotStreams {
             transport: OnceLock::new(),
             core,
             senders: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(0),
             addresses: Mutex::new(HashMap::new()),
             chunks: chunks_tx,
             logger,
@@ -103,7 +110,10 @@ impl SnapshotStreams {
                 let (group, replica) = (request.group, request.replica);
                 let ok = match streams.stream(&request) {
                     Ok(()) => true,
-                    Err(e) => {
+                    // The newer stream reports the outcome; a failure reported now would
+                    // make raft abandon it and send the snapshot a third time.
+                    Err(StreamEnd::Superseded) => return,
+                    Err(StreamEnd::Failed(e)) => {
                         slog::warn!(streams.logger, "snapshot stream failed"; "group" => %group,
                             "to" => request.to, "error" => e);
                         false
@@ -119,16 +129,25 @@ impl SnapshotStreams {
     }
 
     /// Sends the file in windowed chunks, then waits until the receiver has it all.
-    fn stream(&self, request: &SnapshotSend) -> Result<(), String> {
+    fn stream(&self, request: &SnapshotSend) -> Result<(), StreamEnd> {
         let files = self.store.snapshot_files();
         let path = files.path(request.group, request.index);
-        let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let total = file.metadata().map_err(|e| e.to_string())?.len();
+        let mut file = File::open(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        let total = file.metadata().map_err(failed)?.len();
         let key = (request.to, request.group, request.index);
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1024);
-        lock(&self.senders).insert(key, ack_tx);
-        let result = self.pump(request, &mut file, total, &ack_rx);
-        lock(&self.senders).remove(&key);
+        let number = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        lock(&self.senders).insert(key, (number, ack_tx));
+        let current = || {
+            lock(&self.senders)
+                .get(&key)
+                .is_some_and(|(n, _)| *n == number)
+        };
+        let result = self.pump(request, &mut file, total, &ack_rx, current);
+        let mut senders = lock(&self.senders);
+        if senders.get(&key).is_some_and(|(n, _)| *n == number) {
+            senders.remove(&key);
+        }
         result
     }
 
@@ -138,18 +157,23 @@ impl SnapshotStreams {
         file: &mut File,
         total: u64,
         acks: &Receiver<u64>,
-    ) -> Result<(), String> {
+        current: impl Fn() -> bool,
+    ) -> Result<(), StreamEnd> {
         let ids = crate::storage::encode_ids(&request.ids);
         let mut buf = vec![0u8; CHUNK_BYTES];
         // `sent`: bytes handed to the transport; `last_sent`: the final chunk (the one
         // carrying the message) went out, so only acknowledgements are awaited.
-        let (mut sent, mut acked, mut last_sent, mut silent) = (0u64, 0u64, false, 0);
+        let (mut sent, mut acked, mut last_sent) = (0u64, 0u64, false);
+        let mut progressed = Instant::now();
         loop {
+            if !current() {
+                return Err(StreamEnd::Superseded);
+            }
             while !last_sent && sent - acked < WINDOW_BYTES {
-                let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+                let n = file.read(&mut buf).map_err(failed)?;
                 last_sent = sent + n as u64 >= total;
                 if n == 0 && !last_sent {
-                    return Err("snapshot file shorter than its size".to_string());
+                    return Err(failed("snapshot file shorter than its size"));
                 }
                 let chunk = SnapshotChunk {
                     group: request.group.to_bytes().to_vec(),
@@ -172,9 +196,14 @@ impl SnapshotStreams {
                 self.send_batch(request.to, request.addr, batch);
                 sent += n as u64;
             }
+            if progressed.elapsed() >= MAX_STALL {
+                return Err(failed("the receiver stopped acknowledging"));
+            }
             let resume_from = match acks.recv_timeout(ACK_TIMEOUT) {
                 Ok(received) => {
-                    silent = 0;
+                    if received > acked {
+                        progressed = Instant::now();
+                    }
                     acked = acked.max(received);
                     // Every stream ends with an acknowledgement of at least 1 (a stream of
                     // an empty file included).
@@ -184,18 +213,11 @@ impl SnapshotStreams {
                     // The receiver is ahead of a resend: continue from what it has.
                     (acked > sent).then_some(acked)
                 }
-                Err(_) => {
-                    silent += 1;
-                    if silent >= MAX_SILENT_PERIODS {
-                        return Err("the receiver stopped acknowledging".to_string());
-                    }
-                    // Chunks or acknowledgements were lost: resend from what it has.
-                    Some(acked)
-                }
+                // Chunks or acknowledgements were lost: resend from what it has.
+                Err(_) => Some(acked),
             };
             if let Some(offset) = resume_from {
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(|e| e.to_string())?;
+                file.seek(SeekFrom::Start(offset)).map_err(failed)?;
                 (sent, last_sent) = (offset, false);
             }
         }
@@ -215,7 +237,7 @@ impl SnapshotStreams {
             let Some(group) = DataStructureId::from_bytes(&ack.group) else {
                 continue;
             };
-            if let Some(tx) = senders.get(&(from, group, ack.index)) {
+            if let Some((_, tx)) = senders.get(&(from, group, ack.index)) {
                 let _ = tx.try_send(ack.received);
             }
         }
@@ -236,6 +258,18 @@ impl SnapshotStreams {
         };
         self.send_batch(to, addr, batch);
     }
+}
+
+/// Why a stream ended without the receiver holding the whole snapshot.
+enum StreamEnd {
+    /// A newer stream of the same snapshot to the same node took over.
+    Superseded,
+    /// It failed (the reason is logged, raft is told).
+    Failed(String),
+}
+
+fn failed(e: impl std::fmt::Display) -> StreamEnd {
+    StreamEnd::Failed(e.to_string())
 }
 
 /// A snapshot being received.

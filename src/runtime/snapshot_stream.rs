@@ -377,3 +377,58 @@ pub(crate) fn install_received(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second stream of the same snapshot to the same node takes over the first, which
+    /// stops without reporting: only the second's outcome reaches the core.
+    #[test]
+    fn a_newer_stream_of_the_same_snapshot_supersedes_the_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let store = Arc::new(SledStore::open(dir.path(), logger.clone()).unwrap());
+        let group = DataStructureId::new();
+        let data = vec![7u8; 3 * CHUNK_BYTES / 2];
+        store.snapshot_files().write(group, 40, &data).unwrap();
+        let (core_tx, core_rx) = crossbeam_channel::unbounded();
+        let streams = SnapshotStreams::start(store, core_tx, logger).unwrap();
+        let request = || SnapshotSend {
+            to: 2,
+            addr: "127.0.0.1:9".parse().unwrap(),
+            replica: 2,
+            group,
+            index: 40,
+            message: Vec::new(),
+            offer: false,
+            ids: Default::default(),
+        };
+        streams.send(request());
+        let registered = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock(&streams.senders).get(&(2, group, 40)).map(|(s, _)| *s) != Some(n) {
+                assert!(Instant::now() < deadline, "stream {n} never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        registered(0);
+        streams.send(request());
+        registered(1);
+        let ack = SnapshotAck {
+            group: group.to_bytes().to_vec(),
+            index: 40,
+            received: data.len() as u64,
+        };
+        streams.on_acks(2, vec![ack]);
+        let outcome = core_rx.recv_timeout(Duration::from_secs(10));
+        assert!(
+            matches!(outcome, Ok(Input::SnapshotSent { ok: true, .. })),
+            "the newer stream completes"
+        );
+        // The older one would have failed after `MAX_STALL` without acknowledgements.
+        let later = core_rx.recv_timeout(MAX_STALL + ACK_TIMEOUT * 2);
+        assert!(later.is_err(), "the superseded stream reported nothing");
+        assert!(lock(&streams.senders).is_empty());
+    }
+}

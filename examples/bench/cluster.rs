@@ -152,7 +152,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Durable storage writes of every running node, summed.
+    /// Fsync'ed storage writes of every running node, summed.
     pub fn synced_writes(&mut self) -> BoxResult<u64> {
         let mut total = self.node.stats()?.synced_writes;
         for replica in &mut self.replicas {

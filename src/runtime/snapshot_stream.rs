@@ -138,14 +138,14 @@ impl SnapshotStreams {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1024);
         let number = self.next_stream.fetch_add(1, Ordering::Relaxed);
         lock(&self.senders).insert(key, (number, ack_tx));
-        let current = || {
-            lock(&self.senders)
-                .get(&key)
-                .is_some_and(|(n, _)| *n == number)
+        let owns = |senders: &HashMap<StreamKey, (u64, Sender<u64>)>| {
+            senders.get(&key).is_some_and(|(n, _)| *n == number)
         };
-        let result = self.pump(request, &mut file, total, &ack_rx, current);
+        let result = self.pump(request, &mut file, total, &ack_rx, || {
+            owns(&lock(&self.senders))
+        });
         let mut senders = lock(&self.senders);
-        if senders.get(&key).is_some_and(|(n, _)| *n == number) {
+        if owns(&senders) {
             senders.remove(&key);
         }
         result

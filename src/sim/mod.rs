@@ -220,6 +220,7 @@ fn wait_converged(world: &mut World, workload: &Workload, params: &Params) -> Re
 /// timeout. Only for runs without crashes: a crashed node's writes never complete.
 fn wait_writes_settled(world: &mut World, workload: &Workload) {
     let deadline = world.now + world.params.proposal_timeout_ms;
+    workload.collect(world);
     while world.now < deadline && !workload.settled(world) {
         let until = world.now + 100;
         world.run_until(until, |w, event| match event {

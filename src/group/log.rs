@@ -315,16 +315,19 @@ impl raft::Storage for GroupLog {
         Ok(self.last_index)
     }
 
-    /// The system group serves a snapshot prepared from the directory; a data group serves
-    /// its latest stored snapshot. Either must include the receiver in its configuration
-    /// (raft-rs's receiver drops it otherwise); if not, the caller is told to prepare or
-    /// take a newer one and raft asks again later.
+    /// The system group serves a snapshot prepared from the directory (never its stored
+    /// one: that has no file to stream); a data group serves its latest stored snapshot.
+    /// Either must include the receiver in its configuration (raft-rs's receiver drops it
+    /// otherwise); if not, the caller is told to prepare or take a newer one and raft asks
+    /// again later.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let wanted_index = request_index.max(self.snapshot.index);
-        if let Some(snap) = &self.prepared_snapshot {
-            let meta = snap.get_metadata();
-            if meta.index >= wanted_index && includes(meta.get_conf_state(), to) {
-                return Ok(snap.clone());
+        if self.group.is_system() {
+            if let Some(snap) = &self.prepared_snapshot {
+                let meta = snap.get_metadata();
+                if meta.index >= wanted_index && includes(meta.get_conf_state(), to) {
+                    return Ok(snap.clone());
+                }
             }
         } else if self.snapshot.index > BOOTSTRAP_INDEX
             && self.snapshot.index >= request_index
@@ -340,5 +343,56 @@ impl raft::Storage for GroupLog {
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with_stored_snapshot(group: DataStructureId, dir: &std::path::Path) -> GroupLog {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let disk: Arc<dyn LogStore> =
+            Arc::new(crate::storage::SledStore::open(dir, logger).expect("open sled"));
+        let mut log = GroupLog::empty(group, disk);
+        let mut snap = GroupLog::bootstrap_snapshot(&[1, 2, 3]);
+        snap.mut_metadata().index = 28;
+        snap.mut_metadata().term = 8;
+        log.apply_snapshot(&snap);
+        log
+    }
+
+    fn serves(log: &GroupLog) -> raft::Result<Snapshot> {
+        raft::Storage::snapshot(log, 0, 2)
+    }
+
+    #[test]
+    fn a_restarted_system_replica_prepares_its_snapshot_instead_of_streaming_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut log = log_with_stored_snapshot(DataStructureId::SYSTEM, dir.path());
+        assert!(matches!(
+            serves(&log),
+            Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(log.take_snapshot_wanted());
+        let mut prepared = GroupLog::bootstrap_snapshot(&[1, 2, 3]);
+        prepared.mut_metadata().index = 30;
+        prepared.data = b"directory".to_vec().into();
+        log.set_prepared_snapshot(prepared.clone());
+        assert_eq!(serves(&log).expect("prepared snapshot"), prepared);
+    }
+
+    #[test]
+    fn a_data_replica_serves_its_stored_snapshot_as_a_file_reference() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = log_with_stored_snapshot(DataStructureId::from_u128(7), dir.path());
+        let snap = serves(&log).expect("stored snapshot");
+        assert_eq!(snap.get_metadata().index, 28);
+        assert_eq!(
+            crate::storage::parse_file_reference(snap.get_data()),
+            Some(28)
+        );
     }
 }

@@ -180,6 +180,7 @@ impl NodeCore {
             slog::warn!(self.cfg.logger, "undecodable directory entry"; "index" => entry.index);
             return;
         };
+        slog::debug!(self.cfg.logger, "directory op"; "index" => entry.index, "op" => ?op);
         if let Applied::Created(group) = self.directory.apply(op) {
             self.on_group_created(group);
         }

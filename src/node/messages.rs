@@ -4,6 +4,7 @@
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
+use super::directory::Directory;
 use super::NodeCore;
 use crate::id::{incarnation_of, node_of, DataStructureId, NodeId, ReplicaId};
 use crate::proto;
@@ -50,6 +51,12 @@ impl NodeCore {
         {
             slog::warn!(self.cfg.logger, "dropping misaddressed raft message";
                 "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
+            return;
+        }
+        if group.is_system() && !carries_a_directory(&msg) {
+            // raft would install it and this node's directory would silently fall behind.
+            slog::warn!(self.cfg.logger, "dropping a system snapshot that is not a directory";
+                "from" => from, "index" => msg.get_snapshot().get_metadata().index);
             return;
         }
         if !self.groups.contains_key(&group) {
@@ -141,4 +148,10 @@ impl NodeCore {
             slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
         }
     }
+}
+
+/// False for a system-group `MsgSnapshot` whose data does not decode as a directory.
+fn carries_a_directory(msg: &Message) -> bool {
+    msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+        || Directory::decode(msg.get_snapshot().get_data()).is_ok()
 }

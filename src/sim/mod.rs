@@ -424,13 +424,15 @@ mod tests {
     /// (96), a deleted replica revived with an empty log (102), a removed learner nobody
     /// reported stuck forever (137), a system replica ignoring its re-added older
     /// incarnation (553), a restarted learner never finding its hibernating leader (138), a
-    /// restarted system leader re-adding an incarnation its node had deleted (145).
+    /// restarted system leader re-adding an incarnation its node had deleted (145), a
+    /// restarted system leader sending its stored snapshot as a file reference, which left
+    /// the receiver's directory stale (398).
     /// Seeds of the default range
     /// found a snapshot labelled below its content (1), an unreadable adopted offer (3), a
     /// removal never recorded in the directory (9), learners never served a snapshot (2,
     /// 6). The workload changed since some were found, so a seed now runs a different
     /// schedule; they stay as extra coverage.
-    const REGRESSION_SEEDS: [u64; 12] = [20, 23, 39, 49, 78, 82, 96, 102, 137, 138, 145, 553];
+    const REGRESSION_SEEDS: [u64; 13] = [20, 23, 39, 49, 78, 82, 96, 102, 137, 138, 145, 398, 553];
 
     #[test]
     fn seeds_that_found_bugs_stay_fixed() {

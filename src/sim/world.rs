@@ -541,15 +541,20 @@ impl World {
     }
 }
 
-/// Logs to stderr when `COPYCAT_SIM_LOG` is set (info and above; raft's debug lines would
-/// drown the rest).
+/// Logs to stderr when `COPYCAT_SIM_LOG` is set: info and above, or debug with
+/// `COPYCAT_SIM_LOG=debug` (raft's debug lines are many; release builds compile them out).
 fn sim_logger() -> slog::Logger {
     use slog::Drain;
-    if std::env::var_os("COPYCAT_SIM_LOG").is_none() {
+    let Some(level) = std::env::var_os("COPYCAT_SIM_LOG") else {
         return slog::Logger::root(slog::Discard, slog::o!());
-    }
+    };
+    let level = if level == "debug" {
+        slog::Level::Debug
+    } else {
+        slog::Level::Info
+    };
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    let drain = slog::LevelFilter::new(drain, level).fuse();
     slog::Logger::root(drain, slog::o!())
 }

@@ -22,8 +22,22 @@ pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> Config {
         peers,
         proposal_timeout: PROPOSAL_TIMEOUT,
         dead_node_grace: args.grace,
+        logger: logger(),
         ..Config::default()
     }
+}
+
+/// Info-level logs to stderr when `COPYCAT_BENCH_LOG` is set (child processes inherit it);
+/// none otherwise.
+fn logger() -> slog::Logger {
+    use slog::Drain;
+    if std::env::var_os("COPYCAT_BENCH_LOG").is_none() {
+        return slog::Logger::root(slog::Discard, slog::o!());
+    }
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
 }
 
 /// A replica process: runs a node, answers `stats` on stdin with a `STATS` line, and

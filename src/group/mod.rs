@@ -6,6 +6,7 @@
 //! ("persist before sending persisted messages, persist the commit index before applying").
 
 mod copies;
+mod election;
 mod hibernation;
 pub(crate) mod log;
 mod recent;
@@ -211,6 +212,12 @@ impl RaftGroup {
     /// The commit index.
     pub(crate) fn committed(&self) -> u64 {
         self.raw.raft.raft_log.committed
+    }
+
+    /// Whether this replica's commit index is at an entry of the current term: the leader
+    /// has committed in its term, and answers ReadIndex requests.
+    pub(crate) fn has_committed_in_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
     }
 
     /// Advances the logical clock by one tick.
@@ -422,24 +429,6 @@ impl RaftGroup {
         for replica in on_node {
             self.raw.report_unreachable(replica);
             self.report_snapshot(replica, false);
-        }
-    }
-
-    /// raft-rs resets the election timeout with its own thread RNG whenever the term or role
-    /// changes; overwrite it from the node's seeded RNG so runs are reproducible.
-    fn randomize_timeout_if_changed(&mut self, rng: &mut impl Rng) {
-        let now = (self.raw.raft.term, self.raw.raft.state);
-        if now == self.last_term_role {
-            return;
-        }
-        self.last_term_role = now;
-        // raft-rs's defaults: [election_tick, 2 * election_tick).
-        let min = self.raw.raft.election_timeout();
-        let max = 2 * min;
-        if min < max {
-            self.raw
-                .raft
-                .set_randomized_election_timeout(rng.gen_range(min..max));
         }
     }
 

@@ -462,10 +462,14 @@ impl NodeCore {
         ));
     }
 
-    /// The transport could not reach `node`: tell every group so raft probes it gently.
+    /// The transport could not reach `node`: tell every group so raft probes it gently, and
+    /// let followers of a leader there elect another soon (and wake to do it).
     pub(crate) fn handle_unreachable(&mut self, node: NodeId) {
         for (id, group) in self.groups.iter_mut() {
             group.report_unreachable_node(node);
+            if group.on_leader_node_unreachable(node) && self.asleep.remove(id) {
+                group.wake();
+            }
             self.active.insert(*id);
         }
     }

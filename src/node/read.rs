@@ -25,10 +25,13 @@ pub(crate) struct PendingRead {
     pub retry_gate: bool,
     /// When the read index was last asked for.
     pub requested_ms: u64,
+    /// Waiting to be asked for until this replica sees an entry of the leader's term
+    /// committed (a leader drops ReadIndex requests until then, without an answer).
+    pub deferred: bool,
 }
 
-/// How long a read waits for the leader's answer before asking again: a leader that has
-/// not yet committed an entry of its term drops ReadIndex requests without an answer.
+/// How long a read waits for the leader's answer before asking again (the request or its
+/// answer may be lost, or the leader changed).
 const READ_RETRY_MS: u64 = 300;
 
 impl NodeCore {
@@ -57,6 +60,7 @@ impl NodeCore {
                 index: None,
                 requested_ms: now_ms,
                 retry_gate: false,
+                deferred: false,
             },
         );
         self.request_read_index(seq);
@@ -92,6 +96,7 @@ impl NodeCore {
                 index: None,
                 requested_ms: now,
                 retry_gate: true,
+                deferred: false,
             },
         );
         self.request_read_index(seq);
@@ -110,6 +115,10 @@ impl NodeCore {
             return;
         }
         read.requested_ms = self.now_ms;
+        read.deferred = !raft.has_committed_in_term();
+        if read.deferred {
+            return;
+        }
         let ctx = ProposalContext {
             node: self.me,
             seq,
@@ -129,6 +138,27 @@ impl NodeCore {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in waiting {
+            self.request_read_index(seq);
+        }
+    }
+
+    /// Asks for the read indexes of `group` deferred until an entry of the leader's term
+    /// committed (a new leader's first entry: right after a failover).
+    pub(super) fn request_deferred_reads(&mut self, group: DataStructureId) {
+        if !self
+            .groups
+            .get(&group)
+            .is_some_and(|g| g.has_committed_in_term())
+        {
+            return;
+        }
+        let deferred: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.group == group && r.deferred)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in deferred {
             self.request_read_index(seq);
         }
     }

@@ -128,6 +128,36 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_installing_a_snapshot_campaigns_only_once_it_is_applied() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut second = follower_of_1(2, dir.path(), &mut rng);
+        let mut snapshot = GroupLog::bootstrap_snapshot(&[1, 2, 3]);
+        snapshot.mut_metadata().index = 30;
+        snapshot.mut_metadata().term = 6;
+        let message = Message {
+            msg_type: MessageType::MsgSnapshot,
+            from: 1,
+            to: 2,
+            term: 6,
+            snapshot: Some(snapshot).into(),
+            ..Default::default()
+        };
+        second.step(message, &mut rng).expect("snapshot");
+        second.collect_ready(1).expect("a ready with the snapshot");
+        assert!(second.on_leader_node_unreachable(node_of(1)));
+        // raft-rs would panic reading the entries the snapshot replaced if it campaigned
+        // before the snapshot's batch is durable and applied.
+        assert_eq!(
+            ticks_to_campaign(&mut second, &mut rng, ELECTION_TICKS),
+            None
+        );
+        second.on_durable(1).expect("the snapshot is released");
+        second.advance_applied(30);
+        assert!(ticks_to_campaign(&mut second, &mut rng, ELECTION_TICKS).is_some());
+    }
+
+    #[test]
     fn an_unreachable_node_that_holds_no_leader_changes_nothing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         let dir = tempfile::tempdir().expect("dir");

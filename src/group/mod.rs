@@ -222,7 +222,9 @@ impl RaftGroup {
 
     /// Advances the logical clock by one tick.
     pub(crate) fn tick(&mut self, rng: &mut impl Rng) {
-        self.raw.tick();
+        if !self.installing_snapshot() {
+            self.raw.tick();
+        }
         self.randomize_timeout_if_changed(rng);
         self.leaderless_ticks = if self.leader() == 0 {
             self.leaderless_ticks + 1
@@ -244,6 +246,9 @@ impl RaftGroup {
 
     /// Starts an election now (a freshly created group's first voter does this).
     pub(crate) fn campaign(&mut self, rng: &mut impl Rng) -> raft::Result<()> {
+        if self.installing_snapshot() {
+            return Ok(());
+        }
         self.stir();
         let result = self.raw.campaign();
         self.randomize_timeout_if_changed(rng);
@@ -254,6 +259,10 @@ impl RaftGroup {
     pub(crate) fn step(&mut self, mut msg: Message, rng: &mut impl Rng) -> raft::Result<()> {
         let forwarded = msg.get_msg_type() == MessageType::MsgPropose && self.is_leader();
         if forwarded && !self.recent.drop_seen(&mut msg) {
+            return Ok(());
+        }
+        if msg.get_msg_type() == MessageType::MsgTimeoutNow && self.installing_snapshot() {
+            // The leader's transfer times out and it carries on leading.
             return Ok(());
         }
         let accepted = forwarded.then(|| msg.entries.to_vec());
@@ -494,6 +503,15 @@ impl RaftGroup {
             write: wrote.then_some(write),
             releasable: batch_seq == 0,
         })
+    }
+
+    /// Whether a received snapshot waits for its batch. raft-rs then counts it as stable
+    /// (the log starts after it) but not as applied, and an election would read the
+    /// entries it replaced (raft-rs panics: "unexpected error getting unapplied entries").
+    /// So the replica neither ticks nor campaigns meanwhile, as TiKV does not while
+    /// applying a snapshot.
+    fn installing_snapshot(&self) -> bool {
+        self.held.iter().any(|h| h.snapshot.is_some())
     }
 
     /// Whether readies wait for a batch.

@@ -426,7 +426,9 @@ mod tests {
     /// incarnation (553), a restarted learner never finding its hibernating leader (138), a
     /// restarted system leader re-adding an incarnation its node had deleted (145), a
     /// restarted system leader sending its stored snapshot as a file reference, which left
-    /// the receiver's directory stale (398).
+    /// the receiver's directory stale (398), a follower campaigning while the snapshot it
+    /// received waited for its batch (raft-rs panicked; 281, found once followers of an
+    /// unreachable leader campaign early).
     /// Seeds of the default range
     /// found a snapshot labelled below its content (1), an unreadable adopted offer (3), a
     /// removal never recorded in the directory (9), learners never served a snapshot (2,

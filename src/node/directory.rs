@@ -34,7 +34,7 @@ pub(crate) enum DirectoryOp {
 pub(crate) struct GroupRecord {
     /// The voters the group was bootstrapped with (every replica starts from them).
     pub initial_voters: Vec<NodeId>,
-    /// Voters as of `conf_index`.
+    /// Voters as of `conf_index` (of both halves, in a joint configuration).
     pub voters: Vec<ReplicaId>,
     /// Learners as of `conf_index`.
     pub learners: Vec<ReplicaId>,

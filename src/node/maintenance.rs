@@ -242,9 +242,17 @@ impl NodeCore {
             return;
         };
         let cs = raft.log().conf_state();
-        let mut voters = cs.voters.clone();
+        // A joint configuration's outgoing voters still vote (leaving it needs their
+        // majority too): listed, so none deletes itself as forgotten meanwhile.
+        let mut voters: Vec<_> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .copied()
+            .collect();
         let mut learners = cs.learners.clone();
         voters.sort_unstable();
+        voters.dedup();
         learners.sort_unstable();
         let mut known_voters = record.voters.clone();
         let mut known_learners = record.learners.clone();

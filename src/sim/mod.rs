@@ -428,7 +428,8 @@ mod tests {
     /// restarted system leader sending its stored snapshot as a file reference, which left
     /// the receiver's directory stale (398), a follower campaigning while the snapshot it
     /// received waited for its batch (raft-rs panicked; 281, found once followers of an
-    /// unreachable leader campaign early).
+    /// unreachable leader campaign early), a replica still voting in the outgoing half of a
+    /// joint configuration deleting itself as forgotten, which wedged the group (591).
     /// Seeds of the default range
     /// found a snapshot labelled below its content (1), an unreadable adopted offer (3), a
     /// removal never recorded in the directory (9), learners never served a snapshot (2,

@@ -85,6 +85,23 @@ impl NodeCore {
         nodes
     }
 
+    /// How many nodes the directory's configuration (the system group) holds, alive or not.
+    fn cluster_size(&self) -> usize {
+        let Some(system) = self.groups.get(&DataStructureId::SYSTEM) else {
+            return 1;
+        };
+        let cs = system.log().conf_state();
+        let mut nodes: Vec<NodeId> = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .map(|r| node_of(*r))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    }
+
     /// Moves a wanted group forward: propose its creation, or host a replica here and ask
     /// the group to add it as a learner. Done once the replica is in the configuration.
     pub(super) fn pursue(&mut self, group: DataStructureId) {
@@ -175,7 +192,15 @@ impl NodeCore {
     }
 
     fn propose_creation(&mut self, group: DataStructureId) {
-        let voters = placement::place(group, self.alive_nodes(), self.cfg.replication_factor);
+        let alive = self.alive_nodes();
+        let reachable_enough = self.cfg.replication_factor.min(self.cluster_size());
+        if alive.len() < reachable_enough {
+            // Fewer voters than the cluster could give would leave the group one failure
+            // away from losing its quorum for good: wait until enough nodes are reachable
+            // (a partition heals, or the directory replaces a dead node).
+            return;
+        }
+        let voters = placement::place(group, alive, self.cfg.replication_factor);
         let op = DirectoryOp::Create {
             group: group.as_u128(),
             voters,

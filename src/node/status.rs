@@ -126,6 +126,17 @@ impl NodeCore {
 
 #[cfg(test)]
 impl NodeCore {
+    /// Where subscription `sub` stands (simulation diagnostics).
+    pub(crate) fn debug_subscription(&self, sub: super::subscription::SubId) -> String {
+        match self.subs.get(&sub) {
+            Some(s) => format!(
+                "subscription next {} last delivered {}",
+                s.next_index, s.last_delivered
+            ),
+            None => "no such subscription".to_string(),
+        }
+    }
+
     /// The directory record of `group` and the removals seen here (simulation diagnostics).
     pub(crate) fn debug_record(&self, group: DataStructureId) -> String {
         format!(

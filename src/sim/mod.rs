@@ -294,9 +294,11 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
                 .unwrap_or(0);
             if app.applied() < acked.min(last) || (acked > 0 && last < acked) {
                 return Err(format!(
-                    "node {i}: subscriber of {} at {} of {acked}",
+                    "node {i}: subscriber of {} at {} of {acked}: {:?} {}",
                     app.group,
-                    app.applied()
+                    app.applied(),
+                    node.core.group_status(app.group),
+                    node.core.debug_subscription(app.sub)
                 ));
             }
         }
@@ -429,7 +431,9 @@ mod tests {
     /// the receiver's directory stale (398), a follower campaigning while the snapshot it
     /// received waited for its batch (raft-rs panicked; 281, found once followers of an
     /// unreachable leader campaign early), a replica still voting in the outgoing half of a
-    /// joint configuration deleting itself as forgotten, which wedged the group (591).
+    /// joint configuration deleting itself as forgotten, which wedged the group (591),
+    /// streamed snapshots raft ignored evicting the file the log starts from (1124), a
+    /// group created with two voters during a partition losing one for good (1464).
     /// Seeds of the default range
     /// found a snapshot labelled below its content (1), an unreadable adopted offer (3), a
     /// removal never recorded in the directory (9), learners never served a snapshot (2,

@@ -342,6 +342,16 @@ impl SledStore {
         self.db
             .apply_batch(overlay.into_batch())
             .map_err(sled_err)?;
+        for gw in batch.groups.iter().filter(|gw| !gw.remove) {
+            let compacted = gw
+                .compact
+                .as_ref()
+                .filter(|_| !skip_compaction.contains(&gw.group));
+            let meta = compacted.or(gw.snapshot.as_ref().map(|s| s.get_metadata()));
+            if let Some(meta) = meta {
+                self.files.set_in_use(gw.group, meta.index);
+            }
+        }
         if batch.needs_sync() {
             self.db.flush().map_err(sled_err)?;
             if self.fsync {
@@ -542,6 +552,9 @@ impl LogStore for SledStore {
             self.groups_with_entries()?.into_iter().collect();
         for g in with_entries.keys() {
             slot(&mut groups, *g);
+        }
+        for sg in groups.values() {
+            self.files.set_in_use(sg.group, sg.snapshot.index);
         }
         Ok(groups
             .into_values()

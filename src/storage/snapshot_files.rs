@@ -7,9 +7,11 @@
 //! the snapshot a marker announced gets exactly that one. The newest [`KEEP_FILES`] per
 //! group are kept, so a consumer that is one snapshot behind can still load its own.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{Result, StorageError};
 use crate::id::DataStructureId;
@@ -69,6 +71,10 @@ pub fn parse_file_reference(data: &[u8]) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct SnapshotFiles {
     root: PathBuf,
+    /// Per group, the snapshot its stored log starts from: never pruned, even when newer
+    /// files arrived that raft did not install (a streamed snapshot whose entries the log
+    /// already had), since subscribers reload from it.
+    in_use: Arc<Mutex<HashMap<DataStructureId, u64>>>,
 }
 
 impl SnapshotFiles {
@@ -76,7 +82,23 @@ impl SnapshotFiles {
     pub fn new(data_dir: &Path) -> Self {
         SnapshotFiles {
             root: data_dir.join("snapshots"),
+            in_use: Arc::default(),
         }
+    }
+
+    /// Records that the stored log of `group` now starts from its snapshot at `index`.
+    pub(crate) fn set_in_use(&self, group: DataStructureId, index: u64) {
+        self.in_use_map().insert(group, index);
+    }
+
+    fn in_use(&self, group: DataStructureId) -> Option<u64> {
+        self.in_use_map().get(&group).copied()
+    }
+
+    fn in_use_map(&self) -> std::sync::MutexGuard<'_, HashMap<DataStructureId, u64>> {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn group_dir(&self, group: DataStructureId) -> PathBuf {
@@ -241,18 +263,21 @@ impl SnapshotFiles {
         Ok(out)
     }
 
-    /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group` (and their ids).
+    /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group` and the one its log
+    /// starts from (and the ids of the deleted ones).
     fn prune(&self, group: DataStructureId) -> Result<()> {
         let indexes = self.indexes(group)?;
         let excess = indexes.len().saturating_sub(KEEP_FILES);
-        for index in &indexes[..excess] {
+        let in_use = self.in_use(group);
+        let Some(oldest_kept) = indexes.get(excess) else {
+            return Ok(());
+        };
+        for index in indexes[..excess].iter().filter(|i| Some(**i) != in_use) {
             fs::remove_file(self.path(group, *index))?;
         }
-        if let Some(oldest_kept) = indexes.get(excess) {
-            for index in self.with_extension(group, "ids")? {
-                if index < *oldest_kept {
-                    fs::remove_file(self.ids_path(group, index))?;
-                }
+        for index in self.with_extension(group, "ids")? {
+            if index < *oldest_kept && Some(index) != in_use {
+                fs::remove_file(self.ids_path(group, index))?;
             }
         }
         Ok(())
@@ -260,6 +285,7 @@ impl SnapshotFiles {
 
     /// Deletes every snapshot file of `group` (its replica was removed).
     pub fn remove_group(&self, group: DataStructureId) -> Result<()> {
+        self.in_use_map().remove(&group);
         match fs::remove_dir_all(self.group_dir(group)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(e)),
             _ => Ok(()),
@@ -287,5 +313,25 @@ mod tests {
         assert_eq!(files.read(g, 10).unwrap(), None);
         files.remove_group(g).unwrap();
         assert!(files.indexes(g).unwrap().is_empty());
+    }
+
+    /// Seed 1124: streamed snapshots that raft ignored (the log had their entries) evicted
+    /// the file the log started from; every subscriber's marker then failed to load.
+    #[test]
+    fn the_snapshot_the_log_starts_from_is_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path());
+        let g = DataStructureId::new();
+        files.write(g, 82, b"state@82").unwrap();
+        files.set_in_use(g, 82);
+        for index in [91, 102, 110] {
+            files.create_partial(g, index).unwrap();
+            files.install_partial(g, index).unwrap();
+        }
+        assert_eq!(files.indexes(g).unwrap(), vec![82, 102, 110]);
+        assert_eq!(files.read(g, 82).unwrap(), Some(b"state@82".to_vec()));
+        files.set_in_use(g, 110);
+        files.write(g, 120, b"state@120").unwrap();
+        assert_eq!(files.indexes(g).unwrap(), vec![110, 120]);
     }
 }

@@ -240,7 +240,7 @@ impl NodeCore {
 }
 
 /// Every replica in a configuration, joint ones included.
-fn members(cs: &raft::eraftpb::ConfState) -> Vec<crate::id::ReplicaId> {
+pub(super) fn members(cs: &raft::eraftpb::ConfState) -> Vec<crate::id::ReplicaId> {
     cs.voters
         .iter()
         .chain(&cs.learners)
@@ -248,6 +248,14 @@ fn members(cs: &raft::eraftpb::ConfState) -> Vec<crate::id::ReplicaId> {
         .chain(&cs.learners_next)
         .copied()
         .collect()
+}
+
+/// The nodes holding a replica in a configuration (joint ones included), each once.
+pub(super) fn member_nodes(cs: &raft::eraftpb::ConfState) -> Vec<crate::id::NodeId> {
+    let mut nodes: Vec<_> = members(cs).into_iter().map(crate::id::node_of).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
 }
 
 fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2, protobuf::ProtobufError> {

@@ -1,6 +1,7 @@
 //! The node's side of hibernation (see `group::hibernation`): which groups sleep, and what
 //! wakes them.
 
+use super::apply::member_nodes;
 use super::NodeCore;
 use crate::id::{node_of, DataStructureId, NodeId};
 
@@ -22,13 +23,7 @@ impl NodeCore {
         let Some(raft) = self.groups.get(&group) else {
             return;
         };
-        let cs = raft.log().conf_state();
-        let mut nodes: Vec<NodeId> = cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .map(|r| node_of(*r))
-            .collect();
+        let mut nodes: Vec<NodeId> = member_nodes(raft.log().conf_state());
         if group.is_system() {
             nodes.extend(self.members.keys().copied());
         } else if let Some(record) = self.directory.get(group) {

@@ -3,6 +3,7 @@
 
 use raft::eraftpb::Snapshot;
 
+use super::apply::{member_nodes, members};
 use super::directory::DirectoryOp;
 use super::placement;
 use super::proposal::ProposalContext;
@@ -87,19 +88,9 @@ impl NodeCore {
 
     /// How many nodes the directory's configuration (the system group) holds, alive or not.
     fn cluster_size(&self) -> usize {
-        let Some(system) = self.groups.get(&DataStructureId::SYSTEM) else {
-            return 1;
-        };
-        let cs = system.log().conf_state();
-        let mut nodes: Vec<NodeId> = cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .map(|r| node_of(*r))
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes.len()
+        self.groups
+            .get(&DataStructureId::SYSTEM)
+            .map_or(1, |system| member_nodes(system.log().conf_state()).len())
     }
 
     /// Moves a wanted group forward: propose its creation, or host a replica here and ask
@@ -129,8 +120,7 @@ impl NodeCore {
             self.flush_queued(group);
             return;
         }
-        let cs = raft.log().conf_state();
-        targets.extend(cs.voters.iter().chain(&cs.learners).map(|r| node_of(*r)));
+        targets.extend(member_nodes(raft.log().conf_state()));
         targets.push(node_of(raft.leader()));
         targets.sort_unstable();
         targets.dedup();
@@ -169,13 +159,7 @@ impl NodeCore {
     pub(super) fn fresh_replica(&self, group: DataStructureId, node: NodeId) -> u64 {
         let mut seen: Vec<u64> = self.removed_seen.get(&group).cloned().unwrap_or_default();
         if let Some(raft) = self.groups.get(&group) {
-            let cs = raft.log().conf_state();
-            seen.extend(
-                cs.voters
-                    .iter()
-                    .chain(&cs.learners)
-                    .chain(&cs.voters_outgoing),
-            );
+            seen.extend(members(raft.log().conf_state()));
             seen.push(raft.replica_id());
         }
         seen.extend(self.deleted_replica(group));

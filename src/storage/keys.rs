@@ -1,12 +1,13 @@
 //! Key layout and value codecs of the sled store.
 //!
 //! Everything lives in sled's default tree. Keys start with one tag byte; per-group keys follow
-//! it with the 16-byte big-endian group id ([`DataStructureId::to_bytes`]), and entry keys add the
-//! 8-byte big-endian index, so sled's lexicographic order is (tag, group, index) order:
+//! it with the 16-byte big-endian group id ([`DataStructureId::to_bytes`]), and run keys add the
+//! 8-byte big-endian index of the run's first entry, so sled's lexicographic order is
+//! (tag, group, index) order:
 //!
 //! | key                                  | value                                        |
 //! |--------------------------------------|----------------------------------------------|
-//! | `'e'` group index                    | term (8 bytes BE) + encoded `Entry`          |
+//! | `'r'` group first-index              | a run of consecutive entries (`runs.rs`)     |
 //! | `'h'` group                          | encoded `HardState`                          |
 //! | `'c'` group                          | encoded `ConfState`                          |
 //! | `'s'` group                          | encoded `SnapshotMetadata`                   |
@@ -15,15 +16,17 @@
 //! | `'m'` key (UTF-8)                    | node-level metadata value                    |
 //!
 //! Snapshot data is kept apart from its metadata so that `load_groups` only reads small values.
+//! Tag `'e'` held one entry per key before runs; a data dir with such keys is refused.
 
 use protobuf::Message;
-use raft::eraftpb::Entry;
 
 use super::{Result, StorageError};
 use crate::id::DataStructureId;
 
-/// Log entries.
-pub(super) const TAG_ENTRY: u8 = b'e';
+/// Runs of log entries.
+pub(super) const TAG_RUN: u8 = b'r';
+/// One log entry per key: the format before runs, no longer read.
+pub(super) const TAG_LEGACY_ENTRY: u8 = b'e';
 /// Hard state.
 pub(super) const TAG_HARD_STATE: u8 = b'h';
 /// Conf state.
@@ -39,10 +42,8 @@ pub(super) const TAG_META: u8 = b'm';
 
 /// Length of a per-group key: tag + group id.
 pub(super) const GROUP_KEY_LEN: usize = 17;
-/// Length of an entry key: tag + group id + index.
-pub(super) const ENTRY_KEY_LEN: usize = 25;
-/// Length of the term prefix of an entry value.
-pub(super) const TERM_PREFIX_LEN: usize = 8;
+/// Length of a run key: tag + group id + index.
+pub(super) const RUN_KEY_LEN: usize = 25;
 
 /// `tag` + group.
 pub(super) fn group_key(tag: u8, group: DataStructureId) -> [u8; GROUP_KEY_LEN] {
@@ -52,10 +53,10 @@ pub(super) fn group_key(tag: u8, group: DataStructureId) -> [u8; GROUP_KEY_LEN] 
     key
 }
 
-/// `'e'` + group + index.
-pub(super) fn entry_key(group: DataStructureId, index: u64) -> [u8; ENTRY_KEY_LEN] {
-    let mut key = [0u8; ENTRY_KEY_LEN];
-    key[0] = TAG_ENTRY;
+/// `'r'` + group + index of the run's first entry.
+pub(super) fn run_key(group: DataStructureId, index: u64) -> [u8; RUN_KEY_LEN] {
+    let mut key = [0u8; RUN_KEY_LEN];
+    key[0] = TAG_RUN;
     key[1..GROUP_KEY_LEN].copy_from_slice(&group.to_bytes());
     key[GROUP_KEY_LEN..].copy_from_slice(&index.to_be_bytes());
     key
@@ -77,13 +78,13 @@ pub(super) fn parse_group_key(tag: u8, key: &[u8]) -> Result<DataStructureId> {
     DataStructureId::from_bytes(&key[1..]).ok_or_else(|| bad_key(key))
 }
 
-/// The group and index of an entry key.
-pub(super) fn parse_entry_key(key: &[u8]) -> Result<(DataStructureId, u64)> {
-    if key.len() != ENTRY_KEY_LEN || key[0] != TAG_ENTRY {
+/// The group and first index of a run key.
+pub(super) fn parse_run_key(key: &[u8]) -> Result<(DataStructureId, u64)> {
+    if key.len() != RUN_KEY_LEN || key[0] != TAG_RUN {
         return Err(bad_key(key));
     }
     let group = DataStructureId::from_bytes(&key[1..GROUP_KEY_LEN]).ok_or_else(|| bad_key(key))?;
-    let index = decode_u64(&key[GROUP_KEY_LEN..], "entry key index")?;
+    let index = decode_u64(&key[GROUP_KEY_LEN..], "run key index")?;
     Ok((group, index))
 }
 
@@ -128,52 +129,6 @@ pub(super) fn decode_u64(bytes: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// The stored form of an entry: its term (8 bytes BE), then the encoded entry.
-pub(super) fn encode_entry(entry: &Entry) -> Result<Vec<u8>> {
-    let encoded = encode_msg(entry, "entry")?;
-    let mut value = Vec::with_capacity(TERM_PREFIX_LEN + encoded.len());
-    value.extend_from_slice(&entry.term.to_be_bytes());
-    value.extend_from_slice(&encoded);
-    Ok(value)
-}
-
-/// The term prefix of a stored entry, without decoding the entry.
-pub(super) fn entry_term(group: DataStructureId, index: u64, value: &[u8]) -> Result<u64> {
-    match value.get(..TERM_PREFIX_LEN) {
-        Some(prefix) => decode_u64(prefix, "entry term"),
-        None => Err(StorageError::Corrupted {
-            what: entry_what(group, index),
-            detail: format!("value of {} bytes has no term prefix", value.len()),
-        }),
-    }
-}
-
-/// The encoded size of a stored entry (what raft's size limits count).
-pub(super) fn entry_size(value: &[u8]) -> u64 {
-    value.len().saturating_sub(TERM_PREFIX_LEN) as u64
-}
-
-/// Decodes a stored entry and checks it against its key and its term prefix.
-pub(super) fn decode_entry(group: DataStructureId, index: u64, value: &[u8]) -> Result<Entry> {
-    let term = entry_term(group, index, value)?;
-    let entry: Entry = decode_msg(&value[TERM_PREFIX_LEN..], || entry_what(group, index))?;
-    if entry.index != index || entry.term != term {
-        return Err(StorageError::Corrupted {
-            what: entry_what(group, index),
-            detail: format!(
-                "decoded index {} term {} do not match key index {index} and stored term {term}",
-                entry.index, entry.term
-            ),
-        });
-    }
-    Ok(entry)
-}
-
-/// Names an entry in errors.
-pub(super) fn entry_what(group: DataStructureId, index: u64) -> String {
-    format!("entry {index} of group {group}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,31 +136,15 @@ mod tests {
     #[test]
     fn key_order_is_log_order() {
         let g = DataStructureId::from_u128(7);
-        assert!(entry_key(g, 255) < entry_key(g, 256));
-        assert!(entry_key(g, u64::MAX) < entry_key(DataStructureId::from_u128(8), 0));
-        let (pg, pi) = parse_entry_key(&entry_key(g, 300)).unwrap();
+        assert!(run_key(g, 255) < run_key(g, 256));
+        assert!(run_key(g, u64::MAX) < run_key(DataStructureId::from_u128(8), 0));
+        let (pg, pi) = parse_run_key(&run_key(g, 300)).unwrap();
         assert_eq!((pg, pi), (g, 300));
         assert_eq!(
             parse_group_key(TAG_HARD_STATE, &group_key(TAG_HARD_STATE, g)).unwrap(),
             g
         );
         assert!(parse_group_key(TAG_CONF_STATE, &group_key(TAG_HARD_STATE, g)).is_err());
-        assert!(parse_entry_key(&[TAG_ENTRY, 1, 2]).is_err());
-    }
-
-    #[test]
-    fn entry_roundtrip_and_term_prefix() {
-        let g = DataStructureId::from_u128(0);
-        let e = Entry {
-            index: 5,
-            term: 3,
-            data: bytes::Bytes::from_static(b"hello"),
-            ..Default::default()
-        };
-        let v = encode_entry(&e).unwrap();
-        assert_eq!(entry_term(g, 5, &v).unwrap(), 3);
-        assert_eq!(decode_entry(g, 5, &v).unwrap(), e);
-        assert!(decode_entry(g, 6, &v).is_err());
-        assert!(entry_term(g, 5, &[1, 2]).is_err());
+        assert!(parse_run_key(&[TAG_RUN, 1, 2]).is_err());
     }
 }

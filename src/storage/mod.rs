@@ -8,6 +8,8 @@
 //! groups and the node stops acknowledging writes (it never acknowledges what is not durable).
 
 mod keys;
+mod overlay;
+mod runs;
 mod sled_store;
 mod snapshot_files;
 

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,10 +16,11 @@ use bytes::Bytes;
 use slog::{debug, info, warn, Logger};
 
 use super::keys::{
-    decode_entry, decode_msg, decode_u64, encode_entry, encode_msg, entry_key, entry_size,
-    entry_term, group_key, meta_key, parse_entry_key, parse_group_key, TAG_APPLIED, TAG_CONF_STATE,
-    TAG_HARD_STATE, TAG_SNAP_DATA, TAG_SNAP_META,
+    decode_msg, decode_u64, group_key, meta_key, parse_group_key, parse_run_key, run_key,
+    TAG_APPLIED, TAG_CONF_STATE, TAG_HARD_STATE, TAG_LEGACY_ENTRY, TAG_SNAP_DATA, TAG_SNAP_META,
 };
+use super::overlay::{sled_err, Overlay};
+use super::runs::Run;
 use super::*;
 
 /// How long `open` keeps retrying while sled reports the data dir's file lock as taken. A
@@ -151,17 +151,6 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sled_err(e: sled::Error) -> StorageError {
-    match e {
-        sled::Error::Io(io) => StorageError::Io(io),
-        sled::Error::Corruption { at, .. } => StorageError::Corrupted {
-            what: "sled database".to_string(),
-            detail: format!("corruption at {at:?}"),
-        },
-        other => StorageError::Sled(other.to_string()),
-    }
-}
-
 /// True when sled failed to open because the data dir's file lock is taken.
 fn is_lock_contention(e: &sled::Error) -> bool {
     match e {
@@ -227,15 +216,17 @@ impl SledStore {
         let registration = DirRegistration::acquire(&canonical, path)?;
         let db = open_sled(&canonical, path, &logger)?;
         let sync = SyncFiles::open(&canonical)?;
-        info!(logger, "storage opened"; "path" => %canonical.display());
-        Ok(SledStore {
+        let store = SledStore {
             db,
             sync: Mutex::new(sync),
             files: SnapshotFiles::new(&canonical),
             logger,
             fsync: true,
             _registration: registration,
-        })
+        };
+        store.check_format(path)?;
+        info!(store.logger, "storage opened"; "path" => %canonical.display());
+        Ok(store)
     }
 
     /// Flushes sled's buffers to the OS, as a process that crashes after a write returned
@@ -260,11 +251,11 @@ impl SledStore {
         &self.files
     }
 
-    /// The term of entry `index` of `group`, read from the stored term prefix without decoding
-    /// the entry; `None` if no such entry is stored (the snapshot is not consulted).
+    /// The term of entry `index` of `group`, read from its run's record header without
+    /// decoding the entry; `None` if no such entry is stored (the snapshot is not consulted).
     pub fn term(&self, group: DataStructureId, index: u64) -> Result<Option<u64>> {
-        match self.db.get(entry_key(group, index)).map_err(sled_err)? {
-            Some(v) => entry_term(group, index, &v).map(Some),
+        match self.run_holding(group, index)? {
+            Some((first, value)) => Ok(Run::parse(group, first, &value)?.term(index)),
             None => Ok(None),
         }
     }
@@ -274,14 +265,30 @@ impl SledStore {
         self.db.size_on_disk().map_err(sled_err)
     }
 
-    /// How many log entries of `group` are stored (a full scan of its entry keys).
+    /// How many log entries of `group` are stored (a full scan of its runs).
     pub fn count_entries(&self, group: DataStructureId) -> Result<u64> {
         let mut n = 0;
-        for key in self.db.range(entry_range(group, 0)).keys() {
-            key.map_err(sled_err)?;
-            n += 1;
+        for kv in self.db.range(runs_of(group)) {
+            let (key, value) = kv.map_err(sled_err)?;
+            let first = parse_run_key(&key)?.1;
+            n += Run::parse(group, first, &value)?.len();
         }
         Ok(n)
+    }
+
+    /// The run with the greatest first index `<= index` (it holds `index` if it reaches it).
+    fn run_holding(&self, group: DataStructureId, index: u64) -> Result<Option<(u64, sled::IVec)>> {
+        match self
+            .db
+            .range(run_key(group, 0)..=run_key(group, index))
+            .next_back()
+        {
+            Some(kv) => {
+                let (key, value) = kv.map_err(sled_err)?;
+                Ok(Some((parse_run_key(&key)?.1, value)))
+            }
+            None => Ok(None),
+        }
     }
 
     fn get_msg<M: protobuf::Message + Default>(
@@ -320,10 +327,7 @@ impl SledStore {
                 self.files.write(gw.group, index, snap.get_data())?;
             }
         }
-        let mut overlay = Overlay {
-            db: &self.db,
-            ops: BTreeMap::new(),
-        };
+        let mut overlay = Overlay::new(&self.db);
         for gw in &batch.groups {
             if skip_compaction.contains(&gw.group) {
                 let mut gw = gw.clone();
@@ -375,148 +379,48 @@ impl SledStore {
     }
 
     /// Every group with at least one entry, with its last entry index: one forward seek to
-    /// find each group, one reverse seek for its last entry.
+    /// find each group, one reverse seek for its last run.
     fn groups_with_entries(&self) -> Result<Vec<(DataStructureId, u64)>> {
         let mut out = Vec::new();
-        let mut from = entry_key(DataStructureId::from_u128(0), 0);
-        let end = entry_key(DataStructureId::from_u128(u128::MAX), u64::MAX);
+        let mut from = run_key(DataStructureId::from_u128(0), 0);
+        let end = run_key(DataStructureId::from_u128(u128::MAX), u64::MAX);
         loop {
             let Some(kv) = self.db.range(from..=end).keys().next() else {
                 break;
             };
-            let (group, _) = parse_entry_key(&kv.map_err(sled_err)?)?;
-            let last = match self.db.range(entry_range(group, 0)).keys().next_back() {
-                Some(k) => parse_entry_key(&k.map_err(sled_err)?)?.1,
-                None => break, // Deleted concurrently; cannot happen with one writer.
+            let (group, _) = parse_run_key(&kv.map_err(sled_err)?)?;
+            let Some(kv) = self.db.range(runs_of(group)).next_back() else {
+                break; // Deleted concurrently; cannot happen with one writer.
             };
-            out.push((group, last));
+            let (key, value) = kv.map_err(sled_err)?;
+            let first = parse_run_key(&key)?.1;
+            out.push((group, Run::parse(group, first, &value)?.last()));
             match group.as_u128().checked_add(1) {
-                Some(next) => from = entry_key(DataStructureId::from_u128(next), 0),
+                Some(next) => from = run_key(DataStructureId::from_u128(next), 0),
                 None => break,
             }
         }
         Ok(out)
     }
+
+    /// Refuses a data dir written before runs (one key per entry), which this version
+    /// cannot read.
+    fn check_format(&self, path: &Path) -> Result<()> {
+        match self.db.scan_prefix([TAG_LEGACY_ENTRY]).next() {
+            None => Ok(()),
+            Some(_) => Err(StorageError::Corrupted {
+                what: format!("data dir {}", path.display()),
+                detail: "its log is in the one-key-per-entry format of copycat versions before \
+                         log runs, which this version does not read"
+                    .to_string(),
+            }),
+        }
+    }
 }
 
-/// Entry keys of `group` with index `>= from`.
-fn entry_range(group: DataStructureId, from: u64) -> std::ops::RangeInclusive<[u8; 25]> {
-    entry_key(group, from)..=entry_key(group, u64::MAX)
-}
-
-/// The writes of one batch, as the final value of each touched key (`None`: delete). Later
-/// writes to a key replace earlier ones, and range deletes see both the database and the
-/// earlier writes of this batch, so the writes apply in order even though a sled batch is a
-/// plain key map.
-struct Overlay<'a> {
-    db: &'a sled::Db,
-    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl Overlay<'_> {
-    fn put(&mut self, key: &[u8], value: Vec<u8>) {
-        self.ops.insert(key.to_vec(), Some(value));
-    }
-
-    fn delete(&mut self, key: &[u8]) {
-        self.ops.insert(key.to_vec(), None);
-    }
-
-    /// Deletes the entries of `group` with index `>= from`.
-    fn delete_entries_from(&mut self, group: DataStructureId, from: u64) -> Result<()> {
-        let range = entry_range(group, from);
-        for key in self.db.range(range.clone()).keys() {
-            self.ops.insert(key.map_err(sled_err)?.to_vec(), None);
-        }
-        let bounds = (
-            Bound::Included(&range.start()[..]),
-            Bound::Included(&range.end()[..]),
-        );
-        for (_, v) in self.ops.range_mut::<[u8], _>(bounds) {
-            *v = None;
-        }
-        Ok(())
-    }
-
-    /// Deletes the entries of `group` with index `<= through`.
-    fn delete_entries_through(&mut self, group: DataStructureId, through: u64) -> Result<()> {
-        let range = entry_range(group, 0);
-        let end = entry_key(group, through);
-        for key in self.db.range(*range.start()..=end).keys() {
-            self.ops.insert(key.map_err(sled_err)?.to_vec(), None);
-        }
-        let bounds = (
-            Bound::Included(&range.start()[..]),
-            Bound::Included(&end[..]),
-        );
-        for (_, v) in self.ops.range_mut::<[u8], _>(bounds) {
-            *v = None;
-        }
-        Ok(())
-    }
-
-    fn apply_group(&mut self, gw: &GroupWrite) -> Result<()> {
-        let g = gw.group;
-        if gw.remove {
-            self.delete_entries_from(g, 0)?;
-            for tag in [
-                TAG_HARD_STATE,
-                TAG_CONF_STATE,
-                TAG_SNAP_META,
-                TAG_SNAP_DATA,
-                TAG_APPLIED,
-            ] {
-                self.delete(&group_key(tag, g));
-            }
-        }
-        if let Some(snap) = &gw.snapshot {
-            let meta = encode_msg(snap.get_metadata(), "snapshot metadata")?;
-            self.put(&group_key(TAG_SNAP_META, g), meta);
-            // Empty data (a group's synthetic first snapshot) stays in sled; anything else
-            // is in its file.
-            if snap.get_data().is_empty() {
-                self.put(&group_key(TAG_SNAP_DATA, g), Vec::new());
-            } else {
-                self.delete(&group_key(TAG_SNAP_DATA, g));
-            }
-            self.delete_entries_from(g, 0)?;
-        }
-        if let Some(meta) = &gw.compact {
-            self.put(
-                &group_key(TAG_SNAP_META, g),
-                encode_msg(meta, "snapshot metadata")?,
-            );
-            self.delete(&group_key(TAG_SNAP_DATA, g));
-            self.delete_entries_through(g, meta.index)?;
-        }
-        if let Some(from) = gw.truncate_from {
-            self.delete_entries_from(g, from)?;
-        }
-        for e in &gw.entries {
-            self.put(&entry_key(g, e.index), encode_entry(e)?);
-        }
-        if let Some(hs) = &gw.hard_state {
-            self.put(&group_key(TAG_HARD_STATE, g), encode_msg(hs, "hard state")?);
-        }
-        if let Some(cs) = &gw.conf_state {
-            self.put(&group_key(TAG_CONF_STATE, g), encode_msg(cs, "conf state")?);
-        }
-        if let Some(applied) = gw.applied {
-            self.put(&group_key(TAG_APPLIED, g), applied.to_be_bytes().to_vec());
-        }
-        Ok(())
-    }
-
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.ops {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
-    }
+/// Every run key of `group`.
+fn runs_of(group: DataStructureId) -> std::ops::RangeInclusive<[u8; 25]> {
+    run_key(group, 0)..=run_key(group, u64::MAX)
 }
 
 impl LogStore for SledStore {
@@ -585,20 +489,26 @@ impl LogStore for SledStore {
         if low >= high {
             return Ok(out);
         }
+        let Some((first, _)) = self.run_holding(group, low)? else {
+            return Ok(out);
+        };
         let max = max_bytes.unwrap_or(u64::MAX);
         let mut size = 0u64;
-        let range = self.db.range(entry_key(group, low)..entry_key(group, high));
-        for (expected, kv) in (low..).zip(range) {
-            let (k, v) = kv.map_err(sled_err)?;
-            let (_, index) = parse_entry_key(&k)?;
-            if index != expected {
-                break;
+        let mut next = low;
+        for kv in self.db.range(run_key(group, first)..run_key(group, high)) {
+            let (key, value) = kv.map_err(sled_err)?;
+            let run = Run::parse(group, parse_run_key(&key)?.1, &value)?;
+            if run.first() > next || run.last() < next {
+                break; // A gap: only the entries contiguous from `low` count.
             }
-            size = size.saturating_add(entry_size(&v));
-            if !out.is_empty() && size > max {
-                break;
+            while next <= run.last() && next < high {
+                size = size.saturating_add(run.size(next));
+                if !out.is_empty() && size > max {
+                    return Ok(out);
+                }
+                out.push(run.decode(next)?);
+                next += 1;
             }
-            out.push(decode_entry(group, index, &v)?);
         }
         Ok(out)
     }

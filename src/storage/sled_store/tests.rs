@@ -1,7 +1,11 @@
 //! Tests of `sled_store`.
 
 use super::*;
+use crate::storage::keys::{encode_msg, TAG_RUN};
+use crate::storage::runs::{encode_runs, MAX_RUN_BYTES};
 use raft::eraftpb::{ConfState, HardState};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 fn logger() -> Logger {
     Logger::root(slog::Discard, slog::o!())
@@ -318,9 +322,12 @@ fn max_bytes_limits_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), logger()).unwrap();
     let g = gid(1);
-    let mut w = GroupWrite::new(g);
-    w.entries = (1..11).map(|i| entry(i, 1, 100)).collect();
-    write_one(&store, w);
+    // Three writes, three runs: 1..=3, 4..=6, 7..=10.
+    for range in [1..4, 4..7, 7..11] {
+        let mut w = GroupWrite::new(g);
+        w.entries = range.map(|i| entry(i, 1, 100)).collect();
+        write_one(&store, w);
+    }
     let size = u64::from(protobuf::Message::compute_size(&entry(1, 1, 100)));
     let get = |max| indexes(&store.entries(g, 1, 11, max).unwrap()).len();
     assert_eq!(get(Some(0)), 1);
@@ -331,7 +338,7 @@ fn max_bytes_limits_entries() {
     assert_eq!(get(Some(u64::MAX)), 10);
     assert_eq!(get(None), 10);
     // A gap ends the result: only what is contiguous from `low`.
-    store.db.remove(entry_key(g, 4)).unwrap();
+    store.db.remove(run_key(g, 4)).unwrap();
     assert_eq!(
         indexes(&store.entries(g, 1, 11, None).unwrap()),
         vec![1, 2, 3]
@@ -383,19 +390,28 @@ fn corrupted_values_are_errors() {
     write_one(&store, w);
     let is_corrupted = |r: Result<()>| matches!(r, Err(StorageError::Corrupted { .. }));
 
-    // Term prefix fine, protobuf garbage (field 31 with invalid wire type 7).
-    let mut garbage = 1u64.to_be_bytes().to_vec();
+    let run_of = |es: &[Entry]| encode_runs(es).unwrap().remove(0).1;
+    store
+        .db
+        .insert(run_key(g, 1), run_of(&entries(1..2, 1)))
+        .unwrap();
+    // Record headers fine, protobuf garbage (field 31 with invalid wire type 7).
+    let mut garbage = 1u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&1u64.to_be_bytes());
+    garbage.extend_from_slice(&12u32.to_be_bytes());
     garbage.extend_from_slice(&[0xff; 12]);
-    store.db.insert(entry_key(g, 2), garbage).unwrap();
+    store.db.insert(run_key(g, 2), garbage).unwrap();
     assert!(is_corrupted(store.entries(g, 1, 4, None).map(|_| ())));
     assert_eq!(indexes(&store.entries(g, 1, 2, None).unwrap()), vec![1]);
-    // Too short for the term prefix.
-    store.db.insert(entry_key(g, 3), vec![1, 2]).unwrap();
+    // Too short for a count.
+    store.db.insert(run_key(g, 3), vec![1, 2]).unwrap();
     assert!(is_corrupted(store.term(g, 3).map(|_| ())));
+    assert!(is_corrupted(store.load_groups().map(|_| ())));
+    store.db.remove(run_key(g, 3)).unwrap();
     // A valid entry stored under the wrong index.
     store
         .db
-        .insert(entry_key(g, 1), encode_entry(&entry(9, 1, 1)).unwrap())
+        .insert(run_key(g, 1), run_of(&[entry(9, 1, 1)]))
         .unwrap();
     assert!(is_corrupted(store.entries(g, 1, 2, None).map(|_| ())));
 
@@ -468,4 +484,119 @@ fn many_groups_load() {
         assert_eq!(sg.group, gid(n as u128 * 1_000_003));
         assert_eq!(sg.last_index, n as u64 % 5);
     }
+}
+
+#[test]
+fn a_data_dir_in_the_one_key_per_entry_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let raw = sled::open(dir.path()).unwrap();
+        let mut key = vec![TAG_LEGACY_ENTRY];
+        key.extend_from_slice(&gid(1).to_bytes());
+        key.extend_from_slice(&1u64.to_be_bytes());
+        raw.insert(key, vec![0; 9]).unwrap();
+        raw.flush().unwrap();
+    }
+    match SledStore::open(dir.path(), logger()) {
+        Err(StorageError::Corrupted { what, detail }) => {
+            assert!(what.contains("data dir"), "{what}");
+            assert!(detail.contains("one-key-per-entry"), "{detail}");
+        }
+        other => panic!("expected Corrupted, got {:?}", other.map(|_| ())),
+    }
+    // The refusal released the data dir.
+    assert!(!lock_ignoring_poison(&OPEN_DIRS).contains(&fs::canonicalize(dir.path()).unwrap()));
+}
+
+/// The log of one group as a plain list, for checking the store against.
+#[derive(Default)]
+struct ModelLog {
+    snapshot_index: u64,
+    entries: Vec<Entry>,
+}
+
+impl ModelLog {
+    fn last_index(&self) -> u64 {
+        self.entries.last().map_or(self.snapshot_index, |e| e.index)
+    }
+
+    /// A random write: appends (overwriting a suffix at times), compactions, or both.
+    fn random_write(&mut self, rng: &mut SmallRng, g: DataStructureId, term: u64) -> GroupWrite {
+        let mut w = GroupWrite::new(g);
+        let last = self.last_index();
+        if last > self.snapshot_index && rng.gen_bool(0.2) {
+            let through = rng.gen_range(self.snapshot_index + 1..=last);
+            self.entries.retain(|e| e.index > through);
+            self.snapshot_index = through;
+            w.compact = Some(SnapshotMetadata {
+                index: through,
+                term: 1,
+                ..Default::default()
+            });
+        }
+        let mut from = self.last_index() + 1;
+        if from > self.snapshot_index + 1 && rng.gen_bool(0.3) {
+            from = rng.gen_range(self.snapshot_index + 1..from);
+            self.entries.retain(|e| e.index < from);
+            w.truncate_from = Some(from);
+        }
+        let count = rng.gen_range(0..40);
+        // Now and then entries large enough to fill several runs.
+        let len = if rng.gen_bool(0.1) {
+            MAX_RUN_BYTES / 3
+        } else {
+            20
+        };
+        w.entries = (from..from + count).map(|i| entry(i, term, len)).collect();
+        self.entries.extend(w.entries.iter().cloned());
+        w
+    }
+
+    fn check(&self, store: &SledStore, g: DataStructureId) {
+        let first = self.snapshot_index + 1;
+        let end = self.last_index() + 1;
+        assert_eq!(store.entries(g, first, end, None).unwrap(), self.entries);
+        assert_eq!(store.count_entries(g).unwrap(), self.entries.len() as u64);
+        if let Some(e) = self.entries.get(self.entries.len() / 2) {
+            assert_eq!(store.term(g, e.index).unwrap(), Some(e.term));
+            let tail = store.entries(g, e.index, end, None).unwrap();
+            assert_eq!(tail, self.entries[self.entries.len() / 2..]);
+        }
+        assert_eq!(store.term(g, end).unwrap(), None);
+        if self.entries.is_empty() {
+            return;
+        }
+        assert_eq!(group_of(store, g).unwrap().last_index, self.last_index());
+    }
+}
+
+#[test]
+fn runs_match_a_plain_log_under_random_appends_truncations_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), logger()).unwrap();
+    let groups = [gid(1), gid(2)];
+    let mut models = [ModelLog::default(), ModelLog::default()];
+    let mut rng = SmallRng::seed_from_u64(7);
+    for term in 1..300 {
+        // Sometimes two writes of a group merged into one batch, as the storage thread does.
+        let mut batch = WriteBatch::default();
+        for _ in 0..rng.gen_range(1..=3) {
+            let which = rng.gen_range(0..2);
+            let w = models[which].random_write(&mut rng, groups[which], term);
+            batch.extend(WriteBatch {
+                groups: vec![w],
+                meta: vec![],
+            });
+        }
+        store.write(&batch).unwrap();
+        for (model, g) in models.iter().zip(groups) {
+            model.check(&store, g);
+        }
+    }
+    let runs = store.db.scan_prefix([TAG_RUN]).count() as u64;
+    let stored: u64 = groups
+        .iter()
+        .map(|g| store.count_entries(*g).unwrap())
+        .sum();
+    assert!(runs < stored, "{runs} runs for {stored} entries");
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use fxhash::FxBuildHasher;
 use raft::eraftpb::{Entry, EntryType};
 
 use crate::id::NodeId;
@@ -18,9 +19,37 @@ use crate::storage::ProposalIds;
 pub(crate) const DEDUPE_WINDOW: u64 = 10_000;
 
 /// Indexes of the copies of each proposal `(node, seq)` in the recent log.
+///
+/// Every application entry passes through here twice per replica (added on append, looked up
+/// on apply), so the map uses a fast non-keyed hash (the keys come from cluster members, not
+/// from outside) and keeps the usual single copy inline, without an allocation.
 #[derive(Default)]
 pub(crate) struct ProposalCopies {
-    at: HashMap<(NodeId, u64), Vec<u64>>,
+    at: HashMap<(NodeId, u64), Copies, FxBuildHasher>,
+}
+
+/// The indexes of one proposal's copies: nearly always one.
+struct Copies {
+    first: u64,
+    more: Vec<u64>,
+}
+
+impl Copies {
+    fn indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+
+    /// Keeps the indexes `keep` accepts; false if none is left.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) -> bool {
+        self.more.retain(|i| keep(*i));
+        if !keep(self.first) {
+            match self.more.pop() {
+                Some(i) => self.first = i,
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 impl ProposalCopies {
@@ -35,9 +64,19 @@ impl ProposalCopies {
     }
 
     fn add(&mut self, index: u64, node: NodeId, seq: u64) {
-        let at = self.at.entry((node, seq)).or_default();
-        if !at.contains(&index) {
-            at.push(index);
+        match self.at.entry((node, seq)) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Copies {
+                    first: index,
+                    more: Vec::new(),
+                });
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let copies = slot.get_mut();
+                if !copies.indexes().any(|i| i == index) {
+                    copies.more.push(index);
+                }
+            }
         }
     }
 
@@ -64,17 +103,14 @@ impl ProposalCopies {
     }
 
     fn retain(&mut self, keep: impl Fn(u64) -> bool) {
-        self.at.retain(|_, at| {
-            at.retain(|i| keep(*i));
-            !at.is_empty()
-        });
+        self.at.retain(|_, copies| copies.retain(&keep));
     }
 
     /// Whether `(node, seq)` has a copy strictly between `after` and `before`.
     pub(crate) fn has_copy_between(&self, node: NodeId, seq: u64, after: u64, before: u64) -> bool {
         self.at
             .get(&(node, seq))
-            .is_some_and(|at| at.iter().any(|i| *i > after && *i < before))
+            .is_some_and(|copies| copies.indexes().any(|i| i > after && i < before))
     }
 }
 

@@ -1,28 +1,36 @@
 //! The proposals a replica saw enter its log lately, so a leader can drop a forwarded
 //! proposal that arrives twice (a duplicated or re-sent message) instead of appending it
-//! again. Keyed by the entry's context bytes: every application proposal carries a unique
-//! one, and a deliberate retry carries a different one (it is recognised on apply).
+//! again. Keyed by the entry's proposal context: every application proposal carries a unique
+//! one, and a deliberate retry carries a different one (it is recognised on apply). Entries
+//! without a context (leader no-ops, conf changes) are never dropped.
 
 use std::collections::{HashSet, VecDeque};
 
+use fxhash::FxBuildHasher;
 use raft::eraftpb::{Entry, Message};
+
+use crate::node::proposal::ProposalContext;
 
 /// How many contexts are remembered; duplicates arrive within moments of the original.
 const CAPACITY: usize = 4096;
 
-/// A bounded set of recently appended or accepted proposal contexts.
+/// A bounded set of recently appended or accepted proposal contexts (fixed-size keys and a
+/// fast non-keyed hash: every appended entry passes through here).
 #[derive(Default)]
 pub(crate) struct RecentProposals {
-    order: VecDeque<Vec<u8>>,
-    seen: HashSet<Vec<u8>>,
+    order: VecDeque<ProposalContext>,
+    seen: HashSet<ProposalContext, FxBuildHasher>,
 }
 
 impl RecentProposals {
     /// Remembers the contexts of `entries` (those without one are not proposals).
     pub(crate) fn remember(&mut self, entries: &[Entry]) {
-        for entry in entries.iter().filter(|e| !e.context.is_empty()) {
-            if self.seen.insert(entry.context.to_vec()) {
-                self.order.push_back(entry.context.to_vec());
+        for ctx in entries
+            .iter()
+            .filter_map(|e| ProposalContext::decode(&e.context))
+        {
+            if self.seen.insert(ctx) {
+                self.order.push_back(ctx);
             }
         }
         while self.order.len() > CAPACITY {
@@ -34,8 +42,9 @@ impl RecentProposals {
 
     /// Removes from a `MsgPropose` the entries already seen; true if any is left.
     pub(crate) fn drop_seen(&self, msg: &mut Message) -> bool {
-        msg.entries
-            .retain(|e| e.context.is_empty() || !self.seen.contains(e.context.as_ref()));
+        msg.entries.retain(|e| {
+            ProposalContext::decode(&e.context).is_none_or(|ctx| !self.seen.contains(&ctx))
+        });
         !msg.entries.is_empty()
     }
 }
@@ -44,9 +53,19 @@ impl RecentProposals {
 mod tests {
     use super::*;
 
-    fn entry(context: &[u8]) -> Entry {
+    /// An entry with the context of proposal `seq` (0: no context).
+    fn entry(seq: u64) -> Entry {
+        let context = match seq {
+            0 => Vec::new(),
+            seq => ProposalContext {
+                node: 1,
+                seq,
+                retry_after: None,
+            }
+            .encode(),
+        };
         Entry {
-            context: context.to_vec().into(),
+            context: context.into(),
             ..Default::default()
         }
     }
@@ -61,17 +80,15 @@ mod tests {
     #[test]
     fn a_proposal_seen_before_is_dropped_and_the_window_is_bounded() {
         let mut recent = RecentProposals::default();
-        recent.remember(&[entry(b"a"), entry(b"")]);
-        let mut msg = propose(vec![entry(b"a"), entry(b"b"), entry(b"")]);
+        recent.remember(&[entry(1), entry(0)]);
+        let mut msg = propose(vec![entry(1), entry(2), entry(0)]);
         assert!(recent.drop_seen(&mut msg));
-        let left: Vec<Vec<u8>> = msg.entries.iter().map(|e| e.context.to_vec()).collect();
-        assert_eq!(left, vec![b"b".to_vec(), Vec::new()]);
+        let left: Vec<Entry> = msg.entries.to_vec();
+        assert_eq!(left, vec![entry(2), entry(0)]);
 
-        let many: Vec<Entry> = (0..CAPACITY as u32)
-            .map(|i| entry(&i.to_be_bytes()))
-            .collect();
+        let many: Vec<Entry> = (100..100 + CAPACITY as u64).map(entry).collect();
         recent.remember(&many);
-        let mut again = propose(vec![entry(b"a")]);
+        let mut again = propose(vec![entry(1)]);
         assert!(
             recent.drop_seen(&mut again),
             "the oldest context was forgotten"

@@ -52,7 +52,7 @@ const RESEND_AFTER_MS: u64 = 5_000;
 /// it and not retried), so whoever applies the retry finds out whether it is a duplicate
 /// by scanning the log between `after` and the retry: a deterministic function of the log,
 /// the same on every replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct ProposalContext {
     pub node: NodeId,
     pub seq: u64,

@@ -265,15 +265,15 @@ impl RaftGroup {
             // The leader's transfer times out and it carries on leading.
             return Ok(());
         }
-        let accepted = forwarded.then(|| msg.entries.to_vec());
+        let accepted = forwarded.then(|| RecentProposals::contexts(&msg.entries));
         self.stir_for(msg.get_msg_type());
         let from = msg.from;
         let result = self.raw.step(msg);
         if from == self.leader() {
             self.unheard_ticks = 0;
         }
-        if let (Some(entries), Ok(())) = (accepted, &result) {
-            self.recent.remember(&entries);
+        if let (Some(contexts), Ok(())) = (accepted, &result) {
+            self.recent.remember_contexts(contexts);
         }
         self.randomize_timeout_if_changed(rng);
         result

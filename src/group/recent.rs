@@ -23,12 +23,29 @@ pub(crate) struct RecentProposals {
 }
 
 impl RecentProposals {
-    /// Remembers the contexts of `entries` (those without one are not proposals).
-    pub(crate) fn remember(&mut self, entries: &[Entry]) {
-        for ctx in entries
+    /// The proposal contexts of `entries` (those without one are not proposals).
+    pub(crate) fn contexts(entries: &[Entry]) -> Vec<ProposalContext> {
+        entries
             .iter()
             .filter_map(|e| ProposalContext::decode(&e.context))
-        {
+            .collect()
+    }
+
+    /// Remembers the contexts of `entries`.
+    pub(crate) fn remember(&mut self, entries: &[Entry]) {
+        self.remember_contexts(
+            entries
+                .iter()
+                .filter_map(|e| ProposalContext::decode(&e.context)),
+        );
+    }
+
+    /// Remembers `contexts`, forgetting the oldest beyond the capacity.
+    pub(crate) fn remember_contexts(
+        &mut self,
+        contexts: impl IntoIterator<Item = ProposalContext>,
+    ) {
+        for ctx in contexts {
             if self.seen.insert(ctx) {
                 self.order.push_back(ctx);
             }

@@ -34,21 +34,38 @@ const RECORD_HEADER_LEN: usize = 12;
 /// Encodes `entries` (contiguous, ascending) as runs: `(index of the first entry, value)`.
 pub(super) fn encode_runs(entries: &[Entry]) -> Result<Vec<(u64, Vec<u8>)>> {
     let mut runs = Vec::new();
-    let mut current: Option<(u64, Vec<u8>, u32)> = None;
+    let mut rest = entries;
+    while let Some(first) = rest.first() {
+        let mut value = Vec::with_capacity(estimated_run_len(rest));
+        value.extend_from_slice(&[0; COUNT_LEN]);
+        let mut count: u32 = 0;
+        for entry in rest {
+            append_record(&mut value, entry)?;
+            count += 1;
+            if value.len() >= MAX_RUN_BYTES {
+                break;
+            }
+        }
+        value[..COUNT_LEN].copy_from_slice(&count.to_be_bytes());
+        runs.push((first.index, value));
+        rest = &rest[count as usize..];
+    }
+    Ok(runs)
+}
+
+/// About the length of the run that starts with `entries` (a little more, so that the
+/// value is allocated once: one large allocation per run, not a series of regrowths).
+fn estimated_run_len(entries: &[Entry]) -> usize {
+    // Index, term, type and two length prefixes take at most 32 bytes per encoded entry.
+    const ENTRY_OVERHEAD: usize = RECORD_HEADER_LEN + 32;
+    let mut len = COUNT_LEN;
     for entry in entries {
-        let (_, value, count) = current.get_or_insert_with(|| {
-            let mut value = Vec::with_capacity(MAX_RUN_BYTES);
-            value.extend_from_slice(&[0; COUNT_LEN]);
-            (entry.index, value, 0)
-        });
-        append_record(value, entry)?;
-        *count += 1;
-        if value.len() >= MAX_RUN_BYTES {
-            runs.extend(current.take().map(finish_run));
+        len += ENTRY_OVERHEAD + entry.data.len() + entry.context.len();
+        if len >= MAX_RUN_BYTES {
+            break;
         }
     }
-    runs.extend(current.map(finish_run));
-    Ok(runs)
+    len
 }
 
 /// Appends one record: term, length, then the entry encoded in place.
@@ -70,11 +87,6 @@ fn append_record(value: &mut Vec<u8>, entry: &Entry) -> Result<()> {
     })?;
     value[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
-}
-
-fn finish_run((first, mut value, count): (u64, Vec<u8>, u32)) -> (u64, Vec<u8>) {
-    value[..COUNT_LEN].copy_from_slice(&count.to_be_bytes());
-    (first, value)
 }
 
 /// A stored run, parsed: where each record lies in the value, nothing decoded yet.

@@ -151,7 +151,7 @@ impl NodeCore {
                     .messages
                     .push(proto::GroupMessage {
                         group: group.to_bytes().to_vec(),
-                        message: bytes,
+                        message: bytes.into(),
                     }),
                 Err(e) => {
                     slog::error!(self.cfg.logger, "cannot encode raft message"; "error" => %e);

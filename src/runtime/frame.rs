@@ -125,7 +125,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
             got: body.len(),
         });
     }
-    Ok(Some(Frame::decode(body.as_slice())?))
+    Ok(Some(Frame::decode(bytes::Bytes::from(body))?))
 }
 
 #[cfg(test)]
@@ -155,7 +155,7 @@ mod tests {
             body: Some(Body::Batch(Batch {
                 messages: vec![GroupMessage {
                     group: vec![1; 16],
-                    message: vec![2; 100],
+                    message: vec![2; 100].into(),
                 }],
                 joins: vec![JoinRequest {
                     group: vec![3; 16],

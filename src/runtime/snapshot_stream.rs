@@ -366,7 +366,7 @@ pub(crate) fn install_received(
     } else {
         let message = GroupMessage {
             group: group.to_bytes().to_vec(),
-            message: last_chunk.message,
+            message: last_chunk.message.into(),
         };
         Input::Batch(
             from,

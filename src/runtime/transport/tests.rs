@@ -110,7 +110,7 @@ fn batch(n: u32) -> Batch {
     Batch {
         messages: vec![GroupMessage {
             group: vec![7; 16],
-            message: n.to_be_bytes().to_vec(),
+            message: n.to_be_bytes().to_vec().into(),
         }],
         joins: vec![JoinRequest {
             group: vec![8; 16],
@@ -126,7 +126,7 @@ fn numbers(batch: &Batch) -> Vec<u32> {
     batch
         .messages
         .iter()
-        .map(|m| u32::from_be_bytes(m.message.as_slice().try_into().unwrap()))
+        .map(|m| u32::from_be_bytes(m.message[..].try_into().unwrap()))
         .collect()
 }
 
@@ -419,7 +419,7 @@ fn drops_batches_too_large_for_a_frame() {
     let a = start_on(&rt, bind_any(), "c", 1, 64 * 1024);
     let b = start_on(&rt, bind_any(), "c", 2, 64 * 1024);
     let mut huge = batch(1);
-    huge.messages[0].message = vec![0; 100 * 1024];
+    huge.messages[0].message = vec![0; 100 * 1024].into();
     a.transport.send(2, b.addr, huge);
     assert_delivers(&a, 1, &b, 2, 2);
     assert!(a.logs.has(&["WARN", "larger than the frame limit"]));

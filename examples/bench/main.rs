@@ -16,7 +16,12 @@
 //! line:
 //!
 //! `RESULT scenario=<name> groups=<n> payload=<bytes> writes_per_sec=<n> p50_ms=<x>
-//! p99_ms=<y> p999_ms=<z> fsyncs_per_sec=<n>` followed by the scenario's own figures.
+//! p99_ms=<y> p999_ms=<z> fsyncs_per_sec=<n>` followed by the scenario's own figures and
+//! `allocator=system|mimalloc`.
+//!
+//! Built with `--features bench-mimalloc`, every process of the cluster allocates with
+//! mimalloc instead of the system's malloc (applications choose their allocator; TiKV ships
+//! jemalloc for the same reason).
 
 mod args;
 mod cluster;
@@ -25,6 +30,17 @@ mod measure;
 mod scenarios;
 
 use args::{Args, Scenario};
+
+#[cfg(feature = "bench-mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator this binary was built with, for the `RESULT` line.
+pub const ALLOCATOR: &str = if cfg!(feature = "bench-mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
 
 fn main() {
     let result = Args::parse().and_then(|args| {

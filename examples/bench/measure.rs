@@ -103,5 +103,6 @@ pub fn print_result(args: &Args, figures: &WriteFigures, extra: &[(&str, String)
     for (key, value) in extra {
         line.push_str(&format!(" {key}={value}"));
     }
+    line.push_str(&format!(" allocator={}", crate::ALLOCATOR));
     println!("{line}");
 }

@@ -147,4 +147,25 @@ mod tests {
         assert!(!copies.has_copy_between(1, 70, 0, 20));
         assert!(copies.has_copy_between(1, 90, 0, 20));
     }
+
+    #[test]
+    fn several_copies_of_one_proposal_are_kept_and_forgotten_one_by_one() {
+        let mut copies = ProposalCopies::default();
+        copies.add_entries(&[entry(10, 3, 1), entry(20, 3, 1), entry(30, 3, 1)]);
+        copies.add_entries(&[entry(20, 3, 1)]);
+        assert!(copies.has_copy_between(3, 1, 15, 25), "the second copy");
+        copies.forget_through(15);
+        assert!(
+            !copies.has_copy_between(3, 1, 0, 20),
+            "the first copy is gone"
+        );
+        assert!(copies.has_copy_between(3, 1, 0, 21));
+        assert!(copies.has_copy_between(3, 1, 25, 31), "the third copy");
+        copies.truncate_from(30);
+        assert!(!copies.has_copy_between(3, 1, 25, 100));
+        assert!(copies.has_copy_between(3, 1, 0, 100));
+        copies.truncate_from(20);
+        assert!(!copies.has_copy_between(3, 1, 0, 100));
+        assert!(copies.at.is_empty(), "nothing left of the proposal");
+    }
 }

@@ -564,14 +564,29 @@ impl RaftGroup {
 /// covers everything up to `applied`; overestimating it would refuse every snapshot of an
 /// application whose last entry came before a restart's trailing no-ops.
 fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
+    // Read backwards a chunk at a time: the last applied entry is nearly always an
+    // application entry, and a reopened node holds thousands of groups with long logs.
+    const CHUNK: u64 = 64;
     let from = log.first_index();
-    if applied < from {
-        return applied;
+    let mut high = applied + 1;
+    while high > from {
+        let low = high.saturating_sub(CHUNK).max(from);
+        let entries = log.read_entries(low, high, None).unwrap_or_default();
+        let application = entries
+            .iter()
+            .rev()
+            .find(|e| crate::node::subscription::first_copy(log, e).is_some());
+        if let Some(entry) = application {
+            return entry.index;
+        }
+        if entries.len() as u64 != high - low {
+            break;
+        }
+        high = low;
     }
-    log.read_entries(from, applied + 1, None)
-        .unwrap_or_default()
-        .iter()
-        .rev()
-        .find(|e| crate::node::subscription::first_copy(log, e).is_some())
-        .map_or(log.snapshot_index(), |e| e.index)
+    if applied < from {
+        applied
+    } else {
+        log.snapshot_index()
+    }
 }

@@ -52,8 +52,9 @@
 //!
 //! # Layers
 //! - `proto/copycat.proto`: the wire messages (raft messages travel as opaque bytes).
-//! - [`storage`]: one sled database per node; every group's writes of a round in one batch,
-//!   one flush and one fdatasync.
+//! - [`storage`]: one sled database per node, each group's log stored in runs (a round's
+//!   entries of a group in one value); every group's writes of a round in one batch, one
+//!   flush and one fdatasync.
 //! - a Raft group wrapper over `raft::RawNode` following raft-rs's async-ready rules.
 //! - [`node`]: the deterministic core (no I/O, time and randomness as inputs).
 //! - the runtime: threads, sockets and timers (TCP transport, UDP gossip, storage thread).

@@ -3,6 +3,8 @@
 //! The node core never writes directly: it collects every group's writes of a round in one
 //! [`WriteBatch`], which the runtime's storage thread hands to [`LogStore::write`] (one batch,
 //! one flush, one fdatasync). Reads are synchronous (raft's `Storage` trait needs them).
+//! A group's log is stored in runs, several consecutive entries per sled value (see
+//! `runs.rs`): sled's cost is per key, so a round's entries of a group share one.
 //!
 //! Storage-error policy: a failed write is reported to every subscriber of the affected
 //! groups and the node stops acknowledging writes (it never acknowledges what is not durable).

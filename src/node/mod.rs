@@ -2,7 +2,7 @@
 //! subscriptions. Deterministic, with no sockets, threads, clocks or randomness of its own.
 //!
 //! Inputs are `handle_*` calls (and `subscribe`/`propose`), each taking the current time
-//! in milliseconds. After each batch of inputs the runtime calls [`NodeCore::poll_output`]
+//! in milliseconds. After each batch of inputs the runtime calls `NodeCore::poll_output`
 //! and performs what it returns: messages per peer node and one storage batch. The core
 //! reads the log through [`LogStore`] but never writes it: writes leave only as the batch.
 

@@ -127,7 +127,7 @@ impl SnapshotFiles {
     }
 
     /// Makes a completely received offer durable under its offer name, keeping only the
-    /// newest [`KEEP_FILES`] offers of the group (offers come once per snapshot interval).
+    /// newest `KEEP_FILES` (2) offers of the group (offers come once per snapshot interval).
     pub fn keep_offer(&self, group: DataStructureId, index: u64) -> Result<()> {
         let part = self.partial_path(group, index);
         File::open(&part)?.sync_data()?;

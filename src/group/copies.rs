@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use fxhash::FxBuildHasher;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::Entry;
 
 use crate::id::NodeId;
 use crate::node::proposal::ProposalContext;
@@ -83,10 +83,7 @@ impl ProposalCopies {
     /// Records the application entries among `entries`.
     pub(crate) fn add_entries(&mut self, entries: &[Entry]) {
         for entry in entries {
-            if entry.get_entry_type() != EntryType::EntryNormal {
-                continue;
-            }
-            if let Some(ctx) = ProposalContext::decode(&entry.context) {
+            if let Some(ctx) = ProposalContext::of_entry(entry) {
                 self.add(entry.index, ctx.node, ctx.seq);
             }
         }

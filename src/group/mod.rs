@@ -357,10 +357,8 @@ impl RaftGroup {
             .collect();
         let entries = log.read_entries(from, index + 1, None).unwrap_or_default();
         for entry in entries {
-            if entry.get_entry_type() == raft::eraftpb::EntryType::EntryNormal {
-                if let Some(ctx) = crate::node::proposal::ProposalContext::decode(&entry.context) {
-                    ids.push((entry.index, ctx.node, ctx.seq));
-                }
+            if let Some(ctx) = crate::node::proposal::ProposalContext::of_entry(&entry) {
+                ids.push((entry.index, ctx.node, ctx.seq));
             }
         }
         ids

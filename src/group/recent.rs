@@ -27,17 +27,13 @@ impl RecentProposals {
     pub(crate) fn contexts(entries: &[Entry]) -> Vec<ProposalContext> {
         entries
             .iter()
-            .filter_map(|e| ProposalContext::decode(&e.context))
+            .filter_map(ProposalContext::of_entry)
             .collect()
     }
 
     /// Remembers the contexts of `entries`.
     pub(crate) fn remember(&mut self, entries: &[Entry]) {
-        self.remember_contexts(
-            entries
-                .iter()
-                .filter_map(|e| ProposalContext::decode(&e.context)),
-        );
+        self.remember_contexts(entries.iter().filter_map(ProposalContext::of_entry));
     }
 
     /// Remembers `contexts`, forgetting the oldest beyond the capacity.
@@ -59,9 +55,8 @@ impl RecentProposals {
 
     /// Removes from a `MsgPropose` the entries already seen; true if any is left.
     pub(crate) fn drop_seen(&self, msg: &mut Message) -> bool {
-        msg.entries.retain(|e| {
-            ProposalContext::decode(&e.context).is_none_or(|ctx| !self.seen.contains(&ctx))
-        });
+        msg.entries
+            .retain(|e| ProposalContext::of_entry(e).is_none_or(|ctx| !self.seen.contains(&ctx)));
         !msg.entries.is_empty()
     }
 }

@@ -72,6 +72,15 @@ impl ProposalContext {
         ctx
     }
 
+    /// The proposal context of `entry` if it is an application entry; `None` for leader
+    /// no-ops, conf changes and anything else without one.
+    pub(crate) fn of_entry(entry: &raft::eraftpb::Entry) -> Option<Self> {
+        if entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
+            return None;
+        }
+        Self::decode(&entry.context)
+    }
+
     /// Parses an entry's context; `None` for entries that are not proposals.
     pub(crate) fn decode(ctx: &[u8]) -> Option<Self> {
         let word = |i: usize| -> Option<u64> {

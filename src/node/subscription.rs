@@ -1,7 +1,6 @@
 //! Subscriptions: a local application's view of one data structure's commit stream.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use raft::eraftpb::EntryType;
 
 use crate::error::Error;
 use crate::group::{GroupLog, BOOTSTRAP_INDEX, DEDUPE_WINDOW};
@@ -138,10 +137,7 @@ impl Subscription {
 /// decides the same (see `ProposalCopies`). Leader no-ops and conf changes carry no
 /// context.
 pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option<ProposalContext> {
-    if entry.get_entry_type() != EntryType::EntryNormal {
-        return None;
-    }
-    let ctx = ProposalContext::decode(&entry.context)?;
+    let ctx = ProposalContext::of_entry(entry)?;
     let floor = entry.index.saturating_sub(DEDUPE_WINDOW);
     let after = ctx.retry_after.map_or(floor, |a| a.max(floor));
     let duplicate = log

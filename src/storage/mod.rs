@@ -51,6 +51,19 @@ pub enum StorageError {
     },
 }
 
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => StorageError::Io(io),
+            sled::Error::Corruption { at, .. } => StorageError::Corrupted {
+                what: "sled database".to_string(),
+                detail: format!("corruption at {at:?}"),
+            },
+            other => StorageError::Sled(other.to_string()),
+        }
+    }
+}
+
 /// Result of storage operations.
 pub type Result<T> = std::result::Result<T, StorageError>;
 

@@ -9,17 +9,6 @@ use super::runs::{encode_runs, Run};
 use super::{GroupWrite, Result, StorageError};
 use crate::id::DataStructureId;
 
-pub(super) fn sled_err(e: sled::Error) -> StorageError {
-    match e {
-        sled::Error::Io(io) => StorageError::Io(io),
-        sled::Error::Corruption { at, .. } => StorageError::Corrupted {
-            what: "sled database".to_string(),
-            detail: format!("corruption at {at:?}"),
-        },
-        other => StorageError::Sled(other.to_string()),
-    }
-}
-
 /// The final value of each key a batch touches (`None`: delete). Later writes to a key replace
 /// earlier ones, and every read (of a run to trim, of the runs in a range) sees the database
 /// as the earlier writes of this batch leave it, so the writes apply in order even though a
@@ -49,7 +38,7 @@ impl<'a> Overlay<'a> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.ops.get(key) {
             Some(op) => Ok(op.clone()),
-            None => Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec())),
+            None => Ok(self.db.get(key)?.map(|v| v.to_vec())),
         }
     }
 
@@ -67,7 +56,7 @@ impl<'a> Overlay<'a> {
         let (lo, hi) = (run_key(group, from), run_key(group, through));
         let mut firsts = BTreeSet::new();
         for key in self.db.range(lo..=hi).keys() {
-            let key = key.map_err(sled_err)?;
+            let key = key?;
             if !self.ops.contains_key(&key[..]) {
                 firsts.insert(parse_run_key(&key)?.1);
             }
@@ -89,7 +78,7 @@ impl<'a> Overlay<'a> {
         let (lo, hi) = (run_key(group, 0), run_key(group, through));
         let mut best = None;
         for key in self.db.range(lo..=hi).keys().rev() {
-            let key = key.map_err(sled_err)?;
+            let key = key?;
             if !matches!(self.ops.get(&key[..]), Some(None)) {
                 best = Some(parse_run_key(&key)?.1);
                 break;

@@ -19,7 +19,7 @@ use super::keys::{
     decode_msg, decode_u64, group_key, meta_key, parse_group_key, parse_run_key, run_key,
     TAG_APPLIED, TAG_CONF_STATE, TAG_HARD_STATE, TAG_LEGACY_ENTRY, TAG_SNAP_DATA, TAG_SNAP_META,
 };
-use super::overlay::{sled_err, Overlay};
+use super::overlay::Overlay;
 use super::runs::Run;
 use super::*;
 
@@ -183,7 +183,7 @@ fn open_sled(dir: &Path, path: &Path, logger: &Logger) -> Result<sled::Db> {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(100));
             }
-            Err(e) => return Err(sled_err(e)),
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -233,7 +233,7 @@ impl SledStore {
     /// would have (the simulator's crashes).
     #[cfg(test)]
     pub(crate) fn flush_for_simulation(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(sled_err)
+        self.db.flush().map(|_| ()).map_err(StorageError::from)
     }
 
     /// [`SledStore::open`] for the simulator: writes are flushed to the OS but not synced.
@@ -262,14 +262,14 @@ impl SledStore {
 
     /// The space sled uses on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64> {
-        self.db.size_on_disk().map_err(sled_err)
+        self.db.size_on_disk().map_err(StorageError::from)
     }
 
     /// How many log entries of `group` are stored (a full scan of its runs).
     pub fn count_entries(&self, group: DataStructureId) -> Result<u64> {
         let mut n = 0;
         for kv in self.db.range(runs_of(group)) {
-            let (key, value) = kv.map_err(sled_err)?;
+            let (key, value) = kv?;
             let first = parse_run_key(&key)?.1;
             n += Run::parse(group, first, &value)?.len();
         }
@@ -284,7 +284,7 @@ impl SledStore {
             .next_back()
         {
             Some(kv) => {
-                let (key, value) = kv.map_err(sled_err)?;
+                let (key, value) = kv?;
                 Ok(Some((parse_run_key(&key)?.1, value)))
             }
             None => Ok(None),
@@ -297,7 +297,7 @@ impl SledStore {
         group: DataStructureId,
         what: &str,
     ) -> Result<Option<M>> {
-        match self.db.get(group_key(tag, group)).map_err(sled_err)? {
+        match self.db.get(group_key(tag, group))? {
             Some(v) => decode_msg(&v, || format!("{what} of group {group}")).map(Some),
             None => Ok(None),
         }
@@ -343,9 +343,7 @@ impl SledStore {
                 None => overlay.delete(&meta_key(key)),
             }
         }
-        self.db
-            .apply_batch(overlay.into_batch())
-            .map_err(sled_err)?;
+        self.db.apply_batch(overlay.into_batch())?;
         for gw in batch.groups.iter().filter(|gw| !gw.remove) {
             let compacted = gw
                 .compact
@@ -357,7 +355,7 @@ impl SledStore {
             }
         }
         if batch.needs_sync() {
-            self.db.flush().map_err(sled_err)?;
+            self.db.flush()?;
             if self.fsync {
                 sync.sync()?;
             }
@@ -372,7 +370,7 @@ impl SledStore {
         mut f: impl FnMut(DataStructureId, &[u8]) -> Result<()>,
     ) -> Result<()> {
         for kv in self.db.scan_prefix([tag]) {
-            let (k, v) = kv.map_err(sled_err)?;
+            let (k, v) = kv?;
             f(parse_group_key(tag, &k)?, &v)?;
         }
         Ok(())
@@ -388,11 +386,11 @@ impl SledStore {
             let Some(kv) = self.db.range(from..=end).keys().next() else {
                 break;
             };
-            let (group, _) = parse_run_key(&kv.map_err(sled_err)?)?;
+            let (group, _) = parse_run_key(&kv?)?;
             let Some(kv) = self.db.range(runs_of(group)).next_back() else {
                 break; // Deleted concurrently; cannot happen with one writer.
             };
-            let (key, value) = kv.map_err(sled_err)?;
+            let (key, value) = kv?;
             let first = parse_run_key(&key)?.1;
             out.push((group, Run::parse(group, first, &value)?.last()));
             match group.as_u128().checked_add(1) {
@@ -489,15 +487,24 @@ impl LogStore for SledStore {
         if low >= high {
             return Ok(out);
         }
-        let Some((first, _)) = self.run_holding(group, low)? else {
+        let Some(holding) = self.run_holding(group, low)? else {
             return Ok(out);
         };
+        // The run holding `low` is read once, by the reverse seek; the forward scan starts
+        // after it (its first index is at most `low`, so below `high`).
+        let later = self
+            .db
+            .range(run_key(group, holding.0 + 1)..run_key(group, high));
+        let runs = std::iter::once(Ok(holding)).chain(later.map(|kv| -> Result<_> {
+            let (key, value) = kv?;
+            Ok((parse_run_key(&key)?.1, value))
+        }));
         let max = max_bytes.unwrap_or(u64::MAX);
         let mut size = 0u64;
         let mut next = low;
-        for kv in self.db.range(run_key(group, first)..run_key(group, high)) {
-            let (key, value) = kv.map_err(sled_err)?;
-            let run = Run::parse(group, parse_run_key(&key)?.1, &value)?;
+        for run in runs {
+            let (first, value) = run?;
+            let run = Run::parse(group, first, &value)?;
             if run.first() > next || run.last() < next {
                 break; // A gap: only the entries contiguous from `low` count.
             }
@@ -519,11 +526,7 @@ impl LogStore for SledStore {
         else {
             return Ok(None);
         };
-        let data = match self
-            .db
-            .get(group_key(TAG_SNAP_DATA, group))
-            .map_err(sled_err)?
-        {
+        let data = match self.db.get(group_key(TAG_SNAP_DATA, group))? {
             Some(data) => data.to_vec(),
             None => self
                 .files
@@ -556,11 +559,7 @@ impl LogStore for SledStore {
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .db
-            .get(meta_key(key))
-            .map_err(sled_err)?
-            .map(|v| v.to_vec()))
+        Ok(self.db.get(meta_key(key))?.map(|v| v.to_vec()))
     }
 }
 

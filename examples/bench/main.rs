@@ -48,7 +48,8 @@ fn main() {
             return cluster::run_replica(&args);
         }
         match args.scenario {
-            Scenario::Write | Scenario::Latency => scenarios::write::run(&args),
+            Scenario::Write => scenarios::write::run(&args),
+            Scenario::Latency => scenarios::latency::run(&args),
             Scenario::Failover => scenarios::failover::run(&args),
             Scenario::Heal => scenarios::heal::run(&args),
             Scenario::Recovery => scenarios::recovery::run(&args),

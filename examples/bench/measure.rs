@@ -35,6 +35,38 @@ pub fn fdatasync_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
     Ok(percentile_ms(&times, 0.5))
 }
 
+/// Median round trip of `rounds` 64-byte messages over a loopback TCP connection between
+/// two threads (Nagle off): the floor under every hop between nodes on this machine.
+pub fn loopback_rtt_ms(rounds: usize) -> BoxResult<f64> {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds {
+            conn.read_exact(&mut buf)?;
+            conn.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_nodelay(true)?;
+    let mut buf = [7u8; 64];
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        conn.write_all(&buf)?;
+        conn.read_exact(&mut buf)?;
+        times.push(t.elapsed());
+    }
+    echo.join().map_err(|_| "echo thread panicked")??;
+    times.sort();
+    Ok(percentile_ms(&times, 0.5))
+}
+
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> BoxResult<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

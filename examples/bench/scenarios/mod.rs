@@ -3,5 +3,6 @@
 pub mod failover;
 pub mod heal;
 pub mod idle;
+pub mod latency;
 pub mod recovery;
 pub mod write;

@@ -1,9 +1,9 @@
-//! `write`: throughput and latency under `--proposers` concurrent acknowledged writers;
-//! `latency`: the same with one proposer and one group, next to the disk's own fdatasync
-//! latency measured in the same run.
+//! `write`: throughput and latency under `--proposers` concurrent acknowledged writers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use copycat::DataStructure;
 
 use crate::args::{Args, BoxResult};
 use crate::cluster::Cluster;
@@ -17,8 +17,42 @@ pub fn run(args: &Args) -> BoxResult<()> {
     let mut cluster = Cluster::start(3, args)?;
     let floor_ms = fdatasync_ms(cluster.root.path(), 200)?;
     let subs = Arc::new(create_groups(&cluster.node, args.groups, 3)?);
+    let measured = measure(&mut cluster, subs, args.proposers, args)?;
+    cluster.stop();
+    let figures = &measured.figures;
+    print_result(
+        args,
+        figures,
+        &[
+            ("proposers", args.proposers.to_string()),
+            ("errors", measured.errors.to_string()),
+            ("fdatasync_ms", format!("{floor_ms:.2}")),
+            (
+                "p50_over_fdatasync",
+                format!("{:.2}", figures.p50_ms / floor_ms),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+/// What one measured window of load gave.
+pub struct Measured {
+    pub figures: WriteFigures,
+    /// Failed proposals over the whole run (warm-up included).
+    pub errors: u64,
+}
+
+/// Runs `proposers` writers on `subs` for a warm-up and then `args.duration`, and returns
+/// the figures of the writes acknowledged in that window.
+pub fn measure(
+    cluster: &mut Cluster,
+    subs: Arc<Vec<DataStructure>>,
+    proposers: usize,
+    args: &Args,
+) -> BoxResult<Measured> {
     let drainer = Drainer::start(subs.clone());
-    let load = Load::start(subs.clone(), args.proposers, args.payload);
+    let load = Load::start(subs, proposers, args.payload);
     std::thread::sleep(WARM_UP);
     let (synced_before, started) = (cluster.synced_writes()?, Instant::now());
     std::thread::sleep(args.duration);
@@ -31,26 +65,14 @@ pub fn run(args: &Args) -> BoxResult<()> {
         .filter(|a| a.done >= started && a.done < ended)
         .copied()
         .collect();
-    let figures = WriteFigures::of(&window, ended - started, synced_after - synced_before);
     println!(
-        "{} acknowledged writes in {:.1} s ({} errors over the whole run); fdatasync {floor_ms:.2} ms",
+        "{} acknowledged writes in {:.1} s ({} errors over the whole run)",
         window.len(),
         (ended - started).as_secs_f64(),
         outcome.errors
     );
-    cluster.stop();
-    print_result(
-        args,
-        &figures,
-        &[
-            ("proposers", args.proposers.to_string()),
-            ("errors", outcome.errors.to_string()),
-            ("fdatasync_ms", format!("{floor_ms:.2}")),
-            (
-                "p50_over_fdatasync",
-                format!("{:.2}", figures.p50_ms / floor_ms),
-            ),
-        ],
-    );
-    Ok(())
+    Ok(Measured {
+        figures: WriteFigures::of(&window, ended - started, synced_after - synced_before),
+        errors: outcome.errors,
+    })
 }

@@ -4,18 +4,20 @@
 //! run: the disk's fdatasync latency and a loopback TCP round trip.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use copycat::{CopyCat, DataStructure};
+use copycat::{CopyCat, DataStructure, DataStructureId, NodeId};
 
 use crate::args::{Args, BoxResult};
-use crate::cluster::{wait_for, Cluster};
+use crate::cluster::Cluster;
 use crate::load::create_groups;
 use crate::measure::{fdatasync_ms, loopback_rtt_ms, print_result};
 use crate::scenarios::write::measure;
 
 /// Groups created per attempt to find one led here and one led elsewhere.
 const CANDIDATES: usize = 6;
+/// Longest wait for new groups' leaders to settle.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 pub fn run(args: &Args) -> BoxResult<()> {
     let mut cluster = Cluster::start(3, args)?;
@@ -63,20 +65,19 @@ fn measure_on(
     Ok(measured)
 }
 
-/// One group led by this node and one led by another, both fully replicated.
+/// One group led by this node and one led by another, both fully replicated, picked once
+/// their leaders settled (a new group's leadership may still move to its preferred node).
 fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
     let me = node.node_id();
     let (mut here, mut elsewhere) = (None, None);
     for _ in 0..5 {
         let groups = create_groups(node, CANDIDATES, 3)?;
-        wait_for("leaders of the new groups", Duration::from_secs(30), || {
-            groups.iter().all(|ds| leader_of(node, ds.id()).is_some())
-        })?;
-        for ds in groups {
-            match leader_of(node, ds.id()) {
-                Some(leader) if leader == me && here.is_none() => here = Some(ds),
-                Some(leader) if leader != me && elsewhere.is_none() => elsewhere = Some(ds),
-                _ => {}
+        let leaders = settled_leaders(node, &groups)?;
+        for (ds, leader) in groups.into_iter().zip(leaders) {
+            if leader == me && here.is_none() {
+                here = Some(ds);
+            } else if leader != me && elsewhere.is_none() {
+                elsewhere = Some(ds);
             }
         }
         if let (Some(h), Some(e)) = (here.take(), elsewhere.take()) {
@@ -86,6 +87,23 @@ fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
     Err("found no group led here and one led elsewhere".into())
 }
 
-fn leader_of(node: &CopyCat, id: copycat::DataStructureId) -> Option<copycat::NodeId> {
+/// The leaders of `groups` once they stayed the same for a second.
+fn settled_leaders(node: &CopyCat, groups: &[DataStructure]) -> BoxResult<Vec<NodeId>> {
+    let leaders =
+        || -> Option<Vec<NodeId>> { groups.iter().map(|ds| leader_of(node, ds.id())).collect() };
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut last = None;
+    while Instant::now() < deadline {
+        let now = leaders();
+        if now.is_some() && now == last {
+            return now.ok_or_else(|| "no leaders".into());
+        }
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(format!("leaders did not settle within {SETTLE_LIMIT:?}").into())
+}
+
+fn leader_of(node: &CopyCat, id: DataStructureId) -> Option<NodeId> {
     node.group_status(id).ok().flatten().and_then(|s| s.leader)
 }

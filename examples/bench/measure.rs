@@ -35,6 +35,33 @@ pub fn fdatasync_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
     Ok(percentile_ms(&times, 0.5))
 }
 
+/// Median latency of `rounds` durable sled writes as copycat's storage makes them (a
+/// 64-byte value in a batch, `flush`, then `fdatasync` of sled's file, since sled itself
+/// only calls `sync_file_range`), in a fresh database under `dir`: the floor under one
+/// storage round of a node.
+pub fn sled_write_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
+    let path = dir.join("sled-probe");
+    let db = sled::Config::new()
+        .path(&path)
+        .flush_every_ms(None)
+        .open()?;
+    let file = std::fs::File::open(path.join("db"))?;
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds as u64 {
+        let t = Instant::now();
+        let mut batch = sled::Batch::default();
+        batch.insert(&i.to_be_bytes(), vec![7u8; 64]);
+        db.apply_batch(batch)?;
+        db.flush()?;
+        file.sync_data()?;
+        times.push(t.elapsed());
+    }
+    drop(db);
+    std::fs::remove_dir_all(path)?;
+    times.sort();
+    Ok(percentile_ms(&times, 0.5))
+}
+
 /// Median round trip of `rounds` 64-byte messages over a loopback TCP connection between
 /// two threads (Nagle off): the floor under every hop between nodes on this machine.
 pub fn loopback_rtt_ms(rounds: usize) -> BoxResult<f64> {

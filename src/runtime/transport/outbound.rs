@@ -37,11 +37,7 @@ impl OutQueue {
         }
         match self.frames.back_mut() {
             Some((last, last_len)) if *last_len + len <= self.max_batch => {
-                last.messages.extend(batch.messages);
-                last.joins.extend(batch.joins);
-                last.chunks.extend(batch.chunks);
-                last.acks.extend(batch.acks);
-                last.snapshots_needed.extend(batch.snapshots_needed);
+                last.absorb(batch);
                 *last_len += len;
             }
             _ => self.frames.push_back((batch, len)),

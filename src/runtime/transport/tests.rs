@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::sync::mpsc as std_mpsc;
 
 use super::*;
-use crate::proto::{GroupMessage, JoinRequest};
+use crate::proto::{
+    GroupMessage, JoinRequest, ReplicaGone, SnapshotAck, SnapshotChunk, SnapshotNeeded,
+};
 
 /// Deadline for every awaited condition.
 const WAIT: Duration = Duration::from_secs(10);
@@ -516,6 +518,46 @@ fn out_queue_merges_splits_and_stays_bounded() {
     q.push(batch(9), &log);
     assert_eq!(q.clear(), 1);
     assert_eq!(q.bytes, 0);
+}
+
+#[test]
+fn out_queue_merging_keeps_every_field() {
+    let log = Logger::root(slog::Discard, o!());
+    let mut q = OutQueue::new(1 << 20);
+    let group = vec![9u8; 16];
+    let others = Batch {
+        chunks: vec![SnapshotChunk {
+            group: group.clone(),
+            ..Default::default()
+        }],
+        acks: vec![SnapshotAck {
+            group: group.clone(),
+            ..Default::default()
+        }],
+        snapshots_needed: vec![SnapshotNeeded {
+            group: group.clone(),
+        }],
+        gone: vec![ReplicaGone {
+            group: group.clone(),
+            replica_id: 5,
+            deleted: 4,
+        }],
+        wake: vec![group],
+        ..Default::default()
+    };
+    let expected_len = batch(1).encoded_len() + others.encoded_len();
+    q.push(batch(1), &log);
+    q.push(others.clone(), &log);
+    assert_eq!(q.frames.len(), 1);
+    let merged = q.pop().unwrap();
+    assert_eq!(numbers(&merged), vec![1]);
+    assert_eq!(merged.joins, batch(1).joins);
+    assert_eq!(merged.chunks, others.chunks);
+    assert_eq!(merged.acks, others.acks);
+    assert_eq!(merged.snapshots_needed, others.snapshots_needed);
+    assert_eq!(merged.gone, others.gone);
+    assert_eq!(merged.wake, others.wake);
+    assert_eq!(merged.encoded_len(), expected_len);
 }
 
 #[test]

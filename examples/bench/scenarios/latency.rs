@@ -13,7 +13,7 @@ use crate::args::{Args, BoxResult};
 use crate::cluster::Cluster;
 use crate::load::create_groups;
 use crate::measure::{fdatasync_ms, loopback_rtt_ms, print_result, sled_write_ms};
-use crate::scenarios::write::measure;
+use crate::scenarios::write::{measure, Measured};
 
 /// Groups created per attempt to find one led here and one led elsewhere.
 const CANDIDATES: usize = 6;
@@ -51,11 +51,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
 
 /// Measures one proposer on `ds`, failing if its leader moved meanwhile (the figures
 /// would mix both paths).
-fn measure_on(
-    cluster: &mut Cluster,
-    ds: DataStructure,
-    args: &Args,
-) -> BoxResult<crate::scenarios::write::Measured> {
+fn measure_on(cluster: &mut Cluster, ds: DataStructure, args: &Args) -> BoxResult<Measured> {
     let id = ds.id();
     let before = leader_of(&cluster.node, id);
     let measured = measure(cluster, Arc::new(vec![ds]), 1, args)?;
@@ -83,8 +79,10 @@ fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
                 elsewhere = Some(ds);
             }
         }
-        if let (Some(h), Some(e)) = (here.take(), elsewhere.take()) {
-            return Ok((h, e));
+        match (here, elsewhere) {
+            (Some(h), Some(e)) => return Ok((h, e)),
+            // Keep the one found (if any) and look for the other in a new set.
+            (h, e) => (here, elsewhere) = (h, e),
         }
     }
     Err("found no group led here and one led elsewhere".into())

@@ -5,6 +5,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use copycat::storage::{GroupWrite, LogStore, SledStore, WriteBatch};
+use copycat::DataStructureId;
+use raft::eraftpb::Entry;
+
 use crate::args::{Args, BoxResult};
 use crate::load::Ack;
 
@@ -15,6 +19,12 @@ pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
+}
+
+/// The median of `times`, in milliseconds.
+fn median_ms(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    percentile_ms(&times, 0.5)
 }
 
 /// Median latency of `rounds` 4 KiB overwrites each followed by `fdatasync`, in a file
@@ -31,35 +41,37 @@ pub fn fdatasync_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
         times.push(t.elapsed());
     }
     std::fs::remove_file(path)?;
-    times.sort();
-    Ok(percentile_ms(&times, 0.5))
+    Ok(median_ms(times))
 }
 
-/// Median latency of `rounds` durable sled writes as copycat's storage makes them (a
-/// 64-byte value in a batch, `flush`, then `fdatasync` of sled's file, since sled itself
-/// only calls `sync_file_range`), in a fresh database under `dir`: the floor under one
+/// Median latency of `rounds` durable storage writes as a node's storage thread makes them
+/// (copycat's own `SledStore::write` of a round with one 16-byte entry of one group: one
+/// sled batch, `flush` and `fdatasync`), in a fresh store under `dir`: the floor under one
 /// storage round of a node.
-pub fn sled_write_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
-    let path = dir.join("sled-probe");
-    let db = sled::Config::new()
-        .path(&path)
-        .flush_every_ms(None)
-        .open()?;
-    let file = std::fs::File::open(path.join("db"))?;
+pub fn storage_write_ms(dir: &Path, rounds: usize) -> BoxResult<f64> {
+    let path = dir.join("storage-probe");
+    let store = SledStore::open(&path, slog::Logger::root(slog::Discard, slog::o!()))?;
+    let group = DataStructureId::new();
     let mut times = Vec::with_capacity(rounds);
-    for i in 0..rounds as u64 {
+    for index in 1..=rounds as u64 {
+        let mut write = GroupWrite::new(group);
+        write.entries.push(Entry {
+            index,
+            term: 1,
+            data: vec![7u8; 16].into(),
+            ..Default::default()
+        });
+        let batch = WriteBatch {
+            groups: vec![write],
+            meta: Vec::new(),
+        };
         let t = Instant::now();
-        let mut batch = sled::Batch::default();
-        batch.insert(&i.to_be_bytes(), vec![7u8; 64]);
-        db.apply_batch(batch)?;
-        db.flush()?;
-        file.sync_data()?;
+        store.write(&batch)?;
         times.push(t.elapsed());
     }
-    drop(db);
+    drop(store);
     std::fs::remove_dir_all(path)?;
-    times.sort();
-    Ok(percentile_ms(&times, 0.5))
+    Ok(median_ms(times))
 }
 
 /// Median round trip of `rounds` 64-byte messages over a loopback TCP connection between
@@ -90,8 +102,7 @@ pub fn loopback_rtt_ms(rounds: usize) -> BoxResult<f64> {
         times.push(t.elapsed());
     }
     echo.join().map_err(|_| "echo thread panicked")??;
-    times.sort();
-    Ok(percentile_ms(&times, 0.5))
+    Ok(median_ms(times))
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.

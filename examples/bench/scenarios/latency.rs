@@ -1,8 +1,8 @@
 //! `latency`: one proposer, one group, twice: first on a group this node leads, then on one
 //! a replica process leads (the proposal is forwarded to the leader, and the commit comes
 //! back before this replica applies it). Next to them, the floors measured in the same
-//! run: the disk's fdatasync latency, one durable sled write as a node's storage round
-//! makes it, and a loopback TCP round trip.
+//! run: the disk's fdatasync latency, one durable write of copycat's storage (a storage
+//! round with one entry), and a loopback TCP round trip.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use copycat::{CopyCat, DataStructure, DataStructureId, NodeId};
 use crate::args::{Args, BoxResult};
 use crate::cluster::Cluster;
 use crate::load::create_groups;
-use crate::measure::{fdatasync_ms, loopback_rtt_ms, print_result, sled_write_ms};
+use crate::measure::{fdatasync_ms, loopback_rtt_ms, print_result, storage_write_ms};
 use crate::scenarios::write::{measure, Measured};
 
 /// Groups created per attempt to find one led here and one led elsewhere.
@@ -23,7 +23,7 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 pub fn run(args: &Args) -> BoxResult<()> {
     let mut cluster = Cluster::start(3, args)?;
     let fdatasync = fdatasync_ms(cluster.root.path(), 200)?;
-    let sled_write = sled_write_ms(cluster.root.path(), 200)?;
+    let storage_write = storage_write_ms(cluster.root.path(), 200)?;
     let rtt = loopback_rtt_ms(200)?;
     let (here, elsewhere) = pick_groups(&cluster.node)?;
     let leader = measure_on(&mut cluster, here, args)?;
@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
             ("proposers", "1".to_string()),
             ("errors", (leader.errors + follower.errors).to_string()),
             ("fdatasync_ms", format!("{fdatasync:.2}")),
-            ("sled_write_ms", format!("{sled_write:.2}")),
+            ("storage_write_ms", format!("{storage_write:.2}")),
             ("loopback_rtt_ms", format!("{rtt:.3}")),
             (
                 "p50_over_fdatasync",

@@ -157,12 +157,9 @@ fn wait_readable(
 }
 
 fn tour(nodes: &mut ProcessCluster, start: Instant) -> Result<(), String> {
-    // 1. Three nodes: the first founds the cluster, the others join through its gossip port.
-    let first = nodes.start(&[])?;
-    let seed: SocketAddr = nodes.info(first).gossip;
-    for _ in 1..3 {
-        nodes.start(&[seed])?;
-    }
+    // 1. Three nodes: the first founds the cluster, the others join through its gossip
+    // port; with --bootstrap-expect 3 the map's group starts with all three as voters.
+    nodes.form(3)?;
     for i in 0..3 {
         let n = nodes.info(i);
         say!(
@@ -179,9 +176,14 @@ fn tour(nodes: &mut ProcessCluster, start: Instant) -> Result<(), String> {
         CONVERGE_DEADLINE,
         || nodes.converged(3),
     )?;
+    let group = nodes.status(0)?["group"].clone();
     say!(
         start,
-        "cluster formed: 3 members, group of 3 voters with a leader"
+        "cluster formed: 3 members, group of {} voters (replication factor {}) with a leader; \
+         it survives {} node failure(s)",
+        group["voters"].as_array().map_or(0, Vec::len),
+        group["replication_factor"],
+        group["tolerated_failures"]
     );
 
     // 2. Write through node 0, read from nodes 1 and 2.

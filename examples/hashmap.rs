@@ -14,10 +14,13 @@
 //! curl localhost:8080/status
 //! ```
 //!
-//! Endpoints: `GET|PUT|DELETE /kv/{key}` and `GET /status` (JSON). On startup the process
-//! prints one `READY http=… raft=… gossip=… node_id=…` line to stdout with the addresses
-//! it actually bound (ports may be 0), for scripts and tests to wait on. Logs go to
-//! stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
+//! Endpoints: `GET|PUT|DELETE /kv/{key}` and `GET /status` (JSON: the node, its members,
+//! and the map's group: leader, voters, learners, the replication factor and how many
+//! node failures the group survives now, `tolerated_failures` and `fault_tolerant`).
+//! On startup the process prints one `READY http=… raft=… gossip=… node_id=…` line to
+//! stdout with the addresses it actually bound (ports may be 0), for scripts and tests to
+//! wait on. Three nodes started together should all get `--bootstrap-expect 3` (see the
+//! README). Logs go to stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -57,6 +60,9 @@ usage: hashmap [flags]
   --http-port PORT      HTTP port; 0 picks a free one (default 8080)
   --peers ADDRS         comma-separated gossip addresses of running nodes;
                         empty starts a new cluster (default empty)
+  --bootstrap-expect N  a node starting a new cluster waits until N nodes (itself
+                        included) are up before it creates any group, so the map's
+                        group starts with all its voters (default 1: start alone)
   --datacenter NAME     this node's datacenter (default \"default\")
   --id ULID             the hashmap's data structure id (default 01CFR5R4JJE9KNRAJFFEAQ2SAJ)
   --hostname HOST       address to bind and advertise (default 127.0.0.1)
@@ -73,6 +79,7 @@ struct Args {
     gossip_port: u16,
     http_port: u16,
     peers: Vec<String>,
+    bootstrap_expect: usize,
     datacenter: String,
     id: String,
     hostname: String,
@@ -87,6 +94,7 @@ impl Default for Args {
             gossip_port: 7459,
             http_port: 8080,
             peers: Vec::new(),
+            bootstrap_expect: Config::default().bootstrap_expect,
             datacenter: "default".to_string(),
             id: DEFAULT_ID.to_string(),
             hostname: "127.0.0.1".to_string(),
@@ -108,12 +116,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             _ => (arg.clone(), None),
         };
-        const FLAGS: [&str; 9] = [
+        const FLAGS: [&str; 10] = [
             "--data-dir",
             "--port",
             "--gossip-port",
             "--http-port",
             "--peers",
+            "--bootstrap-expect",
             "--datacenter",
             "--id",
             "--hostname",
@@ -147,6 +156,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     .filter(|p| !p.is_empty())
                     .map(String::from)
                     .collect()
+            }
+            "--bootstrap-expect" => {
+                args.bootstrap_expect = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("--bootstrap-expect: {value:?} is not a positive number")
+                })?
             }
             "--datacenter" => args.datacenter = value,
             "--id" => {
@@ -286,6 +300,8 @@ struct App {
     node: CopyCat,
     ds: Arc<DataStructure>,
     store: Arc<Store>,
+    /// The voters the map's group is meant to have (`/status` compares).
+    replication_factor: usize,
 }
 
 /// Parses the flags (exit 2 on a usage error) and runs the node (exit 1 if it fails).
@@ -318,17 +334,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = stop_tx.try_send(());
     })?;
 
-    let node = CopyCat::start(Config {
+    let config = Config {
         hostname: args.hostname.clone(),
         port: args.port,
         gossip_port: args.gossip_port,
         data_dir: args.data_dir.clone(),
         peers: args.peers.clone(),
+        bootstrap_expect: args.bootstrap_expect,
         datacenter: args.datacenter.clone(),
         logger: log.clone(),
         snapshot_interval: args.snapshot_interval,
         ..Config::default()
-    })?;
+    };
+    let replication_factor = config.replication_factor;
+    let node = CopyCat::start(config)?;
     let store = Arc::new(Store::default());
     let provider = {
         let store = store.clone();
@@ -372,6 +391,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         node: node.clone(),
         ds: ds.clone(),
         store,
+        replication_factor,
     });
     for i in 0..HTTP_WORKERS {
         let (server, app, log) = (server.clone(), app.clone(), log.clone());
@@ -620,14 +640,20 @@ fn status(app: &App) -> HttpResponse {
         ),
         None => (None, Vec::new(), Vec::new(), false),
     };
+    // A group of n voters keeps its quorum through (n - 1) / 2 failures.
+    let tolerated_failures = voters.len().saturating_sub(1) / 2;
     let body = serde_json::json!({
         "node_id": app.node.node_id().to_string(),
+        "joined": app.node.has_joined().unwrap_or(false),
         "members": members,
         "group": {
             "id": id.to_string(),
             "leader": leader,
             "voters": voters,
             "learners": learners,
+            "replication_factor": app.replication_factor,
+            "tolerated_failures": tolerated_failures,
+            "fault_tolerant": tolerated_failures > 0,
             "hibernating": hibernating,
             "applied_index": app.store.applied(),
         },

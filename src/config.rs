@@ -18,8 +18,18 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Gossip addresses (`host:port`) of existing nodes to contact; empty starts a new cluster.
     pub peers: Vec<String>,
-    /// Voters per data structure (default 3; fewer while fewer nodes are alive).
+    /// Voters per data structure (default 3). In a cluster of fewer nodes a group gets
+    /// the largest odd number of voters those nodes can hold, and grows straight to the
+    /// replication factor once enough nodes have joined (never through an even count).
     pub replication_factor: usize,
+    /// How many nodes a node founding a cluster (no `peers`) waits for, itself included,
+    /// before it creates the cluster's system group and any data group, so that each group
+    /// starts with its full voter set (Consul's `bootstrap_expect`). Default 1: the founder
+    /// starts alone and groups grow as nodes join. Set it to the number of nodes started
+    /// together (3 for three processes): a group created with one voter that is still
+    /// growing cannot survive the loss of a node. Ignored by nodes that join through
+    /// `peers` and by a founder that restarts on its data dir.
+    pub bootstrap_expect: usize,
     /// This node's datacenter label; replicas are spread over datacenters.
     pub datacenter: String,
     /// Nodes only talk to nodes with the same cluster name (default `copycat`).
@@ -61,6 +71,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./copy-cat-db/"),
             peers: Vec::new(),
             replication_factor: 3,
+            bootstrap_expect: 1,
             datacenter: "default".to_string(),
             cluster_name: "copycat".to_string(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -84,6 +95,9 @@ impl Config {
         let fail = |msg: &str| Err(Error::Config(msg.to_string()));
         if self.replication_factor == 0 {
             return fail("replication_factor must be at least 1");
+        }
+        if self.bootstrap_expect == 0 {
+            return fail("bootstrap_expect must be at least 1 (the founding node itself)");
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
             return fail("need 0 < heartbeat_ticks < election_ticks");
@@ -113,6 +127,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("peers", &self.peers)
             .field("replication_factor", &self.replication_factor)
+            .field("bootstrap_expect", &self.bootstrap_expect)
             .field("datacenter", &self.datacenter)
             .field("cluster_name", &self.cluster_name)
             .field("tick_interval", &self.tick_interval)

@@ -14,7 +14,6 @@ mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chaos::{check_all_readable, ChaosConfig, Writer, PUT_TIMEOUT};
@@ -31,24 +30,8 @@ const PER_PHASE: usize = 30;
 /// Concurrent writer threads.
 const WRITERS: usize = 3;
 
-/// Builds the hashmap example once per test binary (examples get no `CARGO_BIN_EXE_*`),
-/// with this test's profile, and returns its path.
 fn hashmap_bin() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        cluster::cargo_build_example(
-            Path::new(env!("CARGO")),
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-            "hashmap",
-        )?;
-        let bin = cluster::hashmap_path()?;
-        if !bin.exists() {
-            return Err(format!("{} missing after the build", bin.display()));
-        }
-        Ok(bin)
-    })
-    .clone()
-    .unwrap_or_else(|e| panic!("{e}"))
+    expect(cluster::built_hashmap())
 }
 
 fn expect<T>(result: Result<T, String>) -> T {
@@ -60,10 +43,7 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
     let test_start = Instant::now();
     let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
     let built = test_start.elapsed();
-    let first = expect(nodes.start(&[]));
-    let seed = nodes.info(first).gossip;
-    expect(nodes.start(&[seed]));
-    expect(nodes.start(&[seed]));
+    expect(nodes.form(3));
     let formed = expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
     }));
@@ -133,10 +113,7 @@ fn killed_and_restarted_leader_loses_no_acknowledged_write() {
 #[test]
 fn a_hibernating_group_elects_a_new_leader_when_its_leader_is_killed() {
     let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
-    let first = expect(nodes.start(&[]));
-    let seed = nodes.info(first).gossip;
-    expect(nodes.start(&[seed]));
-    expect(nodes.start(&[seed]));
+    expect(nodes.form(3));
     expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
     }));
@@ -169,10 +146,7 @@ fn a_hibernating_group_elects_a_new_leader_when_its_leader_is_killed() {
 #[test]
 fn consistent_reads_on_other_nodes_see_acknowledged_writes() {
     let mut nodes = expect(ProcessCluster::new(hashmap_bin()));
-    let first = expect(nodes.start(&[]));
-    let seed = nodes.info(first).gossip;
-    expect(nodes.start(&[seed]));
-    expect(nodes.start(&[seed]));
+    expect(nodes.form(3));
     expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
     }));

@@ -183,11 +183,7 @@ pub fn run(
     say: impl Fn(&str),
 ) -> Result<ChaosReport, String> {
     let n = config.nodes;
-    let first = nodes.start(&[])?;
-    let seed_addr = nodes.info(first).gossip;
-    for _ in 1..n {
-        nodes.start(&[seed_addr])?;
-    }
+    nodes.form(n)?;
     wait_until("the cluster forms", PHASE, || nodes.converged(n))?;
     say(&format!("{n} nodes up; chaos for {:?}", config.duration));
     let writer = Writer::start((0..n).map(|i| nodes.http(i)).collect(), config.writers);

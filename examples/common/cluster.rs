@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::http;
@@ -38,6 +38,25 @@ pub fn example_path(name: &str) -> Result<PathBuf, String> {
 /// The hashmap example's binary (see [`example_path`]).
 pub fn hashmap_path() -> Result<PathBuf, String> {
     example_path("hashmap")
+}
+
+/// The hashmap example, built once per process with the running executable's profile
+/// (tests get no `CARGO_BIN_EXE_*` for examples, and a stale binary would test old code).
+pub fn built_hashmap() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        cargo_build_example(
+            Path::new(env!("CARGO")),
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+            "hashmap",
+        )?;
+        let bin = hashmap_path()?;
+        if !bin.exists() {
+            return Err(format!("{} missing after the build", bin.display()));
+        }
+        Ok(bin)
+    })
+    .clone()
 }
 
 /// Runs `cargo build --example <name>` with the running executable's profile.
@@ -145,8 +164,24 @@ impl ProcessCluster {
 
     /// Gives every node started from now on the flags `args` too.
     pub fn with_args(mut self, args: &[&str]) -> Self {
-        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
         self
+    }
+
+    /// Starts a new cluster of `n` nodes as the README does it: all of them with
+    /// `--bootstrap-expect n`, the first founding the cluster and the others joining through
+    /// its gossip port, so the map's group starts with all its voters. Returns once every
+    /// node printed READY (not once the cluster formed: see [`ProcessCluster::converged`]).
+    pub fn form(&mut self, n: usize) -> Result<(), String> {
+        let expect = n.to_string();
+        self.extra_args
+            .extend(["--bootstrap-expect".to_string(), expect]);
+        let first = self.start(&[])?;
+        let seed = self.info(first).gossip;
+        for _ in 1..n {
+            self.start(&[seed])?;
+        }
+        Ok(())
     }
 
     /// For a signal handler, which ends the process without running destructors: kills

@@ -176,6 +176,12 @@ impl NodeCore {
     }
 
     fn propose_creation(&mut self, group: DataStructureId) {
+        if !self.has_joined() {
+            // Without the directory this node can neither know that the group does not
+            // exist yet nor how large the cluster is (an uninitialized system replica has
+            // no configuration): its `Create` could commit first with too few voters.
+            return;
+        }
         let alive = self.alive_nodes();
         let reachable_enough = self.cfg.replication_factor.min(self.cluster_size());
         if alive.len() < reachable_enough {
@@ -184,7 +190,8 @@ impl NodeCore {
             // (a partition heals, or the directory replaces a dead node).
             return;
         }
-        let voters = placement::place(group, alive, self.cfg.replication_factor);
+        let count = placement::voter_count(alive.len(), self.cfg.replication_factor);
+        let voters = placement::place(group, alive, count);
         let op = DirectoryOp::Create {
             group: group.as_u128(),
             voters,

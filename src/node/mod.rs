@@ -7,6 +7,7 @@
 //! reads the log through [`LogStore`] but never writes it: writes leave only as the batch.
 
 mod apply;
+mod bootstrap;
 mod directory;
 mod hibernation;
 mod leadership;
@@ -68,6 +69,8 @@ pub(crate) struct CoreConfig {
     pub logger: slog::Logger,
     /// This node starts a new cluster: it bootstraps the system group if it has none.
     pub founder: bool,
+    /// Alive nodes (this one included) a founder waits for before it bootstraps.
+    pub bootstrap_expect: usize,
     /// How long a node stays down before its replicas are replaced elsewhere.
     pub dead_node_grace_ms: u64,
     /// Applied entries between snapshots of a replica with a subscriber.
@@ -277,9 +280,7 @@ impl NodeCore {
             core.active.insert(group.group);
         }
         core.rebuild_directory()?;
-        if core.cfg.founder && !core.groups.contains_key(&DataStructureId::SYSTEM) {
-            core.create_replica(DataStructureId::SYSTEM, &[core.me], core.me);
-        }
+        core.bootstrap_when_expected_nodes_are_up();
         Ok(core)
     }
 
@@ -440,6 +441,7 @@ impl NodeCore {
                     self.members.insert(member.info.node_id, member);
                     self.record_known_peers();
                     self.wake_all();
+                    self.bootstrap_when_expected_nodes_are_up();
                 }
             }
             MembershipEvent::Up(_) => {}

@@ -28,6 +28,21 @@ pub(crate) fn rank<'a>(
     ranked
 }
 
+/// How many voters a group gets when `available` nodes can hold one: the replication
+/// factor, or with fewer nodes the largest odd count they allow (at least one). An even
+/// count below the replication factor tolerates no more failures than the odd count below
+/// it, yet one more node must answer every write and election: a group of two voters stops
+/// when either fails, so groups never run with two voters of a replication factor of three.
+pub(crate) fn voter_count(available: usize, replication_factor: usize) -> usize {
+    if available >= replication_factor {
+        replication_factor
+    } else if available % 2 == 0 {
+        available.saturating_sub(1).max(1)
+    } else {
+        available
+    }
+}
+
 /// Picks `count` nodes for `group`: in rendezvous order, first one per datacenter, then the
 /// rest, so replicas spread over datacenters when there are several.
 pub(crate) fn place<'a>(
@@ -67,5 +82,16 @@ mod tests {
         let unique: HashSet<_> = one.iter().collect();
         assert_eq!(unique.len(), 3);
         assert_eq!(place(g, nodes.iter().copied(), 9).len(), 4);
+    }
+
+    #[test]
+    fn voter_counts_below_the_replication_factor_are_odd() {
+        let counts: Vec<usize> = (0..=6).map(|n| voter_count(n, 3)).collect();
+        assert_eq!(counts, [1, 1, 1, 3, 3, 3, 3]);
+        let counts: Vec<usize> = (0..=6).map(|n| voter_count(n, 5)).collect();
+        assert_eq!(counts, [1, 1, 1, 3, 3, 5, 5]);
+        // An even replication factor is the user's choice and is kept.
+        assert_eq!(voter_count(4, 4), 4);
+        assert_eq!(voter_count(7, 1), 1);
     }
 }

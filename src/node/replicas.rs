@@ -2,10 +2,13 @@
 //! voters on nodes dead past the grace period, drop dead learners, and give every node a
 //! replica of the system group.
 //!
-//! A replacement first joins as a learner on another alive node (rendezvous order,
-//! preferring a datacenter the live voters do not cover); once it has caught up, one
-//! joint-consensus change (ConfChangeV2) promotes it and removes the dead voter. One
-//! configuration change at a time per group.
+//! The voter target is [`placement::voter_count`] of the alive nodes: the replication
+//! factor, or the largest odd count below it. Every missing voter first joins as a learner
+//! on another alive node (rendezvous order, preferring a datacenter the live voters do not
+//! cover); once as many learners as are missing have caught up, one joint-consensus change
+//! (ConfChangeV2) promotes them all and removes the dead voters, so a group goes from one
+//! voter straight to three, never through two. One configuration change at a time per
+//! group.
 
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
@@ -33,21 +36,25 @@ impl NodeCore {
             .filter(|v| self.is_dead_for_good(node_of(*v)))
             .collect();
         let live_voters = cs.voters.len() - dead_voters.len();
-        let target = self.cfg.replication_factor;
-        if live_voters < target {
-            let ready = self
+        let target = placement::voter_count(self.alive_nodes().len(), self.cfg.replication_factor);
+        let needed = target.saturating_sub(live_voters);
+        if needed > 0 {
+            let ready: Vec<ReplicaId> = self
                 .rank_replicas(group, &cs.learners)
                 .into_iter()
-                .find(|l| self.is_alive(node_of(*l)) && caught_up(l));
-            if let Some(learner) = ready {
-                let mut changes = vec![(ConfChangeType::AddNode, learner)];
-                if let Some(dead) = dead_voters.first() {
-                    changes.push((ConfChangeType::RemoveNode, *dead));
-                }
+                .filter(|l| self.is_alive(node_of(*l)) && caught_up(l))
+                .take(needed)
+                .collect();
+            if ready.len() == needed {
+                // All at once, in one joint change: growing one voter at a time would
+                // pass through an even count (1 -> 2 -> 3), which a single failure blocks.
+                let promote = ready.iter().map(|l| (ConfChangeType::AddNode, *l));
+                let remove = dead_voters.iter().map(|v| (ConfChangeType::RemoveNode, *v));
+                let changes: Vec<_> = promote.chain(remove).collect();
                 return self.change_conf(group, &changes);
             }
-            let catching_up = cs.learners.iter().any(|l| self.is_alive(node_of(*l)));
-            if !catching_up {
+            let candidates = cs.learners.iter().filter(|l| self.is_alive(node_of(**l)));
+            if candidates.count() < needed {
                 if let Some(node) = self.replacement_node(group, &cs) {
                     let replica = self.fresh_replica(group, node);
                     return self.change_conf(group, &[(ConfChangeType::AddLearnerNode, replica)]);

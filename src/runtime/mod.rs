@@ -269,6 +269,7 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
         rng_seed: seed,
         logger,
         founder: config.peers.is_empty(),
+        bootstrap_expect: config.bootstrap_expect,
         dead_node_grace_ms: config.dead_node_grace.as_millis() as u64,
         snapshot_interval: config.snapshot_interval,
         snapshot_max_log_bytes: config.snapshot_max_log_bytes,

@@ -292,6 +292,7 @@ impl World {
             rng_seed: self.rng.gen(),
             logger,
             founder,
+            bootstrap_expect: p.bootstrap_expect,
             dead_node_grace_ms: p.dead_node_grace_ms,
             snapshot_interval: p.snapshot_interval,
             snapshot_max_log_bytes: 1 << 20,

@@ -579,8 +579,23 @@ fn write(app: &App, op: Op) -> HttpResponse {
             503,
             &format!("committed at index {index} but not yet applied locally; retry the read"),
         ),
-        Err(e) => text(503, &e.to_string()),
+        Err(e) => unavailable(app, &e),
     }
+}
+
+/// A 503 for a failed write or read barrier; says so when the cluster has not formed yet
+/// (a founder waiting for its `--bootstrap-expect` nodes), the usual cause at startup.
+fn unavailable(app: &App, error: &copycat::Error) -> HttpResponse {
+    if app.node.has_joined().unwrap_or(true) {
+        return text(503, &error.to_string());
+    }
+    text(
+        503,
+        &format!(
+            "{error}: this node has not joined a formed cluster yet (the founding node waits \
+             for --bootstrap-expect nodes)"
+        ),
+    )
 }
 
 /// `GET /kv/{key}`: the value in the local map (may trail the leader by a few entries).
@@ -607,7 +622,7 @@ fn consistent_read(app: &App, key: &str) -> HttpResponse {
             503,
             &format!("read index {index} not applied locally in time"),
         ),
-        Err(e) => text(503, &e.to_string()),
+        Err(e) => unavailable(app, &e),
     }
 }
 

@@ -108,8 +108,11 @@ impl CopyCat {
     /// Subscribes to the data structure `id`, creating it if it exists nowhere yet.
     ///
     /// The first subscription anywhere creates the group with `replication_factor` voters on
-    /// distinct alive nodes; a node without a replica gets a learner replica, so its commit
-    /// stream is local. A new subscription replays the whole history (the latest snapshot,
+    /// distinct alive nodes (fewer, an odd number, in a smaller cluster; the group grows
+    /// once nodes join). Nothing is created before the cluster is founded: a founder with
+    /// [`Config::bootstrap_expect`] waits for that many nodes, and the subscription's
+    /// proposals wait meanwhile. A node without a replica gets a learner replica, so its
+    /// commit stream is local. A new subscription replays the whole history (the latest snapshot,
     /// then every entry after it) before live commits. `snapshot_provider` is called by the
     /// snapshot machinery to capture the application's state (see [`SnapshotProvider`]).
     pub fn subscribe(
@@ -177,7 +180,8 @@ impl CopyCat {
     }
 
     /// Whether this node has joined the cluster's directory (a Raft group every node
-    /// replicates): until then, subscriptions wait. Useful to wait for a fresh node.
+    /// replicates): until then, subscriptions wait. Useful to wait for a fresh node, or
+    /// for a founder's `bootstrap_expect` nodes to come up.
     pub fn has_joined(&self) -> Result<bool> {
         self.query(|core| core.has_joined())
     }

@@ -139,11 +139,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `size` nodes (this one and `size - 1` replica processes) and waits until
-    /// every node sees every other alive.
+    /// Starts `size` nodes (this one, founding the cluster once all are up, and
+    /// `size - 1` replica processes) and waits until every node sees every other alive.
     pub fn start(size: usize, args: &Args) -> BoxResult<Cluster> {
         let root = tempfile::tempdir()?;
-        let node = CopyCat::start(node_config(&root.path().join("node0"), Vec::new(), args))?;
+        let founder = Config {
+            bootstrap_expect: size,
+            ..node_config(&root.path().join("node0"), Vec::new(), args)
+        };
+        let node = CopyCat::start(founder)?;
         let seed = node.gossip_addr().to_string();
         let replicas = (1..size)
             .map(|i| Replica::spawn(&root.path().join(format!("node{i}")), &seed, args))

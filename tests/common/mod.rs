@@ -51,11 +51,15 @@ pub struct Cluster {
     pub tweak: fn(Config) -> Config,
     /// Datacenter of node `i` (nodes past the end: the default datacenter).
     pub datacenters: Vec<String>,
+    /// `Config::bootstrap_expect` of every node: the nodes started together, so the
+    /// founder creates the directory with all of them (joiners ignore it).
+    pub bootstrap_expect: usize,
 }
 
 impl Cluster {
-    /// Starts `n` nodes: the first founds the cluster, the others join through it, and
-    /// waits until every node sees every other.
+    /// Starts `n` nodes: the first founds the cluster once all `n` are up
+    /// (`bootstrap_expect`), the others join through it; waits until every node sees every
+    /// other and replicates the directory.
     pub fn start(n: usize) -> Cluster {
         Self::start_with_grace(n, Config::default().dead_node_grace)
     }
@@ -89,6 +93,7 @@ impl Cluster {
             dead_node_grace,
             tweak,
             datacenters: datacenters.iter().map(|d| d.to_string()).collect(),
+            bootstrap_expect: n,
         };
         for _ in 0..n {
             cluster.add_node();
@@ -122,6 +127,7 @@ impl Cluster {
         let base = config(&self.dir(i), peers);
         (self.tweak)(Config {
             dead_node_grace: self.dead_node_grace,
+            bootstrap_expect: self.bootstrap_expect,
             datacenter: self
                 .datacenters
                 .get(i)

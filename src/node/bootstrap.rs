@@ -20,6 +20,10 @@ impl NodeCore {
         }
         let alive = self.alive_nodes();
         if alive.len() < self.cfg.bootstrap_expect {
+            // Logged at start and at each node that comes up: an operator who expects a
+            // cluster sees what it still waits for.
+            slog::info!(self.cfg.logger, "waiting for nodes before founding the cluster";
+                "alive" => alive.len(), "bootstrap_expect" => self.cfg.bootstrap_expect);
             return;
         }
         let count = placement::voter_count(alive.len(), self.cfg.replication_factor);

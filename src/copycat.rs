@@ -10,8 +10,9 @@ use crate::data_structure::{DataStructure, SnapshotProvider};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{subscription_channel, SubscriberChannels};
+use crate::node::Input;
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
-use crate::runtime::{Input, NodeRuntime, PumpControl};
+use crate::runtime::{Event, NodeRuntime, PumpControl};
 
 /// How long status queries wait for the core thread.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,7 +29,7 @@ pub struct CopyCat {
 /// What every handle shares: the runtime and the channels into it.
 pub(crate) struct NodeHandle {
     runtime: Mutex<NodeRuntime>,
-    input: crossbeam_channel::Sender<Input>,
+    input: crossbeam_channel::Sender<Event>,
     pump: crossbeam_channel::Sender<PumpControl>,
     node_id: NodeId,
     data_dir: std::path::PathBuf,
@@ -38,9 +39,9 @@ pub(crate) struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Sends an input to the core; fails once the node is shut down.
-    pub(crate) fn send(&self, input: Input) -> Result<()> {
-        self.input.send(input).map_err(|_| Error::Shutdown)
+    /// Sends an event to the core thread; fails once the node is shut down.
+    pub(crate) fn send(&self, event: impl Into<Event>) -> Result<()> {
+        self.input.send(event.into()).map_err(|_| Error::Shutdown)
     }
 
     /// The node's data dir.
@@ -196,7 +197,7 @@ impl CopyCat {
         f: impl FnOnce(&NodeCore) -> T + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.send(Input::Query(Box::new(move |core| {
+        self.inner.send(Event::Query(Box::new(move |core| {
             let _ = tx.send(f(core));
         })))?;
         rx.recv_timeout(QUERY_TIMEOUT).map_err(|_| Error::Shutdown)

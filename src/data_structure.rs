@@ -8,10 +8,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::copycat::NodeHandle;
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
-use crate::node::proposal::Ack;
 use crate::node::subscription::SubId;
-use crate::node::Commit;
-use crate::runtime::Input;
+use crate::node::{Commit, Input, Waiter};
+use crate::runtime::{Ack, Event};
 
 /// Captures an application's state for a snapshot.
 ///
@@ -106,35 +105,47 @@ impl DataStructure {
         self.call_async(self.barrier(timeout)).await
     }
 
-    /// The core input proposing `data`, given its completion.
-    fn proposal(&self, data: Vec<u8>, timeout: Duration) -> impl FnOnce(Ack) -> Input {
+    /// The core input proposing `data`, given its waiter id.
+    fn proposal(&self, data: Vec<u8>, timeout: Duration) -> impl FnOnce(Waiter) -> Input {
         let (group, sub) = (self.id, self.sub);
-        move |ack| Input::Propose {
+        move |waiter| Input::Propose {
             group,
             data,
             sub: Some(sub),
-            ack: Some(ack),
+            waiter: Some(waiter),
             timeout: Some(timeout),
         }
     }
 
-    /// The core input starting a read barrier, given its completion.
-    fn barrier(&self, timeout: Duration) -> impl FnOnce(Ack) -> Input {
+    /// The core input starting a read barrier, given its waiter id.
+    fn barrier(&self, timeout: Duration) -> impl FnOnce(Waiter) -> Input {
         let (group, sub) = (self.id, self.sub);
-        move |ack| Input::ReadBarrier {
+        move |waiter| Input::ReadBarrier {
             group,
             sub,
-            ack,
+            waiter,
             timeout,
         }
     }
 
-    /// Sends the input built around a completion and blocks until the core completes it.
-    fn call(&self, timeout: Duration, input: impl FnOnce(Ack) -> Input) -> Result<u64> {
+    /// Sends `input` as a call whose completion `ack` hears.
+    fn send_call(
+        &self,
+        ack: Ack,
+        input: impl FnOnce(Waiter) -> Input + Send + 'static,
+    ) -> Result<()> {
+        self.node.send(Event::Call(ack, Box::new(input)))
+    }
+
+    /// Sends the input as a call and blocks until the core completes it.
+    fn call(
+        &self,
+        timeout: Duration,
+        input: impl FnOnce(Waiter) -> Input + Send + 'static,
+    ) -> Result<u64> {
         let slot = Arc::new(AckSlot::default());
         let filler = slot.clone();
-        self.node
-            .send(input(Box::new(move |result| filler.fill(result))))?;
+        self.send_call(Box::new(move |result| filler.fill(result)), input)?;
         // The core always completes the ack (success, failure, deadline or shutdown); the
         // margin covers a core busy with a large round.
         slot.wait(timeout + Duration::from_secs(5))
@@ -142,11 +153,15 @@ impl DataStructure {
     }
 
     /// The async form of [`DataStructure::call`].
-    async fn call_async(&self, input: impl FnOnce(Ack) -> Input) -> Result<u64> {
+    async fn call_async(
+        &self,
+        input: impl FnOnce(Waiter) -> Input + Send + 'static,
+    ) -> Result<u64> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.node.send(input(Box::new(move |result| {
+        let ack: Ack = Box::new(move |result| {
             let _ = tx.send(result);
-        })))?;
+        });
+        self.send_call(ack, input)?;
         rx.await.unwrap_or(Err(Error::Shutdown))
     }
 

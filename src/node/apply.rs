@@ -4,7 +4,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType, Snapshot};
 
 use super::directory::{Applied, Directory, DirectoryOp};
-use super::proposal::{self, ProposalContext};
+use super::proposal::ProposalContext;
 use super::NodeCore;
 use crate::error::Error;
 use crate::id::DataStructureId;
@@ -163,7 +163,7 @@ impl NodeCore {
         }
         if let Some(flight) = self.in_flight.remove(&seq) {
             if flight.group == id {
-                proposal::complete(flight.ack, Ok(index));
+                self.complete(flight.waiter, Ok(index));
             } else {
                 self.in_flight.insert(seq, flight);
             }

@@ -14,8 +14,8 @@ const HANDOVER_TIMEOUT_MS: u64 = 3_000;
 /// gains meanwhile, and never takes one back by balancing.
 pub(crate) struct Handover {
     deadline_ms: u64,
-    /// Told once, when nothing is left to hand over or at the deadline.
-    done: Option<Box<dyn FnOnce() + Send>>,
+    /// Reported once by `poll_handover`: nothing is left to hand over, or the deadline.
+    reported: bool,
 }
 
 impl NodeCore {
@@ -56,27 +56,31 @@ impl NodeCore {
     }
 
     /// Starts a graceful shutdown: hand every leadership to the most up-to-date other
-    /// voter. `done` runs once no group here has a leader to hand over, or at a deadline.
-    pub(crate) fn begin_handover(&mut self, now_ms: u64, done: Box<dyn FnOnce() + Send>) {
+    /// voter. [`NodeCore::poll_handover`] says when no group here has a leader to hand
+    /// over, or the deadline passed.
+    pub(crate) fn begin_handover(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
         self.handover = Some(Handover {
             deadline_ms: now_ms + HANDOVER_TIMEOUT_MS,
-            done: Some(done),
+            reported: false,
         });
         self.hand_over_leaderships();
     }
 
-    /// Moves on with a handover: re-targets leaderships gained meanwhile, and finishes it
-    /// when nothing is left to hand over.
-    pub(crate) fn poll_handover(&mut self) {
+    /// Moves on with a handover: re-targets leaderships gained meanwhile. True once, when
+    /// the handover is done (nothing left to hand over, or its deadline passed).
+    pub(crate) fn poll_handover(&mut self) -> bool {
         let Some(deadline_ms) = self.handover.as_ref().map(|h| h.deadline_ms) else {
-            return;
+            return false;
         };
         let pending = self.hand_over_leaderships();
-        if pending == 0 || deadline_ms <= self.now_ms {
-            if let Some(done) = self.handover.as_mut().and_then(|h| h.done.take()) {
-                done();
+        let done = pending == 0 || deadline_ms <= self.now_ms;
+        match self.handover.as_mut() {
+            Some(handover) if done && !handover.reported => {
+                handover.reported = true;
+                true
             }
+            _ => false,
         }
     }
 

@@ -10,6 +10,7 @@ mod apply;
 mod bootstrap;
 mod directory;
 mod hibernation;
+mod input;
 mod leadership;
 mod maintenance;
 pub mod member;
@@ -41,6 +42,7 @@ use crate::proto;
 use crate::storage::{GroupWrite, LogStore, WriteBatch};
 
 use directory::Directory;
+pub(crate) use input::{Input, Waiter};
 pub(crate) use member::{MembershipEvent, NodeInfo};
 use proposal::{InFlight, Proposal};
 pub use status::{GroupStatus, MemberStatus, NodeStats};
@@ -123,6 +125,9 @@ pub(crate) struct Output {
     /// Snapshot files to stream to lagging replicas; report with
     /// [`NodeCore::handle_snapshot_sent`].
     pub snapshot_sends: Vec<SnapshotSend>,
+    /// Outcomes of acknowledged proposals and read barriers: the commit (or read) index,
+    /// or why it failed, for each waiter named in the input.
+    pub completions: Vec<(Waiter, crate::Result<u64>)>,
 }
 
 /// Asks the runtime to stream the snapshot file of `group` at `index` to a replica on
@@ -212,6 +217,8 @@ pub(crate) struct NodeCore {
     pending_removal: Vec<DataStructureId>,
     /// Set while a graceful shutdown hands leaderships over.
     handover: Option<leadership::Handover>,
+    /// Completions for this round's output.
+    completions: Vec<(Waiter, crate::Result<u64>)>,
 }
 
 impl NodeCore {
@@ -254,6 +261,7 @@ impl NodeCore {
             storage_failed: false,
             stopped: false,
             handover: None,
+            completions: Vec::new(),
             removed_seen: Map::default(),
             deleted: Map::default(),
             pending_removal: Vec::new(),
@@ -496,8 +504,8 @@ impl NodeCore {
         for sub in self.subs.values() {
             sub.report(error.clone());
         }
-        for (_, flight) in self.in_flight.drain() {
-            proposal::fail(flight.ack, error.clone());
+        for (_, flight) in std::mem::take(&mut self.in_flight) {
+            self.complete(flight.waiter, Err(error.clone()));
         }
     }
 
@@ -544,15 +552,15 @@ impl NodeCore {
     pub(crate) fn shutdown(&mut self) {
         self.stopped = true;
         for (_, f) in std::mem::take(&mut self.in_flight) {
-            proposal::fail(f.ack, Error::Shutdown);
+            self.complete(f.waiter, Err(Error::Shutdown));
         }
         for (_, queue) in std::mem::take(&mut self.queued) {
             for p in queue {
-                proposal::fail(p.ack, Error::Shutdown);
+                self.complete(p.waiter, Err(Error::Shutdown));
             }
         }
         for (_, read) in std::mem::take(&mut self.reads) {
-            proposal::fail(read.ack, Error::Shutdown);
+            self.complete(read.waiter, Err(Error::Shutdown));
         }
     }
 

@@ -1,20 +1,17 @@
 //! Proposals waiting to be proposed (no replica or leader yet) or to commit.
 
-use super::NodeCore;
+use super::{NodeCore, Waiter};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::SubId;
 use std::collections::VecDeque;
-
-/// Completion of an acknowledged proposal: the commit index, or why it failed.
-pub(crate) type Ack = Box<dyn FnOnce(Result<u64>) + Send>;
 
 /// A proposal and who waits for it.
 pub(crate) struct Proposal {
     pub group: DataStructureId,
     pub data: Vec<u8>,
     pub sub: Option<SubId>,
-    pub ack: Option<Ack>,
+    pub waiter: Option<Waiter>,
     pub deadline_ms: u64,
 }
 
@@ -24,7 +21,7 @@ pub(crate) struct InFlight {
     /// Kept to propose again if the leader changes before it is applied.
     pub data: Vec<u8>,
     pub sub: Option<SubId>,
-    pub ack: Option<Ack>,
+    pub waiter: Option<Waiter>,
     pub deadline_ms: u64,
     /// The proposer's applied index when it first proposed: the entry can only land
     /// after it, so a retry's duplicate check starts there.
@@ -99,59 +96,54 @@ impl ProposalContext {
     }
 }
 
-/// Completes an ack, if there is one.
-pub(crate) fn complete(ack: Option<Ack>, result: Result<u64>) {
-    if let Some(ack) = ack {
-        ack(result);
-    }
-}
-
-/// A failure for `ack`'s waiter.
-pub(crate) fn fail(ack: Option<Ack>, error: Error) {
-    complete(ack, Err(error));
-}
-
 impl NodeCore {
-    /// Proposes `data` to `group`. `ack` hears the commit index or the failure; failures
-    /// also go to the subscription's error channel.
+    /// Reports the outcome for `waiter`, if there is one, in this round's output.
+    pub(super) fn complete(&mut self, waiter: Option<Waiter>, result: Result<u64>) {
+        if let Some(waiter) = waiter {
+            self.completions.push((waiter, result));
+        }
+    }
+
+    /// Proposes `data` to `group`. `waiter` gets the commit index or the failure;
+    /// failures also go to the subscription's error channel.
     pub(crate) fn propose(
         &mut self,
         now_ms: u64,
         group: DataStructureId,
         data: Vec<u8>,
         sub: Option<SubId>,
-        ack: Option<Ack>,
+        waiter: Option<Waiter>,
         timeout_ms: Option<u64>,
     ) {
         self.now_ms = now_ms;
         if self.stopped {
-            return self.fail(sub, ack, Error::Shutdown);
+            return self.fail(sub, waiter, Error::Shutdown);
         }
         if data.len() > self.cfg.max_proposal_bytes {
             let error = Error::ProposalTooLarge {
                 size: data.len(),
                 limit: self.cfg.max_proposal_bytes,
             };
-            return self.fail(sub, ack, error);
+            return self.fail(sub, waiter, error);
         }
         let deadline_ms = now_ms + timeout_ms.unwrap_or(self.cfg.proposal_timeout_ms);
         self.queued.entry(group).or_default().push_back(Proposal {
             group,
             data,
             sub,
-            ack,
+            waiter,
             deadline_ms,
         });
         self.flush_queued(group);
     }
 
-    pub(super) fn fail(&mut self, sub: Option<SubId>, ack: Option<Ack>, error: Error) {
+    pub(super) fn fail(&mut self, sub: Option<SubId>, waiter: Option<Waiter>, error: Error) {
         if let Some(s) = sub.and_then(|id| self.subs.get(&id)) {
             if !s.report(error.clone()) {
                 slog::warn!(self.cfg.logger, "error channel full, dropping"; "error" => %error);
             }
         }
-        fail(ack, error);
+        self.complete(waiter, Err(error));
     }
 
     /// Hands queued proposals of `group` to raft once it has a replica that knows a leader.
@@ -197,7 +189,7 @@ impl NodeCore {
                             group,
                             data: p.data,
                             sub: p.sub,
-                            ack: p.ack,
+                            waiter: p.waiter,
                             deadline_ms: p.deadline_ms,
                             proposed_after,
                             sent_ms: self.now_ms,
@@ -233,7 +225,7 @@ impl NodeCore {
                         "leader" => raft.leader(), "term" => raft.term(),
                         "commit" => raft.committed(), "applied" => raft.applied());
                 }
-                self.fail(f.sub, f.ack, Error::Timeout);
+                self.fail(f.sub, f.waiter, Error::Timeout);
             }
         }
         let mut timed_out = Vec::new();
@@ -251,7 +243,7 @@ impl NodeCore {
             } else {
                 Error::Timeout
             };
-            self.fail(p.sub, p.ack, error);
+            self.fail(p.sub, p.waiter, error);
         }
     }
 
@@ -301,7 +293,7 @@ impl NodeCore {
             .collect();
         for seq in stale {
             if let Some(flight) = self.in_flight.remove(&seq) {
-                self.fail(flight.sub, flight.ack, Error::Timeout);
+                self.fail(flight.sub, flight.waiter, Error::Timeout);
             }
         }
         let Some(raft) = self.groups.get_mut(&id) else {

@@ -6,9 +6,9 @@
 //! applies its commits up to the returned index and then reads its state reads everything
 //! committed before the barrier was called, on any replica.
 
-use super::proposal::{Ack, ProposalContext};
+use super::proposal::ProposalContext;
 use super::subscription::SubId;
-use super::NodeCore;
+use super::{NodeCore, Waiter};
 use crate::error::Error;
 use crate::id::DataStructureId;
 
@@ -16,7 +16,7 @@ use crate::id::DataStructureId;
 pub(crate) struct PendingRead {
     pub group: DataStructureId,
     pub sub: Option<SubId>,
-    pub ack: Option<Ack>,
+    pub waiter: Option<Waiter>,
     pub deadline_ms: u64,
     /// The read index, once the leader answered.
     pub index: Option<u64>,
@@ -41,12 +41,12 @@ impl NodeCore {
         now_ms: u64,
         group: DataStructureId,
         sub: Option<SubId>,
-        ack: Ack,
+        waiter: Waiter,
         timeout_ms: u64,
     ) {
         self.now_ms = now_ms;
         if self.stopped {
-            return super::proposal::fail(Some(ack), Error::Shutdown);
+            return self.complete(Some(waiter), Err(Error::Shutdown));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -55,7 +55,7 @@ impl NodeCore {
             PendingRead {
                 group,
                 sub,
-                ack: Some(ack),
+                waiter: Some(waiter),
                 deadline_ms: now_ms + timeout_ms,
                 index: None,
                 requested_ms: now_ms,
@@ -91,7 +91,7 @@ impl NodeCore {
             PendingRead {
                 group,
                 sub: None,
-                ack: None,
+                waiter: None,
                 deadline_ms: now + self.cfg.proposal_timeout_ms,
                 index: None,
                 requested_ms: now,
@@ -214,8 +214,8 @@ impl NodeCore {
                     // The leader could not confirm a read index in time: try again while
                     // proposals still wait (each has its own deadline).
                     Err(_) if read.retry_gate => self.on_gate_expired(read.group),
-                    Ok(index) => super::proposal::complete(read.ack, Ok(index)),
-                    Err(error) => self.fail(read.sub, read.ack, error),
+                    Ok(index) => self.complete(read.waiter, Ok(index)),
+                    Err(error) => self.fail(read.sub, read.waiter, error),
                 }
             }
         }

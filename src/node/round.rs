@@ -55,6 +55,7 @@ impl NodeCore {
             write: None,
             snapshots: std::mem::take(&mut self.snapshot_requests),
             snapshot_sends: std::mem::take(&mut self.snapshot_sends),
+            completions: std::mem::take(&mut self.completions),
         };
         if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
             self.issued_seq += 1;

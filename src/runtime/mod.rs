@@ -14,6 +14,7 @@ pub(crate) mod snapshot_thread;
 mod storage_thread;
 pub(crate) mod transport;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,10 +25,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::group::RaftSettings;
-use crate::id::{DataStructureId, NodeId};
-use crate::node::proposal::Ack;
-use crate::node::subscription::{SubId, SubscriberChannels};
-use crate::node::{CoreConfig, MembershipEvent, NodeCore, NodeInfo, KNOWN_PEERS_KEY};
+use crate::id::NodeId;
+use crate::node::{
+    CoreConfig, Input, MembershipEvent, NodeCore, NodeInfo, Waiter, KNOWN_PEERS_KEY,
+};
 use crate::proto;
 use crate::storage::{LogStore, SledStore, WriteBatch};
 
@@ -56,60 +57,29 @@ const MAX_INPUTS_PER_ROUND: usize = 4096;
 /// A query answered on the core thread (status pages, tests).
 pub(crate) type Query = Box<dyn FnOnce(&NodeCore) + Send>;
 
-/// Everything the core thread reacts to.
-pub(crate) enum Input {
-    Batch(NodeId, proto::Batch),
-    Membership(MembershipEvent),
-    Unreachable(NodeId),
-    /// Batch `seq` (and every earlier one) is written; `synced`: it was fsync'ed.
-    Persisted {
-        seq: u64,
-        synced: bool,
-    },
-    StorageFailed(u64, Error),
-    Subscribe {
-        sub: SubId,
-        group: DataStructureId,
-        channels: SubscriberChannels,
-    },
-    Unsubscribe(SubId),
-    Propose {
-        group: DataStructureId,
-        data: Vec<u8>,
-        sub: Option<SubId>,
-        ack: Option<Ack>,
-        timeout: Option<Duration>,
-    },
-    ReadBarrier {
-        group: DataStructureId,
-        sub: SubId,
-        ack: Ack,
-        timeout: Duration,
-    },
-    SnapshotTaken {
-        group: DataStructureId,
-        index: u64,
-    },
-    /// Another replica offered its snapshot (file installed, metadata encoded).
-    SnapshotOffered {
-        group: DataStructureId,
-        metadata: Vec<u8>,
-    },
-    /// A snapshot stream to `replica` ended.
-    SnapshotSent {
-        group: DataStructureId,
-        replica: u64,
-        ok: bool,
-    },
-    /// No snapshot: declined by the provider (`None`), or failed (why).
-    SnapshotFailed {
-        group: DataStructureId,
-        reason: Option<String>,
-    },
+/// Completion of an acknowledged proposal or read barrier: the index, or why it failed.
+pub(crate) type Ack = Box<dyn FnOnce(Result<u64>) + Send>;
+
+/// Builds a core input around the waiter id the core thread gives the call.
+pub(crate) type CallInput = Box<dyn FnOnce(Waiter) -> Input + Send>;
+
+/// Everything the core thread reacts to: the core's own inputs, and the runtime's
+/// requests that carry closures (which the core never sees).
+pub(crate) enum Event {
+    /// An input for the core, as it is.
+    Core(Input),
+    /// An input with a waiter: `ack` hears its completion.
+    Call(Ack, CallInput),
+    /// Runs on the core thread with read access to the core.
     Query(Query),
-    /// Hand leaderships over, then call the closure (first step of a graceful shutdown).
+    /// Hands leaderships over, then runs the closure (a graceful shutdown's first step).
     Handover(Box<dyn FnOnce() + Send>),
-    Shutdown,
+}
+
+impl From<Input> for Event {
+    fn from(input: Input) -> Self {
+        Event::Core(input)
+    }
 }
 
 /// A running node's threads and tasks.
@@ -118,7 +88,7 @@ pub(crate) struct NodeRuntime {
     pub data_dir: std::path::PathBuf,
     pub raft_addr: SocketAddr,
     pub gossip_addr: SocketAddr,
-    pub input: Sender<Input>,
+    pub input: Sender<Event>,
     pub pump: Sender<PumpControl>,
     tokio: Option<tokio::runtime::Runtime>,
     gossip: Gossip,
@@ -177,7 +147,7 @@ impl NodeRuntime {
             if let MembershipEvent::Up(info) = &event {
                 membership_streams.note_address(info.node_id, info.raft_addr);
             }
-            let _ = membership_tx.send(Input::Membership(event));
+            let _ = membership_tx.send(Input::Membership(event).into());
         });
         let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
 
@@ -226,14 +196,14 @@ impl NodeRuntime {
         // Leaderships move first, while this node is still a member everywhere; then it
         // leaves gossip, then the core stops.
         let (handed_over, wait) = crossbeam_channel::bounded::<()>(1);
-        let handover = Input::Handover(Box::new(move || {
+        let handover = Event::Handover(Box::new(move || {
             let _ = handed_over.send(());
         }));
         if self.input.send(handover).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(5));
         }
         self.gossip.leave();
-        let _ = self.input.send(Input::Shutdown);
+        let _ = self.input.send(Input::Shutdown.into());
         let _ = core_thread.join();
         let _ = self.pump.send(PumpControl::Stop);
         if let Some(pump) = self.pump_thread.take() {
@@ -325,7 +295,7 @@ fn start_transport(
     listener: TcpListener,
     config: &Config,
     node_id: NodeId,
-    input: &Sender<Input>,
+    input: &Sender<Event>,
     streams: &Arc<SnapshotStreams>,
     logger: &slog::Logger,
 ) -> Result<Transport> {
@@ -350,11 +320,11 @@ fn start_transport(
                 streams.on_acks(from, std::mem::take(&mut batch.acks));
             }
             if batch.has_core_traffic() {
-                let _ = batch_tx.send(Input::Batch(from, batch));
+                let _ = batch_tx.send(Input::Batch(from, batch).into());
             }
         }),
         Arc::new(move |node| {
-            let _ = unreachable_tx.send(Input::Unreachable(node));
+            let _ = unreachable_tx.send(Input::Unreachable(node).into());
         }),
     )?;
     Ok(transport)
@@ -369,32 +339,87 @@ struct CoreOutputs {
     streams: Arc<SnapshotStreams>,
 }
 
-fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: Duration) {
+fn run_core(core: NodeCore, input: Receiver<Event>, out: CoreOutputs, tick: Duration) {
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
+    let mut shell = CoreShell {
+        core,
+        acks: HashMap::new(),
+        next_waiter: 1,
+        handed_over: None,
+    };
     let mut next_tick = Instant::now() + tick;
     let mut stopping = false;
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match input.recv_timeout(wait) {
             Ok(first) => {
-                stopping |= handle_input(&mut core, now_ms(), first);
+                stopping |= shell.handle(now_ms(), first);
                 for next in input.try_iter().take(MAX_INPUTS_PER_ROUND) {
-                    stopping |= handle_input(&mut core, now_ms(), next);
+                    stopping |= shell.handle(now_ms(), next);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => stopping = true,
         }
         if Instant::now() >= next_tick {
-            core.handle_tick(now_ms());
+            shell.core.handle_tick(now_ms());
             next_tick += tick;
             if next_tick < Instant::now() {
                 next_tick = Instant::now() + tick;
             }
         }
-        core.poll_handover();
-        let output = core.poll_output();
+        shell.round(&out);
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// The core and what the core thread keeps for it: the closures of the calls in flight
+/// (the core knows them only by waiter id) and the handover's completion.
+struct CoreShell {
+    core: NodeCore,
+    acks: HashMap<Waiter, Ack>,
+    next_waiter: Waiter,
+    handed_over: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl CoreShell {
+    /// Applies one event; true when it asks the core to stop.
+    fn handle(&mut self, now_ms: u64, event: Event) -> bool {
+        match event {
+            Event::Core(input) => return self.core.handle(now_ms, input),
+            Event::Call(ack, input) => {
+                let waiter = self.next_waiter;
+                self.next_waiter += 1;
+                self.acks.insert(waiter, ack);
+                return self.core.handle(now_ms, input(waiter));
+            }
+            Event::Query(query) => query(&self.core),
+            Event::Handover(done) => {
+                self.handed_over = Some(done);
+                self.core.handle(now_ms, Input::Handover);
+            }
+        }
+        false
+    }
+
+    /// Runs a round and performs its output.
+    fn round(&mut self, out: &CoreOutputs) {
+        if self.core.poll_handover() {
+            if let Some(done) = self.handed_over.take() {
+                done();
+            }
+        }
+        let output = self.core.poll_output();
+        for (waiter, result) in output.completions {
+            let ack = self.acks.remove(&waiter);
+            debug_assert!(ack.is_some(), "the core completes each waiter once");
+            if let Some(ack) = ack {
+                ack(result);
+            }
+        }
         for (node, addr, batch) in output.sends {
             out.transport.send(node, addr, batch);
         }
@@ -407,54 +432,5 @@ fn run_core(mut core: NodeCore, input: Receiver<Input>, out: CoreOutputs, tick: 
         for send in output.snapshot_sends {
             out.streams.send(send);
         }
-        if stopping {
-            break;
-        }
     }
-}
-
-/// Applies one input; true when it asks the core to stop.
-pub(crate) fn handle_input(core: &mut NodeCore, now_ms: u64, input: Input) -> bool {
-    match input {
-        Input::Batch(from, batch) => core.handle_batch(now_ms, from, batch),
-        Input::Membership(event) => core.handle_membership(now_ms, event),
-        Input::Unreachable(node) => core.handle_unreachable(node),
-        Input::Persisted { seq, synced } => core.handle_persisted(seq, synced),
-        Input::StorageFailed(seq, error) => core.handle_storage_failed(seq, error),
-        Input::Subscribe {
-            sub,
-            group,
-            channels,
-        } => core.subscribe(now_ms, sub, group, channels),
-        Input::Unsubscribe(sub) => core.unsubscribe(sub),
-        Input::Propose {
-            group,
-            data,
-            sub,
-            ack,
-            timeout,
-        } => {
-            let timeout_ms = timeout.map(|t| t.as_millis() as u64);
-            core.propose(now_ms, group, data, sub, ack, timeout_ms)
-        }
-        Input::ReadBarrier {
-            group,
-            sub,
-            ack,
-            timeout,
-        } => core.read_barrier(now_ms, group, Some(sub), ack, timeout.as_millis() as u64),
-        Input::SnapshotTaken { group, index } => core.handle_snapshot_taken(group, index),
-        Input::SnapshotSent { group, replica, ok } => core.handle_snapshot_sent(group, replica, ok),
-        Input::SnapshotOffered { group, metadata } => {
-            core.handle_snapshot_offered(group, &metadata)
-        }
-        Input::SnapshotFailed { group, reason } => core.handle_snapshot_failed(group, reason),
-        Input::Query(query) => query(core),
-        Input::Handover(done) => core.begin_handover(now_ms, done),
-        Input::Shutdown => {
-            core.shutdown();
-            return true;
-        }
-    }
-    false
 }

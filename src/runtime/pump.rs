@@ -5,9 +5,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
-use super::Input;
+use super::Event;
 use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
+use crate::node::Input;
 
 /// Changes to the set of channels the pump watches.
 pub(crate) enum PumpControl {
@@ -18,7 +19,7 @@ pub(crate) enum PumpControl {
 }
 
 /// Starts the pump thread.
-pub(super) fn spawn(core: Sender<Input>) -> std::io::Result<(Sender<PumpControl>, JoinHandle<()>)> {
+pub(super) fn spawn(core: Sender<Event>) -> std::io::Result<(Sender<PumpControl>, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let handle = std::thread::Builder::new()
         .name("copycat-pump".to_string())
@@ -26,7 +27,7 @@ pub(super) fn spawn(core: Sender<Input>) -> std::io::Result<(Sender<PumpControl>
     Ok((tx, handle))
 }
 
-fn run(control: Receiver<PumpControl>, core: Sender<Input>) {
+fn run(control: Receiver<PumpControl>, core: Sender<Event>) {
     let mut watched: Vec<(SubId, DataStructureId, Receiver<Vec<u8>>)> = Vec::new();
     loop {
         let mut select = Select::new();
@@ -53,10 +54,10 @@ fn run(control: Receiver<PumpControl>, core: Sender<Input>) {
                         group: *group,
                         data,
                         sub: Some(*sub),
-                        ack: None,
+                        waiter: None,
                         timeout: None,
                     };
-                    if core.send(input).is_err() {
+                    if core.send(input.into()).is_err() {
                         return;
                     }
                 }

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::transport::Transport;
-use super::Input;
+use super::Event;
 use crate::id::{DataStructureId, NodeId};
+use crate::node::Input;
 use crate::node::SnapshotSend;
 use crate::proto::{Batch, GroupMessage, SnapshotAck, SnapshotChunk};
 use crate::storage::SledStore;
@@ -43,7 +44,7 @@ pub(crate) struct SnapshotStreams {
     store: Arc<SledStore>,
     /// Weak: the transport's inbound callback holds these streams.
     transport: OnceLock<Weak<Transport>>,
-    core: Sender<Input>,
+    core: Sender<Event>,
     /// Acknowledgement channels of the running senders, with the number of the stream
     /// that owns each: a newer stream of the same snapshot to the same node supersedes an
     /// older one (two would reset each other's partial file and share acknowledgements).
@@ -64,7 +65,7 @@ impl SnapshotStreams {
     /// Starts the receiving thread.
     pub(crate) fn start(
         store: Arc<SledStore>,
-        core: Sender<Input>,
+        core: Sender<Event>,
         logger: slog::Logger,
     ) -> std::io::Result<Arc<SnapshotStreams>> {
         let (chunks_tx, chunks_rx) = crossbeam_channel::unbounded();
@@ -121,7 +122,7 @@ impl SnapshotStreams {
                 };
                 let _ = streams
                     .core
-                    .send(Input::SnapshotSent { group, replica, ok });
+                    .send(Input::SnapshotSent { group, replica, ok }.into());
             });
         if spawned.is_err() {
             slog::error!(self.logger, "cannot start a snapshot stream thread");
@@ -335,7 +336,7 @@ fn accept_chunk(
     let received = stream.received.max(chunk.total);
     incoming.remove(&key);
     let input = install_received(files, from, group, index, chunk)?;
-    let _ = streams.core.send(input);
+    let _ = streams.core.send(input.into());
     Ok(received.max(1))
 }
 
@@ -423,7 +424,10 @@ mod tests {
         streams.on_acks(2, vec![ack]);
         let outcome = core_rx.recv_timeout(Duration::from_secs(10));
         assert!(
-            matches!(outcome, Ok(Input::SnapshotSent { ok: true, .. })),
+            matches!(
+                outcome,
+                Ok(Event::Core(Input::SnapshotSent { ok: true, .. }))
+            ),
             "the newer stream completes"
         );
         // The older one would have failed after `MAX_STALL` without acknowledgements.

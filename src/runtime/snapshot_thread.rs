@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use super::Input;
+use super::Event;
+use crate::node::Input;
 use crate::node::SnapshotRequest;
 use crate::storage::SledStore;
 
 /// Starts the thread; it exits when the returned sender is dropped.
 pub(super) fn spawn(
     store: Arc<SledStore>,
-    core: Sender<Input>,
+    core: Sender<Event>,
     logger: slog::Logger,
 ) -> std::io::Result<Sender<SnapshotRequest>> {
     let (tx, rx) = crossbeam_channel::unbounded::<SnapshotRequest>();
@@ -21,7 +22,7 @@ pub(super) fn spawn(
         .spawn(move || {
             for request in rx {
                 let input = take(&store, &request, &logger);
-                if core.send(input).is_err() {
+                if core.send(input.into()).is_err() {
                     return;
                 }
             }

@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Input;
+use super::Event;
+use crate::node::Input;
 use crate::storage::{LogStore, WriteBatch};
 
 /// Where the core sends `(seq, batch)`.
@@ -16,7 +17,7 @@ pub(super) type BatchSender = Sender<(u64, WriteBatch)>;
 /// exits once every sender is dropped and the queue is written.
 pub(super) fn spawn(
     store: Arc<dyn LogStore>,
-    core: Sender<Input>,
+    core: Sender<Event>,
     logger: slog::Logger,
 ) -> std::io::Result<(BatchSender, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded::<(u64, WriteBatch)>();
@@ -29,7 +30,7 @@ pub(super) fn spawn(
 fn run(
     store: &dyn LogStore,
     rx: Receiver<(u64, WriteBatch)>,
-    core: Sender<Input>,
+    core: Sender<Event>,
     logger: slog::Logger,
 ) {
     while let Ok((mut seq, mut batch)) = rx.recv() {
@@ -51,6 +52,6 @@ fn run(
             }
         };
         // After shutdown nobody listens; the queued writes are still made.
-        let _ = core.send(input);
+        let _ = core.send(input.into());
     }
 }

@@ -9,9 +9,9 @@ use rand::Rng;
 use super::world::{Event, World};
 use crate::id::NodeId;
 use crate::node::member::MembershipEvent;
+use crate::node::Input;
 use crate::node::{SnapshotRequest, SnapshotSend};
 use crate::proto;
-use crate::runtime::Input;
 
 /// `batch` without its forwarded proposals.
 fn without_proposals(mut batch: proto::Batch) -> proto::Batch {

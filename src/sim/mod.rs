@@ -124,11 +124,7 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
     let groups: Vec<DataStructureId> = (0..params.groups)
         .map(|k| DataStructureId::from_u128((u128::from(seed) << 64) | (k as u128 + 1)))
         .collect();
-    let mut workload = Workload {
-        groups,
-        completions: Default::default(),
-        writing: true,
-    };
+    let mut workload = Workload::new(groups);
     let mut faults = Faults {
         killed_for_good: false,
     };
@@ -161,7 +157,7 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
     }
     let healed_at_ms = wait_converged(&mut world, &workload, params)?;
     if !params.faults {
-        wait_writes_settled(&mut world, &workload);
+        wait_writes_settled(&mut world, &mut workload);
     }
     workload.collect(&mut world);
     world.checker.finish();
@@ -221,7 +217,7 @@ fn wait_converged(world: &mut World, workload: &Workload, params: &Params) -> Re
 
 /// Runs until every write has been acknowledged or has failed, or for one proposal
 /// timeout. Only for runs without crashes: a crashed node's writes never complete.
-fn wait_writes_settled(world: &mut World, workload: &Workload) {
+fn wait_writes_settled(world: &mut World, workload: &mut Workload) {
     let deadline = world.now + world.params.proposal_timeout_ms;
     workload.collect(world);
     while world.now < deadline && !workload.settled(world) {

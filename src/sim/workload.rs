@@ -1,7 +1,6 @@
 //! What the simulated clients and the fault injector do, chosen by the seeded RNG.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -10,27 +9,41 @@ use super::checker::{Read, Write};
 use super::registry::NAMES;
 use super::world::{Event, World};
 use crate::id::DataStructureId;
-use crate::runtime::Input;
+use crate::node::{Input, Waiter};
 
-/// Completions reported by the cores' callbacks, collected into the checker's history.
-#[derive(Default)]
-pub(crate) struct Completions {
-    /// `(write number, completion time, index)` of acknowledged writes.
-    pub writes: Vec<(usize, u64, u64)>,
-    /// Read barriers that completed: `(group, invoked, completed, index)`.
-    pub reads: Vec<(DataStructureId, u64, u64, u64)>,
-    /// How many writes failed.
-    pub failed_writes: usize,
+/// What a client waits for.
+enum Call {
+    /// Write number `n` of the checker's history.
+    Write(usize),
+    /// A read barrier on `group`, invoked at this time.
+    Read {
+        group: DataStructureId,
+        invoked: u64,
+    },
 }
 
 /// The clients: proposals, read barriers, subscribe and unsubscribe.
+#[derive(Default)]
 pub(crate) struct Workload {
     pub groups: Vec<DataStructureId>,
-    pub completions: Arc<Mutex<Completions>>,
     pub writing: bool,
+    /// The calls waiting for a completion, by waiter id (unique across nodes).
+    waiting: HashMap<Waiter, Call>,
+    next_waiter: Waiter,
+    /// How many writes failed.
+    failed_writes: usize,
 }
 
 impl Workload {
+    /// Clients of `groups`, writing until told to stop.
+    pub(crate) fn new(groups: Vec<DataStructureId>) -> Workload {
+        Workload {
+            groups,
+            writing: true,
+            ..Workload::default()
+        }
+    }
+
     /// One client action, then the next one is scheduled.
     pub(crate) fn step(&mut self, world: &mut World) {
         if !self.writing {
@@ -76,25 +89,14 @@ impl Workload {
             data: data.clone(),
             acked: None,
         });
-        let (completions, clock) = (self.completions.clone(), world.clock.clone());
-        let ack = Box::new(move |result: crate::Result<u64>| {
-            let Ok(mut c) = completions.lock() else {
-                return;
-            };
-            match result {
-                Ok(index) => c
-                    .writes
-                    .push((number, clock.load(Ordering::Relaxed), index)),
-                Err(_) => c.failed_writes += 1,
-            }
-        });
+        let waiter = self.wait_for(Call::Write(number));
         world.input(
             node,
             Input::Propose {
                 group,
                 data,
                 sub: Some(sub),
-                ack: Some(ack),
+                waiter: Some(waiter),
                 timeout: Some(std::time::Duration::from_millis(
                     world.params.proposal_timeout_ms,
                 )),
@@ -108,48 +110,53 @@ impl Workload {
             return;
         };
         let invoked = world.now;
-        let (completions, clock) = (self.completions.clone(), world.clock.clone());
-        let ack = Box::new(move |result: crate::Result<u64>| {
-            if let (Ok(index), Ok(mut c)) = (result, completions.lock()) {
-                c.reads
-                    .push((group, invoked, clock.load(Ordering::Relaxed), index));
-            }
-        });
+        let waiter = self.wait_for(Call::Read { group, invoked });
         let timeout = std::time::Duration::from_millis(world.params.proposal_timeout_ms);
         world.input(
             node,
             Input::ReadBarrier {
                 group,
                 sub,
-                ack,
+                waiter,
                 timeout,
             },
         );
     }
 
-    /// Whether every write has completed (acknowledged or failed), once collected.
-    pub(crate) fn settled(&self, world: &World) -> bool {
-        let failed = self.completions.lock().map_or(0, |c| c.failed_writes);
-        world.checker.acked() + failed >= world.checker.writes.len()
+    /// A fresh waiter id for `call`.
+    fn wait_for(&mut self, call: Call) -> Waiter {
+        self.next_waiter += 1;
+        self.waiting.insert(self.next_waiter, call);
+        self.next_waiter
     }
 
-    /// Moves the callbacks' completions into the checker's history.
-    pub(crate) fn collect(&self, world: &mut World) {
-        let Ok(mut c) = self.completions.lock() else {
-            return;
-        };
-        for (number, at, index) in c.writes.drain(..) {
-            if let Some(w) = world.checker.writes.get_mut(number) {
-                w.acked = Some((at, index));
+    /// Whether every write has completed (acknowledged or failed), once collected.
+    pub(crate) fn settled(&self, world: &World) -> bool {
+        world.checker.acked() + self.failed_writes >= world.checker.writes.len()
+    }
+
+    /// Moves the cores' completions into the checker's history.
+    pub(crate) fn collect(&mut self, world: &mut World) {
+        for (waiter, at, result) in std::mem::take(&mut world.completed) {
+            let call = self.waiting.remove(&waiter);
+            debug_assert!(call.is_some(), "a core completed waiter {waiter} twice");
+            match (call, result) {
+                (Some(Call::Write(number)), Ok(index)) => {
+                    if let Some(w) = world.checker.writes.get_mut(number) {
+                        w.acked = Some((at, index));
+                    }
+                }
+                (Some(Call::Write(_)), Err(_)) => self.failed_writes += 1,
+                (Some(Call::Read { group, invoked }), Ok(index)) => {
+                    world.checker.reads.push(Read {
+                        group,
+                        invoked,
+                        completed: at,
+                        index,
+                    })
+                }
+                (Some(Call::Read { .. }), Err(_)) | (None, _) => {}
             }
-        }
-        for (group, invoked, completed, index) in c.reads.drain(..) {
-            world.checker.reads.push(Read {
-                group,
-                invoked,
-                completed,
-                index,
-            });
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
@@ -20,9 +19,9 @@ use crate::id::{DataStructureId, NodeId};
 use crate::node::member::NodeInfo;
 use crate::node::subscription::SubId;
 use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest, SnapshotSend};
+use crate::node::{Input, Waiter};
 use crate::proto;
 use crate::registry::state::Op;
-use crate::runtime::{handle_input, Input};
 use crate::storage::{SledStore, WriteBatch};
 
 /// What happens at a point of simulated time.
@@ -92,8 +91,9 @@ pub(crate) struct SimNode {
 pub(crate) struct World {
     pub params: Params,
     pub now: u64,
-    /// `now`, readable from completion callbacks.
-    pub clock: Arc<AtomicU64>,
+    /// Completions the cores reported, `(waiter, when, outcome)`, for the workload to
+    /// collect.
+    pub completed: Vec<(Waiter, u64, crate::Result<u64>)>,
     pub rng: SmallRng,
     events: BTreeMap<(u64, u64), Event>,
     seq: u64,
@@ -115,7 +115,7 @@ impl World {
         World {
             params,
             now: 0,
-            clock: Arc::new(AtomicU64::new(0)),
+            completed: Vec::new(),
             rng,
             events: BTreeMap::new(),
             seq: 0,
@@ -146,12 +146,10 @@ impl World {
             }
             let event = entry.remove();
             self.now = time;
-            self.clock.store(time, Ordering::Relaxed);
             self.trace = (self.trace ^ time ^ (seq << 20)).wrapping_mul(0x100_0000_01b3);
             on(self, event);
         }
         self.now = until;
-        self.clock.store(until, Ordering::Relaxed);
     }
 
     /// Adds a node (not started); returns its index.
@@ -246,7 +244,7 @@ impl World {
             group: RegistryAgent::group(),
             data: op.encode(),
             sub: Some(sub),
-            ack: None,
+            waiter: None,
             timeout: None,
         };
         self.input(i, input);
@@ -326,7 +324,7 @@ impl World {
         let Some(running) = self.nodes[i].running.as_mut() else {
             return;
         };
-        handle_input(&mut running.core, now, input);
+        running.core.handle(now, input);
         self.flush(i);
     }
 
@@ -335,7 +333,6 @@ impl World {
         let Some(running) = self.nodes[i].running.as_mut() else {
             return;
         };
-        running.core.poll_handover();
         let output = running.core.poll_output();
         self.route(i, output);
         self.drain_apps(i);
@@ -406,6 +403,13 @@ impl World {
     fn route(&mut self, i: usize, output: Output) {
         let life = self.nodes[i].life;
         let from = self.nodes[i].info.node_id;
+        let now = self.now;
+        self.completed.extend(
+            output
+                .completions
+                .into_iter()
+                .map(|(waiter, result)| (waiter, now, result)),
+        );
         for (to, _, batch) in output.sends {
             self.send(i, from, to, batch);
         }

@@ -1,0 +1,124 @@
+//! What the core reacts to: one [`Input`] type, owned by the core and dispatched by
+//! [`NodeCore::handle`]. The runtime and the simulator build inputs and feed them in; the
+//! core's answers leave through [`super::Output`]. No input carries a channel or closure:
+//! a caller waiting for a proposal or a read barrier is named by a [`Waiter`] id, and its
+//! outcome comes back as a completion.
+
+use std::time::Duration;
+
+use super::member::MembershipEvent;
+use super::subscription::{SubId, SubscriberChannels};
+use super::NodeCore;
+use crate::error::Error;
+use crate::id::{DataStructureId, NodeId};
+use crate::proto;
+
+/// Names one caller waiting for the outcome of a proposal or a read barrier. The core only
+/// hands it back, with the result, in [`super::Output::completions`]; whoever fed the input
+/// in (the runtime, the simulator) knows who waits.
+pub(crate) type Waiter = u64;
+
+/// Everything the core reacts to, besides ticks.
+pub(crate) enum Input {
+    Batch(NodeId, proto::Batch),
+    Membership(MembershipEvent),
+    Unreachable(NodeId),
+    /// Batch `seq` (and every earlier one) is written; `synced`: it was fsync'ed.
+    Persisted {
+        seq: u64,
+        synced: bool,
+    },
+    StorageFailed(u64, Error),
+    Subscribe {
+        sub: SubId,
+        group: DataStructureId,
+        channels: SubscriberChannels,
+    },
+    Unsubscribe(SubId),
+    Propose {
+        group: DataStructureId,
+        data: Vec<u8>,
+        sub: Option<SubId>,
+        waiter: Option<Waiter>,
+        timeout: Option<Duration>,
+    },
+    ReadBarrier {
+        group: DataStructureId,
+        sub: SubId,
+        waiter: Waiter,
+        timeout: Duration,
+    },
+    SnapshotTaken {
+        group: DataStructureId,
+        index: u64,
+    },
+    /// Another replica offered its snapshot (file installed, metadata encoded).
+    SnapshotOffered {
+        group: DataStructureId,
+        metadata: Vec<u8>,
+    },
+    /// A snapshot stream to `replica` ended.
+    SnapshotSent {
+        group: DataStructureId,
+        replica: u64,
+        ok: bool,
+    },
+    /// No snapshot: declined by the provider (`None`), or failed (why).
+    SnapshotFailed {
+        group: DataStructureId,
+        reason: Option<String>,
+    },
+    /// Hand leaderships over (first step of a graceful shutdown); `poll_handover` says
+    /// when it is done.
+    Handover,
+    Shutdown,
+}
+
+impl NodeCore {
+    /// Applies one input at `now_ms`; true when it asks the core to stop.
+    pub(crate) fn handle(&mut self, now_ms: u64, input: Input) -> bool {
+        match input {
+            Input::Batch(from, batch) => self.handle_batch(now_ms, from, batch),
+            Input::Membership(event) => self.handle_membership(now_ms, event),
+            Input::Unreachable(node) => self.handle_unreachable(node),
+            Input::Persisted { seq, synced } => self.handle_persisted(seq, synced),
+            Input::StorageFailed(seq, error) => self.handle_storage_failed(seq, error),
+            Input::Subscribe {
+                sub,
+                group,
+                channels,
+            } => self.subscribe(now_ms, sub, group, channels),
+            Input::Unsubscribe(sub) => self.unsubscribe(sub),
+            Input::Propose {
+                group,
+                data,
+                sub,
+                waiter,
+                timeout,
+            } => {
+                let timeout_ms = timeout.map(|t| t.as_millis() as u64);
+                self.propose(now_ms, group, data, sub, waiter, timeout_ms)
+            }
+            Input::ReadBarrier {
+                group,
+                sub,
+                waiter,
+                timeout,
+            } => self.read_barrier(now_ms, group, Some(sub), waiter, timeout.as_millis() as u64),
+            Input::SnapshotTaken { group, index } => self.handle_snapshot_taken(group, index),
+            Input::SnapshotSent { group, replica, ok } => {
+                self.handle_snapshot_sent(group, replica, ok)
+            }
+            Input::SnapshotOffered { group, metadata } => {
+                self.handle_snapshot_offered(group, &metadata)
+            }
+            Input::SnapshotFailed { group, reason } => self.handle_snapshot_failed(group, reason),
+            Input::Handover => self.begin_handover(now_ms),
+            Input::Shutdown => {
+                self.shutdown();
+                return true;
+            }
+        }
+        false
+    }
+}

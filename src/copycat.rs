@@ -10,7 +10,6 @@ use crate::data_structure::{DataStructure, SnapshotProvider};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{subscription_channel, SubscriberChannels};
-use crate::node::Input;
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
 use crate::runtime::{Event, NodeRuntime, PumpControl};
 
@@ -128,14 +127,14 @@ impl CopyCat {
         let (commit_tx, commit_rx) = subscription_channel();
         let (error_tx, error_rx) = subscription_channel();
         let (propose_tx, propose_rx) = crossbeam_channel::unbounded();
-        self.inner.send(Input::Subscribe {
+        self.inner.send(Event::Subscribe {
             sub,
             group: id,
             channels: SubscriberChannels {
                 commits: commit_tx,
                 errors: error_tx,
-                provider: Arc::new(snapshot_provider),
             },
+            provider: Arc::new(snapshot_provider),
         })?;
         self.inner
             .pump

@@ -81,10 +81,11 @@ pub(crate) struct CoreConfig {
     pub snapshot_max_log_bytes: u64,
 }
 
-/// Asks the runtime to take a snapshot of `group` through an application's provider.
+/// Asks the runtime to take a snapshot of `group` through the snapshot provider of the
+/// local subscription `sub` (the runtime holds the providers; the core only names them).
 pub(crate) struct SnapshotRequest {
     pub group: DataStructureId,
-    pub provider: std::sync::Arc<dyn crate::SnapshotProvider>,
+    pub sub: SubId,
     /// The snapshot's index must be past the current snapshot (`min_index`).
     pub min_index: u64,
     /// What the subscription had been handed when the snapshot was asked for; the

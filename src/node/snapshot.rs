@@ -112,11 +112,11 @@ impl NodeCore {
         if raft.snapshotting || raft.applied() < min_index {
             return;
         }
-        let sub = self
-            .subs_by_group
-            .get(&group)
-            .and_then(|subs| subs.iter().filter_map(|s| self.subs.get(s)).next());
-        let Some(sub) = sub else {
+        let sub = self.subs_by_group.get(&group).and_then(|subs| {
+            subs.iter()
+                .find_map(|id| self.subs.get(id).map(|sub| (*id, sub)))
+        });
+        let Some((sub_id, sub)) = sub else {
             return;
         };
         let max_index = sub.next_index.saturating_sub(1).min(raft.applied());
@@ -131,7 +131,7 @@ impl NodeCore {
         raft.snapshotting = true;
         self.snapshot_requests.push(SnapshotRequest {
             group,
-            provider: sub.channels.provider.clone(),
+            sub: sub_id,
             min_index,
             max_index,
             last_entry_index,
@@ -292,15 +292,13 @@ impl NodeCore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]
     fn a_snapshot_covers_trailing_non_application_entries_only_when_complete() {
         let request = SnapshotRequest {
             group: DataStructureId::new(),
-            provider: Arc::new(crate::no_snapshots),
+            sub: 1,
             min_index: 10,
             max_index: 20,
             last_entry_index: 17,

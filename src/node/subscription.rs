@@ -58,8 +58,6 @@ pub enum Commit {
 pub(crate) struct SubscriberChannels {
     pub commits: Sender<Commit>,
     pub errors: Sender<Error>,
-    /// The application's snapshot hook (called by the runtime's snapshot thread).
-    pub provider: std::sync::Arc<dyn crate::SnapshotProvider>,
 }
 
 /// A local subscriber of one group.
@@ -195,11 +193,7 @@ mod tests {
         let (errors, _errors) = subscription_channel();
         let mut sub = Subscription {
             group: DataStructureId::new(),
-            channels: SubscriberChannels {
-                commits,
-                errors,
-                provider: Arc::new(crate::no_snapshots),
-            },
+            channels: SubscriberChannels { commits, errors },
             next_index: first,
             last_delivered: 0,
         };

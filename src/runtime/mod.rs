@@ -25,12 +25,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::group::RaftSettings;
-use crate::id::NodeId;
+use crate::id::{DataStructureId, NodeId};
+use crate::node::subscription::{SubId, SubscriberChannels};
 use crate::node::{
     CoreConfig, Input, MembershipEvent, NodeCore, NodeInfo, Waiter, KNOWN_PEERS_KEY,
 };
 use crate::proto;
 use crate::storage::{LogStore, SledStore, WriteBatch};
+use crate::SnapshotProvider;
 
 use gossip::{Gossip, GossipConfig};
 pub(crate) use pump::PumpControl;
@@ -70,6 +72,14 @@ pub(crate) enum Event {
     Core(Input),
     /// An input with a waiter: `ack` hears its completion.
     Call(Ack, CallInput),
+    /// A new subscription: the core gets its channels, the core thread keeps its snapshot
+    /// provider for the snapshot requests that name it.
+    Subscribe {
+        sub: SubId,
+        group: DataStructureId,
+        channels: SubscriberChannels,
+        provider: Arc<dyn SnapshotProvider>,
+    },
     /// Runs on the core thread with read access to the core.
     Query(Query),
     /// Hands leaderships over, then runs the closure (a graceful shutdown's first step).
@@ -335,7 +345,7 @@ fn start_transport(
 struct CoreOutputs {
     storage: Sender<(u64, WriteBatch)>,
     transport: Arc<Transport>,
-    snapshots: Sender<crate::node::SnapshotRequest>,
+    snapshots: Sender<snapshot_thread::SnapshotJob>,
     streams: Arc<SnapshotStreams>,
 }
 
@@ -347,6 +357,7 @@ fn run_core(core: NodeCore, input: Receiver<Event>, out: CoreOutputs, tick: Dura
         acks: HashMap::new(),
         next_waiter: 1,
         handed_over: None,
+        providers: HashMap::new(),
     };
     let mut next_tick = Instant::now() + tick;
     let mut stopping = false;
@@ -369,7 +380,7 @@ fn run_core(core: NodeCore, input: Receiver<Event>, out: CoreOutputs, tick: Dura
                 next_tick = Instant::now() + tick;
             }
         }
-        shell.round(&out);
+        shell.round(now_ms(), &out);
         if stopping {
             break;
         }
@@ -383,13 +394,34 @@ struct CoreShell {
     acks: HashMap<Waiter, Ack>,
     next_waiter: Waiter,
     handed_over: Option<Box<dyn FnOnce() + Send>>,
+    /// Snapshot providers of the subscriptions, by subscription id.
+    providers: HashMap<SubId, Arc<dyn SnapshotProvider>>,
 }
 
 impl CoreShell {
     /// Applies one event; true when it asks the core to stop.
     fn handle(&mut self, now_ms: u64, event: Event) -> bool {
         match event {
-            Event::Core(input) => return self.core.handle(now_ms, input),
+            Event::Core(input) => {
+                if let Input::Unsubscribe(sub) = &input {
+                    self.providers.remove(sub);
+                }
+                return self.core.handle(now_ms, input);
+            }
+            Event::Subscribe {
+                sub,
+                group,
+                channels,
+                provider,
+            } => {
+                self.providers.insert(sub, provider);
+                let input = Input::Subscribe {
+                    sub,
+                    group,
+                    channels,
+                };
+                return self.core.handle(now_ms, input);
+            }
             Event::Call(ack, input) => {
                 let waiter = self.next_waiter;
                 self.next_waiter += 1;
@@ -406,7 +438,7 @@ impl CoreShell {
     }
 
     /// Runs a round and performs its output.
-    fn round(&mut self, out: &CoreOutputs) {
+    fn round(&mut self, now_ms: u64, out: &CoreOutputs) {
         if self.core.poll_handover() {
             if let Some(done) = self.handed_over.take() {
                 done();
@@ -427,7 +459,21 @@ impl CoreShell {
             let _ = out.storage.send(write);
         }
         for request in output.snapshots {
-            let _ = out.snapshots.send(request);
+            match self.providers.get(&request.sub) {
+                Some(provider) => {
+                    let _ = out.snapshots.send((request, provider.clone()));
+                }
+                // Unsubscribed since: no snapshot this time (another subscriber, or the
+                // next interval, will provide one).
+                None => {
+                    let group = request.group;
+                    let declined = Input::SnapshotFailed {
+                        group,
+                        reason: None,
+                    };
+                    self.core.handle(now_ms, declined);
+                }
+            }
         }
         for send in output.snapshot_sends {
             out.streams.send(send);

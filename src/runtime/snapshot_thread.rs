@@ -9,19 +9,23 @@ use super::Event;
 use crate::node::Input;
 use crate::node::SnapshotRequest;
 use crate::storage::SledStore;
+use crate::SnapshotProvider;
+
+/// A snapshot to take, with the provider of the subscription the core named.
+pub(super) type SnapshotJob = (SnapshotRequest, Arc<dyn SnapshotProvider>);
 
 /// Starts the thread; it exits when the returned sender is dropped.
 pub(super) fn spawn(
     store: Arc<SledStore>,
     core: Sender<Event>,
     logger: slog::Logger,
-) -> std::io::Result<Sender<SnapshotRequest>> {
-    let (tx, rx) = crossbeam_channel::unbounded::<SnapshotRequest>();
+) -> std::io::Result<Sender<SnapshotJob>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<SnapshotJob>();
     std::thread::Builder::new()
         .name("copycat-snapshot".to_string())
         .spawn(move || {
-            for request in rx {
-                let input = take(&store, &request, &logger);
+            for (request, provider) in rx {
+                let input = take(&store, &request, provider.as_ref(), &logger);
                 if core.send(input.into()).is_err() {
                     return;
                 }
@@ -31,13 +35,18 @@ pub(super) fn spawn(
 }
 
 /// Calls the provider, checks the index it reports and stores the bytes durably.
-pub(crate) fn take(store: &SledStore, request: &SnapshotRequest, logger: &slog::Logger) -> Input {
+pub(crate) fn take(
+    store: &SledStore,
+    request: &SnapshotRequest,
+    provider: &dyn SnapshotProvider,
+    logger: &slog::Logger,
+) -> Input {
     let group = request.group;
     let failed = |reason: String| Input::SnapshotFailed {
         group,
         reason: Some(reason),
     };
-    let Some((index, data)) = request.provider.snapshot() else {
+    let Some((index, data)) = provider.snapshot() else {
         return Input::SnapshotFailed {
             group,
             reason: None,

@@ -55,11 +55,7 @@ impl App {
     /// A subscription and the channels the core delivers into.
     pub(crate) fn new(sub: SubId, group: DataStructureId) -> (App, SubscriberChannels) {
         let state = Arc::new(Mutex::new(AppState::default()));
-        let provided = state.clone();
-        let (channels, commits, errors) = subscriber_channels(move || {
-            let state = provided.lock().ok()?;
-            (state.applied > 0).then(|| (state.applied, encode(&state.history)))
-        });
+        let (channels, commits, errors) = subscriber_channels();
         let app = App {
             sub,
             group,
@@ -68,6 +64,15 @@ impl App {
             state,
         };
         (app, channels)
+    }
+
+    /// Its snapshot provider: the history applied so far, read under the state's lock.
+    pub(crate) fn provider(&self) -> impl crate::SnapshotProvider {
+        let state = self.state.clone();
+        move || {
+            let state = state.lock().ok()?;
+            (state.applied > 0).then(|| (state.applied, encode(&state.history)))
+        }
     }
 
     /// Applies everything the core delivered so far.
@@ -117,17 +122,13 @@ fn superseded(files: &SnapshotFiles, group: DataStructureId, index: u64) -> bool
     !kept.contains(&index) && kept.iter().filter(|i| **i > index).count() >= 2
 }
 
-/// The channels a simulated subscriber hands the core, with `provider` as its snapshot
-/// hook, and the receiving ends it keeps.
-pub(crate) fn subscriber_channels(
-    provider: impl Fn() -> Option<(u64, Vec<u8>)> + Send + Sync + 'static,
-) -> (SubscriberChannels, Receiver<Commit>, Receiver<Error>) {
+/// The channels a simulated subscriber hands the core and the receiving ends it keeps.
+pub(crate) fn subscriber_channels() -> (SubscriberChannels, Receiver<Commit>, Receiver<Error>) {
     let (commit_tx, commits) = subscription_channel();
     let (error_tx, errors) = subscription_channel();
     let channels = SubscriberChannels {
         commits: commit_tx,
         errors: error_tx,
-        provider: Arc::new(provider),
     };
     (channels, commits, errors)
 }

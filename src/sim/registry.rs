@@ -39,14 +39,19 @@ pub(crate) struct RegistryAgent {
 }
 
 impl RegistryAgent {
+    /// Its snapshot provider: the registry state, read under its lock.
+    pub(crate) fn provider(&self) -> impl crate::SnapshotProvider {
+        let state = self.state.clone();
+        move || {
+            let state = state.lock().ok()?;
+            (state.applied > 0).then(|| (state.applied, state.encode()))
+        }
+    }
+
     /// A new instance (epoch `epoch`) and the channels its subscription delivers into.
     pub(crate) fn new(sub: SubId, epoch: u64) -> (RegistryAgent, SubscriberChannels) {
         let state = Arc::new(Mutex::new(RegistryState::default()));
-        let provided = state.clone();
-        let (channels, commits, errors) = subscriber_channels(move || {
-            let state = provided.lock().ok()?;
-            (state.applied > 0).then(|| (state.applied, state.encode()))
-        });
+        let (channels, commits, errors) = subscriber_channels();
         let agent = RegistryAgent {
             sub,
             commits,

@@ -81,3 +81,18 @@ pub use data_structure::{no_snapshots, DataStructure, SnapshotProvider};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};
+
+/// `nodes` in the rendezvous (highest random weight) order of `key`, the order copycat
+/// places the replicas of a data structure in: deterministic, the same on every node and
+/// in every version, and moving few keys when nodes come and go. Applications use it to
+/// let many nodes agree on one of them without talking (the registry picks which node
+/// removes a dead node's publications this way).
+pub fn rendezvous_order(
+    key: DataStructureId,
+    nodes: impl IntoIterator<Item = NodeId>,
+) -> Vec<NodeId> {
+    node::placement::rank(key, nodes.into_iter().map(|n| (n, "")))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}

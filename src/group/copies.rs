@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use fxhash::FxBuildHasher;
 use raft::eraftpb::Entry;
 
+use super::ProposalContext;
 use crate::id::NodeId;
-use crate::node::proposal::ProposalContext;
 use crate::storage::ProposalIds;
 
 /// How far back (in log indexes) duplicates are recognised; the same on every node.

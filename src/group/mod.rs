@@ -5,6 +5,7 @@
 //! and its persisted messages and committed entries are held until that batch is durable
 //! ("persist before sending persisted messages, persist the commit index before applying").
 
+mod context;
 mod copies;
 mod election;
 mod hibernation;
@@ -21,6 +22,9 @@ use rand::Rng;
 
 use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
 use crate::storage::GroupWrite;
+#[cfg(test)]
+pub(crate) use context::test_support;
+pub(crate) use context::ProposalContext;
 pub(crate) use copies::DEDUPE_WINDOW;
 pub(crate) use log::{GroupLog, BOOTSTRAP_INDEX};
 use recent::RecentProposals;
@@ -357,7 +361,7 @@ impl RaftGroup {
             .collect();
         let entries = log.read_entries(from, index + 1, None).unwrap_or_default();
         for entry in entries {
-            if let Some(ctx) = crate::node::proposal::ProposalContext::of_entry(&entry) {
+            if let Some(ctx) = ProposalContext::of_entry(&entry) {
                 ids.push((entry.index, ctx.node, ctx.seq));
             }
         }
@@ -570,10 +574,7 @@ fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
     while high > from {
         let low = high.saturating_sub(CHUNK).max(from);
         let entries = log.read_entries(low, high, None).unwrap_or_default();
-        let application = entries
-            .iter()
-            .rev()
-            .find(|e| crate::node::subscription::first_copy(log, e).is_some());
+        let application = entries.iter().rev().find(|e| log.first_copy(e).is_some());
         if let Some(entry) = application {
             return entry.index;
         }

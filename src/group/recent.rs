@@ -9,7 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use fxhash::FxBuildHasher;
 use raft::eraftpb::{Entry, Message};
 
-use crate::node::proposal::ProposalContext;
+use super::ProposalContext;
 
 /// How many contexts are remembered; duplicates arrive within moments of the original.
 const CAPACITY: usize = 4096;

@@ -4,9 +4,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeSingle, ConfChangeV2, Entry, EntryType, Snapshot};
 
 use super::directory::{Applied, Directory, DirectoryOp};
-use super::proposal::ProposalContext;
 use super::NodeCore;
 use crate::error::Error;
+use crate::group::ProposalContext;
 use crate::id::DataStructureId;
 
 impl NodeCore {
@@ -124,7 +124,7 @@ impl NodeCore {
             return;
         };
         if let Some(group) = self.groups.get_mut(&id) {
-            if super::subscription::first_copy(group.log(), entry).is_some() {
+            if group.log().first_copy(entry).is_some() {
                 group.last_entry_applied = entry.index;
             }
         }

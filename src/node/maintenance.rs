@@ -6,8 +6,8 @@ use raft::eraftpb::Snapshot;
 use super::apply::{member_nodes, members};
 use super::directory::DirectoryOp;
 use super::placement;
-use super::proposal::ProposalContext;
 use super::NodeCore;
+use crate::group::ProposalContext;
 use crate::id::{incarnation_of, node_of, replica_id, DataStructureId, NodeId};
 use crate::proto;
 

@@ -2,7 +2,8 @@
 
 use super::{NodeCore, Waiter};
 use crate::error::{Error, Result};
-use crate::id::{DataStructureId, NodeId};
+use crate::group::ProposalContext;
+use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
 use std::collections::VecDeque;
 
@@ -38,63 +39,6 @@ pub(crate) struct InFlight {
 /// this the proposer would wait for its deadline. The retry goes through the same gate as
 /// after a leader change, so a late original and its retry are applied once.
 const RESEND_AFTER_MS: u64 = 5_000;
-
-/// The context raft carries with an entry: the proposing node and its sequence number, so
-/// the proposer recognizes its entry when it is applied.
-///
-/// A proposal forwarded to a leader that then fails is lost without a trace, so when a
-/// group's leader changes its proposer proposes it again as a *retry*, which also carries
-/// `after`: the proposer's applied index at that moment. Any earlier copy of the same
-/// proposal must have an index above `after` (otherwise the proposer would have applied
-/// it and not retried), so whoever applies the retry finds out whether it is a duplicate
-/// by scanning the log between `after` and the retry: a deterministic function of the log,
-/// the same on every replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ProposalContext {
-    pub node: NodeId,
-    pub seq: u64,
-    /// For a retry, the proposer's applied index when it retried.
-    pub retry_after: Option<u64>,
-}
-
-impl ProposalContext {
-    /// Encodes the context: 16 bytes, or 24 for a retry.
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut ctx = Vec::with_capacity(24);
-        ctx.extend_from_slice(&self.node.to_be_bytes());
-        ctx.extend_from_slice(&self.seq.to_be_bytes());
-        if let Some(after) = self.retry_after {
-            ctx.extend_from_slice(&after.to_be_bytes());
-        }
-        ctx
-    }
-
-    /// The proposal context of `entry` if it is an application entry; `None` for leader
-    /// no-ops, conf changes and anything else without one.
-    pub(crate) fn of_entry(entry: &raft::eraftpb::Entry) -> Option<Self> {
-        if entry.get_entry_type() != raft::eraftpb::EntryType::EntryNormal {
-            return None;
-        }
-        Self::decode(&entry.context)
-    }
-
-    /// Parses an entry's context; `None` for entries that are not proposals.
-    pub(crate) fn decode(ctx: &[u8]) -> Option<Self> {
-        let word = |i: usize| -> Option<u64> {
-            Some(u64::from_be_bytes(ctx.get(i..i + 8)?.try_into().ok()?))
-        };
-        let retry_after = match ctx.len() {
-            16 => None,
-            24 => Some(word(16)?),
-            _ => return None,
-        };
-        Some(ProposalContext {
-            node: word(0)?,
-            seq: word(8)?,
-            retry_after,
-        })
-    }
-}
 
 impl NodeCore {
     /// Reports the outcome for `waiter`, if there is one, in this round's output.
@@ -316,27 +260,5 @@ impl NodeCore {
                 "group" => %id, "count" => retried, "leader" => raft.leader());
             self.active.insert(id);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_round_trips_and_rejects_other_lengths() {
-        let first = ProposalContext {
-            node: 7,
-            seq: 9,
-            retry_after: None,
-        };
-        let retry = ProposalContext {
-            retry_after: Some(40),
-            ..first
-        };
-        assert_eq!(ProposalContext::decode(&first.encode()), Some(first));
-        assert_eq!(ProposalContext::decode(&retry.encode()), Some(retry));
-        assert_eq!(ProposalContext::decode(&[]), None);
-        assert_eq!(ProposalContext::decode(&[0; 17]), None);
     }
 }

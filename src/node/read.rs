@@ -6,10 +6,10 @@
 //! applies its commits up to the returned index and then reads its state reads everything
 //! committed before the barrier was called, on any replica.
 
-use super::proposal::ProposalContext;
 use super::subscription::SubId;
 use super::{NodeCore, Waiter};
 use crate::error::Error;
+use crate::group::ProposalContext;
 use crate::id::DataStructureId;
 
 /// A read barrier waiting for its index, then for delivery up to it.

@@ -3,9 +3,8 @@
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::Error;
-use crate::group::{GroupLog, BOOTSTRAP_INDEX, DEDUPE_WINDOW};
+use crate::group::{GroupLog, BOOTSTRAP_INDEX};
 use crate::id::DataStructureId;
-use crate::node::proposal::ProposalContext;
 
 /// Identifies a subscription within a node.
 pub(crate) type SubId = u64;
@@ -106,7 +105,7 @@ impl Subscription {
                     _ => return Delivery::Paused,
                 };
             for entry in entries {
-                if first_copy(log, &entry).is_some() {
+                if log.first_copy(&entry).is_some() {
                     let commit = Commit::Entry {
                         index: entry.index,
                         data: entry.data.to_vec(),
@@ -129,58 +128,10 @@ impl Subscription {
     }
 }
 
-/// The proposal context of an application entry, unless an earlier copy of the same
-/// proposal (a retry's original, or a proposal message delivered twice) lies within
-/// [`DEDUPE_WINDOW`] indexes before it, or after the retry's starting point. Every replica
-/// decides the same (see `ProposalCopies`). Leader no-ops and conf changes carry no
-/// context.
-pub(crate) fn first_copy(log: &GroupLog, entry: &raft::eraftpb::Entry) -> Option<ProposalContext> {
-    let ctx = ProposalContext::of_entry(entry)?;
-    let floor = entry.index.saturating_sub(DEDUPE_WINDOW);
-    let after = ctx.retry_after.map_or(floor, |a| a.max(floor));
-    let duplicate = log
-        .copies()
-        .has_copy_between(ctx.node, ctx.seq, after, entry.index);
-    (!duplicate).then_some(ctx)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use raft::eraftpb::Entry;
-
     use super::*;
-    use crate::group::GroupLog;
-    use crate::storage::SledStore;
-
-    fn entry(index: u64, ctx: Option<ProposalContext>) -> Entry {
-        Entry {
-            index,
-            term: 6,
-            context: ctx.map(|c| c.encode()).unwrap_or_default().into(),
-            ..Default::default()
-        }
-    }
-
-    fn ctx(seq: u64, retry_after: Option<u64>) -> Option<ProposalContext> {
-        Some(ProposalContext {
-            node: 1,
-            seq,
-            retry_after,
-        })
-    }
-
-    /// The log of a one-voter group on a fresh sled store, just bootstrapped.
-    fn bootstrapped_log() -> (tempfile::TempDir, GroupLog) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SledStore::open(dir.path(), slog::Logger::root(slog::Discard, slog::o!())).unwrap(),
-        );
-        let mut log = GroupLog::empty(DataStructureId::new(), store);
-        log.apply_snapshot(&GroupLog::bootstrap_snapshot(&[1]));
-        (dir, log)
-    }
+    use crate::group::test_support::{bootstrapped_log, ctx, entry};
 
     #[test]
     fn a_full_commit_channel_pauses_delivery_without_losing_entries() {
@@ -209,42 +160,5 @@ mod tests {
         match commit {
             Commit::Entry { index, .. } | Commit::Snapshot { index } => index,
         }
-    }
-
-    #[test]
-    fn a_retry_is_skipped_only_when_its_original_is_in_the_log() {
-        let (_dir, mut log) = bootstrapped_log();
-        let entries = vec![
-            entry(6, None),
-            entry(7, ctx(5, None)),
-            entry(8, ctx(6, None)),
-            entry(9, ctx(5, Some(6))),
-            entry(10, ctx(7, Some(6))),
-            entry(11, ctx(7, Some(9))),
-        ];
-        log.append(&entries);
-        let copies: Vec<_> = entries
-            .iter()
-            .map(|e| first_copy(&log, e).map(|c| c.seq))
-            .collect();
-        assert_eq!(
-            copies,
-            vec![None, Some(5), Some(6), None, Some(7), None],
-            "no-ops carry nothing; a retry whose original (or earlier retry) is in the log is a duplicate"
-        );
-        // Compact through index 8: the originals at 7 and 8 are now only in the snapshot's
-        // proposal ids, and still make their retries duplicates.
-        let meta = raft::eraftpb::SnapshotMetadata {
-            index: 8,
-            term: 6,
-            ..Default::default()
-        };
-        log.compact(meta, vec![(7, 1, 5), (8, 1, 6)]);
-        assert_eq!(first_copy(&log, &entry(9, ctx(5, Some(6)))), None);
-        assert_eq!(first_copy(&log, &entry(12, ctx(6, Some(6)))), None);
-        assert_eq!(
-            first_copy(&log, &entry(12, ctx(8, Some(6)))).map(|c| c.seq),
-            Some(8)
-        );
     }
 }

@@ -4,9 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::id::{DataStructureId, NodeId};
-use crate::node::placement::rank;
 use crate::MemberStatus;
+use crate::{DataStructureId, NodeId};
 
 /// Which nodes gossip reports down, and since when.
 #[derive(Debug, Default)]
@@ -83,10 +82,10 @@ impl MemberView {
         }
         let candidates = registry_nodes
             .into_iter()
-            .filter(|n| *n == me || self.is_alive(*n))
-            .map(|n| (n, ""));
-        let ranked = rank(DataStructureId::from_u128(u128::from(dead)), candidates);
-        ranked.first().map(|(n, _)| *n) == Some(me)
+            .filter(|n| *n == me || self.is_alive(*n));
+        let ranked =
+            crate::rendezvous_order(DataStructureId::from_u128(u128::from(dead)), candidates);
+        ranked.first() == Some(&me)
     }
 }
 

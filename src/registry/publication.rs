@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 
 use super::error::RegistryError;
-use crate::id::NodeId;
+use crate::NodeId;
 
 /// Longest accepted service name or endpoint, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;

@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::error::{RegistryError, RegistryResult};
 use super::publication::{validate_name, Distance, Publication};
-use crate::id::NodeId;
+use crate::NodeId;
 
 /// One option of a subscription: a service name and the distances it may be served from.
 #[derive(Debug, Clone, PartialEq, Eq)]

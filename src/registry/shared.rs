@@ -13,7 +13,7 @@ use super::publication::{Publication, PublicationId};
 use super::resolve::{ResolveOption, Vantage};
 use super::state::{Op, RegistryState};
 use super::RegistryConfig;
-use crate::id::NodeId;
+use crate::NodeId;
 use crate::{CopyCat, DataStructure};
 
 /// This instance's publications: what the application holds, and when each was last

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bincode::{Decode, Encode};
 
 use super::publication::{Publication, PublicationId};
-use crate::id::NodeId;
+use crate::NodeId;
 
 /// Position in the registry's sequence of changes; each change gets the next one.
 pub type Revision = u64;

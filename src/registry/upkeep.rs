@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::liveness::MemberView;
 use super::shared::Wanted;
 use super::state::{Op, RegistryState};
-use crate::id::NodeId;
+use crate::NodeId;
 
 /// How long a proposal the upkeep made may stay unapplied before it is proposed again.
 pub(crate) const REPROPOSE_AFTER: Duration = Duration::from_secs(3);

@@ -13,8 +13,8 @@ use crossbeam_channel::RecvTimeoutError;
 use super::shared::{lock, read, write, Shared};
 use super::state::RegistryState;
 use super::upkeep;
-use crate::id::NodeId;
 use crate::Commit;
+use crate::NodeId;
 
 /// Most commits applied before waiters are woken, so a long backlog is applied in batches.
 const APPLY_BATCH: usize = 1024;

@@ -388,7 +388,7 @@ impl World {
                 })
                 .flatten();
             for e in entries {
-                let ctx = crate::node::proposal::ProposalContext::decode(&e.context);
+                let ctx = crate::group::ProposalContext::decode(&e.context);
                 eprintln!(
                     "DUMP node{i} idx={} term={} ctx={:?} data={}",
                     e.index,

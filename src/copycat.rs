@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{subscription_channel, SubscriberChannels};
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
+use crate::node_handle::NodeHandle;
 use crate::runtime::{Event, NodeRuntime, PumpControl};
 
 /// How long status queries wait for the core thread.
@@ -23,42 +24,6 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct CopyCat {
     inner: Arc<NodeHandle>,
-}
-
-/// What every handle shares: the runtime and the channels into it.
-pub(crate) struct NodeHandle {
-    runtime: Mutex<NodeRuntime>,
-    input: crossbeam_channel::Sender<Event>,
-    pump: crossbeam_channel::Sender<PumpControl>,
-    node_id: NodeId,
-    data_dir: std::path::PathBuf,
-    raft_addr: SocketAddr,
-    gossip_addr: SocketAddr,
-    next_sub: AtomicU64,
-}
-
-impl NodeHandle {
-    /// Sends an event to the core thread; fails once the node is shut down.
-    pub(crate) fn send(&self, event: impl Into<Event>) -> Result<()> {
-        self.input.send(event.into()).map_err(|_| Error::Shutdown)
-    }
-
-    /// The node's data dir.
-    pub(crate) fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
-    }
-
-    fn shutdown(&self) {
-        if let Ok(mut runtime) = self.runtime.lock() {
-            runtime.shutdown();
-        }
-    }
-}
-
-impl Drop for NodeHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 impl CopyCat {

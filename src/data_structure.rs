@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::copycat::NodeHandle;
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
 use crate::node::{Commit, Input, Waiter};
+use crate::node_handle::NodeHandle;
 use crate::runtime::{Ack, Event};
 
 /// Captures an application's state for a snapshot.

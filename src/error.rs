@@ -61,6 +61,12 @@ impl From<StorageError> for Error {
     }
 }
 
+impl From<crate::id::InvalidId> for Error {
+    fn from(e: crate::id::InvalidId) -> Self {
+        Error::InvalidId(e.0)
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(Arc::new(e))

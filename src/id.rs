@@ -3,8 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::Error;
-
 /// Identifies a node for the whole life of its data dir (random, persisted on first start).
 /// Node ids fit in [`NODE_ID_BITS`] bits, so a [`ReplicaId`] can carry one.
 pub type NodeId = u64;
@@ -108,14 +106,18 @@ impl fmt::Debug for DataStructureId {
     }
 }
 
-impl FromStr for DataStructureId {
-    type Err = Error;
+/// A string that is not a data structure id (converts into [`crate::Error::InvalidId`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid data structure id {0}")]
+pub struct InvalidId(pub String);
 
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let ulid =
-            ulid::Ulid::from_string(s).map_err(|e| Error::InvalidId(format!("{s:?}: {e}")))?;
+impl FromStr for DataStructureId {
+    type Err = InvalidId;
+
+    fn from_str(s: &str) -> Result<Self, InvalidId> {
+        let ulid = ulid::Ulid::from_string(s).map_err(|e| InvalidId(format!("{s:?}: {e}")))?;
         if ulid.0 == 0 {
-            return Err(Error::InvalidId(format!("{s:?}: the zero id is reserved")));
+            return Err(InvalidId(format!("{s:?}: the zero id is reserved")));
         }
         Ok(DataStructureId(ulid.0))
     }

@@ -68,6 +68,7 @@ pub mod error;
 pub(crate) mod group;
 pub mod id;
 pub mod node;
+mod node_handle;
 pub(crate) mod proto;
 pub mod registry;
 pub(crate) mod runtime;

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::data_structure::{DataStructure, SnapshotProvider};
+use crate::data_structure::DataStructure;
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{subscription_channel, SubscriberChannels};
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
 use crate::node_handle::NodeHandle;
 use crate::runtime::{Event, NodeRuntime, PumpControl};
+use crate::snapshot_provider::SnapshotProvider;
 
 /// How long status queries wait for the core thread.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);

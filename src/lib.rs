@@ -74,14 +74,16 @@ pub mod registry;
 pub(crate) mod runtime;
 #[cfg(test)]
 mod sim;
+mod snapshot_provider;
 pub mod storage;
 
 pub use config::Config;
 pub use copycat::CopyCat;
-pub use data_structure::{no_snapshots, DataStructure, SnapshotProvider};
+pub use data_structure::DataStructure;
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};
+pub use snapshot_provider::{no_snapshots, SnapshotProvider};
 
 /// `nodes` in the rendezvous (highest random weight) order of `key`, the order copycat
 /// places the replicas of a data structure in: deterministic, the same on every node and

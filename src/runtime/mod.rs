@@ -31,8 +31,8 @@ use crate::node::{
     CoreConfig, Input, MembershipEvent, NodeCore, NodeInfo, Waiter, KNOWN_PEERS_KEY,
 };
 use crate::proto;
+use crate::snapshot_provider::SnapshotProvider;
 use crate::storage::{LogStore, SledStore, WriteBatch};
-use crate::SnapshotProvider;
 
 use gossip::{Gossip, GossipConfig};
 pub(crate) use pump::PumpControl;

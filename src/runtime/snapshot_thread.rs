@@ -8,8 +8,8 @@ use crossbeam_channel::Sender;
 use super::Event;
 use crate::node::Input;
 use crate::node::SnapshotRequest;
+use crate::snapshot_provider::SnapshotProvider;
 use crate::storage::SledStore;
-use crate::SnapshotProvider;
 
 /// A snapshot to take, with the provider of the subscription the core named.
 pub(super) type SnapshotJob = (SnapshotRequest, Arc<dyn SnapshotProvider>);

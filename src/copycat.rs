@@ -9,9 +9,9 @@ use crate::config::Config;
 use crate::data_structure::DataStructure;
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{subscription_channel, SubscriberChannels};
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
 use crate::node_handle::NodeHandle;
+use crate::runtime::subscriber::channel_sink;
 use crate::runtime::{Event, NodeRuntime, PumpControl};
 use crate::snapshot_provider::SnapshotProvider;
 
@@ -90,16 +90,12 @@ impl CopyCat {
             return Err(Error::InvalidId("the zero id is reserved".to_string()));
         }
         let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (commit_tx, commit_rx) = subscription_channel();
-        let (error_tx, error_rx) = subscription_channel();
+        let (sink, commit_rx, error_rx) = channel_sink();
         let (propose_tx, propose_rx) = crossbeam_channel::unbounded();
         self.inner.send(Event::Subscribe {
             sub,
             group: id,
-            channels: SubscriberChannels {
-                commits: commit_tx,
-                errors: error_tx,
-            },
+            sink,
             provider: Arc::new(snapshot_provider),
         })?;
         self.inner

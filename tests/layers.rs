@@ -3,6 +3,9 @@
 //! upward and no two import each other. The registry, an application of the public API,
 //! may name only what the crate root exports.
 //!
+//! The node core and the group layer, which the simulator runs deterministically, must
+//! not touch channels, threads, clocks, sockets or files.
+//!
 //! `cargo test --test layers -- --nocapture` prints the import graph of the top-level
 //! modules.
 
@@ -163,6 +166,40 @@ fn no_module_imports_a_layer_above_its_own() {
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// What the I/O-free layers (the node core and the Raft group wrapper) must not touch:
+/// channels, async runtimes, threads, clocks, sockets, files. Time and randomness come in
+/// as inputs; storage is read through the `LogStore` port.
+const IO: &[&str] = &[
+    "crossbeam",
+    "tokio",
+    "std::thread",
+    "Instant::now",
+    "SystemTime",
+    "std::net::Tcp",
+    "UdpSocket",
+    "std::fs",
+    "thread_rng",
+];
+
+#[test]
+fn the_core_and_the_group_layer_do_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src.join("node"), &mut files);
+    rust_files(&src.join("group"), &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a readable source file");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for io in IO.iter().filter(|io| code.contains(*io)) {
+                found.push(format!("{}:{}: {io}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "I/O in the core:\n{}", found.join("\n"));
 }
 
 #[test]

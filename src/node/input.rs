@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::member::MembershipEvent;
-use super::subscription::{SubId, SubscriberChannels};
+use super::subscription::{SubId, SubscriberSink};
 use super::NodeCore;
 use crate::error::Error;
 use crate::id::{DataStructureId, NodeId};
@@ -32,7 +32,7 @@ pub(crate) enum Input {
     Subscribe {
         sub: SubId,
         group: DataStructureId,
-        channels: SubscriberChannels,
+        sink: Box<dyn SubscriberSink>,
     },
     Unsubscribe(SubId),
     Propose {
@@ -83,11 +83,7 @@ impl NodeCore {
             Input::Unreachable(node) => self.handle_unreachable(node),
             Input::Persisted { seq, synced } => self.handle_persisted(seq, synced),
             Input::StorageFailed(seq, error) => self.handle_storage_failed(seq, error),
-            Input::Subscribe {
-                sub,
-                group,
-                channels,
-            } => self.subscribe(now_ms, sub, group, channels),
+            Input::Subscribe { sub, group, sink } => self.subscribe(now_ms, sub, group, sink),
             Input::Unsubscribe(sub) => self.unsubscribe(sub),
             Input::Propose {
                 group,

@@ -47,7 +47,7 @@ pub(crate) use member::{MembershipEvent, NodeInfo};
 use proposal::{InFlight, Proposal};
 pub use status::{GroupStatus, MemberStatus, NodeStats};
 pub use subscription::Commit;
-use subscription::{Delivery, SubId, SubscriberChannels, Subscription};
+use subscription::{Delivery, SubId, SubscriberSink, Subscription};
 
 /// Hash maps with a fixed hasher: their iteration order, and with it the order of the
 /// core's output, depends only on the inputs, so a simulated run replays from its seed.
@@ -516,7 +516,7 @@ impl NodeCore {
         now_ms: u64,
         sub: SubId,
         group: DataStructureId,
-        channels: SubscriberChannels,
+        sink: Box<dyn SubscriberSink>,
     ) {
         self.now_ms = now_ms;
         // From the start: a compacted log yields a snapshot marker first.
@@ -525,7 +525,7 @@ impl NodeCore {
             sub,
             Subscription {
                 group,
-                channels,
+                sink,
                 next_index,
                 last_delivered: 0,
             },

@@ -1,36 +1,11 @@
 //! Subscriptions: a local application's view of one data structure's commit stream.
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-
 use crate::error::Error;
 use crate::group::{GroupLog, BOOTSTRAP_INDEX};
 use crate::id::DataStructureId;
 
 /// Identifies a subscription within a node.
 pub(crate) type SubId = u64;
-
-/// Capacity of a subscription's commit channel. When it is full, delivery pauses and
-/// resumes from the log once the application catches up (nothing is dropped).
-pub(crate) const COMMIT_CHANNEL_CAPACITY: usize = 4096;
-
-/// Capacity of a subscription's error channel; errors beyond it are dropped (and logged).
-pub(crate) const ERROR_CHANNEL_CAPACITY: usize = 1024;
-
-/// A channel for one subscription's commits or errors. Unbounded underneath, because a
-/// bounded crossbeam channel allocates every slot up front (about 250 KiB per
-/// subscription for both, 2.5 GiB for 10,000 subscriptions); the sender keeps it within
-/// its capacity with [`try_send_within`].
-pub(crate) fn subscription_channel<T>() -> (Sender<T>, Receiver<T>) {
-    crossbeam_channel::unbounded()
-}
-
-/// Sends `item` unless `tx` already holds `capacity` items.
-fn try_send_within<T>(tx: &Sender<T>, item: T, capacity: usize) -> Result<(), TrySendError<T>> {
-    if tx.len() >= capacity {
-        return Err(TrySendError::Full(item));
-    }
-    tx.try_send(item)
-}
 
 /// Entries read from the log per subscription per round while catching up.
 const CATCH_UP_CHUNK_BYTES: u64 = 4 << 20;
@@ -53,16 +28,32 @@ pub enum Commit {
     },
 }
 
-/// The channels a subscription delivers into.
-pub(crate) struct SubscriberChannels {
-    pub commits: Sender<Commit>,
-    pub errors: Sender<Error>,
+/// What a subscriber did with an offered commit.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Taken,
+    /// It holds as many commits as it may: offer again later (nothing is dropped).
+    Full,
+    /// The application is gone.
+    Closed,
+}
+
+/// Where one subscription's commits and errors go: the application's channels (the
+/// runtime's), or a simulated application's queue. Never blocks: the core offers, and a
+/// full subscriber pauses its delivery until it has room again, which the core retries
+/// every tick. A port rather than an output because whether a commit fits decides, then
+/// and there, where the subscription's cursor stops.
+pub(crate) trait SubscriberSink: Send {
+    /// Offers the next commit of the stream.
+    fn offer(&self, commit: Commit) -> Offer;
+    /// Reports an error; false if the subscriber could not take it (full or gone).
+    fn report(&self, error: Error) -> bool;
 }
 
 /// A local subscriber of one group.
 pub(crate) struct Subscription {
     pub group: DataStructureId,
-    pub channels: SubscriberChannels,
+    pub sink: Box<dyn SubscriberSink>,
     /// Index of the next log entry to look at.
     pub next_index: u64,
     /// Index of the last commit (entry or snapshot marker) handed to the channel; 0 before
@@ -89,11 +80,10 @@ impl Subscription {
             // The entries this subscription needs next are compacted: reload from the
             // snapshot instead (the synthetic first snapshot holds no state).
             if snapshot > BOOTSTRAP_INDEX {
-                let marker = Commit::Snapshot { index: snapshot };
-                match try_send_within(&self.channels.commits, marker, COMMIT_CHANNEL_CAPACITY) {
-                    Ok(()) => self.last_delivered = snapshot,
-                    Err(TrySendError::Full(_)) => return Delivery::Paused,
-                    Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
+                match self.sink.offer(Commit::Snapshot { index: snapshot }) {
+                    Offer::Taken => self.last_delivered = snapshot,
+                    Offer::Full => return Delivery::Paused,
+                    Offer::Closed => return Delivery::Closed,
                 }
             }
             self.next_index = snapshot + 1;
@@ -110,10 +100,10 @@ impl Subscription {
                         index: entry.index,
                         data: entry.data.to_vec(),
                     };
-                    match try_send_within(&self.channels.commits, commit, COMMIT_CHANNEL_CAPACITY) {
-                        Ok(()) => self.last_delivered = entry.index,
-                        Err(TrySendError::Full(_)) => return Delivery::Paused,
-                        Err(TrySendError::Disconnected(_)) => return Delivery::Closed,
+                    match self.sink.offer(commit) {
+                        Offer::Taken => self.last_delivered = entry.index,
+                        Offer::Full => return Delivery::Paused,
+                        Offer::Closed => return Delivery::Closed,
                     }
                 }
                 self.next_index = entry.index + 1;
@@ -122,37 +112,64 @@ impl Subscription {
         Delivery::CaughtUp
     }
 
-    /// Reports `error` on the error channel; false if it could not be delivered.
+    /// Reports `error` to the subscriber; false if it could not be delivered.
     pub(crate) fn report(&self, error: Error) -> bool {
-        try_send_within(&self.channels.errors, error, ERROR_CHANNEL_CAPACITY).is_ok()
+        self.sink.report(error)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use crate::group::test_support::{bootstrapped_log, ctx, entry};
 
+    /// A subscriber that takes at most `capacity` commits until they are taken out.
+    struct Bounded {
+        taken: Arc<Mutex<Vec<Commit>>>,
+        capacity: usize,
+    }
+
+    impl SubscriberSink for Bounded {
+        fn offer(&self, commit: Commit) -> Offer {
+            let mut taken = self.taken.lock().expect("test lock");
+            if taken.len() >= self.capacity {
+                return Offer::Full;
+            }
+            taken.push(commit);
+            Offer::Taken
+        }
+
+        fn report(&self, _: Error) -> bool {
+            true
+        }
+    }
+
     #[test]
-    fn a_full_commit_channel_pauses_delivery_without_losing_entries() {
+    fn a_full_subscriber_pauses_delivery_without_losing_entries() {
         let (_dir, mut log) = bootstrapped_log();
+        let capacity = 64;
         let first = BOOTSTRAP_INDEX + 1;
-        let last = first + COMMIT_CHANNEL_CAPACITY as u64 + 9;
+        let last = first + capacity as u64 + 9;
         let entries: Vec<_> = (first..=last).map(|i| entry(i, ctx(i, None))).collect();
         log.append(&entries);
-        let (commits, received) = subscription_channel();
-        let (errors, _errors) = subscription_channel();
+        let taken = Arc::new(Mutex::new(Vec::new()));
         let mut sub = Subscription {
             group: DataStructureId::new(),
-            channels: SubscriberChannels { commits, errors },
+            sink: Box::new(Bounded {
+                taken: taken.clone(),
+                capacity,
+            }),
             next_index: first,
             last_delivered: 0,
         };
+        let drain = || std::mem::take(&mut *taken.lock().expect("test lock"));
         assert_eq!(sub.deliver(&log, last), Delivery::Paused);
-        assert_eq!(received.len(), COMMIT_CHANNEL_CAPACITY);
-        let mut indexes: Vec<u64> = received.try_iter().map(index_of).collect();
+        let mut indexes: Vec<u64> = drain().into_iter().map(index_of).collect();
+        assert_eq!(indexes.len(), capacity);
         assert_eq!(sub.deliver(&log, last), Delivery::CaughtUp);
-        indexes.extend(received.try_iter().map(index_of));
+        indexes.extend(drain().into_iter().map(index_of));
         assert_eq!(indexes, (first..=last).collect::<Vec<_>>());
     }
 

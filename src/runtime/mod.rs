@@ -12,6 +12,7 @@ mod pump;
 pub(crate) mod snapshot_stream;
 pub(crate) mod snapshot_thread;
 mod storage_thread;
+pub(crate) mod subscriber;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::group::RaftSettings;
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{SubId, SubscriberChannels};
+use crate::node::subscription::{SubId, SubscriberSink};
 use crate::node::{
     CoreConfig, Input, MembershipEvent, NodeCore, NodeInfo, Waiter, KNOWN_PEERS_KEY,
 };
@@ -72,12 +73,12 @@ pub(crate) enum Event {
     Core(Input),
     /// An input with a waiter: `ack` hears its completion.
     Call(Ack, CallInput),
-    /// A new subscription: the core gets its channels, the core thread keeps its snapshot
+    /// A new subscription: the core gets its sink, the core thread keeps its snapshot
     /// provider for the snapshot requests that name it.
     Subscribe {
         sub: SubId,
         group: DataStructureId,
-        channels: SubscriberChannels,
+        sink: Box<dyn SubscriberSink>,
         provider: Arc<dyn SnapshotProvider>,
     },
     /// Runs on the core thread with read access to the core.
@@ -411,15 +412,11 @@ impl CoreShell {
             Event::Subscribe {
                 sub,
                 group,
-                channels,
+                sink,
                 provider,
             } => {
                 self.providers.insert(sub, provider);
-                let input = Input::Subscribe {
-                    sub,
-                    group,
-                    channels,
-                };
+                let input = Input::Subscribe { sub, group, sink };
                 return self.core.handle(now_ms, input);
             }
             Event::Call(ack, input) => {

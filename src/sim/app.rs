@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Receiver;
 
 use crate::id::DataStructureId;
-use crate::node::subscription::{subscription_channel, SubId, SubscriberChannels};
+use crate::node::subscription::{SubId, SubscriberSink};
+use crate::runtime::subscriber::channel_sink;
 use crate::storage::SnapshotFiles;
 use crate::{Commit, Error};
 
@@ -53,9 +54,9 @@ pub(crate) enum Delivered {
 
 impl App {
     /// A subscription and the channels the core delivers into.
-    pub(crate) fn new(sub: SubId, group: DataStructureId) -> (App, SubscriberChannels) {
+    pub(crate) fn new(sub: SubId, group: DataStructureId) -> (App, Box<dyn SubscriberSink>) {
         let state = Arc::new(Mutex::new(AppState::default()));
-        let (channels, commits, errors) = subscriber_channels();
+        let (sink, commits, errors) = channel_sink();
         let app = App {
             sub,
             group,
@@ -63,7 +64,7 @@ impl App {
             errors,
             state,
         };
-        (app, channels)
+        (app, sink)
     }
 
     /// Its snapshot provider: the history applied so far, read under the state's lock.
@@ -120,15 +121,4 @@ impl App {
 fn superseded(files: &SnapshotFiles, group: DataStructureId, index: u64) -> bool {
     let kept = files.indexes(group).unwrap_or_default();
     !kept.contains(&index) && kept.iter().filter(|i| **i > index).count() >= 2
-}
-
-/// The channels a simulated subscriber hands the core and the receiving ends it keeps.
-pub(crate) fn subscriber_channels() -> (SubscriberChannels, Receiver<Commit>, Receiver<Error>) {
-    let (commit_tx, commits) = subscription_channel();
-    let (error_tx, errors) = subscription_channel();
-    let channels = SubscriberChannels {
-        commits: commit_tx,
-        errors: error_tx,
-    };
-    (channels, commits, errors)
 }

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::app::subscriber_channels;
 use crate::id::{DataStructureId, NodeId};
-use crate::node::subscription::{SubId, SubscriberChannels};
+use crate::node::subscription::{SubId, SubscriberSink};
 use crate::registry::liveness::MemberView;
 use crate::registry::resolve::{pick_weighted, SubscribeOptions, Vantage};
 use crate::registry::shared::Wanted;
 use crate::registry::state::{Op, RegistryState};
 use crate::registry::upkeep;
 use crate::registry::{Publication, PublicationId, PublishSettings, REGISTRY_ID};
+use crate::runtime::subscriber::channel_sink;
 use crate::storage::SnapshotFiles;
 use crate::{Commit, Error, MemberStatus};
 
@@ -49,9 +49,9 @@ impl RegistryAgent {
     }
 
     /// A new instance (epoch `epoch`) and the channels its subscription delivers into.
-    pub(crate) fn new(sub: SubId, epoch: u64) -> (RegistryAgent, SubscriberChannels) {
+    pub(crate) fn new(sub: SubId, epoch: u64) -> (RegistryAgent, Box<dyn SubscriberSink>) {
         let state = Arc::new(Mutex::new(RegistryState::default()));
-        let (channels, commits, errors) = subscriber_channels();
+        let (sink, commits, errors) = channel_sink();
         let agent = RegistryAgent {
             sub,
             commits,
@@ -63,7 +63,7 @@ impl RegistryAgent {
             view: MemberView::default(),
             proposed: HashMap::new(),
         };
-        (agent, channels)
+        (agent, sink)
     }
 
     /// The group the registry lives in.

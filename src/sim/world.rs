@@ -212,20 +212,13 @@ impl World {
         let sub = self.next_sub;
         self.next_sub += 1;
         let epoch = self.now * 1_000 + self.nodes[i].life;
-        let (agent, channels) = RegistryAgent::new(sub, epoch);
+        let (agent, sink) = RegistryAgent::new(sub, epoch);
         let Some(running) = self.nodes[i].running.as_mut() else {
             return;
         };
         running.registry = Some(agent);
         let group = RegistryAgent::group();
-        self.input(
-            i,
-            Input::Subscribe {
-                sub,
-                group,
-                channels,
-            },
-        );
+        self.input(i, Input::Subscribe { sub, group, sink });
         let node = self.nodes[i].info.node_id;
         self.propose_registry(i, &Op::Hello { node, epoch });
     }
@@ -514,16 +507,9 @@ impl World {
         let Some(running) = self.nodes[i].running.as_mut() else {
             return;
         };
-        let (app, channels) = App::new(sub, group);
+        let (app, sink) = App::new(sub, group);
         running.apps.push(app);
-        self.input(
-            i,
-            Input::Subscribe {
-                sub,
-                group,
-                channels,
-            },
-        );
+        self.input(i, Input::Subscribe { sub, group, sink });
     }
 
     /// Drops subscription number `k` on node `i`.

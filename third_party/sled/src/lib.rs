@@ -83,8 +83,82 @@
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/spacejam/sled/master/art/tree_face_anti-transphobia.png"
 )]
-// copycat: the crate's own lint levels (deny) are dropped; a path dependency's lints are not capped.
-#![allow(warnings)]
+#![deny(
+    missing_docs,
+    future_incompatible,
+    nonstandard_style,
+    rust_2018_idioms,
+    missing_copy_implementations,
+    trivial_casts,
+    trivial_numeric_casts,
+    unsafe_code,
+    unused_qualifications
+)]
+#![deny(
+    // over time, consider enabling the commented-out lints below
+    clippy::cast_lossless,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    clippy::checked_conversions,
+    clippy::decimal_literal_representation,
+    clippy::doc_markdown,
+    // clippy::else_if_without_else,
+    clippy::empty_enum,
+    clippy::explicit_into_iter_loop,
+    clippy::explicit_iter_loop,
+    clippy::expl_impl_clone_on_copy,
+    clippy::fallible_impl_from,
+    clippy::filter_map,
+    clippy::filter_map_next,
+    clippy::find_map,
+    clippy::float_arithmetic,
+    clippy::get_unwrap,
+    clippy::if_not_else,
+    // clippy::indexing_slicing,
+    clippy::inline_always,
+    //clippy::integer_arithmetic,
+    clippy::invalid_upcast_comparisons,
+    clippy::items_after_statements,
+    clippy::map_entry,
+    clippy::map_flatten,
+    clippy::match_same_arms,
+    clippy::maybe_infinite_iter,
+    clippy::mem_forget,
+    // clippy::missing_const_for_fn,
+    // clippy::missing_docs_in_private_items,
+    clippy::module_name_repetitions,
+    clippy::multiple_inherent_impl,
+    clippy::mut_mut,
+    clippy::needless_borrow,
+    clippy::needless_continue,
+    clippy::needless_pass_by_value,
+    clippy::non_ascii_literal,
+    clippy::path_buf_push_overwrite,
+    clippy::print_stdout,
+    clippy::pub_enum_variant_names,
+    clippy::redundant_closure_for_method_calls,
+    clippy::shadow_reuse,
+    clippy::shadow_same,
+    clippy::shadow_unrelated,
+    clippy::single_match_else,
+    clippy::string_add,
+    clippy::string_add_assign,
+    clippy::type_repetition_in_bounds,
+    clippy::unicode_not_nfc,
+    // clippy::unimplemented,
+    clippy::unseparated_literal_suffix,
+    clippy::used_underscore_binding,
+    clippy::wildcard_dependencies,
+    // clippy::wildcard_enum_match_arm,
+    clippy::wrong_pub_self_convention,
+)]
+// copycat: cargo does not cap a path dependency's lints, and newer compilers fire some of
+// the denied ones above, so all of them (and every warning) are allowed (see COPYCAT.md).
+#![allow(warnings, missing_docs, future_incompatible, nonstandard_style, rust_2018_idioms)]
+#![allow(missing_copy_implementations, trivial_casts, trivial_numeric_casts, unsafe_code)]
+#![allow(unused_qualifications)]
 #![warn(clippy::multiple_crate_versions)]
 #![allow(clippy::mem_replace_with_default)] // Not using std::mem::take() due to MSRV of 1.37 (intro'd in 1.40)
 #![allow(clippy::match_like_matches_macro)] // Not using std::matches! due to MSRV of 1.37 (intro'd in 1.42)
@@ -142,6 +216,9 @@ mod tree;
 /// Functionality for conditionally triggering failpoints under test.
 #[cfg(feature = "failpoints")]
 pub mod fail;
+
+#[cfg(feature = "docs")]
+pub mod doc;
 
 #[cfg(any(
     miri,
@@ -207,7 +284,8 @@ mod measure_allocs;
 
 #[cfg(feature = "measure_allocs")]
 #[global_allocator]
-static ALLOCATOR: measure_allocs::TrackingAllocator = measure_allocs::TrackingAllocator;
+static ALLOCATOR: measure_allocs::TrackingAllocator =
+    measure_allocs::TrackingAllocator;
 
 const DEFAULT_TREE_ID: &[u8] = b"__sled__default";
 
@@ -219,14 +297,17 @@ pub use {
         lazy::Lazy,
         pagecache::{
             constants::{
-                MAX_MSG_HEADER_LEN, MAX_SPACE_AMPLIFICATION, MINIMUM_ITEMS_PER_SEGMENT,
-                SEG_HEADER_LEN,
+                MAX_MSG_HEADER_LEN, MAX_SPACE_AMPLIFICATION,
+                MINIMUM_ITEMS_PER_SEGMENT, SEG_HEADER_LEN,
             },
-            BatchManifest, DiskPtr, Log, LogKind, LogOffset, LogRead, Lsn, PageCache, PageId,
+            BatchManifest, DiskPtr, Log, LogKind, LogOffset, LogRead, Lsn,
+            PageCache, PageId,
         },
         serialization::Serialize,
     },
-    crossbeam_epoch::{pin as crossbeam_pin, Atomic, Guard as CrossbeamGuard, Owned, Shared},
+    crossbeam_epoch::{
+        pin as crossbeam_pin, Atomic, Guard as CrossbeamGuard, Owned, Shared,
+    },
 };
 
 pub use self::{
@@ -277,11 +358,7 @@ use {
 
 #[doc(hidden)]
 pub fn pin() -> Guard {
-    Guard {
-        inner: crossbeam_pin(),
-        readset: vec![],
-        writeset: vec![],
-    }
+    Guard { inner: crossbeam_pin(), readset: vec![], writeset: vec![] }
 }
 
 #[doc(hidden)]
@@ -348,13 +425,18 @@ pub(crate) enum Link {
 
 /// A fast map that is not resistant to collision attacks. Works
 /// on 8 bytes at a time.
-pub(crate) type FastMap8<K, V> =
-    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<fxhash::FxHasher64>>;
+pub(crate) type FastMap8<K, V> = std::collections::HashMap<
+    K,
+    V,
+    std::hash::BuildHasherDefault<fxhash::FxHasher64>,
+>;
 
 /// A fast set that is not resistant to collision attacks. Works
 /// on 8 bytes at a time.
-pub(crate) type FastSet8<V> =
-    std::collections::HashSet<V, std::hash::BuildHasherDefault<fxhash::FxHasher64>>;
+pub(crate) type FastSet8<V> = std::collections::HashSet<
+    V,
+    std::hash::BuildHasherDefault<fxhash::FxHasher64>,
+>;
 
 /// A function that may be configured on a particular shared `Tree`
 /// that will be applied as a kind of read-modify-write operator
@@ -416,8 +498,14 @@ pub(crate) type FastSet8<V> =
 /// assert_eq!(tree.get(k), Ok(Some(IVec::from(vec![4]))));
 /// # Ok(()) }
 /// ```
-pub trait MergeOperator: Fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>> {}
-impl<F> MergeOperator for F where F: Fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>> {}
+pub trait MergeOperator:
+    Fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>>
+{
+}
+impl<F> MergeOperator for F where
+    F: Fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>>
+{
+}
 
 mod compile_time_assertions {
     use crate::*;

@@ -20,6 +20,10 @@ pub enum Error {
     /// Another process uses the data dir; this node did not start.
     #[error("data dir {0} is in use by another copycat process")]
     DataDirLocked(PathBuf),
+    /// Data in the data dir is damaged (the message names the record or file); the node
+    /// does not start on it rather than serve a state it cannot trust.
+    #[error("stored data is corrupted: {0}")]
+    Corrupted(String),
     /// The storage layer failed; writes are not acknowledged while this persists.
     #[error("storage failure: {0}")]
     Storage(Arc<StorageError>),
@@ -56,6 +60,7 @@ impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::Locked { path } => Error::DataDirLocked(path),
+            corrupted @ StorageError::Corrupted { .. } => Error::Corrupted(corrupted.to_string()),
             other => Error::Storage(Arc::new(other)),
         }
     }

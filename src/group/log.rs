@@ -63,20 +63,32 @@ impl GroupLog {
         }
     }
 
-    /// The log as found on disk at startup.
-    pub(crate) fn from_stored(stored: &StoredGroup, disk: Arc<dyn LogStore>) -> Self {
+    /// The log as found on disk at startup. Fails if the entries or the snapshot's
+    /// proposal ids cannot be read: the duplicate check rebuilt from them must be whole.
+    pub(crate) fn from_stored(
+        stored: &StoredGroup,
+        disk: Arc<dyn LogStore>,
+    ) -> crate::Result<Self> {
         let mut log = GroupLog::empty(stored.group, disk);
         log.hard_state = stored.hard_state.clone();
         log.conf_state = stored.conf_state.clone();
         log.snapshot = stored.snapshot.clone();
         log.last_index = stored.last_index;
         log.persisted_index = stored.last_index;
-        log.load_compacted_ids();
-        let entries = log
-            .read_entries(log.first_index(), log.last_index + 1, None)
-            .unwrap_or_default();
+        log.compacted_ids = log.stored_compacted_ids()?;
+        let (first, last) = (log.first_index(), log.last_index);
+        let entries = if first <= last {
+            log.read_entries(first, last + 1, None).map_err(|e| {
+                crate::Error::Corrupted(format!(
+                    "group {}: its log {first}..={last} cannot be read: {e}",
+                    stored.group
+                ))
+            })?
+        } else {
+            Vec::new()
+        };
         log.copies = ProposalCopies::rebuild(&log.compacted_ids, &entries);
-        log
+        Ok(log)
     }
 
     /// The synthetic first snapshot of a new group with `voters`.
@@ -149,7 +161,9 @@ impl GroupLog {
     pub(crate) fn apply_snapshot(&mut self, snap: &Snapshot) {
         let meta = snap.get_metadata();
         self.snapshot = meta.clone();
-        self.load_compacted_ids();
+        // A snapshot just received may have no ids yet (they travel with the stream and are
+        // stored with the file); retries are then checked against the log only.
+        self.compacted_ids = self.stored_compacted_ids().unwrap_or_default();
         self.copies = ProposalCopies::rebuild(&self.compacted_ids, &[]);
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.term = self.hard_state.term.max(meta.term);
@@ -182,16 +196,13 @@ impl GroupLog {
         &self.compacted_ids
     }
 
-    /// Reads the proposal ids stored with the current snapshot (none for the synthetic
-    /// first one, or if they cannot be read: retries are then checked against the log only).
-    fn load_compacted_ids(&mut self) {
-        self.compacted_ids = if self.snapshot.index > BOOTSTRAP_INDEX {
-            self.disk
-                .snapshot_ids(self.group, self.snapshot.index)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+    /// The proposal ids stored with the current snapshot (none for the synthetic first
+    /// one, nor for a snapshot stored without them).
+    fn stored_compacted_ids(&self) -> crate::Result<crate::storage::ProposalIds> {
+        if self.snapshot.index <= BOOTSTRAP_INDEX {
+            return Ok(Vec::new());
+        }
+        Ok(self.disk.snapshot_ids(self.group, self.snapshot.index)?)
     }
 
     /// Index of the latest snapshot (the synthetic first one is [`BOOTSTRAP_INDEX`]).

@@ -75,6 +75,7 @@ pub(crate) struct Collected {
 pub(crate) struct RaftGroup {
     id: DataStructureId,
     raw: RawNode<GroupLog>,
+    logger: slog::Logger,
     held: VecDeque<HeldReady>,
     applied: u64,
     /// (term, role) at the last timeout randomization.
@@ -138,11 +139,12 @@ impl RaftGroup {
             .logger
             .new(slog::o!("group" => id.to_string(), "replica" => replica));
         let conf_history = vec![(applied, log.conf_state().clone())];
-        let last_entry_applied = last_application_entry(&log, applied);
+        let last_entry_applied = last_application_entry(&log, applied)?;
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
             raw,
+            logger,
             held: VecDeque::new(),
             applied,
             last_term_role: (u64::MAX, StateRole::Follower),
@@ -341,7 +343,16 @@ impl RaftGroup {
             .rposition(|(at, _)| *at <= index)
             .unwrap_or(0);
         self.conf_history.drain(..keep_from);
-        let ids = self.proposal_ids_before(index, DEDUPE_WINDOW);
+        // Without the ids, a retry of a compacted proposal could be applied twice: a log
+        // that cannot be read is not compacted.
+        let ids = match self.proposal_ids_before(index, DEDUPE_WINDOW) {
+            Ok(ids) => ids,
+            Err(e) => {
+                slog::error!(self.logger, "cannot read the log to compact it";
+                    "index" => index, "error" => %e);
+                return None;
+            }
+        };
         self.raw.mut_store().compact(meta.clone(), ids.clone());
         self.bytes_since_snapshot = 0;
         Some((meta, ids))
@@ -349,7 +360,11 @@ impl RaftGroup {
 
     /// Ids of the application entries in `(index - window, index]`: from the log, and
     /// from the previous snapshot's ids for the part already compacted.
-    fn proposal_ids_before(&self, index: u64, window: u64) -> crate::storage::ProposalIds {
+    fn proposal_ids_before(
+        &self,
+        index: u64,
+        window: u64,
+    ) -> raft::Result<crate::storage::ProposalIds> {
         let log = self.raw.store();
         let floor = index.saturating_sub(window);
         let from = log.first_index().max(floor + 1);
@@ -359,13 +374,17 @@ impl RaftGroup {
             .copied()
             .filter(|(at, _, _)| *at > floor && *at < from)
             .collect();
-        let entries = log.read_entries(from, index + 1, None).unwrap_or_default();
+        let entries = if from <= index {
+            log.read_entries(from, index + 1, None)?
+        } else {
+            Vec::new()
+        };
         for entry in entries {
             if let Some(ctx) = ProposalContext::of_entry(&entry) {
                 ids.push((entry.index, ctx.node, ctx.seq));
             }
         }
-        ids
+        Ok(ids)
     }
 
     /// A snapshot from the leader replaced the log: configurations before it are gone.
@@ -490,6 +509,12 @@ impl RaftGroup {
             .into_iter()
             .map(|rs| (rs.request_ctx, rs.index))
             .collect();
+        debug_assert!(
+            self.held
+                .back()
+                .is_none_or(|h| h.batch_seq <= batch_seq || batch_seq == 0),
+            "readies are held in the order of their batches"
+        );
         self.held.push_back(HeldReady {
             number: rd.number(),
             batch_seq,
@@ -554,6 +579,11 @@ impl RaftGroup {
 
     /// Records that entries up to `index` were handed to the state machines.
     pub(crate) fn advance_applied(&mut self, index: u64) {
+        debug_assert!(
+            index <= self.raw.raft.raft_log.committed,
+            "applied {index} past the commit index {}",
+            self.raw.raft.raft_log.committed
+        );
         if index > self.applied {
             self.applied = index;
         }
@@ -565,7 +595,7 @@ impl RaftGroup {
 /// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose state includes that entry
 /// covers everything up to `applied`; overestimating it would refuse every snapshot of an
 /// application whose last entry came before a restart's trailing no-ops.
-fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
+fn last_application_entry(log: &GroupLog, applied: u64) -> raft::Result<u64> {
     // Read backwards a chunk at a time: the last applied entry is nearly always an
     // application entry, and a reopened node holds thousands of groups with long logs.
     const CHUNK: u64 = 64;
@@ -573,19 +603,19 @@ fn last_application_entry(log: &GroupLog, applied: u64) -> u64 {
     let mut high = applied + 1;
     while high > from {
         let low = high.saturating_sub(CHUNK).max(from);
-        let entries = log.read_entries(low, high, None).unwrap_or_default();
+        let entries = log.read_entries(low, high, None)?;
         let application = entries.iter().rev().find(|e| log.first_copy(e).is_some());
         if let Some(entry) = application {
-            return entry.index;
+            return Ok(entry.index);
         }
         if entries.len() as u64 != high - low {
             break;
         }
         high = low;
     }
-    if applied < from {
+    Ok(if applied < from {
         applied
     } else {
         log.snapshot_index()
-    }
+    })
 }

@@ -93,7 +93,8 @@ fn bincode_config() -> impl bincode::config::Config {
 impl DirectoryOp {
     /// Encodes the op as an entry payload.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, bincode_config()).unwrap_or_default()
+        bincode::encode_to_vec(self, bincode_config())
+            .expect("bincode encodes integers and vectors into a Vec without failing")
     }
 
     /// Decodes an entry payload; `None` for bytes that are not an op.
@@ -190,7 +191,8 @@ impl Directory {
 
     /// The directory as snapshot bytes.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, bincode_config()).unwrap_or_default()
+        bincode::encode_to_vec(self, bincode_config())
+            .expect("bincode encodes maps of integers and vectors into a Vec without failing")
     }
 
     /// A directory from snapshot bytes; empty bytes are the empty directory.

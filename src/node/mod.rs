@@ -270,7 +270,7 @@ impl NodeCore {
             snapshot_sends: Vec::new(),
         };
         for group in &stored {
-            let log = GroupLog::from_stored(group, core.disk.clone());
+            let log = GroupLog::from_stored(group, core.disk.clone())?;
             // Commit indexes and applied indexes are written without fsync, commit first;
             // a store that lost the one but kept the other must not make raft panic.
             let committed = group.hard_state.commit.max(group.snapshot.index);
@@ -284,7 +284,7 @@ impl NodeCore {
                 &core.cfg.raft,
                 &mut core.rng,
             )
-            .map_err(|e| Error::Config(format!("cannot reopen group {}: {e}", group.group)))?;
+            .map_err(|e| Error::Corrupted(format!("cannot reopen group {}: {e}", group.group)))?;
             core.groups.insert(group.group, raft);
             core.active.insert(group.group);
         }
@@ -299,8 +299,8 @@ impl NodeCore {
             return Ok(self.me);
         };
         let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-            Error::Config(format!(
-                "the stored replica id of group {group} is corrupted"
+            Error::Corrupted(format!(
+                "the stored replica id of group {group} is not 8 bytes"
             ))
         })?;
         Ok(u64::from_be_bytes(arr))
@@ -315,7 +315,7 @@ impl NodeCore {
         if let Some(snap) = self.disk.snapshot(DataStructureId::SYSTEM)? {
             if snap.get_metadata().index > BOOTSTRAP_INDEX {
                 self.directory = Directory::decode(&snap.data)
-                    .map_err(|e| Error::Config(format!("system snapshot is corrupted: {e}")))?;
+                    .map_err(|e| Error::Corrupted(format!("the system snapshot: {e}")))?;
             }
             self.directory_applied = snap.get_metadata().index;
         }
@@ -324,7 +324,9 @@ impl NodeCore {
             let entries = system
                 .log()
                 .read_entries(from, applied + 1, None)
-                .map_err(|e| Error::Config(format!("cannot replay the directory: {e}")))?;
+                .map_err(|e| {
+                    Error::Corrupted(format!("the system group's log {from}..={applied}: {e}"))
+                })?;
             for entry in entries {
                 self.apply_directory_entry(&entry);
             }
@@ -492,6 +494,11 @@ impl NodeCore {
     /// The batch `seq` (and every earlier one) is written, and durable as far as it needs
     /// to be (`synced`: it was fsync'ed).
     pub(crate) fn handle_persisted(&mut self, seq: u64, synced: bool) {
+        debug_assert!(
+            seq <= self.issued_seq,
+            "batch {seq} reported durable, but only {} were issued",
+            self.issued_seq
+        );
         self.durable_seq = self.durable_seq.max(seq);
         self.synced_writes += u64::from(synced);
     }

@@ -259,12 +259,13 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
 
 fn load_or_create_node_id(store: &dyn LogStore) -> Result<NodeId> {
     if let Some(bytes) = store.get_meta(NODE_ID_KEY)? {
-        let arr: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-            Error::Config("the stored node id is corrupted (not 8 bytes)".to_string())
-        })?;
+        let arr: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupted("the stored node id is not 8 bytes".to_string()))?;
         let id = u64::from_be_bytes(arr);
         if id == 0 || crate::id::node_of(id) != id {
-            return Err(Error::Config(format!(
+            return Err(Error::Corrupted(format!(
                 "the stored node id {id} is out of range"
             )));
         }
@@ -474,6 +475,30 @@ impl CoreShell {
         }
         for send in output.snapshot_sends {
             out.streams.send(send);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &std::path::Path) -> SledStore {
+        SledStore::open(dir, slog::Logger::root(slog::Discard, slog::o!())).expect("store")
+    }
+
+    #[test]
+    fn a_damaged_node_id_is_reported_as_corrupted_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path());
+        let batch = WriteBatch {
+            groups: Vec::new(),
+            meta: vec![(NODE_ID_KEY.to_string(), Some(vec![1, 2, 3]))],
+        };
+        store.write(&batch).expect("write");
+        match load_or_create_node_id(&store) {
+            Err(Error::Corrupted(what)) => assert!(what.contains("node id"), "{what}"),
+            other => panic!("expected Error::Corrupted, got {other:?}"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::data_structure::DataStructure;
+use crate::data_structure::{DataStructure, PROPOSALS_CAPACITY};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
@@ -91,7 +91,7 @@ impl CopyCat {
         }
         let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (sink, commit_rx, error_rx) = channel_sink();
-        let (propose_tx, propose_rx) = crossbeam_channel::unbounded();
+        let (propose_tx, propose_rx) = crossbeam_channel::bounded(PROPOSALS_CAPACITY);
         self.inner.send(Event::Subscribe {
             sub,
             group: id,

@@ -12,6 +12,11 @@ use crate::node::{Commit, Input, Waiter};
 use crate::node_handle::NodeHandle;
 use crate::runtime::{Ack, Event};
 
+/// Capacity of a subscription's fire-and-forget proposal channel
+/// ([`DataStructure::proposals`]). A bounded channel allocates its slots up front: 128
+/// cost 4 KiB per subscription.
+pub const PROPOSALS_CAPACITY: usize = 128;
+
 /// An application's handle on one replicated data structure: the seed's propose channel,
 /// commit channel, error channel and snapshot hooks.
 ///
@@ -33,7 +38,9 @@ impl DataStructure {
     }
 
     /// Fire-and-forget proposals: each message sent here is proposed once; failures
-    /// (too large, dropped, timed out) arrive on [`DataStructure::errors`].
+    /// (too large, dropped, timed out) arrive on [`DataStructure::errors`]. The channel
+    /// holds [`PROPOSALS_CAPACITY`] proposals: when the node falls behind, `send` waits
+    /// and `try_send` fails with `Full` (backpressure, nothing is dropped).
     pub fn proposals(&self) -> &Sender<Vec<u8>> {
         &self.proposals
     }
@@ -108,7 +115,7 @@ impl DataStructure {
         ack: Ack,
         input: impl FnOnce(Waiter) -> Input + Send + 'static,
     ) -> Result<()> {
-        self.node.send(Event::Call(ack, Box::new(input)))
+        self.node.try_send(Event::Call(ack, Box::new(input)))
     }
 
     /// Sends the input as a call and blocks until the core completes it.

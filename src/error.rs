@@ -51,6 +51,10 @@ pub enum Error {
     /// The snapshot asked for is not available (not taken yet, or superseded).
     #[error("snapshot unavailable: {0}")]
     SnapshotUnavailable(String),
+    /// The node's input queue is full (see the runtime's `INPUT_CAPACITY`): the call was
+    /// not made; retry after a pause.
+    #[error("the copycat node is overloaded: its input queue is full; retry later")]
+    Overloaded,
     /// The node is shutting down or stopped; nothing more is accepted.
     #[error("the copycat node is shut down")]
     Shutdown,

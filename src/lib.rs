@@ -79,7 +79,7 @@ pub mod storage;
 
 pub use config::Config;
 pub use copycat::CopyCat;
-pub use data_structure::DataStructure;
+pub use data_structure::{DataStructure, PROPOSALS_CAPACITY};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};

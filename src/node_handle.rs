@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
+use crossbeam_channel::TrySendError;
+
 use crate::error::{Error, Result};
 use crate::id::NodeId;
 use crate::runtime::{Event, NodeRuntime, PumpControl};
@@ -22,9 +24,19 @@ pub(crate) struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Sends an event to the core thread; fails once the node is shut down.
+    /// Sends an event to the core thread, waiting for room in its queue; fails once the
+    /// node is shut down. For the rare control events (subscribe, unsubscribe, queries).
     pub(crate) fn send(&self, event: impl Into<Event>) -> Result<()> {
         self.input.send(event.into()).map_err(|_| Error::Shutdown)
+    }
+
+    /// Sends an application's call (a proposal, a read barrier) without waiting: a full
+    /// queue fails it with [`Error::Overloaded`].
+    pub(crate) fn try_send(&self, event: Event) -> Result<()> {
+        self.input.try_send(event).map_err(|e| match e {
+            TrySendError::Full(_) => Error::Overloaded,
+            TrySendError::Disconnected(_) => Error::Shutdown,
+        })
     }
 
     /// The node's data dir.

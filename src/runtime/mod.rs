@@ -1,10 +1,34 @@
 //! The runtime: the only place with sockets, threads and clocks.
 //!
-//! One core thread owns the [`NodeCore`] and reads one input channel; after each drained
-//! burst of inputs it runs a round and performs the output. A storage thread writes the
-//! rounds' batches (merging whatever queued up into one write and one fsync) and reports
-//! them durable. A tokio runtime runs the TCP transport and UDP gossip. A proposal pump
-//! thread moves fire-and-forget proposals from subscriptions' channels into the core.
+//! One core thread owns the [`NodeCore`] and reads one event queue; after each drained
+//! burst of events it runs a round and performs the output. It keeps what the core only
+//! names: the closures waiting for calls (by waiter id), the subscriptions' snapshot
+//! providers (by subscription id) and the handover's completion.
+//!
+//! # Threads
+//! | thread | does | fed by |
+//! |---|---|---|
+//! | `copycat-core-<node>` | the core: events in, rounds out, ticks | the event queue |
+//! | `copycat-storage` | writes each round's batch (merging what queued), fsyncs | the core |
+//! | `copycat-snapshot` | calls snapshot providers, stores the files | the core |
+//! | `copycat-pump` | moves fire-and-forget proposals into the event queue | applications |
+//! | `copycat-snap-recv` | writes received snapshot chunks to files | peers |
+//! | `copycat-snap-send` | one per outgoing snapshot stream, while it lasts | the core |
+//! | `copycat-io-<node>` (2) | tokio: TCP transport, UDP gossip | sockets |
+//! | sled's I/O pool | sled's own flushes | the storage thread |
+//!
+//! # Queues and what happens when they fill
+//! | queue | bound | when full |
+//! |---|---|---|
+//! | core events | [`INPUT_CAPACITY`] | peer batches dropped (raft retransmits); proposals and read barriers fail with `Error::Overloaded`; the node's own threads wait |
+//! | a subscription's proposals | `PROPOSALS_CAPACITY` | `send` waits, `try_send` fails (backpressure) |
+//! | a subscription's commits | 4,096 (`subscriber.rs`) | delivery pauses and resumes from the log; nothing dropped |
+//! | a subscription's errors | 1,024 | errors dropped and logged |
+//! | frames to one peer | one frame's worth (`max_frame_bytes`) | the oldest frames dropped |
+//! | storage batches | unbounded, fed only by the core (a batch per round) | n/a |
+//! | snapshot requests | unbounded, at most one per group in flight | n/a |
+//! | received snapshot chunks | unbounded (not yet bounded: fed by peers) | n/a |
+//! | pump control | unbounded, one message per subscription | n/a |
 
 pub(crate) mod frame;
 pub(crate) mod gossip;
@@ -17,11 +41,12 @@ pub(crate) mod transport;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -56,6 +81,24 @@ const NODE_ID_KEY: &str = "node_id";
 /// Inputs are drained in bursts of at most this many before a round runs, so a flood of
 /// inputs cannot starve ticks and output.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// Capacity of the core thread's event queue. When it is full: peers' batches are dropped
+/// (raft retransmits, forwarded proposals are retried), applications' proposals and read
+/// barriers fail at once with [`Error::Overloaded`], and the node's own threads (storage,
+/// snapshots, gossip, the proposal pump) wait for room, which holds them back in turn.
+pub(crate) const INPUT_CAPACITY: usize = 16_384;
+
+/// Offers a peer's event to the core; a full queue drops it, logging the first drop and
+/// then every 1,024th.
+fn offer_from_peer(tx: &Sender<Event>, event: Event, dropped: &AtomicU64, logger: &slog::Logger) {
+    if let Err(TrySendError::Full(_)) = tx.try_send(event) {
+        let count = dropped.fetch_add(1, Ordering::Relaxed);
+        if count % 1024 == 0 {
+            slog::warn!(logger, "core input queue full: dropping peer traffic";
+                "dropped_so_far" => count + 1);
+        }
+    }
+}
 
 /// A query answered on the core thread (status pages, tests).
 pub(crate) type Query = Box<dyn FnOnce(&NodeCore) + Send>;
@@ -139,7 +182,7 @@ impl NodeRuntime {
             .thread_name(format!("copycat-io-{node_id}"))
             .enable_all()
             .build()?;
-        let (input_tx, input_rx) = crossbeam_channel::unbounded();
+        let (input_tx, input_rx) = crossbeam_channel::bounded(INPUT_CAPACITY);
         let streams = SnapshotStreams::start(store.clone(), input_tx.clone(), logger.clone())?;
         let transport = Arc::new(start_transport(
             &tokio, listener, &config, node_id, &input_tx, &streams, &logger,
@@ -314,6 +357,9 @@ fn start_transport(
     let batch_tx = input.clone();
     let streams = streams.clone();
     let unreachable_tx = input.clone();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (batch_dropped, batch_logger) = (dropped.clone(), logger.clone());
+    let unreachable_logger = logger.clone();
     let transport = Transport::start(
         tokio.handle(),
         listener,
@@ -332,11 +378,13 @@ fn start_transport(
                 streams.on_acks(from, std::mem::take(&mut batch.acks));
             }
             if batch.has_core_traffic() {
-                let _ = batch_tx.send(Input::Batch(from, batch).into());
+                let event = Input::Batch(from, batch).into();
+                offer_from_peer(&batch_tx, event, &batch_dropped, &batch_logger);
             }
         }),
         Arc::new(move |node| {
-            let _ = unreachable_tx.send(Input::Unreachable(node).into());
+            let event = Input::Unreachable(node).into();
+            offer_from_peer(&unreachable_tx, event, &dropped, &unreachable_logger);
         }),
     )?;
     Ok(transport)
@@ -485,6 +533,20 @@ mod tests {
 
     fn store(dir: &std::path::Path) -> SledStore {
         SledStore::open(dir, slog::Logger::root(slog::Discard, slog::o!())).expect("store")
+    }
+
+    #[test]
+    fn peer_traffic_is_dropped_and_counted_when_the_core_queue_is_full() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let dropped = AtomicU64::new(0);
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        offer_from_peer(&tx, Input::Unreachable(7).into(), &dropped, &logger);
+        offer_from_peer(&tx, Input::Unreachable(8).into(), &dropped, &logger);
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Event::Core(Input::Unreachable(7)))
+        ));
     }
 
     #[test]

@@ -10,21 +10,11 @@
 //! Prints each fault as it happens and a `RESULT` line at the end; exits 1 on a lost
 //! write. `tests/multiprocess.rs` runs a short version of the same driver.
 
-#[allow(dead_code)] // shared with the tests, which use other parts
-#[path = "common/chaos.rs"]
-mod chaos;
-#[allow(dead_code)]
-#[path = "common/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "common/http.rs"]
-mod http;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chaos::ChaosConfig;
-use cluster::ProcessCluster;
+use copycat_testkit::chaos::{self, ChaosConfig};
+use copycat_testkit::cluster::{self, ProcessCluster};
 
 const USAGE: &str = "usage: chaos [--nodes 3..5] [--seconds N] [--seed N] [--snapshot-interval N]";
 

@@ -10,18 +10,12 @@
 //! its data dir and watches it catch up, then prints a short report. Everything runs in a
 //! temp dir that is removed at the end; the nodes are killed on every exit path.
 
-#[allow(dead_code)] // shared with tests/multiprocess.rs, which uses other parts
-#[path = "common/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "common/http.rs"]
-mod http;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster::{wait_until, ProcessCluster, QUICK};
+use copycat_testkit::cluster::{self, wait_until, ProcessCluster, QUICK};
+use copycat_testkit::http;
 
 /// Keys written before the kill, and again while the leader is down.
 const KEYS_PER_PHASE: usize = 20;

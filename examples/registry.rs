@@ -14,10 +14,6 @@
 //! cargo run --example registry -- call --dc east --dir /tmp/east --peer <serve's gossip address>
 //! ```
 
-#[allow(dead_code)] // shared with the demo and tests, which use other parts
-#[path = "common/http.rs"]
-mod http;
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use copycat::registry::{PublishSettings, Registry, RegistryConfig, SubscribeOptions};
 use copycat::{Config, CopyCat};
+use copycat_testkit::http;
 
 const SERVICE: &str = "http:hello";
 const DEADLINE: Duration = Duration::from_secs(30);

@@ -6,16 +6,10 @@
 //! with one voter and it grew as the others joined, so a kill in that window blocked
 //! writes until the node returned.
 
-#[allow(dead_code)] // shared with examples/demo.rs, which uses other parts
-#[path = "../examples/common/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../examples/common/http.rs"]
-mod http;
-
 use std::time::{Duration, Instant};
 
-use cluster::{wait_until, ProcessCluster, QUICK};
+use copycat_testkit::cluster::{self, wait_until, ProcessCluster, QUICK};
+use copycat_testkit::http;
 use rand::{Rng, SeedableRng};
 
 /// Fresh clusters to kill a leader in (`COPYCAT_BOOTSTRAP_TRIALS` overrides).

@@ -1,13 +1,11 @@
 //! Multi-node behaviour of in-process clusters on loopback.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{collect, no_snapshot, wait_until, Cluster};
 use copycat::{Config, CopyCat, Error};
+use copycat_testkit::in_process::{self, collect, no_snapshot, wait_until, Cluster};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -244,7 +242,7 @@ fn oversized_proposals_and_bad_ids_are_clear_errors() {
     let root = tempfile::tempdir().unwrap();
     let config = Config {
         max_proposal_bytes: 1024,
-        ..common::config(root.path(), Vec::new())
+        ..in_process::config(root.path(), Vec::new())
     };
     let node = CopyCat::start(config).unwrap();
     assert!(matches!(
@@ -283,13 +281,13 @@ fn oversized_proposals_and_bad_ids_are_clear_errors() {
 #[test]
 fn a_second_node_on_the_same_data_dir_is_refused() {
     let root = tempfile::tempdir().unwrap();
-    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
-    let second = CopyCat::start(common::config(root.path(), Vec::new()));
+    let node = CopyCat::start(in_process::config(root.path(), Vec::new())).unwrap();
+    let second = CopyCat::start(in_process::config(root.path(), Vec::new()));
     assert!(matches!(second, Err(Error::DataDirLocked(_))), "{second:?}");
     let id = node.node_id();
     node.shutdown();
     drop(node);
-    let again = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let again = CopyCat::start(in_process::config(root.path(), Vec::new())).unwrap();
     assert_eq!(again.node_id(), id, "the node id persists");
 }
 
@@ -309,7 +307,7 @@ fn fire_and_forget_proposals_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_inside_a_tokio_runtime() {
     let root = tempfile::tempdir().unwrap();
-    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let node = CopyCat::start(in_process::config(root.path(), Vec::new())).unwrap();
     let ds = node
         .subscribe(node.new_data_structure_id(), no_snapshot)
         .unwrap();
@@ -322,7 +320,7 @@ async fn works_inside_a_tokio_runtime() {
 #[tokio::test(flavor = "current_thread")]
 async fn starts_and_stops_inside_a_single_threaded_runtime() {
     let root = tempfile::tempdir().unwrap();
-    let node = CopyCat::start(common::config(root.path(), Vec::new())).unwrap();
+    let node = CopyCat::start(in_process::config(root.path(), Vec::new())).unwrap();
     let ds = node
         .subscribe(node.new_data_structure_id(), no_snapshot)
         .unwrap();

@@ -2,13 +2,11 @@
 //! nodes are up, and a group created in a smaller cluster grows straight to three voters,
 //! never through two.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{config, no_snapshot, wait_until};
 use copycat::{Config, CopyCat, DataStructureId};
+use copycat_testkit::in_process::{config, no_snapshot, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

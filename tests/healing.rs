@@ -1,10 +1,8 @@
 //! Self-healing: replicas on a node that stays dead are replaced elsewhere.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{collect, no_snapshot, wait_until, Cluster};
+use copycat_testkit::in_process::{collect, no_snapshot, wait_until, Cluster};
 
 const T: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(2);

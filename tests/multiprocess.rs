@@ -2,22 +2,13 @@
 //! keeps writing, restart it on the same data dir and ports, and check that no
 //! acknowledged write is lost and that every node ends up serving every one of them.
 
-#[allow(dead_code)] // shared with examples/chaos.rs, which uses other parts
-#[path = "../examples/common/chaos.rs"]
-mod chaos;
-#[allow(dead_code)] // shared with examples/demo.rs, which uses other parts
-#[path = "../examples/common/cluster.rs"]
-mod cluster;
-#[allow(dead_code)]
-#[path = "../examples/common/http.rs"]
-mod http;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chaos::{check_all_readable, ChaosConfig, Writer, PUT_TIMEOUT};
-use cluster::{wait_until, ProcessCluster};
+use copycat_testkit::chaos::{self, check_all_readable, ChaosConfig, Writer, PUT_TIMEOUT};
+use copycat_testkit::cluster::{self, wait_until, ProcessCluster};
+use copycat_testkit::http;
 
 /// Deadline for each phase (formation, failover, catch-up, final reads); generous for a
 /// loaded two-core machine, while a healthy run needs a few seconds per phase at most.

@@ -1,16 +1,15 @@
 //! The service registry across real nodes on loopback: 3 nodes, 2 datacenters (nodes 0 and
 //! 1 in `east`, node 2 in `west`), one registry per node.
-mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Cluster};
 use copycat::registry::{
     Change, Distance, PublishSettings, Registry, RegistryConfig, RegistryError, RemovalReason,
     SubscribeOptions, WatchEvent,
 };
 use copycat::Config;
+use copycat_testkit::in_process::{wait_until, Cluster};
 
 const WAIT: Duration = Duration::from_secs(30);
 const GRACE: Duration = Duration::from_secs(3);

@@ -1,14 +1,12 @@
 //! Snapshots and log compaction: bounded logs, restart from a snapshot, catch-up of a new
 //! replica from a snapshot.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{wait_until, Cluster};
 use copycat::{Commit, Config, CopyCat, DataStructure, DataStructureId};
+use copycat_testkit::in_process::{wait_until, Cluster};
 
 /// Generous: the 100 MiB test writes and streams a lot on a loaded 2-core machine.
 const T: Duration = Duration::from_secs(120);

@@ -1,7 +1,7 @@
 //! A deliberately tiny blocking HTTP/1.1 client, enough to drive the hashmap example.
 //!
-//! Shared by `examples/demo.rs` and `tests/multiprocess.rs` (both include it with
-//! `#[path]`), so neither needs an HTTP client crate. Every request opens a fresh
+//! Used by the examples and tests that drive processes (and by [`crate::cluster`] and
+//! [`crate::chaos`]), so none of them needs an HTTP client crate. Every request opens a fresh
 //! connection with `Connection: close` and reads the response to EOF; that keeps the code
 //! free of connection reuse and pipelining, which a demo and a test do not need.
 
@@ -65,6 +65,7 @@ pub fn delete(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<Res
     request(addr, "DELETE", path, &[], timeout)
 }
 
+/// An `InvalidData` error: the response is malformed.
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }

@@ -1,8 +1,8 @@
 //! Runs `hashmap` example processes on loopback: start, wait for READY, query `/status`,
 //! kill -9, restart on the same data dir and ports, and kill everything on drop.
 //!
-//! Shared by `examples/demo.rs` and `tests/multiprocess.rs` (both include it with
-//! `#[path]`, next to `http.rs`, which it uses as `super::http`).
+//! Used by `examples/demo.rs`, `examples/chaos.rs`, `tests/multiprocess.rs` and
+//! `tests/bootstrap.rs`; talks to the nodes through [`crate::http`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::http;
+use crate::http;
 
 /// Timeout of one `/status` or `GET` request.
 pub const QUICK: Duration = Duration::from_secs(3);
@@ -40,16 +40,26 @@ pub fn hashmap_path() -> Result<PathBuf, String> {
     example_path("hashmap")
 }
 
+/// The copycat package's directory (its `Cargo.toml`, `examples/`, `tests/`): the parent
+/// of this crate's, which is copycat's `testkit/`. `cargo build --example` runs there.
+///
+/// This crate's own `CARGO_MANIFEST_DIR` is `testkit/`, where cargo would find only this
+/// crate, which has no examples.
+pub fn copycat_dir() -> &'static Path {
+    let testkit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit
+        .parent()
+        .expect("copycat-testkit lives in a directory of the copycat package")
+}
+
 /// The hashmap example, built once per process with the running executable's profile
 /// (tests get no `CARGO_BIN_EXE_*` for examples, and a stale binary would test old code).
+///
+/// Builds with the cargo that built this crate, in [`copycat_dir`].
 pub fn built_hashmap() -> Result<PathBuf, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        cargo_build_example(
-            Path::new(env!("CARGO")),
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-            "hashmap",
-        )?;
+        cargo_build_example(Path::new(env!("CARGO")), copycat_dir(), "hashmap")?;
         let bin = hashmap_path()?;
         if !bin.exists() {
             return Err(format!("{} missing after the build", bin.display()));
@@ -59,7 +69,8 @@ pub fn built_hashmap() -> Result<PathBuf, String> {
     .clone()
 }
 
-/// Runs `cargo build --example <name>` with the running executable's profile.
+/// Runs `cargo build --example <name>` in `manifest_dir` (normally [`copycat_dir`]) with
+/// the running executable's profile.
 pub fn cargo_build_example(cargo: &Path, manifest_dir: &Path, name: &str) -> Result<(), String> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(manifest_dir)
@@ -201,6 +212,11 @@ impl ProcessCluster {
     /// Nodes started so far (running or killed).
     pub fn len(&self) -> usize {
         self.infos.len()
+    }
+
+    /// Whether no node was started yet.
+    pub fn is_empty(&self) -> bool {
+        self.infos.is_empty()
     }
 
     /// Node `i`'s addresses and id, as of its last READY line.

@@ -1,5 +1,7 @@
-//! Shared helpers for integration tests: in-process clusters on loopback with temp dirs.
-#![allow(dead_code)]
+//! Helpers for integration tests: in-process clusters on loopback with temp dirs.
+//!
+//! Used by `tests/cluster.rs`, `tests/formation.rs`, `tests/healing.rs`,
+//! `tests/registry.rs` and `tests/snapshots.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,6 +33,7 @@ pub fn config(dir: &Path, peers: Vec<String>) -> Config {
     }
 }
 
+/// Discards everything, or logs to stderr when `COPYCAT_TEST_LOG` is set.
 fn logger() -> slog::Logger {
     use slog::Drain;
     if std::env::var_os("COPYCAT_TEST_LOG").is_none() {
@@ -43,7 +46,9 @@ fn logger() -> slog::Logger {
 
 /// An in-process cluster; every node has its own data dir under one temp dir.
 pub struct Cluster {
+    /// The temp dir holding every node's data dir (see [`Cluster::dir`]).
     pub root: tempfile::TempDir,
+    /// The nodes by index; `None` while stopped (see [`Cluster::stop`]).
     pub nodes: Vec<Option<CopyCat>>,
     /// `Config::dead_node_grace` of every node.
     pub dead_node_grace: Duration,
@@ -80,6 +85,7 @@ impl Cluster {
         Self::launch(datacenters.len(), grace, tweak, datacenters)
     }
 
+    /// Starts `n` nodes with these settings and waits until they all see each other.
     fn launch(
         n: usize,
         dead_node_grace: Duration,
@@ -102,10 +108,12 @@ impl Cluster {
         cluster
     }
 
+    /// Node `i`'s data dir (kept across restarts).
     pub fn dir(&self, i: usize) -> PathBuf {
         self.root.path().join(format!("node{i}"))
     }
 
+    /// Whom a new node joins through: the first running node's gossip address, if any.
     fn peers(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -123,6 +131,7 @@ impl Cluster {
         i
     }
 
+    /// Node `i`'s config: [`config`] with this cluster's settings and `tweak` applied.
     fn node_config(&self, i: usize, peers: Vec<String>) -> Config {
         let base = config(&self.dir(i), peers);
         (self.tweak)(Config {
@@ -137,10 +146,12 @@ impl Cluster {
         })
     }
 
+    /// Node `i`; panics if it is stopped.
     pub fn node(&self, i: usize) -> &CopyCat {
         self.nodes[i].as_ref().expect("node is running")
     }
 
+    /// The running nodes.
     pub fn running(&self) -> impl Iterator<Item = &CopyCat> {
         self.nodes.iter().flatten()
     }
@@ -206,6 +217,8 @@ pub fn collect(ds: &DataStructure, count: usize, timeout: Duration) -> Vec<(u64,
     out
 }
 
+/// A snapshot provider with nothing to snapshot, for `CopyCat::subscribe` in tests that do
+/// not exercise snapshots.
 pub fn no_snapshot() -> Option<(u64, Vec<u8>)> {
     None
 }

@@ -3,16 +3,15 @@
 //! restart, while it may be streaming a snapshot to the restarted node); afterwards every
 //! acknowledged write must be readable, with its value, on every node.
 //!
-//! Shared by `examples/chaos.rs` (the long run) and `tests/multiprocess.rs` (a short one);
-//! both include it with `#[path]`, next to `cluster.rs` and `http.rs`.
+//! Used by `examples/chaos.rs` (the long run) and `tests/multiprocess.rs` (a short one).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::cluster::{wait_until, ProcessCluster, QUICK};
-use super::http;
+use crate::cluster::{wait_until, ProcessCluster, QUICK};
+use crate::http;
 
 /// Client timeout of one PUT: the node's commit wait (5 s) plus its apply wait, and slack.
 pub const PUT_TIMEOUT: Duration = Duration::from_secs(12);
@@ -23,15 +22,19 @@ pub const PHASE: Duration = Duration::from_secs(60);
 /// One write the cluster acknowledged with a 200.
 #[derive(Debug, Clone)]
 pub struct Acked {
+    /// The key written (`w<thread>-<n>`, each written once).
     pub key: String,
+    /// The value written under it.
     pub value: String,
     /// The node it was sent to.
     pub via: usize,
-    /// When the PUT was sent and when its 200 arrived.
+    /// When the PUT was sent.
     pub sent: Instant,
+    /// When its 200 arrived.
     pub at: Instant,
 }
 
+/// Locks `m`, tolerating poison (a panicked writer must not hide the others' writes).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -81,6 +84,7 @@ impl Writer {
     }
 }
 
+/// Writer thread `t`'s loop; returns how many of its writes failed or had no known outcome.
 fn write_until_stopped(
     t: usize,
     addrs: &[SocketAddr],
@@ -145,21 +149,30 @@ pub fn check_all_readable(nodes: &ProcessCluster, i: usize, acked: &[Acked]) -> 
 /// The shape of a chaos run.
 #[derive(Debug, Clone)]
 pub struct ChaosConfig {
+    /// Nodes in the cluster (the faults keep a majority running).
     pub nodes: usize,
+    /// How long faults are injected, before healing and checking.
     pub duration: Duration,
+    /// Seed of the fault schedule (the same seed gives the same sequence of decisions).
     pub seed: u64,
     /// Given to every node, small so restarted nodes catch up from snapshots.
     pub snapshot_interval: u64,
+    /// Concurrent writer threads (see [`Writer`]).
     pub writers: usize,
 }
 
 /// What a chaos run did.
 #[derive(Debug, Clone, Default)]
 pub struct ChaosReport {
+    /// Nodes killed with SIGKILL, leaders after a restart included.
     pub kills: usize,
+    /// Of those, leaders killed right after another node's restart.
     pub leader_kills_after_restart: usize,
+    /// Killed nodes restarted on their data dirs.
     pub restarts: usize,
+    /// Writes acknowledged (each one checked on every node).
     pub acked: usize,
+    /// Writes that failed or whose outcome is unknown (not checked).
     pub failed: usize,
 }
 
@@ -260,6 +273,7 @@ fn step(
     Ok(())
 }
 
+/// Restarts killed node `i`, joining through the running nodes, and counts it.
 fn restart(nodes: &mut ProcessCluster, i: usize, report: &mut ChaosReport) -> Result<(), String> {
     let peers: Vec<SocketAddr> = (0..nodes.len())
         .filter(|j| *j != i && nodes.is_running(*j))

@@ -25,7 +25,7 @@ impl NodeCore {
         };
         let mut nodes: Vec<NodeId> = member_nodes(raft.log().conf_state());
         if group.is_system() {
-            nodes.extend(self.members.keys().copied());
+            nodes.extend(self.members.ids());
         } else if let Some(record) = self.directory.get(group) {
             nodes.extend(record.replicas().map(node_of));
         }

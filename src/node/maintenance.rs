@@ -56,7 +56,7 @@ impl NodeCore {
 
     /// Whether `node` is this node or an alive member.
     pub(super) fn is_alive(&self, node: NodeId) -> bool {
-        node == self.me || self.members.get(&node).is_some_and(|m| m.alive)
+        node == self.me || self.members.is_alive(node)
     }
 
     /// Whether gossip has considered `node` down for longer than the grace period, or has
@@ -64,25 +64,16 @@ impl NodeCore {
     /// after a peer's death was gossiped never hears of that peer).
     pub(super) fn is_dead_for_good(&self, node: NodeId) -> bool {
         let grace = self.cfg.dead_node_grace_ms;
-        match self.members.get(&node) {
-            Some(m) => {
-                !m.alive
-                    && m.down_since_ms
-                        .is_some_and(|since| since + grace <= self.now_ms)
-            }
-            None => node != self.me && self.started_ms.is_some_and(|t| t + grace <= self.now_ms),
+        if self.members.knows(node) {
+            return self.members.down_for(node, grace, self.now_ms);
         }
+        node != self.me && self.started_ms.is_some_and(|t| t + grace <= self.now_ms)
     }
 
     /// Alive nodes with their datacenters, this one included.
     pub(super) fn alive_nodes(&self) -> Vec<(NodeId, &str)> {
         let mut nodes = vec![(self.me, self.cfg.me.datacenter.as_str())];
-        nodes.extend(
-            self.members
-                .iter()
-                .filter(|(_, m)| m.alive)
-                .map(|(id, m)| (*id, m.info.datacenter.as_str())),
-        );
+        nodes.extend(self.members.alive());
         nodes
     }
 

@@ -26,7 +26,7 @@ pub(crate) mod subscription;
 mod tombstone;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ use crate::storage::{GroupWrite, LogStore, WriteBatch};
 
 use directory::Directory;
 pub(crate) use input::{Input, Waiter};
+use member::Members;
 pub(crate) use member::{MembershipEvent, NodeInfo};
 use proposal::{InFlight, Proposal};
 pub use status::{GroupStatus, MemberStatus, NodeStats};
@@ -148,14 +149,6 @@ pub(crate) struct SnapshotSend {
     pub ids: crate::storage::ProposalIds,
 }
 
-/// A node as this node sees it.
-struct Member {
-    info: NodeInfo,
-    alive: bool,
-    /// When gossip declared it down (it is replaced after `dead_node_grace_ms`).
-    down_since_ms: Option<u64>,
-}
-
 /// Metadata key holding this node's replica id in `group` (absent: incarnation 0, the
 /// node id itself).
 fn replica_key(group: DataStructureId) -> String {
@@ -171,7 +164,7 @@ pub(crate) struct NodeCore {
     now_ms: u64,
     ticks: u64,
     groups: Map<DataStructureId, RaftGroup>,
-    members: BTreeMap<NodeId, Member>,
+    members: Members,
     directory: Directory,
     /// Index of the last system-group entry applied to `directory`.
     directory_applied: u64,
@@ -238,7 +231,7 @@ impl NodeCore {
             now_ms: 0,
             ticks: 0,
             groups: Map::default(),
-            members: BTreeMap::new(),
+            members: Members::default(),
             directory: Directory::default(),
             directory_applied: 0,
             subs: Map::default(),
@@ -436,43 +429,28 @@ impl NodeCore {
     /// A change in gossip's membership view.
     pub(crate) fn handle_membership(&mut self, now_ms: u64, event: MembershipEvent) {
         self.now_ms = now_ms;
-        match event {
-            MembershipEvent::Up(info) if info.node_id != self.me => {
-                let changed = self
-                    .members
-                    .get(&info.node_id)
-                    .is_none_or(|m| m.info != info || !m.alive);
-                if changed {
-                    slog::info!(self.cfg.logger, "member up"; "peer" => info.node_id, "addr" => %info.raft_addr);
-                    let member = Member {
-                        info,
-                        alive: true,
-                        down_since_ms: None,
-                    };
-                    self.members.insert(member.info.node_id, member);
-                    self.record_known_peers();
-                    self.wake_all();
-                    self.bootstrap_when_expected_nodes_are_up();
-                }
+        let peer = match &event {
+            MembershipEvent::Up(info) => info.node_id,
+            MembershipEvent::Down(node) => *node,
+        };
+        match self.members.apply(self.me, now_ms, event) {
+            member::Change::Up => {
+                let addr = self.members.raft_addr(peer);
+                slog::info!(self.cfg.logger, "member up"; "peer" => peer, "addr" => ?addr);
+                self.record_known_peers();
+                self.wake_all();
+                self.bootstrap_when_expected_nodes_are_up();
             }
-            MembershipEvent::Up(_) => {}
-            MembershipEvent::Down(node) => {
-                if let Some(member) = self.members.get_mut(&node) {
-                    slog::info!(self.cfg.logger, "member down"; "peer" => node);
-                    member.alive = false;
-                    member.down_since_ms.get_or_insert(now_ms);
-                    self.wake_all();
-                }
+            member::Change::Down => {
+                slog::info!(self.cfg.logger, "member down"; "peer" => peer);
+                self.wake_all();
             }
+            member::Change::None => {}
         }
     }
 
     fn record_known_peers(&mut self) {
-        let peers: Vec<String> = self
-            .members
-            .values()
-            .map(|m| m.info.gossip_addr.to_string())
-            .collect();
+        let peers = self.members.gossip_addrs();
         self.round_meta.push((
             KNOWN_PEERS_KEY.to_string(),
             Some(peers.join(",").into_bytes()),

@@ -73,10 +73,9 @@ impl NodeCore {
             let hosting = hosting_nodes(&cs);
             let missing = self
                 .members
-                .iter()
-                .filter(|(id, m)| m.alive && !hosting.contains(id))
-                .map(|(id, _)| *id)
-                .next();
+                .alive()
+                .map(|(id, _)| id)
+                .find(|id| !hosting.contains(id));
             if let Some(node) = missing {
                 let replica = self.fresh_replica(group, node);
                 self.change_conf(group, &[(ConfChangeType::AddLearnerNode, replica)]);
@@ -105,9 +104,7 @@ impl NodeCore {
             if node == self.me {
                 &self.cfg.me.datacenter
             } else {
-                self.members
-                    .get(&node)
-                    .map_or("", |m| m.info.datacenter.as_str())
+                self.members.datacenter(node).unwrap_or("")
             }
         };
         let covered: Vec<&str> = cs
@@ -166,7 +163,7 @@ impl NodeCore {
             return;
         };
         let replica = join.replica_id;
-        if node_of(replica) != join.node_id || !self.members.contains_key(&join.node_id) {
+        if node_of(replica) != join.node_id || !self.members.knows(join.node_id) {
             return;
         }
         if self.was_removed(group, replica) {

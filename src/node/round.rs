@@ -164,8 +164,8 @@ impl NodeCore {
     pub(super) fn take_sends(&mut self) -> Vec<(NodeId, SocketAddr, proto::Batch)> {
         let mut out = Vec::with_capacity(self.sends.len());
         for (node, batch) in self.sends.drain() {
-            match self.members.get(&node) {
-                Some(member) => out.push((node, member.info.raft_addr, batch)),
+            match self.members.raft_addr(node) {
+                Some(addr) => out.push((node, addr, batch)),
                 None => {
                     slog::debug!(self.cfg.logger, "no address for node, dropping its messages"; "peer" => node);
                 }

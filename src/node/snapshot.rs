@@ -165,7 +165,7 @@ impl NodeCore {
     /// file to the receiver in chunks and delivers the message after it.
     pub(super) fn stream_snapshot(&mut self, group: DataStructureId, index: u64, msg: Message) {
         let (to, replica) = (node_of(msg.to), msg.to);
-        let addr = self.members.get(&to).map(|m| m.info.raft_addr);
+        let addr = self.members.raft_addr(to);
         let (Some(addr), Ok(message)) = (addr, msg.write_to_bytes()) else {
             if let Some(raft) = self.groups.get_mut(&group) {
                 raft.report_snapshot(replica, false);
@@ -212,12 +212,16 @@ impl NodeCore {
             .collect();
         for replica in others {
             let to = node_of(replica);
-            let Some(member) = self.members.get(&to).filter(|m| m.alive) else {
+            let Some(addr) = self
+                .members
+                .raft_addr(to)
+                .filter(|_| self.members.is_alive(to))
+            else {
                 continue;
             };
             self.snapshot_sends.push(SnapshotSend {
                 to,
-                addr: member.info.raft_addr,
+                addr,
                 replica,
                 group,
                 index: meta.index,

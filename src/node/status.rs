@@ -73,16 +73,19 @@ impl NodeCore {
             state: "alive".to_string(),
             down_for: None,
         }];
-        out.extend(self.members.values().map(|m| MemberStatus {
-            node_id: m.info.node_id,
-            addr: m.info.raft_addr.to_string(),
-            datacenter: m.info.datacenter.clone(),
-            state: if m.alive { "alive" } else { "down" }.to_string(),
-            down_for:
-                m.down_since_ms.filter(|_| !m.alive).map(|since| {
-                    std::time::Duration::from_millis(self.now_ms.saturating_sub(since))
+        out.extend(
+            self.members
+                .statuses()
+                .map(|(info, alive, down_since_ms)| MemberStatus {
+                    node_id: info.node_id,
+                    addr: info.raft_addr.to_string(),
+                    datacenter: info.datacenter.clone(),
+                    state: if alive { "alive" } else { "down" }.to_string(),
+                    down_for: down_since_ms.map(|since| {
+                        std::time::Duration::from_millis(self.now_ms.saturating_sub(since))
+                    }),
                 }),
-        }));
+        );
         out
     }
 

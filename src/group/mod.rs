@@ -87,17 +87,9 @@ pub(crate) struct RaftGroup {
     conf_history: Vec<(u64, ConfState)>,
     /// Bytes of entries applied since the latest snapshot.
     bytes_since_snapshot: u64,
-    /// A snapshot of this replica is being taken.
-    pub snapshotting: bool,
-    /// No snapshot is asked for before this applied index (after one was declined).
-    pub snapshot_not_before: u64,
-    /// When this replica last asked others for a snapshot (ms, node clock).
-    pub snapshot_asked_ms: u64,
-    /// When this replica last took a snapshot because another asked (ms, node clock).
-    pub snapshot_forced_ms: u64,
     /// Index of the last application entry applied (on opening: found in the log, or the
     /// snapshot's index if the log after it holds none).
-    pub last_entry_applied: u64,
+    last_entry_applied: u64,
     /// Proposals that entered the log lately (duplicate forwarded proposals are dropped).
     recent: RecentProposals,
     /// Consecutive ticks without a known leader.
@@ -151,15 +143,11 @@ impl RaftGroup {
             last_leader: 0,
             conf_history,
             bytes_since_snapshot: 0,
-            snapshotting: false,
-            snapshot_not_before: 0,
             last_entry_applied,
             recent: RecentProposals::default(),
             leaderless_ticks: 0,
             quiet_ticks: 0,
             unheard_ticks: 0,
-            snapshot_asked_ms: 0,
-            snapshot_forced_ms: 0,
         };
         group.randomize_timeout_if_changed(rng);
         Ok(group)
@@ -575,6 +563,18 @@ impl RaftGroup {
             self.raw.mut_store().on_persisted(index);
         }
         Some(released)
+    }
+
+    /// Index of the last application entry applied (not a second copy, a no-op or a
+    /// configuration change): a snapshot whose state includes it covers all that was
+    /// applied.
+    pub(crate) fn last_entry_applied(&self) -> u64 {
+        self.last_entry_applied
+    }
+
+    /// The application entry at `index` was applied.
+    pub(crate) fn note_entry_applied(&mut self, index: u64) {
+        self.last_entry_applied = index;
     }
 
     /// Records that entries up to `index` were handed to the state machines.

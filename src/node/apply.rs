@@ -58,6 +58,7 @@ impl NodeCore {
         let Some(raft) = self.groups.remove(&group) else {
             return;
         };
+        self.pacing.remove(&group);
         self.remember_deleted(group, raft.replica_id());
         slog::info!(self.cfg.logger, "replica removed from its group; deleting it"; "group" => %group);
         let mut write = crate::storage::GroupWrite::new(group);
@@ -125,7 +126,7 @@ impl NodeCore {
         };
         if let Some(group) = self.groups.get_mut(&id) {
             if group.log().first_copy(entry).is_some() {
-                group.last_entry_applied = entry.index;
+                group.note_entry_applied(entry.index);
             }
         }
         self.acknowledge(id, entry.index, ctx);

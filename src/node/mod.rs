@@ -213,6 +213,8 @@ pub(crate) struct NodeCore {
     handover: Option<leadership::Handover>,
     /// Completions for this round's output.
     completions: Vec<(Waiter, crate::Result<u64>)>,
+    /// The pacing of each data group's snapshots (see `snapshot.rs`).
+    pacing: Map<DataStructureId, snapshot::Pacing>,
 }
 
 impl NodeCore {
@@ -256,6 +258,7 @@ impl NodeCore {
             stopped: false,
             handover: None,
             completions: Vec::new(),
+            pacing: Map::default(),
             removed_seen: Map::default(),
             deleted: Map::default(),
             pending_removal: Vec::new(),

@@ -17,6 +17,19 @@ use super::{NodeCore, SnapshotRequest, SnapshotSend};
 use crate::error::Error;
 use crate::id::{node_of, DataStructureId};
 
+/// When this node last did what for a group's snapshots: the pacing of its requests.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Pacing {
+    /// A snapshot of the replica is being taken.
+    taking: bool,
+    /// No snapshot is asked for before this applied index (after one was declined).
+    not_before: u64,
+    /// When this replica last asked others for a snapshot (ms, node clock; 0: never).
+    asked_ms: u64,
+    /// When this replica last took a snapshot because another asked (ms; 0: never).
+    forced_ms: u64,
+}
+
 /// How often a replica without a subscriber asks the others for a snapshot.
 const SNAPSHOT_ASK_PERIOD_MS: u64 = 1_000;
 /// How often a replica takes a snapshot because another one asked.
@@ -31,7 +44,8 @@ impl NodeCore {
         let bytes = raft.note_applied_bytes(applied_bytes);
         let entries = raft.applied().saturating_sub(raft.log().snapshot_index());
         let due = entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
-        if due && raft.applied() >= raft.snapshot_not_before {
+        let not_before = self.pacing.get(&group).map_or(0, |p| p.not_before);
+        if due && raft.applied() >= not_before {
             self.request_snapshot(group);
         }
     }
@@ -57,13 +71,14 @@ impl NodeCore {
     /// Asks every other replica of `group` for a fresh snapshot (at most once a second).
     fn ask_for_snapshot(&mut self, group: DataStructureId) {
         let now = self.now_ms;
-        let Some(raft) = self.groups.get_mut(&group) else {
+        let Some(raft) = self.groups.get(&group) else {
             return;
         };
-        if raft.snapshot_asked_ms > 0 && now < raft.snapshot_asked_ms + SNAPSHOT_ASK_PERIOD_MS {
+        let pacing = self.pacing.entry(group).or_default();
+        if pacing.asked_ms > 0 && now < pacing.asked_ms + SNAPSHOT_ASK_PERIOD_MS {
             return;
         }
-        raft.snapshot_asked_ms = now;
+        pacing.asked_ms = now;
         let cs = raft.log().conf_state();
         let nodes: Vec<_> = cs
             .voters
@@ -88,14 +103,14 @@ impl NodeCore {
         if !self.subs_by_group.contains_key(&group) {
             return;
         }
-        let Some(raft) = self.groups.get_mut(&group) else {
-            return;
-        };
-        if raft.snapshot_forced_ms > 0 && now < raft.snapshot_forced_ms + FORCED_SNAPSHOT_PERIOD_MS
-        {
+        if !self.groups.contains_key(&group) {
             return;
         }
-        raft.snapshot_forced_ms = now;
+        let pacing = self.pacing.entry(group).or_default();
+        if pacing.forced_ms > 0 && now < pacing.forced_ms + FORCED_SNAPSHOT_PERIOD_MS {
+            return;
+        }
+        pacing.forced_ms = now;
         self.request_snapshot(group);
     }
 
@@ -105,11 +120,12 @@ impl NodeCore {
         if group.is_system() {
             return;
         }
-        let Some(raft) = self.groups.get_mut(&group) else {
+        let Some(raft) = self.groups.get(&group) else {
             return;
         };
         let min_index = raft.log().snapshot_index() + 1;
-        if raft.snapshotting || raft.applied() < min_index {
+        let taking = self.pacing.get(&group).is_some_and(|p| p.taking);
+        if taking || raft.applied() < min_index {
             return;
         }
         let sub = self.subs_by_group.get(&group).and_then(|subs| {
@@ -124,11 +140,11 @@ impl NodeCore {
             return;
         }
         let last_entry_index = if max_index == raft.applied() {
-            raft.last_entry_applied
+            raft.last_entry_applied()
         } else {
             max_index
         };
-        raft.snapshotting = true;
+        self.pacing.entry(group).or_default().taking = true;
         self.snapshot_requests.push(SnapshotRequest {
             group,
             sub: sub_id,
@@ -140,10 +156,12 @@ impl NodeCore {
 
     /// The snapshot of `group` at `index` is stored: compact the log under it.
     pub(crate) fn handle_snapshot_taken(&mut self, group: DataStructureId, index: u64) {
+        if let Some(pacing) = self.pacing.get_mut(&group) {
+            pacing.taking = false;
+        }
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        raft.snapshotting = false;
         match raft.compact_to(index) {
             Some((meta, ids)) => {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
@@ -278,9 +296,10 @@ impl NodeCore {
         group: DataStructureId,
         reason: Option<String>,
     ) {
-        if let Some(raft) = self.groups.get_mut(&group) {
-            raft.snapshotting = false;
-            raft.snapshot_not_before = raft.applied() + self.cfg.snapshot_interval;
+        if let Some(raft) = self.groups.get(&group) {
+            let pacing = self.pacing.entry(group).or_default();
+            pacing.taking = false;
+            pacing.not_before = raft.applied() + self.cfg.snapshot_interval;
         }
         let Some(reason) = reason else {
             return;

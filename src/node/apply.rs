@@ -162,12 +162,8 @@ impl NodeCore {
         if node != self.me {
             return;
         }
-        if let Some(flight) = self.in_flight.remove(&seq) {
-            if flight.group == id {
-                self.complete(flight.waiter, Ok(index));
-            } else {
-                self.in_flight.insert(seq, flight);
-            }
+        if let Some(flight) = self.pending.land(seq, id) {
+            self.complete(flight.waiter, Ok(index));
         }
     }
 

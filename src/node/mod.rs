@@ -15,6 +15,7 @@ mod leadership;
 mod maintenance;
 pub mod member;
 mod messages;
+mod pending;
 pub(crate) mod placement;
 pub(crate) mod proposal;
 mod read;
@@ -26,7 +27,7 @@ pub(crate) mod subscription;
 mod tombstone;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use directory::Directory;
 pub(crate) use input::{Input, Waiter};
 use member::Members;
 pub(crate) use member::{MembershipEvent, NodeInfo};
-use proposal::{InFlight, Proposal};
+use pending::Pending;
 pub use status::{GroupStatus, MemberStatus, NodeStats};
 pub use subscription::Commit;
 use subscription::{Delivery, SubId, SubscriberSink, Subscription};
@@ -174,8 +175,8 @@ pub(crate) struct NodeCore {
     lagging: Set<SubId>,
     /// Groups a local subscriber waits for: to be created, or to get a replica here.
     wanted: Set<DataStructureId>,
-    queued: Map<DataStructureId, VecDeque<Proposal>>,
-    in_flight: Map<u64, InFlight>,
+    /// Local callers' proposals, queued or in flight.
+    pending: Pending,
     reads: Map<u64, read::PendingRead>,
     next_seq: u64,
     /// When this core saw its first tick.
@@ -240,8 +241,7 @@ impl NodeCore {
             subs_by_group: Map::default(),
             lagging: Set::default(),
             wanted: Set::default(),
-            queued: Map::default(),
-            in_flight: Map::default(),
+            pending: Pending::default(),
             reads: Map::default(),
             next_seq,
             started_ms: None,
@@ -493,7 +493,7 @@ impl NodeCore {
         for sub in self.subs.values() {
             sub.report(error.clone());
         }
-        for (_, flight) in std::mem::take(&mut self.in_flight) {
+        for flight in self.pending.take_in_flight() {
             self.complete(flight.waiter, Err(error.clone()));
         }
     }
@@ -540,13 +540,11 @@ impl NodeCore {
     /// Stops accepting work and fails every waiter with [`Error::Shutdown`].
     pub(crate) fn shutdown(&mut self) {
         self.stopped = true;
-        for (_, f) in std::mem::take(&mut self.in_flight) {
+        for f in self.pending.take_in_flight() {
             self.complete(f.waiter, Err(Error::Shutdown));
         }
-        for (_, queue) in std::mem::take(&mut self.queued) {
-            for p in queue {
-                self.complete(p.waiter, Err(Error::Shutdown));
-            }
+        for p in self.pending.take_queued() {
+            self.complete(p.waiter, Err(Error::Shutdown));
         }
         for (_, read) in std::mem::take(&mut self.reads) {
             self.complete(read.waiter, Err(Error::Shutdown));

@@ -1,35 +1,13 @@
 //! Proposals waiting to be proposed (no replica or leader yet) or to commit.
 
+use std::collections::VecDeque;
+
+use super::pending::{InFlight, Proposal};
 use super::{NodeCore, Waiter};
 use crate::error::{Error, Result};
 use crate::group::ProposalContext;
 use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
-use std::collections::VecDeque;
-
-/// A proposal and who waits for it.
-pub(crate) struct Proposal {
-    pub group: DataStructureId,
-    pub data: Vec<u8>,
-    pub sub: Option<SubId>,
-    pub waiter: Option<Waiter>,
-    pub deadline_ms: u64,
-}
-
-/// A proposal handed to raft, waiting to be applied.
-pub(crate) struct InFlight {
-    pub group: DataStructureId,
-    /// Kept to propose again if the leader changes before it is applied.
-    pub data: Vec<u8>,
-    pub sub: Option<SubId>,
-    pub waiter: Option<Waiter>,
-    pub deadline_ms: u64,
-    /// The proposer's applied index when it first proposed: the entry can only land
-    /// after it, so a retry's duplicate check starts there.
-    pub proposed_after: u64,
-    /// When it was last handed to raft (first proposal or retry).
-    pub sent_ms: u64,
-}
 
 /// How long a proposal handed to raft may stay unapplied before it is proposed again.
 ///
@@ -71,7 +49,7 @@ impl NodeCore {
             return self.fail(sub, waiter, error);
         }
         let deadline_ms = now_ms + timeout_ms.unwrap_or(self.cfg.proposal_timeout_ms);
-        self.queued.entry(group).or_default().push_back(Proposal {
+        self.pending.enqueue(Proposal {
             group,
             data,
             sub,
@@ -99,14 +77,14 @@ impl NodeCore {
         if raft.leader() == 0
             || raft.is_transferring()
             || !raft.log().is_initialized()
-            || !self.queued.contains_key(&group)
+            || !self.pending.has_queued(group)
         {
             return;
         }
         if raft.take_leader_change() {
             self.on_leader_change(group);
         }
-        let Some(queue) = self.queued.remove(&group) else {
+        let Some(queue) = self.pending.take_queue(group) else {
             return;
         };
         let Some(raft) = self.groups.get_mut(&group) else {
@@ -127,7 +105,7 @@ impl NodeCore {
             };
             match raft.propose(ctx.encode(), p.data.clone()) {
                 Ok(()) => {
-                    self.in_flight.insert(
+                    self.pending.launch(
                         seq,
                         InFlight {
                             group,
@@ -148,40 +126,21 @@ impl NodeCore {
             }
         }
         self.active.insert(group);
-        if !dropped.is_empty() {
-            self.queued.insert(group, dropped);
-        }
+        self.pending.requeue(group, dropped);
     }
 
     pub(super) fn expire_proposals(&mut self) {
         self.resend_stalled_proposals();
-        let now = self.now_ms;
-        let expired: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline_ms <= now)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in expired {
-            if let Some(f) = self.in_flight.remove(&seq) {
-                if let Some(raft) = self.groups.get(&f.group) {
-                    slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %f.group,
-                        "leader" => raft.leader(), "term" => raft.term(),
-                        "commit" => raft.committed(), "applied" => raft.applied());
-                }
-                self.fail(f.sub, f.waiter, Error::Timeout);
+        let (flights, queued) = self.pending.take_expired(self.now_ms);
+        for f in flights {
+            if let Some(raft) = self.groups.get(&f.group) {
+                slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %f.group,
+                    "leader" => raft.leader(), "term" => raft.term(),
+                    "commit" => raft.committed(), "applied" => raft.applied());
             }
+            self.fail(f.sub, f.waiter, Error::Timeout);
         }
-        let mut timed_out = Vec::new();
-        for queue in self.queued.values_mut() {
-            while queue.front().is_some_and(|p| p.deadline_ms <= now) {
-                if let Some(p) = queue.pop_front() {
-                    timed_out.push(p);
-                }
-            }
-        }
-        self.queued.retain(|_, q| !q.is_empty());
-        for p in timed_out {
+        for p in queued {
             let error = if self.groups.contains_key(&p.group) {
                 Error::ProposalDropped("no leader known before the deadline".into())
             } else {
@@ -194,13 +153,7 @@ impl NodeCore {
     /// Retries the groups whose proposals have waited [`RESEND_AFTER_MS`] since they were
     /// last handed to raft.
     fn resend_stalled_proposals(&mut self) {
-        let now = self.now_ms;
-        let stalled: std::collections::BTreeSet<DataStructureId> = self
-            .in_flight
-            .values()
-            .filter(|f| f.sent_ms.saturating_add(RESEND_AFTER_MS) <= now)
-            .map(|f| f.group)
-            .collect();
+        let stalled = self.pending.stalled_groups(self.now_ms, RESEND_AFTER_MS);
         for group in stalled {
             self.gate_retries(group);
         }
@@ -208,7 +161,7 @@ impl NodeCore {
 
     /// A new leader is known: requests sent to the old one may be lost.
     pub(super) fn on_leader_change(&mut self, id: DataStructureId) {
-        if self.in_flight.values().any(|f| f.group == id) {
+        if self.pending.any_in_flight(id) {
             self.gate_retries(id);
         }
         self.request_waiting_reads(id);
@@ -229,25 +182,17 @@ impl NodeCore {
         let horizon = raft
             .applied()
             .saturating_sub(crate::group::DEDUPE_WINDOW / 2);
-        let stale: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.group == id && f.proposed_after < horizon)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in stale {
-            if let Some(flight) = self.in_flight.remove(&seq) {
-                self.fail(flight.sub, flight.waiter, Error::Timeout);
-            }
+        for flight in self.pending.take_older_than(id, horizon) {
+            self.fail(flight.sub, flight.waiter, Error::Timeout);
         }
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
         };
         let mut retried = 0usize;
-        for (seq, flight) in self.in_flight.iter_mut().filter(|(_, f)| f.group == id) {
+        for (seq, flight) in self.pending.in_flight_of(id) {
             let ctx = ProposalContext {
                 node: self.me,
-                seq: *seq,
+                seq,
                 retry_after: Some(flight.proposed_after),
             };
             if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {

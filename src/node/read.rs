@@ -67,7 +67,7 @@ impl NodeCore {
     }
 
     fn on_gate_expired(&mut self, group: DataStructureId) {
-        if self.in_flight.values().any(|f| f.group == group) {
+        if self.pending.any_in_flight(group) {
             self.gate_retries(group);
         }
     }

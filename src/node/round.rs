@@ -26,7 +26,7 @@ impl NodeCore {
         let mut tagged = false;
         for _ in 0..4 {
             self.release_durable();
-            let queued: Vec<_> = self.queued.keys().copied().collect();
+            let queued = self.pending.queued_groups();
             for group in queued {
                 self.flush_queued(group);
             }

@@ -189,7 +189,10 @@ mod tests {
         let mut pending = Pending::default();
         pending.launch(1, flight(a, 100, 5));
         pending.launch(2, flight(b, 300, 50));
-        assert!(pending.land(1, b).is_none(), "a sequence number of another group");
+        assert!(
+            pending.land(1, b).is_none(),
+            "a sequence number of another group"
+        );
         assert!(pending.land(1, a).is_some());
         assert!(pending.land(1, a).is_none(), "landed once");
         pending.enqueue(Proposal {
@@ -201,7 +204,10 @@ mod tests {
         });
         let (flights, queued) = pending.take_expired(250);
         assert!(flights.is_empty());
-        assert_eq!(queued.iter().map(|p| p.waiter).collect::<Vec<_>>(), [Some(9)]);
+        assert_eq!(
+            queued.iter().map(|p| p.waiter).collect::<Vec<_>>(),
+            [Some(9)]
+        );
         assert!(!pending.has_queued(a));
         assert_eq!(pending.take_older_than(b, 50).len(), 0);
         assert_eq!(pending.take_older_than(b, 51).len(), 1);

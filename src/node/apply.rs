@@ -68,13 +68,9 @@ impl NodeCore {
         self.held.remove(&group);
         self.active.remove(&group);
         self.asleep.remove(&group);
-        let subs = self.subs_by_group.get(&group).cloned().unwrap_or_default();
-        for sub in &subs {
-            if let Some(s) = self.subs.get(sub) {
-                s.report(Error::GroupRemoved);
-            }
-        }
-        if !subs.is_empty() {
+        self.subscriptions
+            .report_to_group(group, &Error::GroupRemoved);
+        if self.subscriptions.has_any(group) {
             self.wanted.insert(group);
         }
     }

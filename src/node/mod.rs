@@ -49,7 +49,7 @@ pub(crate) use member::{MembershipEvent, NodeInfo};
 use pending::Pending;
 pub use status::{GroupStatus, MemberStatus, NodeStats};
 pub use subscription::Commit;
-use subscription::{Delivery, SubId, SubscriberSink, Subscription};
+use subscription::{SubId, SubscriberSink, Subscriptions};
 
 /// Hash maps with a fixed hasher: their iteration order, and with it the order of the
 /// core's output, depends only on the inputs, so a simulated run replays from its seed.
@@ -169,10 +169,8 @@ pub(crate) struct NodeCore {
     directory: Directory,
     /// Index of the last system-group entry applied to `directory`.
     directory_applied: u64,
-    subs: Map<SubId, Subscription>,
-    subs_by_group: Map<DataStructureId, Vec<SubId>>,
-    /// Subscriptions whose delivery paused on a full channel.
-    lagging: Set<SubId>,
+    /// The local applications' subscriptions.
+    subscriptions: Subscriptions,
     /// Groups a local subscriber waits for: to be created, or to get a replica here.
     wanted: Set<DataStructureId>,
     /// Local callers' proposals, queued or in flight.
@@ -237,9 +235,7 @@ impl NodeCore {
             members: Members::default(),
             directory: Directory::default(),
             directory_applied: 0,
-            subs: Map::default(),
-            subs_by_group: Map::default(),
-            lagging: Set::default(),
+            subscriptions: Subscriptions::default(),
             wanted: Set::default(),
             pending: Pending::default(),
             reads: Map::default(),
@@ -490,9 +486,7 @@ impl NodeCore {
         slog::error!(self.cfg.logger, "storage write failed; this node stops acknowledging writes";
             "batch" => seq, "error" => %error);
         self.storage_failed = true;
-        for sub in self.subs.values() {
-            sub.report(error.clone());
-        }
+        self.subscriptions.report_to_all(&error);
         for flight in self.pending.take_in_flight() {
             self.complete(flight.waiter, Err(error.clone()));
         }
@@ -507,34 +501,14 @@ impl NodeCore {
         sink: Box<dyn SubscriberSink>,
     ) {
         self.now_ms = now_ms;
-        // From the start: a compacted log yields a snapshot marker first.
-        let next_index = BOOTSTRAP_INDEX + 1;
-        self.subs.insert(
-            sub,
-            Subscription {
-                group,
-                sink,
-                next_index,
-                last_delivered: 0,
-            },
-        );
-        self.subs_by_group.entry(group).or_default().push(sub);
-        self.lagging.insert(sub);
+        self.subscriptions.add(sub, group, sink);
         self.wanted.insert(group);
         self.pursue(group);
     }
 
     /// The application dropped its handle; the replica stays (detached).
     pub(crate) fn unsubscribe(&mut self, sub: SubId) {
-        if let Some(s) = self.subs.remove(&sub) {
-            if let Some(list) = self.subs_by_group.get_mut(&s.group) {
-                list.retain(|id| *id != sub);
-                if list.is_empty() {
-                    self.subs_by_group.remove(&s.group);
-                }
-            }
-        }
-        self.lagging.remove(&sub);
+        self.subscriptions.remove(sub);
     }
 
     /// Stops accepting work and fails every waiter with [`Error::Shutdown`].
@@ -553,39 +527,14 @@ impl NodeCore {
 
     /// Sends subscribers of `group` what was applied since their cursor.
     fn deliver(&mut self, group: DataStructureId) {
-        let Some(subs) = self.subs_by_group.get(&group) else {
-            return;
-        };
-        let Some(raft) = self.groups.get(&group) else {
-            return;
-        };
-        let mut closed = Vec::new();
-        for sub_id in subs {
-            let Some(sub) = self.subs.get_mut(sub_id) else {
-                continue;
-            };
-            match sub.deliver(raft.log(), raft.applied()) {
-                Delivery::CaughtUp => {
-                    self.lagging.remove(sub_id);
-                }
-                Delivery::Paused => {
-                    self.lagging.insert(*sub_id);
-                }
-                Delivery::Closed => closed.push(*sub_id),
-            }
-        }
-        for sub in closed {
-            self.unsubscribe(sub);
+        if let Some(raft) = self.groups.get(&group) {
+            self.subscriptions
+                .deliver(group, raft.log(), raft.applied());
         }
     }
 
     fn retry_lagging(&mut self) {
-        let groups: Set<_> = self
-            .lagging
-            .iter()
-            .filter_map(|s| self.subs.get(s).map(|s| s.group))
-            .collect();
-        for group in groups {
+        for group in self.subscriptions.lagging_groups() {
             self.deliver(group);
         }
     }

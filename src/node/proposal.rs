@@ -60,7 +60,7 @@ impl NodeCore {
     }
 
     pub(super) fn fail(&mut self, sub: Option<SubId>, waiter: Option<Waiter>, error: Error) {
-        if let Some(s) = sub.and_then(|id| self.subs.get(&id)) {
+        if let Some(s) = sub.and_then(|id| self.subscriptions.get(id)) {
             if !s.report(error.clone()) {
                 slog::warn!(self.cfg.logger, "error channel full, dropping"; "error" => %error);
             }

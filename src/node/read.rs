@@ -224,7 +224,7 @@ impl NodeCore {
     /// What a completed barrier returns: for a subscription, the index of the last commit
     /// it was handed (the read index itself may be a leader no-op it never sees).
     fn barrier_answer(&self, read: &PendingRead, index: u64) -> u64 {
-        match read.sub.and_then(|s| self.subs.get(&s)) {
+        match read.sub.and_then(|s| self.subscriptions.get(s)) {
             Some(sub) => sub.last_delivered,
             None => index,
         }
@@ -232,7 +232,7 @@ impl NodeCore {
 
     fn delivered_up_to(&self, read: &PendingRead, index: u64) -> bool {
         let applied = self.groups.get(&read.group).map_or(0, |g| g.applied());
-        let delivered = match read.sub.and_then(|s| self.subs.get(&s)) {
+        let delivered = match read.sub.and_then(|s| self.subscriptions.get(s)) {
             Some(sub) => sub.next_index > index,
             None => true,
         };

@@ -60,7 +60,7 @@ impl NodeCore {
             .filter_map(|(id, raft)| raft.log_mut().take_snapshot_wanted().then_some(*id))
             .collect();
         for group in wanted {
-            if self.subs_by_group.contains_key(&group) {
+            if self.subscriptions.has_any(group) {
                 self.request_snapshot(group);
             } else {
                 self.ask_for_snapshot(group);
@@ -100,10 +100,7 @@ impl NodeCore {
     /// one now (at most once per [`FORCED_SNAPSHOT_PERIOD_MS`]) and offers it.
     pub(super) fn handle_snapshot_needed(&mut self, group: DataStructureId) {
         let now = self.now_ms;
-        if !self.subs_by_group.contains_key(&group) {
-            return;
-        }
-        if !self.groups.contains_key(&group) {
+        if !self.subscriptions.has_any(group) || !self.groups.contains_key(&group) {
             return;
         }
         let pacing = self.pacing.entry(group).or_default();
@@ -128,11 +125,7 @@ impl NodeCore {
         if taking || raft.applied() < min_index {
             return;
         }
-        let sub = self.subs_by_group.get(&group).and_then(|subs| {
-            subs.iter()
-                .find_map(|id| self.subs.get(id).map(|sub| (*id, sub)))
-        });
-        let Some((sub_id, sub)) = sub else {
+        let Some((sub_id, sub)) = self.subscriptions.first_of(group) else {
             return;
         };
         let max_index = sub.next_index.saturating_sub(1).min(raft.applied());
@@ -256,7 +249,7 @@ impl NodeCore {
     /// cover the same committed prefix.
     pub(crate) fn handle_snapshot_offered(&mut self, group: DataStructureId, metadata: &[u8]) {
         let mut meta = SnapshotMetadata::default();
-        if meta.merge_from_bytes(metadata).is_err() || self.subs_by_group.contains_key(&group) {
+        if meta.merge_from_bytes(metadata).is_err() || self.subscriptions.has_any(group) {
             return;
         }
         let Some(raft) = self.groups.get_mut(&group) else {
@@ -305,11 +298,8 @@ impl NodeCore {
             return;
         };
         slog::warn!(self.cfg.logger, "snapshot failed"; "group" => %group, "reason" => &reason);
-        for sub in self.subs_by_group.get(&group).into_iter().flatten() {
-            if let Some(s) = self.subs.get(sub) {
-                s.report(Error::SnapshotUnavailable(reason.clone()));
-            }
-        }
+        self.subscriptions
+            .report_to_group(group, &Error::SnapshotUnavailable(reason));
     }
 }
 

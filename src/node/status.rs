@@ -131,7 +131,7 @@ impl NodeCore {
 impl NodeCore {
     /// Where subscription `sub` stands (simulation diagnostics).
     pub(crate) fn debug_subscription(&self, sub: super::subscription::SubId) -> String {
-        match self.subs.get(&sub) {
+        match self.subscriptions.get(sub) {
             Some(s) => format!(
                 "subscription next {} last delivered {}",
                 s.next_index, s.last_delivered

@@ -1,5 +1,6 @@
 //! Subscriptions: a local application's view of one data structure's commit stream.
 
+use super::{Map, Set};
 use crate::error::Error;
 use crate::group::{GroupLog, BOOTSTRAP_INDEX};
 use crate::id::DataStructureId;
@@ -115,6 +116,118 @@ impl Subscription {
     /// Reports `error` to the subscriber; false if it could not be delivered.
     pub(crate) fn report(&self, error: Error) -> bool {
         self.sink.report(error)
+    }
+}
+
+/// Every local subscription: by id, by group, and the ones whose delivery is paused.
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    subs: Map<SubId, Subscription>,
+    by_group: Map<DataStructureId, Vec<SubId>>,
+    /// Subscriptions whose delivery paused on a full subscriber (retried every tick).
+    lagging: Set<SubId>,
+}
+
+impl Subscriptions {
+    /// A new subscription to `group`, delivering from the start of its history.
+    pub(crate) fn add(
+        &mut self,
+        sub: SubId,
+        group: DataStructureId,
+        sink: Box<dyn SubscriberSink>,
+    ) {
+        let subscription = Subscription {
+            group,
+            sink,
+            // From the start: a compacted log yields a snapshot marker first.
+            next_index: BOOTSTRAP_INDEX + 1,
+            last_delivered: 0,
+        };
+        let earlier = self.subs.insert(sub, subscription);
+        debug_assert!(earlier.is_none(), "subscription id {sub} used twice");
+        self.by_group.entry(group).or_default().push(sub);
+        self.lagging.insert(sub);
+    }
+
+    /// Ends subscription `sub`.
+    pub(crate) fn remove(&mut self, sub: SubId) {
+        if let Some(s) = self.subs.remove(&sub) {
+            if let Some(list) = self.by_group.get_mut(&s.group) {
+                list.retain(|id| *id != sub);
+                if list.is_empty() {
+                    self.by_group.remove(&s.group);
+                }
+            }
+        }
+        self.lagging.remove(&sub);
+    }
+
+    /// Subscription `sub`, if it exists.
+    pub(crate) fn get(&self, sub: SubId) -> Option<&Subscription> {
+        self.subs.get(&sub)
+    }
+
+    /// Whether `group` has a local subscriber.
+    pub(crate) fn has_any(&self, group: DataStructureId) -> bool {
+        self.by_group.contains_key(&group)
+    }
+
+    /// The first local subscription of `group` (the one asked for snapshots).
+    pub(crate) fn first_of(&self, group: DataStructureId) -> Option<(SubId, &Subscription)> {
+        self.by_group
+            .get(&group)?
+            .iter()
+            .find_map(|id| self.subs.get(id).map(|sub| (*id, sub)))
+    }
+
+    /// Reports `error` to every subscriber of `group`.
+    pub(crate) fn report_to_group(&self, group: DataStructureId, error: &Error) {
+        for sub in self.by_group.get(&group).into_iter().flatten() {
+            if let Some(s) = self.subs.get(sub) {
+                s.report(error.clone());
+            }
+        }
+    }
+
+    /// Reports `error` to every subscriber.
+    pub(crate) fn report_to_all(&self, error: &Error) {
+        for sub in self.subs.values() {
+            sub.report(error.clone());
+        }
+    }
+
+    /// Delivers to `group`'s subscribers what `log` holds up to `applied`, and ends the
+    /// subscriptions whose application is gone.
+    pub(crate) fn deliver(&mut self, group: DataStructureId, log: &GroupLog, applied: u64) {
+        let Some(ids) = self.by_group.get(&group) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for id in ids {
+            let Some(sub) = self.subs.get_mut(id) else {
+                continue;
+            };
+            match sub.deliver(log, applied) {
+                Delivery::CaughtUp => {
+                    self.lagging.remove(id);
+                }
+                Delivery::Paused => {
+                    self.lagging.insert(*id);
+                }
+                Delivery::Closed => closed.push(*id),
+            }
+        }
+        for id in closed {
+            self.remove(id);
+        }
+    }
+
+    /// The groups with a subscription whose delivery is paused.
+    pub(crate) fn lagging_groups(&self) -> Set<DataStructureId> {
+        self.lagging
+            .iter()
+            .filter_map(|s| self.subs.get(s).map(|s| s.group))
+            .collect()
     }
 }
 

@@ -35,9 +35,7 @@ impl NodeCore {
             group.log_mut().trim_tail(last, 1024);
         }
         self.write_for(id).applied = Some(last);
-        if !self.reads.is_empty() {
-            self.request_deferred_reads(id);
-        }
+        self.request_deferred_reads(id);
         self.deliver(id);
         if !id.is_system() {
             let bytes = committed.iter().map(|e| e.data.len() as u64).sum();

@@ -520,9 +520,7 @@ impl NodeCore {
         for p in self.pending.take_queued() {
             self.complete(p.waiter, Err(Error::Shutdown));
         }
-        for (_, read) in std::mem::take(&mut self.reads) {
-            self.complete(read.waiter, Err(Error::Shutdown));
-        }
+        self.fail_reads(Error::Shutdown);
     }
 
     /// Sends subscribers of `group` what was applied since their cursor.

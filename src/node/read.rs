@@ -145,6 +145,9 @@ impl NodeCore {
     /// Asks for the read indexes of `group` deferred until an entry of the leader's term
     /// committed (a new leader's first entry: right after a failover).
     pub(super) fn request_deferred_reads(&mut self, group: DataStructureId) {
+        if self.reads.is_empty() {
+            return;
+        }
         if !self
             .groups
             .get(&group)
@@ -174,6 +177,13 @@ impl NodeCore {
             .collect();
         for seq in unanswered {
             self.request_read_index(seq);
+        }
+    }
+
+    /// Fails every read barrier waiting here with `error`.
+    pub(super) fn fail_reads(&mut self, error: Error) {
+        for (_, read) in std::mem::take(&mut self.reads) {
+            self.complete(read.waiter, Err(error.clone()));
         }
     }
 

@@ -78,9 +78,10 @@ impl CopyCat {
     /// once nodes join). Nothing is created before the cluster is founded: a founder with
     /// [`Config::bootstrap_expect`] waits for that many nodes, and the subscription's
     /// proposals wait meanwhile. A node without a replica gets a learner replica, so its
-    /// commit stream is local. A new subscription replays the whole history (the latest snapshot,
-    /// then every entry after it) before live commits. `snapshot_provider` is called by the
-    /// snapshot machinery to capture the application's state (see [`SnapshotProvider`]).
+    /// commit stream is local. A new subscription replays the whole history (the latest
+    /// snapshot, then every entry after it) before live commits. `snapshot_provider` is
+    /// called by the snapshot machinery to capture the application's state (see
+    /// [`SnapshotProvider`]).
     pub fn subscribe(
         &self,
         id: DataStructureId,

@@ -191,7 +191,7 @@ impl AckSlot {
 
 impl Drop for DataStructure {
     fn drop(&mut self) {
-        let _ = self.node.send(Input::Unsubscribe(self.sub));
+        let _ = self.node.send(Event::Unsubscribe(self.sub));
     }
 }
 

@@ -157,7 +157,7 @@ impl NodeCore {
             return;
         }
         if let Some(flight) = self.pending.land(seq, id) {
-            self.complete(flight.waiter, Ok(index));
+            self.complete(flight.proposal.waiter, Ok(index));
         }
     }
 

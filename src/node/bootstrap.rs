@@ -5,7 +5,6 @@
 //! voter and grow through a configuration a single failure would block for good.
 
 use super::{placement, NodeCore};
-use crate::group::BOOTSTRAP_INDEX;
 use crate::id::DataStructureId;
 
 impl NodeCore {
@@ -26,7 +25,7 @@ impl NodeCore {
                 "alive" => alive.len(), "bootstrap_expect" => self.cfg.bootstrap_expect);
             return;
         }
-        let count = placement::voter_count(alive.len(), self.cfg.replication_factor);
+        let count = self.voter_target();
         let others = alive.into_iter().filter(|(node, _)| *node != self.me);
         let mut voters = vec![self.me];
         voters.extend(placement::place(system, others, count - 1));
@@ -34,8 +33,5 @@ impl NodeCore {
         slog::info!(self.cfg.logger, "founding the cluster"; "voters" => ?voters,
             "bootstrap_expect" => self.cfg.bootstrap_expect);
         self.create_replica(system, &voters, self.me);
-        // The bootstrap snapshot holds the empty directory: the other voters get it as
-        // their first snapshot, before any entry can commit.
-        self.directory_applied = BOOTSTRAP_INDEX;
     }
 }

@@ -70,6 +70,13 @@ impl NodeCore {
         node != self.me && self.started_ms.is_some_and(|t| t + grace <= self.now_ms)
     }
 
+    /// How many voters a group should have now: [`placement::voter_count`] of the alive
+    /// nodes, this one included.
+    pub(super) fn voter_target(&self) -> usize {
+        let alive = 1 + self.members.alive().count();
+        placement::voter_count(alive, self.cfg.replication_factor)
+    }
+
     /// Alive nodes with their datacenters, this one included.
     pub(super) fn alive_nodes(&self) -> Vec<(NodeId, &str)> {
         let mut nodes = vec![(self.me, self.cfg.me.datacenter.as_str())];
@@ -181,8 +188,7 @@ impl NodeCore {
             // (a partition heals, or the directory replaces a dead node).
             return;
         }
-        let count = placement::voter_count(alive.len(), self.cfg.replication_factor);
-        let voters = placement::place(group, alive, count);
+        let voters = placement::place(group, alive, self.voter_target());
         let op = DirectoryOp::Create {
             group: group.as_u128(),
             voters,

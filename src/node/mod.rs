@@ -339,6 +339,12 @@ impl NodeCore {
         let snap = GroupLog::bootstrap_snapshot(voters);
         let mut log = GroupLog::empty(group, self.disk.clone());
         log.apply_snapshot(&snap);
+        if group.is_system() {
+            // The bootstrap snapshot holds the empty directory, applied as of its index:
+            // that is what the other voters receive as their first snapshot.
+            self.directory = Directory::default();
+            self.directory_applied = BOOTSTRAP_INDEX;
+        }
         let raft = RaftGroup::new(
             group,
             replica,
@@ -488,7 +494,7 @@ impl NodeCore {
         self.storage_failed = true;
         self.subscriptions.report_to_all(&error);
         for flight in self.pending.take_in_flight() {
-            self.complete(flight.waiter, Err(error.clone()));
+            self.complete(flight.proposal.waiter, Err(error.clone()));
         }
     }
 
@@ -515,7 +521,7 @@ impl NodeCore {
     pub(crate) fn shutdown(&mut self) {
         self.stopped = true;
         for f in self.pending.take_in_flight() {
-            self.complete(f.waiter, Err(Error::Shutdown));
+            self.complete(f.proposal.waiter, Err(Error::Shutdown));
         }
         for p in self.pending.take_queued() {
             self.complete(p.waiter, Err(Error::Shutdown));

@@ -19,12 +19,9 @@ pub(crate) struct Proposal {
 
 /// A proposal handed to raft, waiting to be applied.
 pub(crate) struct InFlight {
-    pub group: DataStructureId,
-    /// Kept to propose again if the leader changes before it is applied.
-    pub data: Vec<u8>,
-    pub sub: Option<SubId>,
-    pub waiter: Option<Waiter>,
-    pub deadline_ms: u64,
+    /// The proposal, its data kept to propose again if the leader changes before it is
+    /// applied.
+    pub proposal: Proposal,
     /// The proposer's applied index when it first proposed: the entry can only land
     /// after it, so a retry's duplicate check starts there.
     pub proposed_after: u64,
@@ -82,7 +79,7 @@ impl Pending {
 
     /// The proposal `seq` of `group` landed in the log: it is no longer in flight.
     pub(crate) fn land(&mut self, seq: u64, group: DataStructureId) -> Option<InFlight> {
-        if self.in_flight.get(&seq)?.group != group {
+        if self.in_flight.get(&seq)?.proposal.group != group {
             return None;
         }
         self.in_flight.remove(&seq)
@@ -90,7 +87,7 @@ impl Pending {
 
     /// Whether `group` has proposals in flight.
     pub(crate) fn any_in_flight(&self, group: DataStructureId) -> bool {
-        self.in_flight.values().any(|f| f.group == group)
+        self.in_flight.values().any(|f| f.proposal.group == group)
     }
 
     /// The proposals whose deadline passed at `now_ms`: in flight, then queued.
@@ -98,7 +95,7 @@ impl Pending {
         let expired: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| f.deadline_ms <= now_ms)
+            .filter(|(_, f)| f.proposal.deadline_ms <= now_ms)
             .map(|(seq, _)| *seq)
             .collect();
         let flights = expired
@@ -120,7 +117,7 @@ impl Pending {
         self.in_flight
             .values()
             .filter(|f| f.sent_ms.saturating_add(after_ms) <= now_ms)
-            .map(|f| f.group)
+            .map(|f| f.proposal.group)
             .collect()
     }
 
@@ -133,7 +130,7 @@ impl Pending {
         let stale: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| f.group == group && f.proposed_after < horizon)
+            .filter(|(_, f)| f.proposal.group == group && f.proposed_after < horizon)
             .map(|(seq, _)| *seq)
             .collect();
         stale
@@ -149,7 +146,7 @@ impl Pending {
     ) -> impl Iterator<Item = (u64, &mut InFlight)> {
         self.in_flight
             .iter_mut()
-            .filter(move |(_, f)| f.group == group)
+            .filter(move |(_, f)| f.proposal.group == group)
             .map(|(seq, f)| (*seq, f))
     }
 
@@ -171,13 +168,19 @@ impl Pending {
 mod tests {
     use super::*;
 
-    fn flight(group: DataStructureId, deadline_ms: u64, proposed_after: u64) -> InFlight {
-        InFlight {
+    fn proposal(group: DataStructureId, deadline_ms: u64, waiter: Option<Waiter>) -> Proposal {
+        Proposal {
             group,
             data: Vec::new(),
             sub: None,
-            waiter: None,
+            waiter,
             deadline_ms,
+        }
+    }
+
+    fn flight(group: DataStructureId, deadline_ms: u64, proposed_after: u64) -> InFlight {
+        InFlight {
+            proposal: proposal(group, deadline_ms, None),
             proposed_after,
             sent_ms: 0,
         }
@@ -195,13 +198,7 @@ mod tests {
         );
         assert!(pending.land(1, a).is_some());
         assert!(pending.land(1, a).is_none(), "landed once");
-        pending.enqueue(Proposal {
-            group: a,
-            data: Vec::new(),
-            sub: None,
-            waiter: Some(9),
-            deadline_ms: 200,
-        });
+        pending.enqueue(proposal(a, 200, Some(9)));
         let (flights, queued) = pending.take_expired(250);
         assert!(flights.is_empty());
         assert_eq!(

@@ -105,18 +105,12 @@ impl NodeCore {
             };
             match raft.propose(ctx.encode(), p.data.clone()) {
                 Ok(()) => {
-                    self.pending.launch(
-                        seq,
-                        InFlight {
-                            group,
-                            data: p.data,
-                            sub: p.sub,
-                            waiter: p.waiter,
-                            deadline_ms: p.deadline_ms,
-                            proposed_after,
-                            sent_ms: self.now_ms,
-                        },
-                    );
+                    let flight = InFlight {
+                        proposal: p,
+                        proposed_after,
+                        sent_ms: self.now_ms,
+                    };
+                    self.pending.launch(seq, flight);
                 }
                 Err(e) => {
                     slog::debug!(self.cfg.logger, "proposal dropped by raft, will retry";
@@ -132,13 +126,13 @@ impl NodeCore {
     pub(super) fn expire_proposals(&mut self) {
         self.resend_stalled_proposals();
         let (flights, queued) = self.pending.take_expired(self.now_ms);
-        for f in flights {
-            if let Some(raft) = self.groups.get(&f.group) {
-                slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %f.group,
+        for InFlight { proposal: p, .. } in flights {
+            if let Some(raft) = self.groups.get(&p.group) {
+                slog::warn!(self.cfg.logger, "proposal timed out"; "group" => %p.group,
                     "leader" => raft.leader(), "term" => raft.term(),
                     "commit" => raft.committed(), "applied" => raft.applied());
             }
-            self.fail(f.sub, f.waiter, Error::Timeout);
+            self.fail(p.sub, p.waiter, Error::Timeout);
         }
         for p in queued {
             let error = if self.groups.contains_key(&p.group) {
@@ -183,7 +177,7 @@ impl NodeCore {
             .applied()
             .saturating_sub(crate::group::DEDUPE_WINDOW / 2);
         for flight in self.pending.take_older_than(id, horizon) {
-            self.fail(flight.sub, flight.waiter, Error::Timeout);
+            self.fail(flight.proposal.sub, flight.proposal.waiter, Error::Timeout);
         }
         let Some(raft) = self.groups.get_mut(&id) else {
             return;
@@ -195,7 +189,10 @@ impl NodeCore {
                 seq,
                 retry_after: Some(flight.proposed_after),
             };
-            if raft.propose(ctx.encode(), flight.data.clone()).is_ok() {
+            if raft
+                .propose(ctx.encode(), flight.proposal.data.clone())
+                .is_ok()
+            {
                 flight.sent_ms = self.now_ms;
                 retried += 1;
             }

@@ -36,7 +36,7 @@ impl NodeCore {
             .filter(|v| self.is_dead_for_good(node_of(*v)))
             .collect();
         let live_voters = cs.voters.len() - dead_voters.len();
-        let target = placement::voter_count(self.alive_nodes().len(), self.cfg.replication_factor);
+        let target = self.voter_target();
         let needed = target.saturating_sub(live_voters);
         if needed > 0 {
             let ready: Vec<ReplicaId> = self

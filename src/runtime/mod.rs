@@ -124,6 +124,9 @@ pub(crate) enum Event {
         sink: Box<dyn SubscriberSink>,
         provider: Arc<dyn SnapshotProvider>,
     },
+    /// The application dropped its handle: the core ends the subscription, the core thread
+    /// forgets its snapshot provider.
+    Unsubscribe(SubId),
     /// Runs on the core thread with read access to the core.
     Query(Query),
     /// Hands leaderships over, then runs the closure (a graceful shutdown's first step).
@@ -452,11 +455,10 @@ impl CoreShell {
     /// Applies one event; true when it asks the core to stop.
     fn handle(&mut self, now_ms: u64, event: Event) -> bool {
         match event {
-            Event::Core(input) => {
-                if let Input::Unsubscribe(sub) = &input {
-                    self.providers.remove(sub);
-                }
-                return self.core.handle(now_ms, input);
+            Event::Core(input) => return self.core.handle(now_ms, input),
+            Event::Unsubscribe(sub) => {
+                self.providers.remove(&sub);
+                self.core.handle(now_ms, Input::Unsubscribe(sub));
             }
             Event::Subscribe {
                 sub,

@@ -124,16 +124,7 @@ impl World {
         let Some(running) = self.nodes[i].running.as_ref() else {
             return;
         };
-        let app = running.apps.iter().find(|a| a.sub == request.sub);
-        let provider: Option<Box<dyn crate::SnapshotProvider>> = match app {
-            Some(app) => Some(Box::new(app.provider())),
-            None => running
-                .registry
-                .as_ref()
-                .filter(|r| r.sub == request.sub)
-                .map(|r| Box::new(r.provider()) as Box<dyn crate::SnapshotProvider>),
-        };
-        let input = match provider {
+        let input = match running.provider(request.sub) {
             Some(provider) => crate::runtime::snapshot_thread::take(
                 &running.store,
                 &request,

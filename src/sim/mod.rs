@@ -231,8 +231,8 @@ fn wait_writes_settled(world: &mut World, workload: &mut Workload) {
 }
 
 /// `Ok` once every group (the directory's system group included) has as many voters as
-/// the running nodes allow (`placement::voter_count`), all of them running nodes, every replica has
-/// applied everything committed, and every subscriber has caught up.
+/// the running nodes allow (`placement::voter_count`), all of them running nodes, every
+/// replica has applied everything committed, and every subscriber has caught up.
 fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
     let running = world.running();
     let alive: Vec<u64> = running

@@ -70,6 +70,17 @@ pub(crate) struct Running {
     pub registry: Option<RegistryAgent>,
 }
 
+impl Running {
+    /// The snapshot provider of subscription `sub` on this node: an app's or the registry's.
+    pub(crate) fn provider(&self, sub: SubId) -> Option<Box<dyn crate::SnapshotProvider>> {
+        if let Some(app) = self.apps.iter().find(|a| a.sub == sub) {
+            return Some(Box::new(app.provider()));
+        }
+        let registry = self.registry.as_ref().filter(|r| r.sub == sub)?;
+        Some(Box::new(registry.provider()))
+    }
+}
+
 /// A node of the simulation, running or not.
 pub(crate) struct SimNode {
     pub info: NodeInfo,

@@ -1,22 +1,16 @@
 //! The node handle applications hold.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::config::Config;
-use crate::data_structure::{DataStructure, PROPOSALS_CAPACITY};
+use crate::data_structure::{DataStructure, ProposalSender, PROPOSALS_CAPACITY};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
-use crate::node::{GroupStatus, MemberStatus, NodeCore, NodeStats};
+use crate::node::{GroupStatus, MemberStatus, NodeStats};
 use crate::node_handle::NodeHandle;
-use crate::runtime::subscriber::channel_sink;
-use crate::runtime::{Event, NodeRuntime, PumpControl};
 use crate::snapshot_provider::SnapshotProvider;
-
-/// How long status queries wait for the core thread.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::subscriber_sink::channel_sink;
 
 /// A running copycat node. Cheap to clone; `Send + Sync`.
 ///
@@ -35,19 +29,8 @@ impl CopyCat {
     /// Works from plain threads and from inside a tokio runtime alike: the node runs on its
     /// own threads. Fails with [`Error::DataDirLocked`] if another process uses the data dir.
     pub fn start(config: Config) -> Result<CopyCat> {
-        let runtime = NodeRuntime::start(config)?;
-        let inner = NodeHandle {
-            input: runtime.input.clone(),
-            pump: runtime.pump.clone(),
-            node_id: runtime.node_id,
-            data_dir: runtime.data_dir.clone(),
-            raft_addr: runtime.raft_addr,
-            gossip_addr: runtime.gossip_addr,
-            runtime: Mutex::new(runtime),
-            next_sub: AtomicU64::new(1),
-        };
         Ok(CopyCat {
-            inner: Arc::new(inner),
+            inner: Arc::new(NodeHandle::start(config)?),
         })
     }
 
@@ -90,24 +73,18 @@ impl CopyCat {
         if id == DataStructureId::SYSTEM {
             return Err(Error::InvalidId("the zero id is reserved".to_string()));
         }
-        let sub = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (sink, commit_rx, error_rx) = channel_sink();
         let (propose_tx, propose_rx) = crossbeam_channel::bounded(PROPOSALS_CAPACITY);
-        self.inner.send(Event::Subscribe {
-            sub,
-            group: id,
-            sink,
-            provider: Arc::new(snapshot_provider),
-        })?;
-        self.inner
-            .pump
-            .send(PumpControl::Add(sub, id, propose_rx))
-            .map_err(|_| Error::Shutdown)?;
+        let provider = Arc::new(snapshot_provider);
+        let (sub, doorbell) = self.inner.subscribe(id, sink, provider, propose_rx)?;
         Ok(DataStructure {
             node: self.inner.clone(),
             id,
             sub,
-            proposals: propose_tx,
+            proposals: ProposalSender {
+                channel: propose_tx,
+                doorbell,
+            },
             commits: commit_rx,
             errors: error_rx,
         })
@@ -124,45 +101,34 @@ impl CopyCat {
 
     /// The cluster's members as this node sees them, this node first.
     pub fn members(&self) -> Result<Vec<MemberStatus>> {
-        self.query(|core| core.member_statuses())
+        self.inner.query(|core| core.member_statuses())
     }
 
     /// This node's replica of `id`, if it hosts one.
     pub fn group_status(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
-        self.query(move |core| core.group_status(id))
+        self.inner.query(move |core| core.group_status(id))
     }
 
     /// This node's counters: replicas hosted, how many hibernate, durable storage writes.
     pub fn stats(&self) -> Result<NodeStats> {
-        self.query(|core| core.stats())
+        self.inner.query(|core| core.stats())
     }
 
     /// Every data structure with a replica on this node.
     pub fn hosted_data_structures(&self) -> Result<Vec<DataStructureId>> {
-        self.query(|core| core.hosted_groups())
+        self.inner.query(|core| core.hosted_groups())
     }
 
     /// Whether this node has joined the cluster's directory (a Raft group every node
     /// replicates): until then, subscriptions wait. Useful to wait for a fresh node, or
     /// for a founder's `bootstrap_expect` nodes to come up.
     pub fn has_joined(&self) -> Result<bool> {
-        self.query(|core| core.has_joined())
+        self.inner.query(|core| core.has_joined())
     }
 
     /// How many data structures the cluster's directory (as replicated here) knows.
     pub fn known_data_structures(&self) -> Result<usize> {
-        self.query(|core| core.directory_len())
-    }
-
-    fn query<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&NodeCore) -> T + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inner.send(Event::Query(Box::new(move |core| {
-            let _ = tx.send(f(core));
-        })))?;
-        rx.recv_timeout(QUERY_TIMEOUT).map_err(|_| Error::Shutdown)
+        self.inner.query(|core| core.directory_len())
     }
 
     /// Shuts the node down gracefully: leaves gossip, fails pending proposals with

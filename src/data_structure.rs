@@ -3,14 +3,13 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
 use crate::node::{Commit, Input, Waiter};
-use crate::node_handle::NodeHandle;
-use crate::runtime::{Ack, Event};
+use crate::node_handle::{Ack, Doorbell, NodeHandle};
 
 /// Capacity of a subscription's fire-and-forget proposal channel
 /// ([`DataStructure::proposals`]). A bounded channel allocates its slots up front: 128
@@ -26,7 +25,7 @@ pub struct DataStructure {
     pub(crate) node: Arc<NodeHandle>,
     pub(crate) id: DataStructureId,
     pub(crate) sub: SubId,
-    pub(crate) proposals: Sender<Vec<u8>>,
+    pub(crate) proposals: ProposalSender,
     pub(crate) commits: Receiver<Commit>,
     pub(crate) errors: Receiver<Error>,
 }
@@ -41,7 +40,7 @@ impl DataStructure {
     /// (too large, dropped, timed out) arrive on [`DataStructure::errors`]. The channel
     /// holds [`PROPOSALS_CAPACITY`] proposals: when the node falls behind, `send` waits
     /// and `try_send` fails with `Full` (backpressure, nothing is dropped).
-    pub fn proposals(&self) -> &Sender<Vec<u8>> {
+    pub fn proposals(&self) -> &ProposalSender {
         &self.proposals
     }
 
@@ -115,7 +114,7 @@ impl DataStructure {
         ack: Ack,
         input: impl FnOnce(Waiter) -> Input + Send + 'static,
     ) -> Result<()> {
-        self.node.try_send(Event::Call(ack, Box::new(input)))
+        self.node.call(ack, input)
     }
 
     /// Sends the input as a call and blocks until the core completes it.
@@ -162,6 +161,50 @@ impl DataStructure {
     }
 }
 
+/// The sending end of a data structure's fire-and-forget proposals
+/// ([`DataStructure::proposals`]). Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct ProposalSender {
+    pub(crate) channel: Sender<Vec<u8>>,
+    pub(crate) doorbell: Doorbell,
+}
+
+impl ProposalSender {
+    /// Queues `data` for proposal, waiting while [`PROPOSALS_CAPACITY`] proposals are
+    /// queued; fails (handing `data` back) once the subscription is gone.
+    pub fn send(&self, data: Vec<u8>) -> std::result::Result<(), SendError<Vec<u8>>> {
+        self.channel.send(data)?;
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    /// Queues `data` for proposal without waiting: `Full` when [`PROPOSALS_CAPACITY`]
+    /// proposals are queued (nothing is dropped; try again later).
+    pub fn try_send(&self, data: Vec<u8>) -> std::result::Result<(), TrySendError<Vec<u8>>> {
+        self.channel.try_send(data)?;
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    /// Proposals queued and not yet handed to the node.
+    pub fn len(&self) -> usize {
+        self.channel.len()
+    }
+
+    /// Whether no proposal is queued.
+    pub fn is_empty(&self) -> bool {
+        self.channel.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ProposalSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProposalSender")
+            .field("queued", &self.len())
+            .finish()
+    }
+}
+
 /// Where the core leaves the outcome of one acknowledged proposal. A waiting thread parks
 /// on the condvar instead of spinning: crossbeam's channels spin and `sched_yield` before
 /// parking, which with hundreds of waiting proposers costs more CPU than the replication.
@@ -191,7 +234,7 @@ impl AckSlot {
 
 impl Drop for DataStructure {
     fn drop(&mut self) {
-        let _ = self.node.send(Event::Unsubscribe(self.sub));
+        self.node.unsubscribe(self.sub);
     }
 }
 

@@ -74,12 +74,14 @@ pub mod registry;
 pub(crate) mod runtime;
 #[cfg(test)]
 mod sim;
+mod snapshot_io;
 mod snapshot_provider;
 pub mod storage;
+mod subscriber_sink;
 
 pub use config::Config;
 pub use copycat::CopyCat;
-pub use data_structure::{DataStructure, PROPOSALS_CAPACITY};
+pub use data_structure::{DataStructure, ProposalSender, PROPOSALS_CAPACITY};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};

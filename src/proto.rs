@@ -7,16 +7,6 @@ include!(concat!(env!("OUT_DIR"), "/copycat.rs"));
 pub const PROTOCOL_VERSION: u32 = 1;
 
 impl Batch {
-    /// Whether the batch holds anything for the node core (snapshot chunks and acks are
-    /// the runtime's business).
-    pub fn has_core_traffic(&self) -> bool {
-        !self.messages.is_empty()
-            || !self.joins.is_empty()
-            || !self.snapshots_needed.is_empty()
-            || !self.gone.is_empty()
-            || !self.wake.is_empty()
-    }
-
     /// Appends every field of `other` (repeated fields encode additively, so the merged
     /// batch's encoded length is the sum of both).
     pub fn absorb(&mut self, other: Batch) {

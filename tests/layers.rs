@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "snapshot_provider"],
     &["group"],
     &["node"],
+    &["snapshot_io", "subscriber_sink"],
     &["runtime"],
     &["node_handle"],
     &["data_structure"],
@@ -166,6 +167,23 @@ fn no_module_imports_a_layer_above_its_own() {
         }
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
+}
+
+/// Modules that must not name the runtime at all: the simulator swaps the runtime for its
+/// own, and the public API reaches it only through `node_handle`.
+const WITHOUT_RUNTIME: &[&str] = &["sim", "copycat", "data_structure", "registry"];
+
+#[test]
+fn the_simulator_and_the_api_import_nothing_from_the_runtime() {
+    let graph = import_graph();
+    let offenders: Vec<_> = WITHOUT_RUNTIME
+        .iter()
+        .filter(|m| graph.get(**m).is_some_and(|t| t.contains("runtime")))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "these name the runtime: {offenders:?}"
+    );
 }
 
 /// What the I/O-free layers (the node core and the Raft group wrapper) must not touch:

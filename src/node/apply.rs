@@ -34,7 +34,7 @@ impl NodeCore {
             group.advance_applied(last);
             group.log_mut().trim_tail(last, 1024);
         }
-        self.write_for(id).applied = Some(last);
+        self.round.write_for(id).applied = Some(last);
         self.request_deferred_reads(id);
         self.deliver(id);
         if !id.is_system() {
@@ -61,8 +61,8 @@ impl NodeCore {
         slog::info!(self.cfg.logger, "replica removed from its group; deleting it"; "group" => %group);
         let mut write = crate::storage::GroupWrite::new(group);
         write.remove = true;
-        self.round_writes.insert(group, write);
-        self.round_meta.push((super::replica_key(group), None));
+        self.round.replace_write(group, write);
+        self.round.put_meta(super::replica_key(group), None);
         self.held.remove(&group);
         self.active.remove(&group);
         self.asleep.remove(&group);
@@ -215,7 +215,7 @@ impl NodeCore {
                 let removed: Vec<_> = before.into_iter().filter(|r| !after.contains(r)).collect();
                 let me_removed = removed.contains(&group.replica_id());
                 self.removed_seen.entry(id).or_default().extend(removed);
-                self.write_for(id).conf_state = Some(cs);
+                self.round.write_for(id).conf_state = Some(cs);
                 self.active.insert(id);
                 if me_removed {
                     self.pending_removal.push(id);

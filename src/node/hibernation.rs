@@ -33,11 +33,7 @@ impl NodeCore {
         nodes.sort_unstable();
         nodes.dedup();
         for node in nodes {
-            self.sends
-                .entry(node)
-                .or_default()
-                .wake
-                .push(group.to_bytes().to_vec());
+            self.round.to(node).wake.push(group.to_bytes().to_vec());
         }
     }
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::member::MembershipEvent;
+use super::streams::StreamId;
 use super::subscription::{SubId, SubscriberSink};
 use super::NodeCore;
 use crate::error::Error;
@@ -52,16 +53,30 @@ pub(crate) enum Input {
         group: DataStructureId,
         index: u64,
     },
-    /// Another replica offered its snapshot (file installed, metadata encoded).
-    SnapshotOffered {
+    /// The file of an outgoing snapshot stream was opened: its size, or why not.
+    StreamOpened {
+        to: NodeId,
         group: DataStructureId,
-        metadata: Vec<u8>,
+        index: u64,
+        stream: StreamId,
+        total: Result<u64, String>,
     },
-    /// A snapshot stream to `replica` ended.
-    SnapshotSent {
+    /// Reading or sending a chunk of an outgoing stream failed.
+    StreamFailed {
+        to: NodeId,
         group: DataStructureId,
-        replica: u64,
-        ok: bool,
+        index: u64,
+        stream: StreamId,
+        reason: String,
+    },
+    /// A received chunk of `bytes` bytes was written: the bytes of the stream now durable
+    /// (the file is installed once they reach its size), or why writing failed.
+    ChunkStored {
+        from: NodeId,
+        group: DataStructureId,
+        stream: StreamId,
+        bytes: u64,
+        received: Result<u64, String>,
     },
     /// No snapshot: declined by the provider (`None`), or failed (why).
     SnapshotFailed {
@@ -102,12 +117,27 @@ impl NodeCore {
                 timeout,
             } => self.read_barrier(now_ms, group, Some(sub), waiter, timeout.as_millis() as u64),
             Input::SnapshotTaken { group, index } => self.handle_snapshot_taken(group, index),
-            Input::SnapshotSent { group, replica, ok } => {
-                self.handle_snapshot_sent(group, replica, ok)
-            }
-            Input::SnapshotOffered { group, metadata } => {
-                self.handle_snapshot_offered(group, &metadata)
-            }
+            Input::StreamOpened {
+                to,
+                group,
+                index,
+                stream,
+                total,
+            } => self.handle_stream_opened(now_ms, (to, group, index), stream, total),
+            Input::StreamFailed {
+                to,
+                group,
+                index,
+                stream,
+                reason,
+            } => self.handle_stream_failed((to, group, index), stream, reason),
+            Input::ChunkStored {
+                from,
+                group,
+                stream,
+                bytes,
+                received,
+            } => self.handle_chunk_stored(now_ms, from, group, stream, bytes, received),
             Input::SnapshotFailed { group, reason } => self.handle_snapshot_failed(group, reason),
             Input::Handover => self.begin_handover(now_ms),
             Input::Shutdown => {

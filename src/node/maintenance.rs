@@ -123,15 +123,11 @@ impl NodeCore {
         targets.sort_unstable();
         targets.dedup();
         for node in targets.into_iter().filter(|n| *n != 0 && *n != self.me) {
-            self.sends
-                .entry(node)
-                .or_default()
-                .joins
-                .push(proto::JoinRequest {
-                    group: group.to_bytes().to_vec(),
-                    node_id: self.me,
-                    replica_id: replica,
-                });
+            self.round.to(node).joins.push(proto::JoinRequest {
+                group: group.to_bytes().to_vec(),
+                node_id: self.me,
+                replica_id: replica,
+            });
         }
     }
 

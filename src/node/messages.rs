@@ -33,9 +33,10 @@ impl NodeCore {
                 self.handle_snapshot_needed(group);
             }
         }
+        self.handle_stream_traffic(from, batch.chunks, batch.acks);
     }
 
-    fn handle_group_message(&mut self, from: NodeId, gm: proto::GroupMessage) {
+    pub(super) fn handle_group_message(&mut self, from: NodeId, gm: proto::GroupMessage) {
         let Some(group) = DataStructureId::from_bytes(&gm.group) else {
             slog::warn!(self.cfg.logger, "dropping message with a malformed group id"; "from" => from);
             return;
@@ -119,7 +120,7 @@ impl NodeCore {
             self.asleep.remove(&group);
             let mut write = GroupWrite::new(group);
             write.remove = true;
-            self.round_writes.insert(group, write);
+            self.round.replace_write(group, write);
             self.held.remove(&group);
         } else {
             self.remove_replica(group);

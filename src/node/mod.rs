@@ -21,10 +21,13 @@ pub(crate) mod proposal;
 mod read;
 mod replicas;
 mod round;
+mod round_state;
 mod snapshot;
 mod status;
+pub(crate) mod streams;
 pub(crate) mod subscription;
 mod tombstone;
+mod transfer;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -40,7 +43,7 @@ use crate::error::Error;
 use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
 use crate::id::{node_of, DataStructureId, NodeId, ReplicaId};
 use crate::proto;
-use crate::storage::{GroupWrite, LogStore, WriteBatch};
+use crate::storage::{LogStore, WriteBatch};
 
 use directory::Directory;
 pub(crate) use input::{Input, Waiter};
@@ -125,29 +128,11 @@ pub(crate) struct Output {
     pub write: Option<(u64, WriteBatch)>,
     /// Snapshots to take; report with [`NodeCore::handle_snapshot_taken`].
     pub snapshots: Vec<SnapshotRequest>,
-    /// Snapshot files to stream to lagging replicas; report with
-    /// [`NodeCore::handle_snapshot_sent`].
-    pub snapshot_sends: Vec<SnapshotSend>,
+    /// File work of the snapshot streams (see [`streams::SnapshotIo`]), in order.
+    pub snapshot_io: Vec<streams::SnapshotIo>,
     /// Outcomes of acknowledged proposals and read barriers: the commit (or read) index,
     /// or why it failed, for each waiter named in the input.
     pub completions: Vec<(Waiter, crate::Result<u64>)>,
-}
-
-/// Asks the runtime to stream the snapshot file of `group` at `index` to a replica on
-/// node `to`, then deliver `message` (the raft `MsgSnapshot` referring to it).
-pub(crate) struct SnapshotSend {
-    pub to: NodeId,
-    pub addr: SocketAddr,
-    pub replica: ReplicaId,
-    pub group: DataStructureId,
-    pub index: u64,
-    /// The raft `MsgSnapshot`, or for an offer the snapshot's encoded metadata.
-    pub message: Vec<u8>,
-    /// An offer to a replica that is not behind (see [`NodeCore::handle_snapshot_offered`]).
-    pub offer: bool,
-    /// The proposal ids kept with the snapshot (none for an offer: its adopter computes
-    /// them from its own log).
-    pub ids: crate::storage::ProposalIds,
 }
 
 /// Metadata key holding this node's replica id in `group` (absent: incarnation 0, the
@@ -188,13 +173,8 @@ pub(crate) struct NodeCore {
     asleep: HashSet<DataStructureId, FxBuildHasher>,
     /// Groups with readies waiting for a batch to be durable.
     held: Set<DataStructureId>,
-    round_writes: Map<DataStructureId, GroupWrite>,
-    round_meta: Vec<(String, Option<Vec<u8>>)>,
-    sends: Map<NodeId, proto::Batch>,
-    issued_seq: u64,
-    durable_seq: u64,
-    /// Storage writes made durable (one fdatasync round each) since the node started.
-    synced_writes: u64,
+    /// This round's writes and sends, and the storage batches' sequence numbers.
+    round: round_state::Round,
     storage_failed: bool,
     stopped: bool,
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
@@ -204,8 +184,8 @@ pub(crate) struct NodeCore {
     deleted: Map<DataStructureId, ReplicaId>,
     /// Snapshots to request in this round's output.
     snapshot_requests: Vec<SnapshotRequest>,
-    /// Snapshot streams to start in this round's output.
-    snapshot_sends: Vec<SnapshotSend>,
+    /// Snapshot streams to and from other nodes.
+    streams: streams::Streams,
     /// Groups whose local replica was just removed from the configuration.
     pending_removal: Vec<DataStructureId>,
     /// Set while a graceful shutdown hands leaderships over.
@@ -224,6 +204,8 @@ impl NodeCore {
         // Proposal ids must not repeat across restarts of this node: the log still holds
         // the previous run's, and duplicates are recognised by id.
         let next_seq = rng.gen_range(1..u64::MAX / 2);
+        // Derived from the seed without drawing from the generator: distinct per start.
+        let first_stream = cfg.rng_seed.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
         let mut core = NodeCore {
             me: cfg.me.node_id,
             rng,
@@ -244,12 +226,7 @@ impl NodeCore {
             active: Set::default(),
             asleep: HashSet::default(),
             held: Set::default(),
-            round_writes: Map::default(),
-            round_meta: Vec::new(),
-            sends: Map::default(),
-            issued_seq: 0,
-            durable_seq: 0,
-            synced_writes: 0,
+            round: round_state::Round::default(),
             storage_failed: false,
             stopped: false,
             handover: None,
@@ -259,7 +236,7 @@ impl NodeCore {
             deleted: Map::default(),
             pending_removal: Vec::new(),
             snapshot_requests: Vec::new(),
-            snapshot_sends: Vec::new(),
+            streams: streams::Streams::new(first_stream),
         };
         for group in &stored {
             let log = GroupLog::from_stored(group, core.disk.clone())?;
@@ -360,15 +337,15 @@ impl NodeCore {
                 return;
             }
         };
-        let write = self.write_for(group);
+        let write = self.round.write_for(group);
         write.conf_state = Some(snap.get_metadata().get_conf_state().clone());
         write.applied = Some(BOOTSTRAP_INDEX);
         write.hard_state = Some(raft.log().initial_hard_state());
         write.snapshot = Some(snap);
         if replica != self.me {
             let key = replica_key(group);
-            self.round_meta
-                .push((key, Some(replica.to_be_bytes().to_vec())));
+            self.round
+                .put_meta(key, Some(replica.to_be_bytes().to_vec()));
         }
         if voters.first() == Some(&replica) {
             if let Err(e) = raft.campaign(&mut self.rng) {
@@ -389,8 +366,8 @@ impl NodeCore {
             Ok(raft) => {
                 if replica != self.me {
                     let key = replica_key(group);
-                    self.round_meta
-                        .push((key, Some(replica.to_be_bytes().to_vec())));
+                    self.round
+                        .put_meta(key, Some(replica.to_be_bytes().to_vec()));
                 }
                 self.groups.insert(group, raft);
             }
@@ -398,12 +375,6 @@ impl NodeCore {
                 slog::error!(self.cfg.logger, "cannot create system replica"; "error" => %e);
             }
         }
-    }
-
-    fn write_for(&mut self, group: DataStructureId) -> &mut GroupWrite {
-        self.round_writes
-            .entry(group)
-            .or_insert_with(|| GroupWrite::new(group))
     }
 
     /// Advances time by one tick: raft timers, proposal deadlines, periodic maintenance.
@@ -428,6 +399,7 @@ impl NodeCore {
         self.expire_proposals();
         self.retry_unanswered_reads();
         self.retry_lagging();
+        self.tick_streams();
         self.maintain();
     }
 
@@ -456,10 +428,8 @@ impl NodeCore {
 
     fn record_known_peers(&mut self) {
         let peers = self.members.gossip_addrs();
-        self.round_meta.push((
-            KNOWN_PEERS_KEY.to_string(),
-            Some(peers.join(",").into_bytes()),
-        ));
+        let value = Some(peers.join(",").into_bytes());
+        self.round.put_meta(KNOWN_PEERS_KEY.to_string(), value);
     }
 
     /// The transport could not reach `node`: tell every group so raft probes it gently, and
@@ -477,20 +447,21 @@ impl NodeCore {
     /// The batch `seq` (and every earlier one) is written, and durable as far as it needs
     /// to be (`synced`: it was fsync'ed).
     pub(crate) fn handle_persisted(&mut self, seq: u64, synced: bool) {
-        debug_assert!(
-            seq <= self.issued_seq,
-            "batch {seq} reported durable, but only {} were issued",
-            self.issued_seq
-        );
-        self.durable_seq = self.durable_seq.max(seq);
-        self.synced_writes += u64::from(synced);
+        self.round.persisted(seq, synced);
     }
 
     /// The batch `seq` could not be written. Nothing after it is acknowledged: held readies
     /// stay held, and every subscriber and waiter hears about it.
     pub(crate) fn handle_storage_failed(&mut self, seq: u64, error: Error) {
-        slog::error!(self.cfg.logger, "storage write failed; this node stops acknowledging writes";
-            "batch" => seq, "error" => %error);
+        slog::error!(self.cfg.logger, "storage write failed"; "batch" => seq);
+        self.stop_on_storage_failure("writing", error);
+    }
+
+    /// Storage failed (`doing` what): nothing more is acknowledged, and every subscriber
+    /// and waiter hears about it.
+    fn stop_on_storage_failure(&mut self, doing: &str, error: Error) {
+        slog::error!(self.cfg.logger, "storage failed; this node stops acknowledging writes";
+            "while" => doing, "error" => %error);
         self.storage_failed = true;
         self.subscriptions.report_to_all(&error);
         for flight in self.pending.take_in_flight() {
@@ -531,9 +502,16 @@ impl NodeCore {
 
     /// Sends subscribers of `group` what was applied since their cursor.
     fn deliver(&mut self, group: DataStructureId) {
-        if let Some(raft) = self.groups.get(&group) {
-            self.subscriptions
-                .deliver(group, raft.log(), raft.applied());
+        let Some(raft) = self.groups.get(&group) else {
+            return;
+        };
+        let delivered = self
+            .subscriptions
+            .deliver(group, raft.log(), raft.applied());
+        if let Err(why) = delivered {
+            if !self.storage_failed {
+                self.stop_on_storage_failure("reading", Error::Corrupted(why));
+            }
         }
     }
 

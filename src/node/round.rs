@@ -9,7 +9,7 @@ use raft::eraftpb::{Message, MessageType};
 use super::{NodeCore, Output};
 use crate::id::{node_of, DataStructureId, NodeId};
 use crate::proto;
-use crate::storage::{parse_file_reference, WriteBatch};
+use crate::storage::parse_file_reference;
 
 /// What a pass over the active groups' readies found.
 pub(super) struct CollectedReadies {
@@ -34,14 +34,9 @@ impl NodeCore {
             if !collected.any {
                 break;
             }
-            if self.round_writes.is_empty()
-                && self.round_meta.is_empty()
-                && self.issued_seq == self.durable_seq
-            {
-                // Nothing to write and everything earlier is durable: the readies just
-                // collected are durable as they are.
-                self.issued_seq += 1;
-                self.durable_seq += 1;
+            // Nothing to write and everything earlier durable: the readies just collected
+            // are durable as they are.
+            if self.round.skip_if_idle() {
                 continue;
             }
             tagged = true;
@@ -50,27 +45,18 @@ impl NodeCore {
             }
         }
         self.complete_reads();
-        let mut output = Output {
+        Output {
             sends: self.take_sends(),
-            write: None,
+            write: self.round.take_batch(tagged),
             snapshots: std::mem::take(&mut self.snapshot_requests),
-            snapshot_sends: std::mem::take(&mut self.snapshot_sends),
+            snapshot_io: self.streams.take_io(),
             completions: std::mem::take(&mut self.completions),
-        };
-        if tagged || !self.round_writes.is_empty() || !self.round_meta.is_empty() {
-            self.issued_seq += 1;
-            let batch = WriteBatch {
-                groups: self.round_writes.drain().map(|(_, w)| w).collect(),
-                meta: std::mem::take(&mut self.round_meta),
-            };
-            output.write = Some((self.issued_seq, batch));
         }
-        output
     }
 
     /// Collects the `Ready` of every active group.
     pub(super) fn collect_readies(&mut self) -> CollectedReadies {
-        let batch_seq = self.issued_seq + 1;
+        let batch_seq = self.round.next_seq();
         let mut any = false;
         let mut releasable = false;
         let active: Vec<_> = self.active.drain().collect();
@@ -94,7 +80,7 @@ impl NodeCore {
             }
             self.held.insert(id);
             if let Some(write) = collected.write {
-                self.write_for(id).merge(write);
+                self.round.write_for(id).merge(write);
             }
             self.queue_messages(id, collected.messages);
             self.on_read_states(collected.reads);
@@ -117,7 +103,7 @@ impl NodeCore {
                 self.held.remove(&id);
                 continue;
             };
-            let released = group.on_durable(self.durable_seq);
+            let released = group.on_durable(self.round.durable_seq());
             if !group.has_held() {
                 self.held.remove(&id);
             }
@@ -145,15 +131,10 @@ impl NodeCore {
                 }
             }
             match msg.write_to_bytes() {
-                Ok(bytes) => self
-                    .sends
-                    .entry(to)
-                    .or_default()
-                    .messages
-                    .push(proto::GroupMessage {
-                        group: group.to_bytes().to_vec(),
-                        message: bytes.into(),
-                    }),
+                Ok(bytes) => self.round.to(to).messages.push(proto::GroupMessage {
+                    group: group.to_bytes().to_vec(),
+                    message: bytes.into(),
+                }),
                 Err(e) => {
                     slog::error!(self.cfg.logger, "cannot encode raft message"; "error" => %e);
                 }
@@ -162,8 +143,8 @@ impl NodeCore {
     }
 
     pub(super) fn take_sends(&mut self) -> Vec<(NodeId, SocketAddr, proto::Batch)> {
-        let mut out = Vec::with_capacity(self.sends.len());
-        for (node, batch) in self.sends.drain() {
+        let mut out = Vec::new();
+        for (node, batch) in self.round.drain_sends() {
             match self.members.raft_addr(node) {
                 Some(addr) => out.push((node, addr, batch)),
                 None => {

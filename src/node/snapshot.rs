@@ -11,9 +11,9 @@
 //! log is kept whole.
 
 use protobuf::Message as _;
-use raft::eraftpb::{Message, SnapshotMetadata};
+use raft::eraftpb::SnapshotMetadata;
 
-use super::{NodeCore, SnapshotRequest, SnapshotSend};
+use super::{NodeCore, SnapshotRequest};
 use crate::error::Error;
 use crate::id::{node_of, DataStructureId};
 
@@ -88,11 +88,12 @@ impl NodeCore {
             .filter(|n| *n != self.me)
             .collect();
         for node in nodes {
-            self.sends.entry(node).or_default().snapshots_needed.push(
-                crate::proto::SnapshotNeeded {
+            self.round
+                .to(node)
+                .snapshots_needed
+                .push(crate::proto::SnapshotNeeded {
                     group: group.to_bytes().to_vec(),
-                },
-            );
+                });
         }
     }
 
@@ -160,7 +161,7 @@ impl NodeCore {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
                     "index" => index);
                 self.offer_snapshot(group, &meta);
-                let write = self.write_for(group);
+                let write = self.round.write_for(group);
                 write.compact = Some(meta);
                 write.compact_ids = Some(ids);
                 self.active.insert(group);
@@ -172,82 +173,11 @@ impl NodeCore {
         }
     }
 
-    /// Hands a `MsgSnapshot` referring to a snapshot file to the runtime, which streams the
-    /// file to the receiver in chunks and delivers the message after it.
-    pub(super) fn stream_snapshot(&mut self, group: DataStructureId, index: u64, msg: Message) {
-        let (to, replica) = (node_of(msg.to), msg.to);
-        let addr = self.members.raft_addr(to);
-        let (Some(addr), Ok(message)) = (addr, msg.write_to_bytes()) else {
-            if let Some(raft) = self.groups.get_mut(&group) {
-                raft.report_snapshot(replica, false);
-            }
-            return;
-        };
-        slog::info!(self.cfg.logger, "streaming snapshot"; "group" => %group, "index" => index,
-            "to" => replica);
-        // From memory: the ids file of a snapshot just taken may not be written yet.
-        let ids = self
-            .groups
-            .get(&group)
-            .filter(|raft| raft.log().snapshot_index() == index)
-            .map(|raft| raft.log().compacted_ids().clone())
-            .unwrap_or_default();
-        self.snapshot_sends.push(SnapshotSend {
-            to,
-            addr,
-            replica,
-            group,
-            index,
-            message,
-            offer: false,
-            ids,
-        });
-    }
-
-    /// After taking a snapshot: offer it to the group's other replicas, so replicas with
-    /// no subscriber (which never snapshot by themselves) compact their logs too.
-    fn offer_snapshot(&mut self, group: DataStructureId, meta: &SnapshotMetadata) {
-        let Ok(metadata) = meta.write_to_bytes() else {
-            return;
-        };
-        let Some(raft) = self.groups.get(&group) else {
-            return;
-        };
-        let cs = raft.log().conf_state();
-        let others: Vec<u64> = cs
-            .voters
-            .iter()
-            .chain(&cs.learners)
-            .copied()
-            .filter(|r| node_of(*r) != self.me)
-            .collect();
-        for replica in others {
-            let to = node_of(replica);
-            let Some(addr) = self
-                .members
-                .raft_addr(to)
-                .filter(|_| self.members.is_alive(to))
-            else {
-                continue;
-            };
-            self.snapshot_sends.push(SnapshotSend {
-                to,
-                addr,
-                replica,
-                group,
-                index: meta.index,
-                message: metadata.clone(),
-                offer: true,
-                ids: Vec::new(),
-            });
-        }
-    }
-
     /// Another replica's snapshot file is installed here: a replica with no subscriber
     /// compacts its log under it (one with a subscriber takes its own snapshots). The
     /// snapshot must be of an applied index whose term matches the local log, so both
     /// cover the same committed prefix.
-    pub(crate) fn handle_snapshot_offered(&mut self, group: DataStructureId, metadata: &[u8]) {
+    pub(super) fn handle_snapshot_offered(&mut self, group: DataStructureId, metadata: &[u8]) {
         let mut meta = SnapshotMetadata::default();
         if meta.merge_from_bytes(metadata).is_err() || self.subscriptions.has_any(group) {
             return;
@@ -262,22 +192,10 @@ impl NodeCore {
         if let Some((compacted, ids)) = raft.compact_to(meta.index) {
             slog::debug!(self.cfg.logger, "compacted under an offered snapshot";
                 "group" => %group, "index" => meta.index);
-            let write = self.write_for(group);
+            let write = self.round.write_for(group);
             write.compact = Some(compacted);
             write.adopt_offer = true;
             write.compact_ids = Some(ids);
-        }
-    }
-
-    /// A snapshot stream ended: raft resumes replicating to the receiver (after a success)
-    /// or retries later (after a failure).
-    pub(crate) fn handle_snapshot_sent(&mut self, group: DataStructureId, replica: u64, ok: bool) {
-        if let Some(raft) = self.groups.get_mut(&group) {
-            raft.report_snapshot(replica, ok);
-            self.active.insert(group);
-        }
-        if !ok {
-            slog::warn!(self.cfg.logger, "snapshot stream failed"; "group" => %group, "to" => replica);
         }
     }
 

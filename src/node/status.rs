@@ -60,7 +60,7 @@ impl NodeCore {
         NodeStats {
             replicas: self.groups.len(),
             hibernating: self.asleep.len(),
-            synced_writes: self.synced_writes,
+            synced_writes: self.round.synced_writes(),
         }
     }
 

@@ -71,6 +71,8 @@ pub(crate) enum Delivery {
     Paused,
     /// The application dropped the receiver; the subscription is over.
     Closed,
+    /// The log could not be read (why): the node cannot go on delivering.
+    Unreadable(String),
 }
 
 impl Subscription {
@@ -93,7 +95,10 @@ impl Subscription {
             let entries =
                 match log.read_entries(self.next_index, applied + 1, Some(CATCH_UP_CHUNK_BYTES)) {
                     Ok(entries) if !entries.is_empty() => entries,
-                    _ => return Delivery::Paused,
+                    Ok(_) => return Delivery::Paused,
+                    Err(e) => {
+                        return Delivery::Unreadable(format!("from index {}: {e}", self.next_index))
+                    }
                 };
             for entry in entries {
                 if log.first_copy(&entry).is_some() {
@@ -197,11 +202,18 @@ impl Subscriptions {
     }
 
     /// Delivers to `group`'s subscribers what `log` holds up to `applied`, and ends the
-    /// subscriptions whose application is gone.
-    pub(crate) fn deliver(&mut self, group: DataStructureId, log: &GroupLog, applied: u64) {
+    /// subscriptions whose application is gone. Fails if the log cannot be read (the
+    /// subscriptions stay paused).
+    pub(crate) fn deliver(
+        &mut self,
+        group: DataStructureId,
+        log: &GroupLog,
+        applied: u64,
+    ) -> Result<(), String> {
         let Some(ids) = self.by_group.get(&group) else {
-            return;
+            return Ok(());
         };
+        let mut unreadable = Ok(());
         let mut closed = Vec::new();
         for id in ids {
             let Some(sub) = self.subs.get_mut(id) else {
@@ -214,12 +226,17 @@ impl Subscriptions {
                 Delivery::Paused => {
                     self.lagging.insert(*id);
                 }
+                Delivery::Unreadable(why) => {
+                    self.lagging.insert(*id);
+                    unreadable = Err(format!("the log of {group} {why}"));
+                }
                 Delivery::Closed => closed.push(*id),
             }
         }
         for id in closed {
             self.remove(id);
         }
+        unreadable
     }
 
     /// The groups with a subscription whose delivery is paused.

@@ -43,8 +43,8 @@ impl NodeCore {
             return;
         }
         self.deleted.insert(group, replica);
-        self.round_meta
-            .push((deleted_key(group), Some(replica.to_be_bytes().to_vec())));
+        self.round
+            .put_meta(deleted_key(group), Some(replica.to_be_bytes().to_vec()));
     }
 
     /// Tells peer `to`, which sent traffic to `replica` of `group`, that this node deleted
@@ -53,15 +53,11 @@ impl NodeCore {
         let Some(deleted) = self.deleted_replica(group) else {
             return;
         };
-        self.sends
-            .entry(to)
-            .or_default()
-            .gone
-            .push(proto::ReplicaGone {
-                group: group.to_bytes().to_vec(),
-                replica_id: replica,
-                deleted,
-            });
+        self.round.to(to).gone.push(proto::ReplicaGone {
+            group: group.to_bytes().to_vec(),
+            replica_id: replica,
+            deleted,
+        });
     }
 
     /// Peer `from` deleted its replica `gone.replica_id`: remember its newest deleted

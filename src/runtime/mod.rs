@@ -11,32 +11,37 @@
 //! | `copycat-core-<node>` | the core: events in, rounds out, ticks | the event queue |
 //! | `copycat-storage` | writes each round's batch (merging what queued), fsyncs | the core |
 //! | `copycat-snapshot` | calls snapshot providers, stores the files | the core |
+//! | `copycat-snap-io` | snapshot streams' file work: opens, chunk reads (sent from there), chunk writes | the core |
 //! | `copycat-pump` | moves fire-and-forget proposals into the event queue | applications |
-//! | `copycat-snap-recv` | writes received snapshot chunks to files | peers |
-//! | `copycat-snap-send` | one per outgoing snapshot stream, while it lasts | the core |
 //! | `copycat-io-<node>` (2) | tokio: TCP transport, UDP gossip | sockets |
 //! | sled's I/O pool | sled's own flushes | the storage thread |
+//!
+//! # Shutdown
+//! Each step waits for the completion of the one before, never for a fixed time: the
+//! core reports leaderships handed over (at most [`HANDOVER_TIMEOUT`]), gossip reports the
+//! leave sent, the core thread is joined after it failed every waiter and the storage
+//! thread wrote its last batch (the snapshot threads end when their queues close), then
+//! the pump is joined, connections close and the tokio runtime stops (its blocking tasks
+//! get at most [`IO_SHUTDOWN_TIMEOUT`]).
 //!
 //! # Queues and what happens when they fill
 //! | queue | bound | when full |
 //! |---|---|---|
 //! | core events | [`INPUT_CAPACITY`] | peer batches dropped (raft retransmits); proposals and read barriers fail with `Error::Overloaded`; the node's own threads wait |
 //! | a subscription's proposals | `PROPOSALS_CAPACITY` | `send` waits, `try_send` fails (backpressure) |
-//! | a subscription's commits | 4,096 (`subscriber.rs`) | delivery pauses and resumes from the log; nothing dropped |
+//! | a subscription's commits | 4,096 (`subscriber_sink.rs`) | delivery pauses and resumes from the log; nothing dropped |
 //! | a subscription's errors | 1,024 | errors dropped and logged |
 //! | frames to one peer | one frame's worth (`max_frame_bytes`) | the oldest frames dropped |
 //! | storage batches | unbounded, fed only by the core (a batch per round) | n/a |
 //! | snapshot requests | unbounded, at most one per group in flight | n/a |
-//! | received snapshot chunks | unbounded (not yet bounded: fed by peers) | n/a |
-//! | pump control | unbounded, one message per subscription | n/a |
+//! | stream file work | unbounded, fed by the core: per outgoing stream one window (8 MiB) of reads; received chunks up to `MAX_UNSTORED_BYTES` (32 MiB) over all streams | the core drops further chunks; senders resend after 2 s |
+//! | pump control | unbounded; at most one pending doorbell ring per subscription | n/a |
 
 pub(crate) mod frame;
 pub(crate) mod gossip;
 mod pump;
-pub(crate) mod snapshot_stream;
-pub(crate) mod snapshot_thread;
+mod snapshot_thread;
 mod storage_thread;
-pub(crate) mod subscriber;
 pub(crate) mod transport;
 
 use std::collections::HashMap;
@@ -61,8 +66,7 @@ use crate::snapshot_provider::SnapshotProvider;
 use crate::storage::{LogStore, SledStore, WriteBatch};
 
 use gossip::{Gossip, GossipConfig};
-pub(crate) use pump::PumpControl;
-use snapshot_stream::SnapshotStreams;
+pub(crate) use pump::{Doorbell, PumpControl};
 use transport::{Transport, TransportConfig};
 
 /// A multi-thread runtime of its own for one test.
@@ -77,6 +81,13 @@ pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
 
 /// Metadata key of the persistent node id.
 const NODE_ID_KEY: &str = "node_id";
+
+/// How long a graceful shutdown waits for the core to report its leaderships handed over;
+/// a handover that cannot finish (peers unreachable) does not hold the shutdown longer.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the tokio runtime may take to finish its blocking tasks at shutdown (its async
+/// tasks are dropped at once).
+const IO_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Inputs are drained in bursts of at most this many before a round runs, so a flood of
 /// inputs cannot starve ticks and output.
@@ -186,11 +197,9 @@ impl NodeRuntime {
             .enable_all()
             .build()?;
         let (input_tx, input_rx) = crossbeam_channel::bounded(INPUT_CAPACITY);
-        let streams = SnapshotStreams::start(store.clone(), input_tx.clone(), logger.clone())?;
         let transport = Arc::new(start_transport(
-            &tokio, listener, &config, node_id, &input_tx, &streams, &logger,
+            &tokio, listener, &config, node_id, &input_tx, &logger,
         )?);
-        streams.set_transport(&transport);
         let gossip_config = GossipConfig {
             cluster: config.cluster_name.clone(),
             me,
@@ -199,16 +208,15 @@ impl NodeRuntime {
             logger: logger.clone(),
         };
         let membership_tx = input_tx.clone();
-        let membership_streams = streams.clone();
         let on_membership = Arc::new(move |event: MembershipEvent| {
-            if let MembershipEvent::Up(info) = &event {
-                membership_streams.note_address(info.node_id, info.raft_addr);
-            }
             let _ = membership_tx.send(Input::Membership(event).into());
         });
         let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
 
-        let snapshot_tx = snapshot_thread::spawn(store.clone(), input_tx.clone(), logger.clone())?;
+        let snapshot_tx =
+            snapshot_thread::spawn_taker(store.clone(), input_tx.clone(), logger.clone())?;
+        let stream_io_tx =
+            snapshot_thread::spawn_stream_io(store.clone(), transport.clone(), input_tx.clone())?;
         let (storage_tx, storage_thread) =
             storage_thread::spawn(store, input_tx.clone(), logger.clone())?;
         let tick = config.tick_interval;
@@ -221,7 +229,7 @@ impl NodeRuntime {
                         storage: storage_tx,
                         transport: transport_handle,
                         snapshots: snapshot_tx,
-                        streams,
+                        stream_io: stream_io_tx,
                     };
                     run_core(core, input_rx, out, tick);
                     // The storage sender is gone: wait for the queued writes to finish.
@@ -257,7 +265,7 @@ impl NodeRuntime {
             let _ = handed_over.send(());
         }));
         if self.input.send(handover).is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(5));
+            let _ = wait.recv_timeout(HANDOVER_TIMEOUT);
         }
         self.gossip.leave();
         let _ = self.input.send(Input::Shutdown.into());
@@ -270,8 +278,7 @@ impl NodeRuntime {
         if let Some(tokio) = self.tokio.take() {
             // Dropping a runtime inside async code panics; shutting it down from a plain
             // thread works from anywhere.
-            let _ =
-                std::thread::spawn(move || tokio.shutdown_timeout(Duration::from_secs(2))).join();
+            let _ = std::thread::spawn(move || tokio.shutdown_timeout(IO_SHUTDOWN_TIMEOUT)).join();
         }
     }
 }
@@ -354,11 +361,9 @@ fn start_transport(
     config: &Config,
     node_id: NodeId,
     input: &Sender<Event>,
-    streams: &Arc<SnapshotStreams>,
     logger: &slog::Logger,
 ) -> Result<Transport> {
     let batch_tx = input.clone();
-    let streams = streams.clone();
     let unreachable_tx = input.clone();
     let dropped = Arc::new(AtomicU64::new(0));
     let (batch_dropped, batch_logger) = (dropped.clone(), logger.clone());
@@ -372,18 +377,9 @@ fn start_transport(
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
         },
-        Arc::new(move |from, mut batch: proto::Batch| {
-            // Snapshot streams bypass the core: files are the runtime's business.
-            if !batch.chunks.is_empty() {
-                streams.on_chunks(from, std::mem::take(&mut batch.chunks));
-            }
-            if !batch.acks.is_empty() {
-                streams.on_acks(from, std::mem::take(&mut batch.acks));
-            }
-            if batch.has_core_traffic() {
-                let event = Input::Batch(from, batch).into();
-                offer_from_peer(&batch_tx, event, &batch_dropped, &batch_logger);
-            }
+        Arc::new(move |from, batch: proto::Batch| {
+            let event = Input::Batch(from, batch).into();
+            offer_from_peer(&batch_tx, event, &batch_dropped, &batch_logger);
         }),
         Arc::new(move |node| {
             let event = Input::Unreachable(node).into();
@@ -399,7 +395,7 @@ struct CoreOutputs {
     storage: Sender<(u64, WriteBatch)>,
     transport: Arc<Transport>,
     snapshots: Sender<snapshot_thread::SnapshotJob>,
-    streams: Arc<SnapshotStreams>,
+    stream_io: Sender<crate::node::streams::SnapshotIo>,
 }
 
 fn run_core(core: NodeCore, input: Receiver<Event>, out: CoreOutputs, tick: Duration) {
@@ -523,8 +519,8 @@ impl CoreShell {
                 }
             }
         }
-        for send in output.snapshot_sends {
-            out.streams.send(send);
+        for io in output.snapshot_io {
+            let _ = out.stream_io.send(io);
         }
     }
 }

@@ -1,21 +1,25 @@
-//! The snapshot thread: calls applications' snapshot providers and writes their state to
-//! snapshot files, off the core thread so no other group waits for a large snapshot.
+//! The snapshot threads: one calls applications' snapshot providers and writes their state
+//! to snapshot files, one performs the snapshot streams' file reads and writes. Both are
+//! off the core thread so no other group waits for a large snapshot, and apart, so a slow
+//! provider does not hold up streams.
 
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
+use super::transport::Transport;
 use super::Event;
-use crate::node::Input;
+use crate::node::streams::SnapshotIo;
 use crate::node::SnapshotRequest;
+use crate::snapshot_io::{self, Performed, StreamFiles};
 use crate::snapshot_provider::SnapshotProvider;
 use crate::storage::SledStore;
 
 /// A snapshot to take, with the provider of the subscription the core named.
 pub(super) type SnapshotJob = (SnapshotRequest, Arc<dyn SnapshotProvider>);
 
-/// Starts the thread; it exits when the returned sender is dropped.
-pub(super) fn spawn(
+/// Starts the thread taking snapshots; it exits when the returned sender is dropped.
+pub(super) fn spawn_taker(
     store: Arc<SledStore>,
     core: Sender<Event>,
     logger: slog::Logger,
@@ -25,7 +29,7 @@ pub(super) fn spawn(
         .name("copycat-snapshot".to_string())
         .spawn(move || {
             for (request, provider) in rx {
-                let input = take(&store, &request, provider.as_ref(), &logger);
+                let input = snapshot_io::take(&store, &request, provider.as_ref(), &logger);
                 if core.send(input.into()).is_err() {
                     return;
                 }
@@ -34,36 +38,29 @@ pub(super) fn spawn(
     Ok(tx)
 }
 
-/// Calls the provider, checks the index it reports and stores the bytes durably.
-pub(crate) fn take(
-    store: &SledStore,
-    request: &SnapshotRequest,
-    provider: &dyn SnapshotProvider,
-    logger: &slog::Logger,
-) -> Input {
-    let group = request.group;
-    let failed = |reason: String| Input::SnapshotFailed {
-        group,
-        reason: Some(reason),
-    };
-    let Some((index, data)) = provider.snapshot() else {
-        return Input::SnapshotFailed {
-            group,
-            reason: None,
-        };
-    };
-    let Some(index) = request.covered_index(index) else {
-        return failed(format!(
-            "the snapshot provider reported index {index}, at or below the current snapshot {}",
-            request.min_index.saturating_sub(1)
-        ));
-    };
-    match store.snapshot_files().write(group, index, &data) {
-        Ok(()) => {
-            slog::debug!(logger, "snapshot stored"; "group" => %group, "index" => index,
-                "bytes" => data.len());
-            Input::SnapshotTaken { group, index }
-        }
-        Err(e) => failed(format!("cannot store the snapshot: {e}")),
-    }
+/// Starts the thread of the streams' file work; it exits when the returned sender is
+/// dropped. Chunks read are sent straight to their peers.
+pub(super) fn spawn_stream_io(
+    store: Arc<SledStore>,
+    transport: Arc<Transport>,
+    core: Sender<Event>,
+) -> std::io::Result<Sender<SnapshotIo>> {
+    let (tx, rx) = crossbeam_channel::unbounded::<SnapshotIo>();
+    std::thread::Builder::new()
+        .name("copycat-snap-io".to_string())
+        .spawn(move || {
+            let mut files = StreamFiles::new(store.snapshot_files().clone());
+            for io in rx {
+                match files.perform(io) {
+                    Performed::Done => {}
+                    Performed::Send(to, addr, batch) => transport.send(to, addr, batch),
+                    Performed::Input(input) => {
+                        if core.send(input.into()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
 }

@@ -7,8 +7,8 @@ use crossbeam_channel::Receiver;
 
 use crate::id::DataStructureId;
 use crate::node::subscription::{SubId, SubscriberSink};
-use crate::runtime::subscriber::channel_sink;
 use crate::storage::SnapshotFiles;
+use crate::subscriber_sink::channel_sink;
 use crate::{Commit, Error};
 
 /// Entries `(index, data)` applied, in order.

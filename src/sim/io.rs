@@ -1,6 +1,7 @@
 //! The simulated I/O around each core: a network that delays, drops and duplicates
-//! batches and honours partitions, a disk that writes one batch at a time, snapshot
-//! taking and streaming as single events, and a membership view standing in for gossip.
+//! batches and honours partitions, a disk that writes one batch at a time, snapshot file
+//! work one piece at a time (stream chunks cross the faulty network like any batch), and
+//! a membership view standing in for gossip.
 
 use protobuf::Message as _;
 use raft::eraftpb::MessageType;
@@ -9,9 +10,11 @@ use rand::Rng;
 use super::world::{Event, World};
 use crate::id::NodeId;
 use crate::node::member::MembershipEvent;
+use crate::node::streams::SnapshotIo;
 use crate::node::Input;
-use crate::node::{SnapshotRequest, SnapshotSend};
+use crate::node::SnapshotRequest;
 use crate::proto;
+use crate::snapshot_io::{self, Performed};
 
 /// `batch` without its forwarded proposals.
 fn without_proposals(mut batch: proto::Batch) -> proto::Batch {
@@ -88,12 +91,8 @@ impl World {
         self.at(delay, Event::DiskDone { node: i, life });
     }
 
-    /// A batch arrived: snapshot chunks never travel in the simulation (streams are whole
-    /// events), so the rest goes to the core as the transport would hand it over.
+    /// A batch arrived: it goes to the core as the transport would hand it over.
     pub(super) fn deliver(&mut self, to: usize, from: NodeId, batch: proto::Batch) {
-        if !batch.has_core_traffic() {
-            return;
-        }
         self.input(to, Input::Batch(from, batch));
     }
 
@@ -125,12 +124,9 @@ impl World {
             return;
         };
         let input = match running.provider(request.sub) {
-            Some(provider) => crate::runtime::snapshot_thread::take(
-                &running.store,
-                &request,
-                provider.as_ref(),
-                &self.logger,
-            ),
+            Some(provider) => {
+                snapshot_io::take(&running.store, &request, provider.as_ref(), &self.logger)
+            }
             None => Input::SnapshotFailed {
                 group: request.group,
                 reason: None,
@@ -139,66 +135,35 @@ impl World {
         self.input(i, input);
     }
 
-    /// A snapshot stream, as one event: it succeeds if both ends lived through it and can
-    /// talk; the receiver installs the file and gets the message, the sender hears how it
-    /// went.
-    pub(super) fn stream(
-        &mut self,
-        from: usize,
-        from_life: u64,
-        to: usize,
-        to_life: u64,
-        send: SnapshotSend,
-    ) {
-        let sender_alive = self.nodes[from].life == from_life && self.nodes[from].running.is_some();
-        let receiver_alive = self.nodes[to].life == to_life && self.nodes[to].running.is_some();
-        let ok = sender_alive
-            && receiver_alive
-            && self.connected(from, to)
-            && self.copy_snapshot(from, to, &send);
-        if sender_alive {
-            let (group, replica) = (send.group, send.replica);
-            self.input(from, Input::SnapshotSent { group, replica, ok });
-        }
+    /// Queues a piece of node `i`'s snapshot file work behind the earlier ones: the
+    /// runtime's stream thread performs them in order, one at a time.
+    pub(super) fn queue_snapshot_io(&mut self, i: usize, io: SnapshotIo) {
+        let (now, life) = (self.now, self.nodes[i].life);
+        let delay = self.rng.gen_range(1..4);
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        running.snapshot_io_at = running.snapshot_io_at.max(now) + delay;
+        let delay = running.snapshot_io_at - now;
+        self.at(delay, Event::SnapshotIo { node: i, life, io });
     }
 
-    fn copy_snapshot(&mut self, from: usize, to: usize, send: &SnapshotSend) -> bool {
-        let (Some(src), Some(dst)) = (&self.nodes[from].running, &self.nodes[to].running) else {
-            return false;
-        };
-        let (src, dst) = (src.store.snapshot_files(), dst.store.snapshot_files());
-        let Ok(Some(data)) = src.read(send.group, send.index) else {
-            return false;
-        };
-        let ids = crate::storage::encode_ids(&send.ids);
-        let written = dst
-            .create_partial(send.group, send.index)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(&data).map_err(Into::into)
-            });
-        if written.is_err() {
-            return false;
+    /// Performs a piece of snapshot file work: a chunk read goes onto the network, other
+    /// outcomes back to the core.
+    pub(super) fn snapshot_io(&mut self, i: usize, life: u64, io: SnapshotIo) {
+        if self.nodes[i].life != life {
+            return;
         }
-        let last_chunk = proto::SnapshotChunk {
-            group: send.group.to_bytes().to_vec(),
-            index: send.index,
-            offset: 0,
-            total: data.len() as u64,
-            data: Vec::new(),
-            message: send.message.clone(),
-            offer: send.offer,
-            ids,
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
         };
-        let from_id = self.nodes[from].info.node_id;
-        match crate::runtime::snapshot_stream::install_received(
-            dst, from_id, send.group, send.index, last_chunk,
-        ) {
-            Ok(input) => {
-                self.input(to, input);
-                true
+        match running.stream_files.perform(io) {
+            Performed::Done => {}
+            Performed::Send(to, _, batch) => {
+                let from = self.nodes[i].info.node_id;
+                self.send(i, from, to, batch);
             }
-            Err(_) => false,
+            Performed::Input(input) => self.input(i, input),
         }
     }
 

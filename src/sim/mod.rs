@@ -10,8 +10,9 @@
 //! `COPYCAT_SIM_SEED_START=S` starts at seed S. The same seed replays the same run.
 //!
 //! What is simulated rather than run: gossip (a membership view from connectivity stands
-//! in for foca), the TCP transport (whole batches are delayed, dropped or duplicated) and
-//! snapshot streams (one event per stream). Storage is production's sled store on a temp
+//! in for foca) and the TCP transport (whole batches are delayed, dropped or duplicated;
+//! snapshot stream chunks and acknowledgements travel in them, so the cores' stream state
+//! machines meet loss, duplication and reordering). Storage is production's sled store on a temp
 //! dir, without fdatasync: a crash loses the writes still queued, as a killed process does.
 
 mod app;

@@ -18,8 +18,8 @@ use crate::registry::shared::Wanted;
 use crate::registry::state::{Op, RegistryState};
 use crate::registry::upkeep;
 use crate::registry::{Publication, PublicationId, PublishSettings, REGISTRY_ID};
-use crate::runtime::subscriber::channel_sink;
 use crate::storage::SnapshotFiles;
+use crate::subscriber_sink::channel_sink;
 use crate::{Commit, Error, MemberStatus};
 
 /// Service names the workload publishes under.

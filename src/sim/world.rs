@@ -17,8 +17,9 @@ use super::Params;
 use crate::group::RaftSettings;
 use crate::id::{DataStructureId, NodeId};
 use crate::node::member::NodeInfo;
+use crate::node::streams::SnapshotIo;
 use crate::node::subscription::SubId;
-use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest, SnapshotSend};
+use crate::node::{CoreConfig, NodeCore, Output, SnapshotRequest};
 use crate::node::{Input, Waiter};
 use crate::proto;
 use crate::registry::state::Op;
@@ -47,12 +48,10 @@ pub(crate) enum Event {
         life: u64,
         request: SnapshotRequest,
     },
-    Stream {
-        from: usize,
-        from_life: u64,
-        to: usize,
-        to_life: u64,
-        send: SnapshotSend,
+    SnapshotIo {
+        node: usize,
+        life: u64,
+        io: SnapshotIo,
     },
     Gossip,
     RegistryUpkeep,
@@ -66,6 +65,9 @@ pub(crate) struct Running {
     pub store: Arc<SledStore>,
     pub disk: VecDeque<(u64, WriteBatch)>,
     pub disk_busy: bool,
+    /// When the last piece of queued snapshot file work is done (ms).
+    pub snapshot_io_at: u64,
+    pub stream_files: crate::snapshot_io::StreamFiles,
     pub apps: Vec<App>,
     pub registry: Option<RegistryAgent>,
 }
@@ -200,11 +202,14 @@ impl World {
         node.life += 1;
         node.view.clear();
         node.dead_since = None;
+        let stream_files = crate::snapshot_io::StreamFiles::new(store.snapshot_files().clone());
         node.running = Some(Running {
             core,
             store,
             disk: VecDeque::new(),
             disk_busy: false,
+            snapshot_io_at: 0,
+            stream_files,
             apps: Vec::new(),
             registry: None,
         });
@@ -434,22 +439,8 @@ impl World {
                 },
             );
         }
-        for send in output.snapshot_sends {
-            let Some(to) = self.index_of(send.to) else {
-                continue;
-            };
-            let to_life = self.nodes[to].life;
-            let delay = self.rng.gen_range(5..60);
-            self.at(
-                delay,
-                Event::Stream {
-                    from: i,
-                    from_life: life,
-                    to,
-                    to_life,
-                    send,
-                },
-            );
+        for io in output.snapshot_io {
+            self.queue_snapshot_io(i, io);
         }
     }
 
@@ -487,13 +478,7 @@ impl World {
                     self.take_snapshot(node, request);
                 }
             }
-            Event::Stream {
-                from,
-                from_life,
-                to,
-                to_life,
-                send,
-            } => self.stream(from, from_life, to, to_life, send),
+            Event::SnapshotIo { node, life, io } => self.snapshot_io(node, life, io),
             Event::Gossip => self.gossip(),
             Event::RegistryUpkeep => self.registry_upkeep(),
             Event::Workload | Event::Fault => {}

@@ -17,7 +17,8 @@ mod snapshot_files;
 
 pub use sled_store::SledStore;
 pub use snapshot_files::{
-    decode_ids, encode_ids, file_reference, parse_file_reference, ProposalIds, SnapshotFiles,
+    decode_ids, encode_ids, file_reference, parse_file_reference, read_at, ProposalIds,
+    SnapshotFiles,
 };
 
 use std::path::PathBuf;

@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::{Result, StorageError};
 use crate::id::DataStructureId;
+use crate::proto::SnapshotChunk;
 
 /// Snapshot files kept per group.
 pub const KEEP_FILES: usize = 2;
@@ -180,6 +181,64 @@ impl SnapshotFiles {
         Ok(File::create(self.partial_path(group, index))?)
     }
 
+    /// Opens the snapshot file of `group` at `index` for streaming, with its size. An
+    /// open file stays readable when a newer snapshot prunes it; a just-adopted offer is
+    /// found under its offer name (see [`SnapshotFiles::read`]).
+    pub fn open(&self, group: DataStructureId, index: u64) -> Result<(File, u64)> {
+        let snapshot = self.path(group, index);
+        let mut missing = None;
+        for path in [&snapshot, &self.offer_path(group, index), &snapshot] {
+            match File::open(path) {
+                Ok(file) => {
+                    let size = file.metadata()?.len();
+                    return Ok((file, size));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing = Some(e),
+                Err(e) => return Err(StorageError::Io(e)),
+            }
+        }
+        Err(StorageError::Io(missing.unwrap_or_else(|| {
+            std::io::Error::from(std::io::ErrorKind::NotFound)
+        })))
+    }
+
+    /// Appends a received chunk to the partial file of its snapshot (a chunk at offset 0
+    /// starts it afresh) and returns the bytes received so far. The chunk that completes
+    /// the file installs it: as an offer, or as a snapshot with the proposal ids it carries.
+    pub fn store_chunk(&self, group: DataStructureId, chunk: &SnapshotChunk) -> Result<u64> {
+        let index = chunk.index;
+        let mut file = if chunk.offset == 0 {
+            self.create_partial(group, index)?
+        } else {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(self.partial_path(group, index))?
+        };
+        let held = file.metadata()?.len();
+        if held != chunk.offset {
+            return Err(StorageError::Corrupted {
+                what: self.partial_path(group, index).display().to_string(),
+                detail: format!(
+                    "{held} bytes, but the next chunk starts at {}",
+                    chunk.offset
+                ),
+            });
+        }
+        file.write_all(&chunk.data)?;
+        let received = chunk.offset + chunk.data.len() as u64;
+        if received < chunk.total {
+            return Ok(received);
+        }
+        drop(file);
+        if chunk.offer {
+            self.keep_offer(group, index)?;
+        } else {
+            self.write_ids(group, index, &decode_ids(&chunk.ids))?;
+            self.install_partial(group, index)?;
+        }
+        Ok(received)
+    }
+
     fn ids_path(&self, group: DataStructureId, index: u64) -> PathBuf {
         self.group_dir(group).join(format!("{index:020}.ids"))
     }
@@ -291,6 +350,14 @@ impl SnapshotFiles {
             _ => Ok(()),
         }
     }
+}
+
+/// `len` bytes of an open snapshot file from `offset`.
+pub fn read_at(mut file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut data = vec![0; len as usize];
+    file.read_exact(&mut data)?;
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -1,0 +1,688 @@
+//! Snapshot streams, both directions, as a state machine without I/O.
+//!
+//! A raft `MsgSnapshot` of a data group carries only a reference to its snapshot file. The
+//! sender streams the file in [`CHUNK_BYTES`] pieces as [`SnapshotChunk`]s in ordinary
+//! batches, at most [`WINDOW_BYTES`] ahead of the receiver's acknowledgements, so neither
+//! side holds the snapshot in memory and other groups' raft traffic interleaves with the
+//! chunks. The receiver appends chunks to a partial file, makes it durable, moves it into
+//! place, and only then steps the `MsgSnapshot` the last chunk carried.
+//!
+//! This type decides what to read, write and acknowledge and when to give up; the file
+//! work is [`SnapshotIo`] the runtime (or the simulator) performs, answering with inputs.
+//! Time comes in as milliseconds, so the simulator runs streams through its faulty network.
+//!
+//! Each stream has a number: a restarted stream of the same snapshot to the same node gets
+//! a new one and supersedes the older (whose acknowledgements are then ignored), and the
+//! receiver tells a restart from a late duplicate of a first chunk.
+
+use std::net::SocketAddr;
+
+use super::Map;
+use crate::id::{DataStructureId, NodeId, ReplicaId};
+use crate::proto::{SnapshotAck, SnapshotChunk};
+
+/// Bytes per chunk.
+pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes a sender may have in flight beyond the receiver's acknowledgement.
+pub(crate) const WINDOW_BYTES: u64 = 8 << 20;
+/// Bytes of received chunks handed to the runtime and not yet written, over all incoming
+/// streams; chunks beyond it are dropped (their senders resend after [`ACK_TIMEOUT_MS`]).
+pub(crate) const MAX_UNSTORED_BYTES: u64 = 4 * WINDOW_BYTES;
+/// A sender that hears nothing for this long resends from the last acknowledged byte.
+pub(crate) const ACK_TIMEOUT_MS: u64 = 2_000;
+/// A stream whose receiver acknowledges no new byte for this long is abandoned (raft
+/// retries later).
+pub(crate) const MAX_STALL_MS: u64 = 10_000;
+
+/// A stream's number, chosen by its sender.
+pub(crate) type StreamId = u64;
+
+/// File work for snapshot streams, performed outside the core.
+#[derive(Debug)]
+pub(crate) enum SnapshotIo {
+    /// Open the snapshot file of `group` at `index` for the stream (it stays open until
+    /// `Close`, whatever happens to the file meanwhile); answer with its size in
+    /// `Input::StreamOpened`.
+    Open {
+        to: NodeId,
+        group: DataStructureId,
+        index: u64,
+        stream: StreamId,
+    },
+    /// Fill `chunk.data` with `len` bytes of the file from `chunk.offset` and send the chunk
+    /// to `to` at `addr`; answer only a failure, with `Input::StreamFailed`.
+    Read {
+        to: NodeId,
+        addr: SocketAddr,
+        group: DataStructureId,
+        len: u64,
+        chunk: SnapshotChunk,
+    },
+    /// The stream ended: its file is no longer needed.
+    Close { stream: StreamId },
+    /// Write the chunk at its offset into the partial file of its snapshot (a chunk at
+    /// offset 0 starts the file afresh); when it completes the file, install it (as an
+    /// offer if `chunk.offer`, else with `chunk.ids`). Answer with `Input::ChunkStored`.
+    Write {
+        from: NodeId,
+        group: DataStructureId,
+        chunk: SnapshotChunk,
+    },
+}
+
+/// A stream that ended, for raft's `report_snapshot` (offers are not raft's).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Ended {
+    pub group: DataStructureId,
+    pub replica: ReplicaId,
+    pub offer: bool,
+    /// `None`: the receiver has the whole file.
+    pub failure: Option<String>,
+}
+
+/// What a written chunk leads to on the receiving side.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The chunk belongs to a stream that ended or was superseded.
+    Stale,
+    /// Acknowledge to the sender.
+    Ack(SnapshotAck),
+    /// The file is complete and installed: acknowledge, then step `message` (or, for an
+    /// offer, consider the snapshot metadata it holds).
+    Complete {
+        ack: SnapshotAck,
+        message: Vec<u8>,
+        offer: bool,
+    },
+    /// Writing failed; the stream is dropped (its sender stalls and gives up).
+    Failed(String),
+}
+
+/// What a stream to send carries besides its file.
+pub(crate) struct StreamRequest {
+    pub to: NodeId,
+    pub addr: SocketAddr,
+    pub replica: ReplicaId,
+    pub group: DataStructureId,
+    pub index: u64,
+    /// The raft `MsgSnapshot`, or for an offer the snapshot's encoded metadata.
+    pub message: Vec<u8>,
+    /// An offer to a replica that is not behind (see `NodeCore::handle_snapshot_offered`).
+    pub offer: bool,
+    /// The encoded proposal ids kept with the snapshot (empty for an offer: its adopter
+    /// computes them from its own log).
+    pub ids: Vec<u8>,
+}
+
+/// One outgoing stream.
+struct Outgoing {
+    stream: StreamId,
+    request: StreamRequest,
+    /// The file's size, once opened.
+    total: Option<u64>,
+    /// Bytes handed out for reading and sending.
+    sent: u64,
+    acked: u64,
+    /// The final chunk (which carries the message) went out: only acknowledgements are
+    /// awaited.
+    last_sent: bool,
+    /// When an acknowledgement last arrived or the window was last resent.
+    heard_ms: u64,
+    /// When the acknowledged position last moved (or the stream started).
+    progressed_ms: u64,
+}
+
+/// One incoming stream.
+struct Incoming {
+    stream: StreamId,
+    index: u64,
+    total: u64,
+    /// Bytes handed to the runtime for writing.
+    forwarded: u64,
+    /// Bytes written.
+    stored: u64,
+    /// The final chunk's message, kept while that chunk is being written.
+    message: Option<Vec<u8>>,
+    offer: bool,
+}
+
+/// Identifies an outgoing stream: receiver, group, snapshot index.
+type OutKey = (NodeId, DataStructureId, u64);
+
+/// The node's snapshot streams.
+pub(crate) struct Streams {
+    next_stream: StreamId,
+    outgoing: Map<OutKey, Outgoing>,
+    /// At most one per sender and group: a new stream replaces the older one.
+    incoming: Map<(NodeId, DataStructureId), Incoming>,
+    /// Bytes forwarded for writing and not yet reported written.
+    unstored: u64,
+    io: Vec<SnapshotIo>,
+}
+
+fn ack(group: DataStructureId, index: u64, stream: StreamId, received: u64) -> SnapshotAck {
+    SnapshotAck {
+        group: group.to_bytes().to_vec(),
+        index,
+        received,
+        stream,
+    }
+}
+
+impl Streams {
+    /// Streams numbered from `first` (distinct per process start, so a receiver that still
+    /// holds a stream from before a sender's restart does not mistake the new one for it).
+    pub(crate) fn new(first: StreamId) -> Self {
+        Streams {
+            next_stream: first,
+            outgoing: Map::default(),
+            incoming: Map::default(),
+            unstored: 0,
+            io: Vec::new(),
+        }
+    }
+
+    /// File work to perform, in order.
+    pub(crate) fn take_io(&mut self) -> Vec<SnapshotIo> {
+        std::mem::take(&mut self.io)
+    }
+
+    /// Starts streaming; a stream of the same snapshot to the same node is superseded.
+    pub(crate) fn start(&mut self, now_ms: u64, request: StreamRequest) {
+        let stream = self.next_stream;
+        self.next_stream = self.next_stream.wrapping_add(1);
+        let (to, group, index) = (request.to, request.group, request.index);
+        self.io.push(SnapshotIo::Open {
+            to,
+            group,
+            index,
+            stream,
+        });
+        let outgoing = Outgoing {
+            stream,
+            request,
+            total: None,
+            sent: 0,
+            acked: 0,
+            last_sent: false,
+            heard_ms: now_ms,
+            progressed_ms: now_ms,
+        };
+        if let Some(older) = self.outgoing.insert((to, group, index), outgoing) {
+            self.io.push(SnapshotIo::Close {
+                stream: older.stream,
+            });
+        }
+    }
+
+    /// The file of a stream was opened (its size) or could not be.
+    pub(crate) fn opened(
+        &mut self,
+        now_ms: u64,
+        key: OutKey,
+        stream: StreamId,
+        total: Result<u64, String>,
+    ) -> Option<Ended> {
+        let out = self.current(key, stream)?;
+        match total {
+            Ok(total) => {
+                out.total = Some(total);
+                out.heard_ms = now_ms;
+                self.fill_window(key);
+                None
+            }
+            Err(reason) => self.end(key, Some(reason)),
+        }
+    }
+
+    /// Reading or sending a chunk failed.
+    pub(crate) fn read_failed(
+        &mut self,
+        key: OutKey,
+        stream: StreamId,
+        reason: String,
+    ) -> Option<Ended> {
+        self.current(key, stream)?;
+        self.end(key, Some(reason))
+    }
+
+    /// An acknowledgement from `from`.
+    pub(crate) fn acked(&mut self, now_ms: u64, from: NodeId, ack: &SnapshotAck) -> Option<Ended> {
+        let group = DataStructureId::from_bytes(&ack.group)?;
+        let key = (from, group, ack.index);
+        let out = self.current(key, ack.stream)?;
+        let total = out.total?;
+        if ack.received > out.acked {
+            out.progressed_ms = now_ms;
+            out.acked = ack.received;
+        }
+        out.heard_ms = now_ms;
+        // Every stream ends with an acknowledgement of at least 1 (an empty file's too).
+        if out.acked >= total.max(1) {
+            return self.end(key, None);
+        }
+        if out.acked > out.sent {
+            // The receiver is ahead of a resend: continue from what it has.
+            out.sent = out.acked;
+            out.last_sent = false;
+        }
+        self.fill_window(key);
+        None
+    }
+
+    /// Time passed: streams that heard nothing resend from the acknowledged byte, streams
+    /// that made no progress for [`MAX_STALL_MS`] end as failed.
+    pub(crate) fn tick(&mut self, now_ms: u64) -> Vec<Ended> {
+        let mut stalled = Vec::new();
+        let mut resend = Vec::new();
+        for (key, out) in &mut self.outgoing {
+            if now_ms >= out.progressed_ms + MAX_STALL_MS {
+                stalled.push(*key);
+            } else if out.total.is_some() && now_ms >= out.heard_ms + ACK_TIMEOUT_MS {
+                // Chunks or acknowledgements were lost.
+                out.heard_ms = now_ms;
+                out.sent = out.acked;
+                out.last_sent = false;
+                resend.push(*key);
+            }
+        }
+        // In key order, so the simulator's runs replay from their seeds.
+        resend.sort_unstable();
+        stalled.sort_unstable();
+        for key in resend {
+            self.fill_window(key);
+        }
+        let reason = || Some("the receiver stopped acknowledging".to_string());
+        stalled
+            .into_iter()
+            .filter_map(|key| self.end(key, reason()))
+            .collect()
+    }
+
+    /// The outgoing stream `key` if `stream` is its current number.
+    fn current(&mut self, key: OutKey, stream: StreamId) -> Option<&mut Outgoing> {
+        self.outgoing.get_mut(&key).filter(|o| o.stream == stream)
+    }
+
+    fn end(&mut self, key: OutKey, failure: Option<String>) -> Option<Ended> {
+        let out = self.outgoing.remove(&key)?;
+        self.io.push(SnapshotIo::Close { stream: out.stream });
+        Some(Ended {
+            group: out.request.group,
+            replica: out.request.replica,
+            offer: out.request.offer,
+            failure,
+        })
+    }
+
+    /// Hands out reads while the window has room.
+    fn fill_window(&mut self, key: OutKey) {
+        let Some(out) = self.outgoing.get_mut(&key) else {
+            return;
+        };
+        let Some(total) = out.total else {
+            return;
+        };
+        while !out.last_sent && out.sent - out.acked < WINDOW_BYTES {
+            let len = CHUNK_BYTES.min(total - out.sent);
+            out.last_sent = out.sent + len >= total;
+            let last = out.last_sent;
+            let request = &out.request;
+            let chunk = SnapshotChunk {
+                group: request.group.to_bytes().to_vec(),
+                index: request.index,
+                offset: out.sent,
+                total,
+                data: Vec::new(),
+                message: if last {
+                    request.message.clone()
+                } else {
+                    Vec::new()
+                },
+                offer: last && request.offer,
+                ids: if last {
+                    request.ids.clone()
+                } else {
+                    Vec::new()
+                },
+                stream: out.stream,
+            };
+            self.io.push(SnapshotIo::Read {
+                to: request.to,
+                addr: request.addr,
+                group: request.group,
+                len,
+                chunk,
+            });
+            out.sent += len;
+        }
+    }
+
+    /// A chunk from `from`: handed out for writing if it is the next one of its stream and
+    /// there is room; otherwise the sender hears where its stream stands (if it is known).
+    pub(crate) fn chunk(&mut self, from: NodeId, mut chunk: SnapshotChunk) -> Option<SnapshotAck> {
+        let group = DataStructureId::from_bytes(&chunk.group)?;
+        let key = (from, group);
+        let known = self
+            .incoming
+            .get(&key)
+            .is_some_and(|i| i.stream == chunk.stream && i.index == chunk.index);
+        if !known {
+            if chunk.offset != 0 {
+                // The rest of a stream whose start was missed or dropped: it stalls, and
+                // its sender gives up.
+                return None;
+            }
+            self.incoming.insert(
+                key,
+                Incoming {
+                    stream: chunk.stream,
+                    index: chunk.index,
+                    total: chunk.total,
+                    forwarded: 0,
+                    stored: 0,
+                    message: None,
+                    offer: false,
+                },
+            );
+        }
+        let incoming = self.incoming.get_mut(&key)?;
+        let len = chunk.data.len() as u64;
+        let room = self.unstored + len <= MAX_UNSTORED_BYTES || self.unstored == 0;
+        if chunk.offset != incoming.forwarded
+            || incoming.forwarded >= incoming.total.max(1)
+            || !room
+        {
+            // A duplicate, a chunk out of order, or too much being written: the sender
+            // learns what this node has, and resends what is missing.
+            return Some(ack(group, incoming.index, incoming.stream, incoming.stored));
+        }
+        if chunk.offset + len >= incoming.total {
+            incoming.message = Some(std::mem::take(&mut chunk.message));
+            incoming.offer = chunk.offer;
+        }
+        // An empty file still takes one write, which creates and installs it.
+        incoming.forwarded = (incoming.forwarded + len).max(1);
+        self.unstored += len;
+        self.io.push(SnapshotIo::Write { from, group, chunk });
+        None
+    }
+
+    /// The runtime wrote `bytes` of stream `stream` from `from`: `received` bytes of it are
+    /// durable now, or writing failed.
+    pub(crate) fn stored(
+        &mut self,
+        from: NodeId,
+        group: DataStructureId,
+        stream: StreamId,
+        bytes: u64,
+        received: Result<u64, String>,
+    ) -> Stored {
+        debug_assert!(
+            self.unstored >= bytes,
+            "each forwarded chunk is reported once"
+        );
+        self.unstored = self.unstored.saturating_sub(bytes);
+        let key = (from, group);
+        let Some(incoming) = self.incoming.get_mut(&key).filter(|i| i.stream == stream) else {
+            return Stored::Stale;
+        };
+        let received = match received {
+            Ok(received) => received,
+            Err(reason) => {
+                self.incoming.remove(&key);
+                return Stored::Failed(reason);
+            }
+        };
+        debug_assert!(
+            received <= incoming.forwarded.max(incoming.total),
+            "only forwarded bytes are written"
+        );
+        incoming.stored = received;
+        let index = incoming.index;
+        if received < incoming.total {
+            return Stored::Ack(ack(group, index, stream, received));
+        }
+        let Some(done) = self.incoming.remove(&key) else {
+            return Stored::Stale;
+        };
+        Stored::Complete {
+            ack: ack(group, index, stream, received.max(1)),
+            message: done.message.unwrap_or_default(),
+            offer: done.offer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_000;
+
+    fn request(group: DataStructureId, offer: bool) -> StreamRequest {
+        StreamRequest {
+            to: 2,
+            addr: "127.0.0.1:9".parse().expect("address"),
+            replica: 2,
+            group,
+            index: 40,
+            message: b"msg".to_vec(),
+            offer,
+            ids: Vec::new(),
+        }
+    }
+
+    /// The reads handed out: (offset, len, whether the chunk carries the message).
+    fn reads(streams: &mut Streams) -> Vec<(u64, u64, bool)> {
+        streams
+            .take_io()
+            .into_iter()
+            .filter_map(|io| match io {
+                SnapshotIo::Read { len, chunk, .. } => {
+                    Some((chunk.offset, len, !chunk.message.is_empty()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The stream just started: its key and number (the one `Open` handed out).
+    fn opened(streams: &mut Streams) -> (OutKey, StreamId) {
+        let opens: Vec<_> = streams
+            .take_io()
+            .into_iter()
+            .filter_map(|io| match io {
+                SnapshotIo::Open {
+                    to,
+                    group,
+                    index,
+                    stream,
+                } => Some(((to, group, index), stream)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opens.len(), 1, "one stream opened");
+        opens[0]
+    }
+
+    #[test]
+    fn a_sender_keeps_a_window_and_finishes_on_the_last_acknowledgement() {
+        let group = DataStructureId::new();
+        let mut streams = Streams::new(7);
+        streams.start(NOW, request(group, false));
+        let (key, stream) = opened(&mut streams);
+        let total = 10 * CHUNK_BYTES + 5;
+        assert_eq!(streams.opened(NOW, key, stream, Ok(total)), None);
+        let first = reads(&mut streams);
+        assert_eq!(first.len() as u64, WINDOW_BYTES / CHUNK_BYTES);
+        assert_eq!(first[0], (0, CHUNK_BYTES, false));
+        let ack_of = |received| ack(group, 40, stream, received);
+        assert_eq!(streams.acked(NOW, 2, &ack_of(3 * CHUNK_BYTES)), None);
+        let more = reads(&mut streams);
+        assert_eq!(
+            more,
+            vec![
+                (8 * CHUNK_BYTES, CHUNK_BYTES, false),
+                (9 * CHUNK_BYTES, CHUNK_BYTES, false),
+                (10 * CHUNK_BYTES, 5, true)
+            ]
+        );
+        // An acknowledgement of another stream number changes nothing.
+        let stale = ack(group, 40, stream + 1, total);
+        assert_eq!(streams.acked(NOW, 2, &stale), None);
+        let ended = streams.acked(NOW, 2, &ack_of(total));
+        assert_eq!(
+            ended,
+            Some(Ended {
+                group,
+                replica: 2,
+                offer: false,
+                failure: None
+            })
+        );
+        assert!(streams.outgoing.is_empty());
+        let io = streams.take_io();
+        assert!(
+            matches!(io.as_slice(), [SnapshotIo::Close { stream: s }] if *s == stream),
+            "an ended stream's file is closed: {io:?}"
+        );
+    }
+
+    #[test]
+    fn silence_resends_from_the_acknowledged_byte_and_a_stall_fails_the_stream() {
+        let group = DataStructureId::new();
+        let mut streams = Streams::new(1);
+        streams.start(NOW, request(group, false));
+        let (key, stream) = opened(&mut streams);
+        streams.opened(NOW, key, stream, Ok(3 * CHUNK_BYTES));
+        assert_eq!(reads(&mut streams).len(), 3);
+        streams.acked(NOW, 2, &ack(group, 40, stream, CHUNK_BYTES));
+        assert!(streams.tick(NOW + ACK_TIMEOUT_MS - 1).is_empty());
+        assert!(reads(&mut streams).is_empty());
+        assert!(streams.tick(NOW + ACK_TIMEOUT_MS).is_empty());
+        assert_eq!(
+            reads(&mut streams),
+            vec![
+                (CHUNK_BYTES, CHUNK_BYTES, false),
+                (2 * CHUNK_BYTES, CHUNK_BYTES, true)
+            ]
+        );
+        let ended = streams.tick(NOW + MAX_STALL_MS);
+        assert_eq!(ended.len(), 1);
+        assert!(ended[0].failure.is_some());
+        assert!(streams.outgoing.is_empty());
+    }
+
+    #[test]
+    fn a_newer_stream_of_the_same_snapshot_supersedes_the_older() {
+        let group = DataStructureId::new();
+        let mut streams = Streams::new(1);
+        streams.start(NOW, request(group, false));
+        let (key, old) = opened(&mut streams);
+        streams.start(NOW, request(group, false));
+        let io = streams.take_io();
+        assert!(
+            matches!(io.as_slice(), [SnapshotIo::Open { stream: new, .. }, SnapshotIo::Close { stream }]
+                if *stream == old && *new != old),
+            "the newer stream opens, the older one's file closes: {io:?}"
+        );
+        let new = old.wrapping_add(1);
+        // The older stream's file and acknowledgements no longer matter.
+        assert_eq!(streams.opened(NOW, key, old, Err("gone".into())), None);
+        assert_eq!(streams.opened(NOW, key, new, Ok(10)), None);
+        assert_eq!(streams.acked(NOW, 2, &ack(group, 40, old, 10)), None);
+        let ended = streams.acked(NOW, 2, &ack(group, 40, new, 10));
+        assert!(ended.is_some_and(|e| e.failure.is_none()));
+        assert!(streams.outgoing.is_empty());
+    }
+
+    fn chunk(
+        group: DataStructureId,
+        stream: u64,
+        offset: u64,
+        len: u64,
+        total: u64,
+    ) -> SnapshotChunk {
+        let last = offset + len >= total;
+        SnapshotChunk {
+            group: group.to_bytes().to_vec(),
+            index: 40,
+            offset,
+            total,
+            data: vec![1; len as usize],
+            message: if last { b"msg".to_vec() } else { Vec::new() },
+            offer: false,
+            ids: Vec::new(),
+            stream,
+        }
+    }
+
+    fn writes(streams: &mut Streams) -> Vec<u64> {
+        streams
+            .take_io()
+            .into_iter()
+            .filter_map(|io| match io {
+                SnapshotIo::Write { chunk, .. } => Some(chunk.offset),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_receiver_writes_chunks_in_order_once_and_completes_with_the_message() {
+        let group = DataStructureId::new();
+        let mut streams = Streams::new(1);
+        assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
+        // A late duplicate of the first chunk, and a chunk from beyond a gap, are not
+        // written: the sender hears what is here.
+        let dup = streams.chunk(3, chunk(group, 9, 0, 4, 10));
+        assert_eq!(dup, Some(ack(group, 40, 9, 0)));
+        assert!(streams.chunk(3, chunk(group, 9, 8, 2, 10)).is_some());
+        assert_eq!(streams.chunk(3, chunk(group, 9, 4, 6, 10)), None);
+        assert_eq!(writes(&mut streams), vec![0, 4]);
+        // Chunks of a stream whose start was never seen are ignored.
+        assert_eq!(streams.chunk(3, chunk(group, 8, 4, 6, 10)), None);
+        assert_eq!(
+            streams.stored(3, group, 9, 4, Ok(4)),
+            Stored::Ack(ack(group, 40, 9, 4))
+        );
+        assert_eq!(
+            streams.stored(3, group, 9, 6, Ok(10)),
+            Stored::Complete {
+                ack: ack(group, 40, 9, 10),
+                message: b"msg".to_vec(),
+                offer: false
+            }
+        );
+        assert_eq!(streams.unstored, 0);
+    }
+
+    #[test]
+    fn a_restarted_stream_replaces_the_one_in_progress_and_an_empty_file_completes() {
+        let group = DataStructureId::new();
+        let mut streams = Streams::new(1);
+        assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
+        assert_eq!(streams.chunk(3, chunk(group, 10, 0, 0, 0)), None);
+        assert_eq!(writes(&mut streams), vec![0, 0]);
+        assert_eq!(streams.stored(3, group, 9, 4, Ok(4)), Stored::Stale);
+        let done = streams.stored(3, group, 10, 0, Ok(0));
+        assert!(matches!(done, Stored::Complete { ack, .. } if ack.received == 1));
+    }
+
+    #[test]
+    fn received_chunks_waiting_to_be_written_are_bounded() {
+        let mut streams = Streams::new(1);
+        let mut forwarded = 0;
+        // Many groups' streams from one sender, one large first chunk each.
+        for _ in 0..MAX_UNSTORED_BYTES / CHUNK_BYTES + 3 {
+            let group = DataStructureId::new();
+            let first = chunk(group, 1, 0, CHUNK_BYTES, 2 * CHUNK_BYTES);
+            if streams.chunk(3, first).is_none() {
+                forwarded += 1;
+            }
+        }
+        assert_eq!(forwarded, MAX_UNSTORED_BYTES / CHUNK_BYTES);
+        assert!(streams.unstored <= MAX_UNSTORED_BYTES);
+    }
+}

@@ -159,6 +159,19 @@ impl DataStructure {
             ))),
         }
     }
+
+    /// The newest stored snapshot of this data structure: its index and state.
+    pub(crate) fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
+        let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
+        let newest = files.indexes(self.id)?.into_iter().next_back();
+        match newest {
+            Some(index) => Ok((index, self.load_snapshot(index)?)),
+            None => Err(Error::SnapshotUnavailable(format!(
+                "no snapshot of {} is stored",
+                self.id
+            ))),
+        }
+    }
 }
 
 /// The sending end of a data structure's fire-and-forget proposals

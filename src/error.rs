@@ -45,6 +45,16 @@ pub enum Error {
     /// No commit was seen before the deadline. The proposal may still commit later.
     #[error("timed out waiting for the proposal to commit")]
     Timeout,
+    /// The command committed at `index`, but this replica restored a snapshot past it
+    /// before applying it, so its response is unknown here (its effect is in the state).
+    #[error("the command committed at index {index}, but its response is unknown: this replica restored a snapshot past it")]
+    ResponseUnknown {
+        /// Where it committed.
+        index: u64,
+    },
+    /// A command could not be encoded with the handle's codec.
+    #[error("cannot encode the command: {0}")]
+    Codec(String),
     /// The group no longer has a replica here.
     #[error("the data structure's replica was removed from this node")]
     GroupRemoved,

@@ -78,6 +78,7 @@ mod snapshot_io;
 mod snapshot_provider;
 pub mod storage;
 mod subscriber_sink;
+mod typed;
 
 pub use config::Config;
 pub use copycat::CopyCat;
@@ -86,6 +87,9 @@ pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};
 pub use snapshot_provider::{no_snapshots, SnapshotProvider};
+pub use typed::{
+    Bincode, Codec, MapCommand, MapMachine, MapResponse, Replicated, ReplicatedMap, StateMachine,
+};
 
 /// `nodes` in the rendezvous (highest random weight) order of `key`, the order copycat
 /// places the replicas of a data structure in: deterministic, the same on every node and

@@ -14,24 +14,37 @@ pub(crate) const COMMIT_CHANNEL_CAPACITY: usize = 4096;
 /// Capacity of a subscription's error channel; errors beyond it are dropped (and logged).
 pub(crate) const ERROR_CHANNEL_CAPACITY: usize = 1024;
 
+/// Called after each commit the sink takes (on the core thread: it must be quick).
+pub(crate) type OnCommit = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// The sending ends the core delivers into.
 struct ChannelSink {
     commits: Sender<Commit>,
     errors: Sender<Error>,
+    on_commit: Option<OnCommit>,
 }
 
 /// A subscription's sink and the receivers the application reads. The channels are
 /// unbounded underneath, because a bounded crossbeam channel allocates every slot up front
 /// (about 250 KiB per subscription for both, 2.5 GiB for 10,000 subscriptions); the sink
 /// keeps each within its capacity.
+#[cfg(test)]
 pub(crate) fn channel_sink() -> (Box<dyn SubscriberSink>, Receiver<Commit>, Receiver<Error>) {
+    notifying_channel_sink(None)
+}
+
+/// [`channel_sink`] that calls `on_commit` after each commit it takes.
+pub(crate) fn notifying_channel_sink(
+    on_commit: Option<OnCommit>,
+) -> (Box<dyn SubscriberSink>, Receiver<Commit>, Receiver<Error>) {
     let (commits, commit_rx) = crossbeam_channel::unbounded();
     let (errors, error_rx) = crossbeam_channel::unbounded();
-    (
-        Box::new(ChannelSink { commits, errors }),
-        commit_rx,
-        error_rx,
-    )
+    let sink = ChannelSink {
+        commits,
+        errors,
+        on_commit,
+    };
+    (Box::new(sink), commit_rx, error_rx)
 }
 
 /// Sends `item` unless `tx` already holds `capacity` items.
@@ -45,7 +58,12 @@ fn try_send_within<T>(tx: &Sender<T>, item: T, capacity: usize) -> Result<(), Tr
 impl SubscriberSink for ChannelSink {
     fn offer(&self, commit: Commit) -> Offer {
         match try_send_within(&self.commits, commit, COMMIT_CHANNEL_CAPACITY) {
-            Ok(()) => Offer::Taken,
+            Ok(()) => {
+                if let Some(on_commit) = &self.on_commit {
+                    on_commit();
+                }
+                Offer::Taken
+            }
             Err(TrySendError::Full(_)) => Offer::Full,
             Err(TrySendError::Disconnected(_)) => Offer::Closed,
         }

@@ -1,0 +1,244 @@
+//! [`Replicated`]: a handle on one replicated state machine.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use super::applier::{envelope, Applier, Tag};
+use super::signal::Signal;
+use super::{Bincode, Codec, StateMachine};
+use crate::error::{Error, Result};
+use crate::id::DataStructureId;
+use crate::CopyCat;
+
+/// How long a call waits by default (see [`Replicated::with_timeout`]).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A replicated state machine `S`, its commands encoded with `C`. Cheap to clone,
+/// `Send + Sync`; the subscription ends when the last clone is dropped.
+///
+/// ```
+/// use copycat::{Config, CopyCat, Replicated, StateMachine};
+///
+/// #[derive(Default)]
+/// struct Stock(u64);
+///
+/// impl StateMachine for Stock {
+///     type Command = i64;
+///     type Response = Result<u64, String>;
+///     fn apply(&mut self, delta: i64) -> Self::Response {
+///         let next = self.0 as i64 + delta;
+///         if next < 0 {
+///             return Err(format!("insufficient stock: {} left", self.0));
+///         }
+///         self.0 = next as u64;
+///         Ok(self.0)
+///     }
+///     fn snapshot(&self) -> Vec<u8> {
+///         self.0.to_be_bytes().to_vec()
+///     }
+///     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+///         self.0 = u64::from_be_bytes(bytes.try_into().map_err(|_| "8 bytes expected")?);
+///         Ok(())
+///     }
+/// }
+///
+/// # fn main() -> copycat::Result<()> {
+/// # let dir = tempfile::tempdir()?;
+/// let node = CopyCat::start(Config {
+///     data_dir: dir.path().to_path_buf(),
+///     port: 0,
+///     gossip_port: 0,
+///     ..Config::default()
+/// })?;
+/// let stock: Replicated<Stock> = Replicated::open(&node, node.new_data_structure_id(), Stock::default())?;
+/// assert_eq!(stock.propose_blocking(5)?, Ok(5));
+/// // The response of this command's apply, as the proposer's own result:
+/// assert_eq!(stock.propose_blocking(-7)?, Err("insufficient stock: 5 left".to_string()));
+/// assert_eq!(stock.read_linearizable_blocking(|s| s.0)?, 5);
+/// # node.shutdown();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Replicated<S: StateMachine, C: Codec = Bincode> {
+    applier: Arc<Applier<S, C>>,
+    timeout: Duration,
+}
+
+impl<S: StateMachine, C: Codec> Clone for Replicated<S, C> {
+    fn clone(&self) -> Self {
+        Replicated {
+            applier: self.applier.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<S: StateMachine, C: Codec> std::fmt::Debug for Replicated<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicated")
+            .field("id", &self.id())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Removes a proposal's waiting entry however its call ends (answered, failed, dropped).
+struct Forget<'a, S: StateMachine, C: Codec> {
+    applier: &'a Applier<S, C>,
+    tag: Tag,
+}
+
+impl<S: StateMachine, C: Codec> Drop for Forget<'_, S, C> {
+    fn drop(&mut self) {
+        self.applier.forget(self.tag);
+    }
+}
+
+impl<S: StateMachine, C: Codec> Replicated<S, C> {
+    /// Subscribes to the data structure `id` on `node` (creating it if it exists nowhere
+    /// yet) with `initial` as the state before the first command. The history (the newest
+    /// snapshot, then the entries after it) is applied on first use.
+    pub fn open(node: &CopyCat, id: DataStructureId, initial: S) -> Result<Self> {
+        let signal = Arc::new(Signal::default());
+        let slot: Arc<OnceLock<Weak<Applier<S, C>>>> = Arc::new(OnceLock::new());
+        let provider_slot = slot.clone();
+        let provider = move || provider_slot.get()?.upgrade()?.snapshot();
+        let bump = signal.clone();
+        let on_commit: crate::subscriber_sink::OnCommit = Arc::new(move || bump.bump());
+        let ds = node.subscribe_notifying(id, provider, Some(on_commit))?;
+        let applier = Arc::new(Applier::new(ds, node.node_id(), initial, signal));
+        let _ = slot.set(Arc::downgrade(&applier));
+        Ok(Replicated {
+            applier,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same handle with calls bounded by `timeout` (default 10 s) instead.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The data structure's id.
+    pub fn id(&self) -> DataStructureId {
+        self.applier.ds.id()
+    }
+
+    /// Proposes `command` and returns the response of this replica's apply of exactly that
+    /// command, once it is committed (durable on a quorum) and applied here.
+    ///
+    /// [`Error::ResponseUnknown`]: it was committed, but this replica restored a snapshot
+    /// past it before applying it, so its response was never computed here.
+    /// [`Error::Timeout`]: the outcome is unknown (it may still commit).
+    pub async fn propose(&self, command: S::Command) -> Result<S::Response> {
+        let (tag, data) = self.prepare(&command)?;
+        let _forget = Forget {
+            applier: &self.applier,
+            tag,
+        };
+        let deadline = Instant::now() + self.timeout;
+        let index = self.applier.ds.propose(data, self.timeout).await?;
+        loop {
+            let seen = self.applier.signal.count();
+            if let Some(outcome) = self.applier.outcome(tag, index) {
+                return outcome;
+            }
+            if !self.applier.signal.changed(seen, deadline).await {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    /// The blocking form of [`Replicated::propose`], for threads outside async code.
+    pub fn propose_blocking(&self, command: S::Command) -> Result<S::Response> {
+        let (tag, data) = self.prepare(&command)?;
+        let _forget = Forget {
+            applier: &self.applier,
+            tag,
+        };
+        let deadline = Instant::now() + self.timeout;
+        let index = self.applier.ds.propose_and_wait(data, self.timeout)?;
+        loop {
+            let seen = self.applier.signal.count();
+            if let Some(outcome) = self.applier.outcome(tag, index) {
+                return outcome;
+            }
+            if !self.applier.signal.changed_blocking(seen, deadline) {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    fn prepare(&self, command: &S::Command) -> Result<(Tag, Vec<u8>)> {
+        let bytes = C::encode(command).map_err(Error::Codec)?;
+        let tag = self.applier.register();
+        Ok((tag, envelope(tag, &bytes)))
+    }
+
+    /// Reads the local state, with every commit this replica has received applied. It may
+    /// lag behind the leader; see [`Replicated::read_linearizable`].
+    pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+        let state = self.applier.current()?;
+        Ok(f(&state.machine))
+    }
+
+    /// Reads the state as of now, cluster-wide: sees every command acknowledged anywhere
+    /// before the call (a Raft read barrier, then the local apply catches up to it).
+    pub async fn read_linearizable<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+        let deadline = Instant::now() + self.timeout;
+        let index = self.applier.ds.read_barrier_async(self.timeout).await?;
+        self.wait_applied_until(index, deadline).await?;
+        self.read(f)
+    }
+
+    /// The blocking form of [`Replicated::read_linearizable`].
+    pub fn read_linearizable_blocking<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
+        let deadline = Instant::now() + self.timeout;
+        let index = self.applier.ds.read_barrier(self.timeout)?;
+        self.wait_applied_blocking_until(index, deadline)?;
+        self.read(f)
+    }
+
+    /// The index of the last commit applied to the local state (0: none yet).
+    pub fn applied_index(&self) -> Result<u64> {
+        Ok(self.applier.current()?.applied)
+    }
+
+    /// Waits until the local state has applied the commit at `index` (or a snapshot past
+    /// it). Commit indexes have gaps: Raft's own entries (leader no-ops, membership
+    /// changes) take indexes too and are never delivered.
+    pub async fn wait_applied(&self, index: u64) -> Result<()> {
+        self.wait_applied_until(index, Instant::now() + self.timeout)
+            .await
+    }
+
+    /// The blocking form of [`Replicated::wait_applied`].
+    pub fn wait_applied_blocking(&self, index: u64) -> Result<()> {
+        self.wait_applied_blocking_until(index, Instant::now() + self.timeout)
+    }
+
+    async fn wait_applied_until(&self, index: u64, deadline: Instant) -> Result<()> {
+        loop {
+            let seen = self.applier.signal.count();
+            if self.applied_index()? >= index {
+                return Ok(());
+            }
+            if !self.applier.signal.changed(seen, deadline).await {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    fn wait_applied_blocking_until(&self, index: u64, deadline: Instant) -> Result<()> {
+        loop {
+            let seen = self.applier.signal.count();
+            if self.applied_index()? >= index {
+                return Ok(());
+            }
+            if !self.applier.signal.changed_blocking(seen, deadline) {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+}

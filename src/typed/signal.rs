@@ -1,0 +1,99 @@
+//! A counter that waiters can await (async) or block on (threads): bumped on the core
+//! thread each time a subscription's channel takes a commit.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// A counter with both kinds of waiters.
+#[derive(Default)]
+pub(crate) struct Signal {
+    count: Mutex<u64>,
+    changed: Condvar,
+    notify: Notify,
+}
+
+impl Signal {
+    fn lock(&self) -> MutexGuard<'_, u64> {
+        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current count: wait for it to change with [`Signal::changed`].
+    pub(crate) fn count(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Something happened: wakes every waiter.
+    pub(crate) fn bump(&self) {
+        *self.lock() += 1;
+        self.changed.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until the count is no longer `seen` or `deadline` passes; false on timeout.
+    pub(crate) async fn changed(&self, seen: u64, deadline: Instant) -> bool {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a bump between the check and the await is
+            // not missed.
+            notified.as_mut().enable();
+            if self.count() != seen {
+                return true;
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() != seen;
+            }
+        }
+    }
+
+    /// The blocking form of [`Signal::changed`].
+    pub(crate) fn changed_blocking(&self, seen: u64, deadline: Instant) -> bool {
+        let mut count = self.lock();
+        while *count == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            count = match self.changed.wait_timeout(count, deadline - now) {
+                Ok((count, _)) => count,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn blocking_and_async_waiters_wake_on_a_bump_and_time_out_without_one() {
+        let signal = Arc::new(Signal::default());
+        let soon = || Instant::now() + Duration::from_millis(50);
+        assert!(!signal.changed_blocking(0, soon()));
+        let bumper = signal.clone();
+        let thread = std::thread::spawn(move || bumper.bump());
+        assert!(signal.changed_blocking(0, Instant::now() + Duration::from_secs(10)));
+        thread.join().expect("bumper");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert!(!signal.changed(1, soon()).await);
+            let bumper = signal.clone();
+            tokio::spawn(async move { bumper.bump() });
+            assert!(
+                signal
+                    .changed(1, Instant::now() + Duration::from_secs(10))
+                    .await
+            );
+        });
+    }
+}

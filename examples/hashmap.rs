@@ -1,9 +1,9 @@
 //! The original CopyCat's distributed hashmap, as a process serving HTTP.
 //!
-//! Every node holds the whole map (`HashMap<String, Vec<u8>>`), rebuilt from the data
-//! structure's commit stream; writes are proposed to the group and acknowledged only once
-//! they are committed *and* applied to this process's map, so a client that got a 200 can
-//! read its own write back from the same node.
+//! Every node holds the whole map, a [`copycat::ReplicatedMap`] of `String` to bytes; a
+//! write is acknowledged once it is committed *and* applied to this process's map, so a
+//! client that got a 200 can read its own write back from the same node. Everything here
+//! but the map is HTTP.
 //!
 //! ```text
 //! cargo run --example hashmap -- --http-port 8080            # first node: a new cluster
@@ -22,25 +22,20 @@
 //! wait on. Three nodes started together should all get `--bootstrap-expect 3` (see the
 //! README). Logs go to stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use copycat::{Commit, Config, CopyCat, DataStructure};
-use slog::{info, warn, Drain, Logger};
+use copycat::{Config, CopyCat, ReplicatedMap};
+use slog::{info, Drain, Logger};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 /// The data structure id of the original CopyCat's hashmap example.
 const DEFAULT_ID: &str = "01CFR5R4JJE9KNRAJFFEAQ2SAJ";
 
-/// How long a write may take to commit before the client gets a 503.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long, after the commit, a write may take to reach the local map. Applying is
-/// local and fast; this only bounds a stalled apply thread.
-const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write (or a consistent read) may take before the client gets a 503.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest accepted value: stays well under copycat's default 1 MiB proposal limit, so a
 /// too-large value is a clear 413 here rather than a proposal error.
@@ -182,124 +177,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
     Ok(Some(args))
 }
 
-/// One change to the map; the bytes proposed to the group are its bincode encoding.
-#[derive(Debug, bincode::Encode, bincode::Decode)]
-enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
-}
-
-/// bincode's standard (varint) encoding, for entries and snapshots alike.
-fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
-
-/// The map and how far into the commit stream it is.
-#[derive(Default)]
-struct State {
-    map: HashMap<String, Vec<u8>>,
-    /// Index of the last commit applied to `map` (what `/status` reports).
-    applied: u64,
-}
-
-/// The local replica of the map, shared by the apply thread and the HTTP workers.
-#[derive(Default)]
-struct Store {
-    state: Mutex<State>,
-    /// Signalled whenever `applied` moves, for writers waiting on their index.
-    applied_moved: Condvar,
-}
-
-impl Store {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panicking worker cannot leave the map half-updated (every update is a single
-        // insert or remove), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The value of `key` in the local map.
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.lock().map.get(key).cloned()
-    }
-
-    /// The index of the last commit applied to the local map.
-    fn applied(&self) -> u64 {
-        self.lock().applied
-    }
-
-    /// Applies one commit. Undecodable entries are skipped the same way on every node, so
-    /// the replicas stay identical.
-    fn apply(&self, commit: Commit, ds: &DataStructure, log: &Logger) {
-        let mut state = self.lock();
-        match commit {
-            Commit::Entry { index, data } => {
-                match bincode::decode_from_slice::<Op, _>(&data, bincode_config()) {
-                    Ok((Op::Put { key, value }, _)) => {
-                        state.map.insert(key, value);
-                    }
-                    Ok((Op::Delete { key }, _)) => {
-                        state.map.remove(&key);
-                    }
-                    Err(e) => {
-                        warn!(log, "skipping undecodable entry"; "index" => index, "error" => %e)
-                    }
-                }
-                state.applied = index;
-            }
-            Commit::Snapshot { index } => {
-                let map = ds.load_snapshot(index).and_then(|bytes| {
-                    bincode::decode_from_slice(&bytes, bincode_config())
-                        .map(|(map, _)| map)
-                        .map_err(|e| copycat::Error::SnapshotUnavailable(e.to_string()))
-                });
-                match map {
-                    Ok(map) => {
-                        state.map = map;
-                        state.applied = index;
-                    }
-                    Err(e) => {
-                        // Continuing would serve a map that silently misses data.
-                        slog::crit!(log, "cannot load snapshot; exiting"; "index" => index, "error" => %e);
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
-        self.applied_moved.notify_all();
-    }
-
-    /// Waits until the map has applied `index`; false at the deadline.
-    fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        while state.applied < index {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self
-                .applied_moved
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
-    }
-
-    /// The map's bytes for copycat's snapshot machinery.
-    /// The map and the index of the last commit applied into it, read under one lock.
-    fn snapshot(&self) -> Option<(u64, Vec<u8>)> {
-        let state = self.lock();
-        let bytes = bincode::encode_to_vec(&state.map, bincode_config()).ok()?;
-        Some((state.applied, bytes))
-    }
-}
+/// The replicated map: keys to bytes.
+type Map = ReplicatedMap<String, Vec<u8>>;
 
 /// What the HTTP workers share.
 struct App {
     node: CopyCat,
-    ds: Arc<DataStructure>,
-    store: Arc<Store>,
+    map: Map,
     /// The voters the map's group is meant to have (`/status` compares).
     replication_factor: usize,
 }
@@ -323,7 +207,7 @@ fn main() {
     }
 }
 
-/// Starts the node, the apply thread and the HTTP workers; prints READY; runs until
+/// Starts the node and the HTTP workers; prints READY; runs until
 /// SIGINT/SIGTERM, then shuts the node down.
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let log = logger()?;
@@ -348,32 +232,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let replication_factor = config.replication_factor;
     let node = CopyCat::start(config)?;
-    let store = Arc::new(Store::default());
-    let provider = {
-        let store = store.clone();
-        move || store.snapshot()
-    };
-    let ds = Arc::new(node.subscribe_str(&args.id, provider)?);
-
-    spawn_named("apply", {
-        let (ds, store, log) = (ds.clone(), store.clone(), log.clone());
-        move || {
-            // Ends when the node shuts down and closes the channel.
-            for commit in ds.commits().iter() {
-                store.apply(commit, &ds, &log);
-            }
-        }
-    })?;
-    spawn_named("errors", {
-        let (ds, log) = (ds.clone(), log.clone());
-        move || {
-            // Failed proposals are also reported to their HTTP client; this log is for the
-            // operator (and includes fire-and-forget failures, of which there are none here).
-            for error in ds.errors().iter() {
-                info!(log, "data structure error"; "error" => %error);
-            }
-        }
-    })?;
+    let id = args.id.parse()?;
+    let map = Map::open(&node, id)?.with_timeout(TIMEOUT);
 
     let server = Arc::new(
         Server::http((args.hostname.as_str(), args.http_port)).map_err(|e| {
@@ -389,8 +249,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("HTTP server has no IP address")?;
     let app = Arc::new(App {
         node: node.clone(),
-        ds: ds.clone(),
-        store,
+        map,
         replication_factor,
     });
     for i in 0..HTTP_WORKERS {
@@ -406,7 +265,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     info!(log, "hashmap ready"; "http" => %http_addr, "raft" => %node.raft_addr(),
-        "gossip" => %node.gossip_addr(), "node_id" => node.node_id(), "id" => %ds.id());
+        "gossip" => %node.gossip_addr(), "node_id" => node.node_id(), "id" => %id);
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -421,8 +280,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_rx.recv();
     info!(log, "signal received; shutting down");
     node.shutdown();
-    // The workers and the apply thread hold handles but do nothing useful after the node
-    // is down; returning from main ends them with the process.
+    // The workers hold handles but do nothing useful after the node is down; returning
+    // from main ends them with the process.
     Ok(())
 }
 
@@ -477,10 +336,10 @@ fn handle(mut request: Request, app: &App) -> u16 {
                 Method::Get if wants_consistent(&url) => consistent_read(app, &key),
                 Method::Get => read(app, &key),
                 Method::Put => match read_body(&mut request) {
-                    Ok(value) => write(app, Op::Put { key, value }),
+                    Ok(value) => write(app, app.map.insert_blocking(key, value)),
                     Err(response) => response,
                 },
-                Method::Delete => write(app, Op::Delete { key }),
+                Method::Delete => write(app, app.map.remove_blocking(key)),
                 _ => text(405, "use GET, PUT or DELETE on /kv/{key}"),
             },
         }
@@ -565,20 +424,10 @@ fn read_body(request: &mut Request) -> Result<Vec<u8>, HttpResponse> {
     Ok(body)
 }
 
-/// Proposes `op` and answers 200 once it is committed and applied to the local map.
-fn write(app: &App, op: Op) -> HttpResponse {
-    let bytes = match bincode::encode_to_vec(&op, bincode_config()) {
-        Ok(bytes) => bytes,
-        Err(e) => return text(500, &format!("cannot encode: {e}")),
-    };
-    match app.ds.propose_and_wait(bytes, PROPOSE_TIMEOUT) {
-        Ok(index) if app.store.wait_applied(index, APPLY_TIMEOUT) => {
-            text(200, &format!("ok {index}"))
-        }
-        Ok(index) => text(
-            503,
-            &format!("committed at index {index} but not yet applied locally; retry the read"),
-        ),
+/// Answers a write: 200 once it is committed and applied to the local map.
+fn write(app: &App, outcome: copycat::Result<Option<Vec<u8>>>) -> HttpResponse {
+    match outcome {
+        Ok(_) => text(200, "ok"),
         Err(e) => unavailable(app, &e),
     }
 }
@@ -600,9 +449,15 @@ fn unavailable(app: &App, error: &copycat::Error) -> HttpResponse {
 
 /// `GET /kv/{key}`: the value in the local map (may trail the leader by a few entries).
 fn read(app: &App, key: &str) -> HttpResponse {
-    match app.store.get(key) {
-        Some(value) => reply(200, value, "application/octet-stream"),
-        None => text(404, "no such key"),
+    value(app, app.map.get(&key.to_string()))
+}
+
+/// A looked-up value as a response.
+fn value(app: &App, found: copycat::Result<Option<Vec<u8>>>) -> HttpResponse {
+    match found {
+        Ok(Some(value)) => reply(200, value, "application/octet-stream"),
+        Ok(None) => text(404, "no such key"),
+        Err(e) => unavailable(app, &e),
     }
 }
 
@@ -612,23 +467,14 @@ fn wants_consistent(url: &str) -> bool {
         .is_some_and(|(_, query)| query.split('&').any(|kv| kv == "consistent=true"))
 }
 
-/// `GET /kv/{key}?consistent=true`: a linearizable read. The read barrier returns an index
-/// covering every write acknowledged before it; once the local map has applied it, the
-/// local value is as fresh as the leader's.
+/// `GET /kv/{key}?consistent=true`: a linearizable read, as fresh as the leader's.
 fn consistent_read(app: &App, key: &str) -> HttpResponse {
-    match app.ds.read_barrier(PROPOSE_TIMEOUT) {
-        Ok(index) if app.store.wait_applied(index, APPLY_TIMEOUT) => read(app, key),
-        Ok(index) => text(
-            503,
-            &format!("read index {index} not applied locally in time"),
-        ),
-        Err(e) => unavailable(app, &e),
-    }
+    value(app, app.map.get_linearizable_blocking(&key.to_string()))
 }
 
 /// `GET /status`: this node, its view of the members, and its replica of the map's group.
 fn status(app: &App) -> HttpResponse {
-    let id = app.ds.id();
+    let id = app.map.replicated().id();
     let (members, group) = match (app.node.members(), app.node.group_status(id)) {
         (Ok(members), Ok(group)) => (members, group),
         (Err(e), _) | (_, Err(e)) => return text(503, &e.to_string()),
@@ -670,7 +516,7 @@ fn status(app: &App) -> HttpResponse {
             "tolerated_failures": tolerated_failures,
             "fault_tolerant": tolerated_failures > 0,
             "hibernating": hibernating,
-            "applied_index": app.store.applied(),
+            "applied_index": app.map.replicated().applied_index().unwrap_or(0),
         },
     });
     reply(200, format!("{body}\n").into_bytes(), "application/json")

@@ -61,6 +61,11 @@
 //! - the API: [`CopyCat`], [`DataStructure`], [`Config`], [`Error`].
 #![deny(missing_docs)]
 
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod config;
 mod copycat;
 mod data_structure;

@@ -487,7 +487,7 @@ fn status(app: &App) -> HttpResponse {
                 "node_id": m.node_id.to_string(),
                 "addr": m.addr,
                 "datacenter": m.datacenter,
-                "state": m.state,
+                "state": m.state.to_string(),
             })
         })
         .collect();

@@ -70,6 +70,7 @@ fn subscribe(
                         .collect();
                     s.applied = index;
                 }
+                _ => {}
             }
         }
     });

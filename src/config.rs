@@ -34,7 +34,8 @@ pub struct Config {
     pub datacenter: String,
     /// Nodes only talk to nodes with the same cluster name (default `copycat`).
     pub cluster_name: String,
-    /// Logger for copycat and raft (default: discards everything).
+    /// Logger for copycat and raft (default: [`crate::tracing_logger`], which forwards to
+    /// `tracing`; without a `tracing` subscriber nothing is formatted or written).
     pub logger: slog::Logger,
     /// Length of one raft tick (default 100 ms).
     pub tick_interval: Duration,
@@ -74,7 +75,7 @@ impl Default for Config {
             bootstrap_expect: 1,
             datacenter: "default".to_string(),
             cluster_name: "copycat".to_string(),
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            logger: crate::tracing_bridge::tracing_logger(),
             tick_interval: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,

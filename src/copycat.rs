@@ -14,8 +14,11 @@ use crate::subscriber_sink::{notifying_channel_sink, OnCommit};
 
 /// A running copycat node. Cheap to clone; `Send + Sync`.
 ///
-/// The node shuts down gracefully on [`CopyCat::shutdown`], or when the last handle (this
-/// one, its clones, and every [`DataStructure`] subscribed through it) is dropped.
+/// The node shuts down gracefully on [`CopyCat::shutdown`] (or
+/// [`CopyCat::shutdown_async`]), or when the last handle (this one, its clones, and every
+/// [`DataStructure`] and typed handle subscribed through it) is dropped. In the usual
+/// channel-API pattern a thread applying commits holds a [`DataStructure`] until its
+/// commit channel closes, which only a shutdown does: call `shutdown` explicitly.
 #[derive(Clone)]
 pub struct CopyCat {
     inner: Arc<NodeHandle>,
@@ -145,8 +148,25 @@ impl CopyCat {
     /// Shuts the node down gracefully: leaves gossip, fails pending proposals with
     /// [`Error::Shutdown`], writes and syncs the last batch, closes connections. Every
     /// handle of this node stops working. Idempotent.
+    ///
+    /// Blocks for as long as the shutdown takes (usually well under a second; at most
+    /// about 10 s when peers are unreachable): from async code, prefer
+    /// [`CopyCat::shutdown_async`].
     pub fn shutdown(&self) {
         self.inner.shutdown();
+    }
+
+    /// [`CopyCat::shutdown`] for async code: runs on tokio's blocking pool and returns
+    /// when the node is down, without blocking the executor.
+    pub async fn shutdown_async(&self) {
+        let inner = self.inner.clone();
+        if tokio::task::spawn_blocking(move || inner.shutdown())
+            .await
+            .is_err()
+        {
+            // The blocking pool is gone (the runtime is shutting down): stop right here.
+            self.inner.shutdown();
+        }
     }
 }
 

@@ -61,7 +61,7 @@ impl DataStructure {
     /// its log index. An `Ok` is durable on a quorum and is never lost while a quorum of
     /// the group's disks survives. A [`Error::Timeout`] leaves the outcome unknown.
     pub fn propose_and_wait(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
-        self.call(timeout, self.proposal(data, timeout))
+        self.call(timeout, self.proposal(data, timeout), Error::Timeout)
     }
 
     /// The async form of [`DataStructure::propose_and_wait`]; does not block the executor.
@@ -77,7 +77,7 @@ impl DataStructure {
     /// on any replica, learners included; costs one round of heartbeats from the leader, no
     /// log write.
     pub fn read_barrier(&self, timeout: Duration) -> Result<u64> {
-        self.call(timeout, self.barrier(timeout))
+        self.call(timeout, self.barrier(timeout), Error::ReadTimeout)
     }
 
     /// The async form of [`DataStructure::read_barrier`].
@@ -117,11 +117,13 @@ impl DataStructure {
         self.node.call(ack, input)
     }
 
-    /// Sends the input as a call and blocks until the core completes it.
+    /// Sends the input as a call and blocks until the core completes it (or fails with
+    /// `timed_out`).
     fn call(
         &self,
         timeout: Duration,
         input: impl FnOnce(Waiter) -> Input + Send + 'static,
+        timed_out: Error,
     ) -> Result<u64> {
         let slot = Arc::new(AckSlot::default());
         let filler = slot.clone();
@@ -129,7 +131,7 @@ impl DataStructure {
         // The core always completes the ack (success, failure, deadline or shutdown); the
         // margin covers a core busy with a large round.
         slot.wait(timeout + Duration::from_secs(5))
-            .unwrap_or(Err(Error::Timeout))
+            .unwrap_or(Err(timed_out))
     }
 
     /// The async form of [`DataStructure::call`].

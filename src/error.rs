@@ -10,6 +10,7 @@ use crate::storage::StorageError;
 /// Errors are `Clone` because one failure may be reported both to the caller of an
 /// acknowledged proposal and on the subscription's error channel.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A data structure id string is not a valid ULID; nothing changed.
     #[error("invalid data structure id {0}")]
@@ -43,8 +44,20 @@ pub enum Error {
     #[error("proposal dropped: {0}")]
     ProposalDropped(String),
     /// No commit was seen before the deadline. The proposal may still commit later.
-    #[error("timed out waiting for the proposal to commit")]
+    #[error("timed out waiting for the proposal to commit (it may still commit)")]
     Timeout,
+    /// A read barrier timed out: no leader confirmed its leadership and commit index in
+    /// time (no quorum reachable, or an election in progress).
+    #[error(
+        "timed out waiting for the read barrier: no leader confirmed the commit index in time"
+    )]
+    ReadTimeout,
+    /// The command committed at `index` but was not applied on this node in time.
+    #[error("committed at index {index}, but not applied on this node in time")]
+    ApplyTimeout {
+        /// Where it committed (or the index waited for).
+        index: u64,
+    },
     /// The command committed at `index`, but this replica restored a snapshot past it
     /// before applying it, so its response is unknown here (its effect is in the state).
     #[error("the command committed at index {index}, but its response is unknown: this replica restored a snapshot past it")]

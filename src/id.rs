@@ -4,15 +4,15 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Identifies a node for the whole life of its data dir (random, persisted on first start).
-/// Node ids fit in [`NODE_ID_BITS`] bits, so a [`ReplicaId`] can carry one.
+/// Node ids fit in 48 bits, so a [`ReplicaId`] can carry one.
 pub type NodeId = u64;
 
 /// Bits of a node id.
-pub const NODE_ID_BITS: u32 = 48;
+pub(crate) const NODE_ID_BITS: u32 = 48;
 
 /// Identifies one incarnation of a node's replica in one group: the raft peer id.
 ///
-/// The low [`NODE_ID_BITS`] bits are the node id and the high 16 bits an incarnation
+/// The low 48 bits are the node id and the high 16 bits an incarnation
 /// number. A group's initial voters are incarnation 0 (replica id = node id); a replica
 /// added later gets an incarnation never used before for that node in that group, so a
 /// replica that was removed and wiped never comes back under its old id (re-adding a

@@ -2,16 +2,43 @@
 //!
 //! Each data structure is its own Raft group ([`raft`](https://docs.rs/raft) 0.7); one
 //! process hosts thousands of groups. Nodes find each other with SWIM gossip (foca), with no
-//! central coordinator, and keep every group's log in one sled database. An application
-//! subscribes to a data structure by id and gets, as in the original Go CopyCat, a propose
-//! channel, a commit channel, an error channel and snapshot hooks. It applies the commits to
-//! its own structure (a map, a queue, anything): every replica sees the same entries in the
-//! same order.
+//! central coordinator, and keep every group's log in one sled database.
+//!
+//! # The pattern
+//! A replicated data structure is a deterministic state machine: commands go into the
+//! group's log, every replica applies them in log order, and a command's effect is known
+//! once it is committed and applied. Implement [`StateMachine`] (or use the ready-made
+//! [`ReplicatedMap`]) and open it as a [`Replicated`] handle: `propose` returns your
+//! `apply`'s response for exactly that command, `read` reads the local state, and
+//! `read_linearizable` reads it as of now, cluster-wide (a Raft read barrier, then the local
+//! apply catches up). Snapshots are taken and restored through `snapshot`/`restore`.
 //!
 //! ```
-//! use std::collections::HashMap;
-//! use std::time::Duration;
-//! use copycat::{Commit, Config, CopyCat};
+//! use copycat::{Config, CopyCat, Replicated, StateMachine};
+//!
+//! /// Stock that never goes negative.
+//! #[derive(Default)]
+//! struct Stock(u64);
+//!
+//! impl StateMachine for Stock {
+//!     type Command = i64;
+//!     type Response = Result<u64, String>;
+//!     fn apply(&mut self, delta: i64) -> Self::Response {
+//!         let next = self.0 as i64 + delta;
+//!         if next < 0 {
+//!             return Err(format!("insufficient stock: {} left", self.0));
+//!         }
+//!         self.0 = next as u64;
+//!         Ok(self.0)
+//!     }
+//!     fn snapshot(&self) -> Vec<u8> {
+//!         self.0.to_be_bytes().to_vec()
+//!     }
+//!     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+//!         self.0 = u64::from_be_bytes(bytes.try_into().map_err(|_| "8 bytes expected")?);
+//!         Ok(())
+//!     }
+//! }
 //!
 //! # fn main() -> copycat::Result<()> {
 //! # let dir = tempfile::tempdir()?;
@@ -22,15 +49,45 @@
 //!     gossip_port: 0,
 //!     ..Config::default()
 //! })?;
+//! // The first subscriber anywhere creates the data structure.
+//! let stock: Replicated<Stock> = Replicated::open(&node, node.new_data_structure_id(), Stock::default())?;
+//! assert_eq!(stock.propose_blocking(5)?, Ok(5));
+//! // The caller gets its own command's outcome, decided by the replicated state:
+//! assert_eq!(stock.propose_blocking(-7)?, Err("insufficient stock: 5 left".into()));
+//! // Every command acknowledged anywhere before this call is in what it reads.
+//! assert_eq!(stock.read_linearizable_blocking(|s| s.0)?, 5);
+//! node.shutdown();
+//! # Ok(())
+//! # }
+//! ```
 //!
-//! // Subscribe to a data structure; the first subscription anywhere creates it.
-//! let id = node.new_data_structure_id();
-//! let map = node.subscribe(id, copycat::no_snapshots)?;
+//! Async code calls `propose(cmd).await` and `read_linearizable(f).await` instead.
+//! Commits are applied when a handle is called (or a snapshot is taken), never by a thread
+//! of their own, so one process serves thousands of state machines.
 //!
-//! // Propose a change and wait until it is committed.
+//! # The channel API
+//! Underneath, as in the original Go CopyCat, a [`DataStructure`] subscription has a
+//! propose channel, a commit channel, an error channel and snapshot hooks: the application
+//! runs its own apply loop over [`DataStructure::commits`] (each committed entry exactly
+//! once, in log order, identical on every replica), and a [`DataStructure::read_barrier`]
+//! returns the index to apply up to before a linearizable read.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::time::Duration;
+//! use copycat::{Commit, Config, CopyCat};
+//!
+//! # fn main() -> copycat::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! let node = CopyCat::start(Config {
+//!     data_dir: dir.path().to_path_buf(),
+//!     port: 0,
+//!     gossip_port: 0,
+//!     ..Config::default()
+//! })?;
+//! let map = node.subscribe(node.new_data_structure_id(), copycat::no_snapshots)?;
 //! let index = map.propose_and_wait(b"greeting=hello".to_vec(), Duration::from_secs(10))?;
-//!
-//! // Apply committed entries to the local structure, in log order.
+//! // The apply loop: committed entries, in log order.
 //! let mut state = HashMap::new();
 //! while let Ok(Commit::Entry { index: i, data }) = map.commits().recv_timeout(Duration::from_secs(10)) {
 //!     let text = String::from_utf8_lossy(&data).into_owned();
@@ -52,13 +109,14 @@
 //!
 //! # Layers
 //! - `proto/copycat.proto`: the wire messages (raft messages travel as opaque bytes).
-//! - [`storage`]: one sled database per node, each group's log stored in runs (a round's
+//! - storage: one sled database per node, each group's log stored in runs (a round's
 //!   entries of a group in one value); every group's writes of a round in one batch, one
 //!   flush and one fdatasync.
 //! - a Raft group wrapper over `raft::RawNode` following raft-rs's async-ready rules.
-//! - [`node`]: the deterministic core (no I/O, time and randomness as inputs).
+//! - the node core: deterministic, no I/O, time and randomness as inputs.
 //! - the runtime: threads, sockets and timers (TCP transport, UDP gossip, storage thread).
-//! - the API: [`CopyCat`], [`DataStructure`], [`Config`], [`Error`].
+//! - the API: [`CopyCat`], [`DataStructure`], [`Config`], [`Error`]; on top of it the
+//!   typed API ([`Replicated`], [`ReplicatedMap`]) and the [`registry`].
 #![deny(missing_docs)]
 
 /// The README's code blocks, compiled as doctests so they stay true.
@@ -71,8 +129,8 @@ mod copycat;
 mod data_structure;
 pub mod error;
 pub(crate) mod group;
-pub mod id;
-pub mod node;
+mod id;
+pub(crate) mod node;
 mod node_handle;
 pub(crate) mod proto;
 pub mod registry;
@@ -81,20 +139,28 @@ pub(crate) mod runtime;
 mod sim;
 mod snapshot_io;
 mod snapshot_provider;
-pub mod storage;
+pub(crate) mod storage;
 mod subscriber_sink;
+mod tracing_bridge;
 mod typed;
 
 pub use config::Config;
 pub use copycat::CopyCat;
 pub use data_structure::{DataStructure, ProposalSender, PROPOSALS_CAPACITY};
 pub use error::{Error, Result};
-pub use id::{new_data_structure_id, node_of, DataStructureId, NodeId, ReplicaId};
-pub use node::{Commit, GroupStatus, MemberStatus, NodeStats};
+pub use id::{new_data_structure_id, node_of, DataStructureId, InvalidId, NodeId, ReplicaId};
+pub use node::{Commit, GroupStatus, MemberState, MemberStatus, NodeStats};
 pub use snapshot_provider::{no_snapshots, SnapshotProvider};
+pub use tracing_bridge::tracing_logger;
 pub use typed::{
     Bincode, Codec, MapCommand, MapMachine, MapResponse, Replicated, ReplicatedMap, StateMachine,
 };
+
+/// Not part of the API: direct storage access for the benchmark and the tests.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::storage::{GroupWrite, LogStore, SledStore, WriteBatch};
+}
 
 /// `nodes` in the rendezvous (highest random weight) order of `key`, the order copycat
 /// places the replicas of a data structure in: deterministic, the same on every node and

@@ -20,8 +20,12 @@ fn voters(node: &CopyCat, id: DataStructureId) -> usize {
 
 /// Whether `node` sees `n` alive members, itself included.
 fn sees_alive(node: &CopyCat, n: usize) -> bool {
-    node.members()
-        .is_ok_and(|m| m.iter().filter(|m| m.state == "alive").count() >= n)
+    node.members().is_ok_and(|m| {
+        m.iter()
+            .filter(|m| m.state == copycat::MemberState::Alive)
+            .count()
+            >= n
+    })
 }
 
 #[test]

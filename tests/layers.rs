@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, bottom-up: a module may import those before it in this list.
 /// Modules on one line (a slice) are independent peers and may not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["id", "proto"],
+    &["id", "proto", "tracing_bridge"],
     &["storage"],
     &["error"],
     &["config", "snapshot_provider"],
@@ -101,6 +101,7 @@ fn root_names(lib: &str) -> BTreeMap<String, String> {
     let mut names = BTreeMap::new();
     for line in lib.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("pub use ") {
+            let rest = rest.strip_prefix("crate::").unwrap_or(rest);
             let (module, items) = rest.split_once("::").expect("pub use module::items");
             let items = items.trim_end_matches(';').trim_matches(['{', '}']);
             for item in items.split(',').map(first_segment) {

@@ -80,6 +80,7 @@ impl App {
                         s.applied = index;
                         s.snapshots_loaded += 1;
                     }
+                    other => panic!("unexpected commit {other:?}"),
                 }
             }
         });
@@ -110,7 +111,7 @@ fn write_stream(app: &App, count: u32) -> u64 {
 
 fn stored_entries(dir: &std::path::Path, id: DataStructureId) -> u64 {
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let store = copycat::storage::SledStore::open(dir, log).unwrap();
+    let store = copycat::internals::SledStore::open(dir, log).unwrap();
     store.count_entries(id).unwrap()
 }
 

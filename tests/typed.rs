@@ -117,7 +117,12 @@ fn concurrent_transfers_get_their_own_responses_and_conserve_money_across_a_lead
                     }
                 }
                 // The leader's node went away mid-call, or the outcome is unknown.
-                Err(Error::Shutdown | Error::Timeout | Error::ResponseUnknown { .. }) => {}
+                Err(
+                    Error::Shutdown
+                    | Error::Timeout
+                    | Error::ApplyTimeout { .. }
+                    | Error::ResponseUnknown { .. },
+                ) => {}
                 Err(e) => panic!("node {node}: transfer {id}: {e}"),
             }
         }

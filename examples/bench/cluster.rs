@@ -161,10 +161,12 @@ impl Cluster {
             "every node to see every other",
             Duration::from_secs(60),
             || {
-                cluster
-                    .node
-                    .members()
-                    .is_ok_and(|m| m.iter().filter(|m| m.state == "alive").count() == size)
+                cluster.node.members().is_ok_and(|m| {
+                    m.iter()
+                        .filter(|m| m.state == copycat::MemberState::Alive)
+                        .count()
+                        == size
+                })
             },
         )?;
         Ok(cluster)

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use copycat::storage::{GroupWrite, LogStore, SledStore, WriteBatch};
+use copycat::internals::{GroupWrite, LogStore, SledStore, WriteBatch};
 use copycat::DataStructureId;
 use raft::eraftpb::Entry;
 

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use fxhash::FxBuildHasher;
 use raft::eraftpb::Entry;
+use rustc_hash::FxBuildHasher;
 
 use super::ProposalContext;
 use crate::id::NodeId;

@@ -6,8 +6,8 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use fxhash::FxBuildHasher;
 use raft::eraftpb::{Entry, Message};
+use rustc_hash::FxBuildHasher;
 
 use super::ProposalContext;
 

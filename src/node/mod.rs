@@ -35,9 +35,9 @@ use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fxhash::FxBuildHasher;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxBuildHasher;
 
 use crate::error::Error;
 use crate::group::{GroupLog, RaftGroup, RaftSettings, BOOTSTRAP_INDEX};
@@ -50,7 +50,7 @@ pub(crate) use input::{Input, Waiter};
 use member::Members;
 pub(crate) use member::{MembershipEvent, NodeInfo};
 use pending::Pending;
-pub use status::{GroupStatus, MemberStatus, NodeStats};
+pub use status::{GroupStatus, MemberState, MemberStatus, NodeStats};
 pub use subscription::Commit;
 use subscription::{SubId, SubscriberSink, Subscriptions};
 
@@ -168,7 +168,7 @@ pub(crate) struct NodeCore {
     active: Set<DataStructureId>,
     /// Groups hibernating: not ticked until something wakes them (see `group::hibernation`).
     /// Every tick looks up every group here, which with SipHash was the largest part of
-    /// an idle node's CPU; fxhash is as deterministic (no random key), so a simulated run
+    /// an idle node's CPU; rustc-hash is as deterministic (a fixed key), so a simulated run
     /// still replays from its seed.
     asleep: HashSet<DataStructureId, FxBuildHasher>,
     /// Groups with readies waiting for a batch to be durable.

@@ -214,7 +214,7 @@ impl NodeCore {
             if let Some(index) = reached {
                 done.push((*seq, Ok(self.barrier_answer(read, index))));
             } else if read.deadline_ms <= now {
-                done.push((*seq, Err(Error::Timeout)));
+                done.push((*seq, Err(Error::ReadTimeout)));
             }
         }
         for (seq, result) in done {

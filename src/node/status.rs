@@ -3,8 +3,28 @@
 use super::NodeCore;
 use crate::id::{node_of, DataStructureId, NodeId};
 
+/// Whether gossip considers a member alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemberState {
+    /// Reachable, as far as gossip knows.
+    Alive,
+    /// Suspected and confirmed down by gossip.
+    Down,
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemberState::Alive => "alive",
+            MemberState::Down => "down",
+        })
+    }
+}
+
 /// A member of the cluster as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberStatus {
     /// The member's node id.
     pub node_id: NodeId,
@@ -12,8 +32,8 @@ pub struct MemberStatus {
     pub addr: String,
     /// Its datacenter label.
     pub datacenter: String,
-    /// `alive` or `down`.
-    pub state: String,
+    /// Whether gossip considers it alive.
+    pub state: MemberState,
     /// For a `down` member: how long gossip has considered it down (as of this node's last
     /// tick); `None` while alive.
     pub down_for: Option<std::time::Duration>,
@@ -21,6 +41,7 @@ pub struct MemberStatus {
 
 /// One group's replica on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupStatus {
     /// The data structure.
     pub id: DataStructureId,
@@ -70,7 +91,7 @@ impl NodeCore {
             node_id: self.me,
             addr: self.cfg.me.raft_addr.to_string(),
             datacenter: self.cfg.me.datacenter.clone(),
-            state: "alive".to_string(),
+            state: MemberState::Alive,
             down_for: None,
         }];
         out.extend(
@@ -80,7 +101,11 @@ impl NodeCore {
                     node_id: info.node_id,
                     addr: info.raft_addr.to_string(),
                     datacenter: info.datacenter.clone(),
-                    state: if alive { "alive" } else { "down" }.to_string(),
+                    state: if alive {
+                        MemberState::Alive
+                    } else {
+                        MemberState::Down
+                    },
                     down_for: down_since_ms.map(|since| {
                         std::time::Duration::from_millis(self.now_ms.saturating_sub(since))
                     }),

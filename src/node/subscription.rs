@@ -13,6 +13,7 @@ const CATCH_UP_CHUNK_BYTES: u64 = 4 << 20;
 
 /// One item of a data structure's commit stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Commit {
     /// A committed proposal, delivered exactly once per subscription, in log order.
     Entry {

@@ -98,7 +98,11 @@ mod tests {
             node_id,
             addr: String::new(),
             datacenter: "a".to_string(),
-            state: if down_for.is_some() { "down" } else { "alive" }.to_string(),
+            state: if down_for.is_some() {
+                crate::MemberState::Down
+            } else {
+                crate::MemberState::Alive
+            },
             down_for,
         }
     }

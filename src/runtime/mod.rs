@@ -255,6 +255,20 @@ impl NodeRuntime {
     /// Graceful stop: leave gossip, stop the core (which fails every waiter and writes its
     /// last batch), wait for storage to flush, close connections.
     pub(crate) fn shutdown(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // A runtime's worker may not block on another runtime (the transport's
+            // shutdown waits for its tasks): the waits happen on a plain thread instead,
+            // while this one waits for it.
+            std::thread::scope(|s| {
+                let _ = s.spawn(|| self.stop()).join();
+            });
+            return;
+        }
+        self.stop();
+    }
+
+    /// The steps of [`NodeRuntime::shutdown`], on a thread outside any tokio runtime.
+    fn stop(&mut self) {
         let Some(core_thread) = self.core_thread.take() else {
             return;
         };

@@ -17,8 +17,7 @@ mod snapshot_files;
 
 pub use sled_store::SledStore;
 pub use snapshot_files::{
-    decode_ids, encode_ids, file_reference, parse_file_reference, read_at, ProposalIds,
-    SnapshotFiles,
+    encode_ids, file_reference, parse_file_reference, read_at, ProposalIds, SnapshotFiles,
 };
 
 use std::path::PathBuf;
@@ -94,7 +93,7 @@ pub struct GroupWrite {
     /// Deletes everything stored for the group (entries, states, snapshot) first.
     pub remove: bool,
     /// Installs a snapshot: stores it and deletes every log entry of the group. Non-empty
-    /// data goes to a file (see [`SnapshotFiles`]), the metadata to sled.
+    /// data goes to a file (see `SnapshotFiles`), the metadata to sled.
     pub snapshot: Option<Snapshot>,
     /// Compacts the log: the snapshot with this metadata, already written to its file,
     /// covers every entry up to its index; those entries are deleted.

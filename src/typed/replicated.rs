@@ -131,6 +131,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// [`Error::ResponseUnknown`]: it was committed, but this replica restored a snapshot
     /// past it before applying it, so its response was never computed here.
     /// [`Error::Timeout`]: the outcome is unknown (it may still commit).
+    /// [`Error::ApplyTimeout`]: committed, but this replica did not apply it in time.
     pub async fn propose(&self, command: S::Command) -> Result<S::Response> {
         let (tag, data) = self.prepare(&command)?;
         let _forget = Forget {
@@ -145,7 +146,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
                 return outcome;
             }
             if !self.applier.signal.changed(seen, deadline).await {
-                return Err(Error::Timeout);
+                return Err(Error::ApplyTimeout { index });
             }
         }
     }
@@ -165,7 +166,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
                 return outcome;
             }
             if !self.applier.signal.changed_blocking(seen, deadline) {
-                return Err(Error::Timeout);
+                return Err(Error::ApplyTimeout { index });
             }
         }
     }
@@ -225,7 +226,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
                 return Ok(());
             }
             if !self.applier.signal.changed(seen, deadline).await {
-                return Err(Error::Timeout);
+                return Err(Error::ApplyTimeout { index });
             }
         }
     }
@@ -237,7 +238,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
                 return Ok(());
             }
             if !self.applier.signal.changed_blocking(seen, deadline) {
-                return Err(Error::Timeout);
+                return Err(Error::ApplyTimeout { index });
             }
         }
     }

@@ -134,13 +134,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for key in 0..mib as u32 {
         let mut data = key.to_be_bytes().to_vec();
         data.resize(4 + VALUE_BYTES, 0xAB);
-        last = subs[0].0.propose_and_wait(data, T)?;
+        last = subs[0].0.propose_blocking(data, T)?;
     }
     // A few small writes so every replica snapshots past the big ones.
     for key in 0..16u32 {
         last = subs[0]
             .0
-            .propose_and_wait((1_000_000 + key).to_be_bytes().to_vec(), T)?;
+            .propose_blocking((1_000_000 + key).to_be_bytes().to_vec(), T)?;
     }
     wait("every replica applied the state", || {
         subs.iter()

@@ -46,7 +46,7 @@ pub struct Config {
     /// Largest accepted proposal (default 1 MiB); larger ones fail with `ProposalTooLarge`.
     pub max_proposal_bytes: usize,
     /// How long a proposal may take to commit before it is reported as timed out
-    /// (default 10 s; `propose_and_wait` uses its own timeout).
+    /// (default 10 s; `propose_blocking` uses its own timeout).
     pub proposal_timeout: Duration,
     /// Largest TCP frame accepted from a peer (default 64 MiB); larger frames close the connection.
     pub max_frame_bytes: usize,

@@ -10,7 +10,7 @@ use crate::id::{DataStructureId, NodeId};
 use crate::node::{GroupStatus, MemberStatus, NodeStats};
 use crate::node_handle::NodeHandle;
 use crate::snapshot_provider::SnapshotProvider;
-use crate::subscriber_sink::{notifying_channel_sink, OnCommit};
+use crate::subscriber_sink::{notifying_channel_sink, Progress};
 
 /// A running copycat node. Cheap to clone; `Send + Sync`.
 ///
@@ -76,18 +76,18 @@ impl CopyCat {
         self.subscribe_notifying(id, snapshot_provider, None)
     }
 
-    /// [`CopyCat::subscribe`], calling `on_commit` (on the core thread) after each commit
-    /// the subscription's channel takes.
+    /// [`CopyCat::subscribe`], reporting the subscription's [`Progress`] (on the core
+    /// thread).
     pub(crate) fn subscribe_notifying(
         &self,
         id: DataStructureId,
         snapshot_provider: impl SnapshotProvider,
-        on_commit: Option<OnCommit>,
+        progress: Option<Progress>,
     ) -> Result<DataStructure> {
         if id == DataStructureId::SYSTEM {
             return Err(Error::InvalidId("the zero id is reserved".to_string()));
         }
-        let (sink, commit_rx, error_rx) = notifying_channel_sink(on_commit);
+        let (sink, commit_rx, error_rx) = notifying_channel_sink(progress);
         let (propose_tx, propose_rx) = crossbeam_channel::bounded(PROPOSALS_CAPACITY);
         let provider = Arc::new(snapshot_provider);
         let (sub, doorbell) = self.inner.subscribe(id, sink, provider, propose_rx)?;

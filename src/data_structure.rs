@@ -60,11 +60,11 @@ impl DataStructure {
     /// Proposes `data` and waits until it is committed and applied on this node; returns
     /// its log index. An `Ok` is durable on a quorum and is never lost while a quorum of
     /// the group's disks survives. A [`Error::Timeout`] leaves the outcome unknown.
-    pub fn propose_and_wait(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
+    pub fn propose_blocking(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
         self.call(timeout, self.proposal(data, timeout), Error::Timeout)
     }
 
-    /// The async form of [`DataStructure::propose_and_wait`]; does not block the executor.
+    /// The async form of [`DataStructure::propose_blocking`]; does not block the executor.
     pub async fn propose(&self, data: Vec<u8>, timeout: Duration) -> Result<u64> {
         self.call_async(self.proposal(data, timeout)).await
     }
@@ -76,12 +76,12 @@ impl DataStructure {
     /// state: that read sees every write acknowledged before the barrier was called. Works
     /// on any replica, learners included; costs one round of heartbeats from the leader, no
     /// log write.
-    pub fn read_barrier(&self, timeout: Duration) -> Result<u64> {
+    pub fn read_barrier_blocking(&self, timeout: Duration) -> Result<u64> {
         self.call(timeout, self.barrier(timeout), Error::ReadTimeout)
     }
 
-    /// The async form of [`DataStructure::read_barrier`].
-    pub async fn read_barrier_async(&self, timeout: Duration) -> Result<u64> {
+    /// The async form of [`DataStructure::read_barrier_blocking`].
+    pub async fn read_barrier(&self, timeout: Duration) -> Result<u64> {
         self.call_async(self.barrier(timeout)).await
     }
 

@@ -86,7 +86,7 @@
 //!     ..Config::default()
 //! })?;
 //! let map = node.subscribe(node.new_data_structure_id(), copycat::no_snapshots)?;
-//! let index = map.propose_and_wait(b"greeting=hello".to_vec(), Duration::from_secs(10))?;
+//! let index = map.propose_blocking(b"greeting=hello".to_vec(), Duration::from_secs(10))?;
 //! // The apply loop: committed entries, in log order.
 //! let mut state = HashMap::new();
 //! while let Ok(Commit::Entry { index: i, data }) = map.commits().recv_timeout(Duration::from_secs(10)) {

@@ -1,6 +1,9 @@
 //! A subscription's commit and error channels: the application's end of the commit stream,
 //! behind the core's [`SubscriberSink`] port.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::error::Error;
@@ -15,13 +18,16 @@ pub(crate) const COMMIT_CHANNEL_CAPACITY: usize = 4096;
 pub(crate) const ERROR_CHANNEL_CAPACITY: usize = 1024;
 
 /// Called after each commit the sink takes (on the core thread: it must be quick).
-pub(crate) type OnCommit = std::sync::Arc<dyn Fn() + Send + Sync>;
+pub(crate) type OnCommit = Arc<dyn Fn() + Send + Sync>;
 
 /// The sending ends the core delivers into.
 struct ChannelSink {
     commits: Sender<Commit>,
     errors: Sender<Error>,
     on_commit: Option<OnCommit>,
+    /// Where the core records how far the stream has caught up (see
+    /// `SubscriberSink::caught_up`), for readers that need the gaps passed.
+    caught_up: Option<Arc<AtomicU64>>,
 }
 
 /// A subscription's sink and the receivers the application reads. The channels are
@@ -33,16 +39,29 @@ pub(crate) fn channel_sink() -> (Box<dyn SubscriberSink>, Receiver<Commit>, Rece
     notifying_channel_sink(None)
 }
 
-/// [`channel_sink`] that calls `on_commit` after each commit it takes.
+/// What a typed handle hears from its sink besides the channels: each commit taken, and
+/// how far the stream has caught up.
+#[derive(Clone)]
+pub(crate) struct Progress {
+    pub on_commit: OnCommit,
+    pub caught_up: Arc<AtomicU64>,
+}
+
+/// [`channel_sink`] that reports its [`Progress`].
 pub(crate) fn notifying_channel_sink(
-    on_commit: Option<OnCommit>,
+    progress: Option<Progress>,
 ) -> (Box<dyn SubscriberSink>, Receiver<Commit>, Receiver<Error>) {
     let (commits, commit_rx) = crossbeam_channel::unbounded();
     let (errors, error_rx) = crossbeam_channel::unbounded();
+    let (on_commit, caught_up) = match progress {
+        Some(p) => (Some(p.on_commit), Some(p.caught_up)),
+        None => (None, None),
+    };
     let sink = ChannelSink {
         commits,
         errors,
         on_commit,
+        caught_up,
     };
     (Box::new(sink), commit_rx, error_rx)
 }
@@ -71,6 +90,12 @@ impl SubscriberSink for ChannelSink {
 
     fn report(&self, error: Error) -> bool {
         try_send_within(&self.errors, error, ERROR_CHANNEL_CAPACITY).is_ok()
+    }
+
+    fn caught_up(&self, index: u64) {
+        if let Some(caught_up) = &self.caught_up {
+            caught_up.fetch_max(index, Ordering::Release);
+        }
     }
 }
 

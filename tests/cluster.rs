@@ -22,7 +22,7 @@ fn concurrent_first_subscribes_make_one_group_with_one_order() {
     });
     for i in 0..30u32 {
         let ds = &subs[i as usize % 3];
-        ds.propose_and_wait(format!("v{i}").into_bytes(), T)
+        ds.propose_blocking(format!("v{i}").into_bytes(), T)
             .expect("acknowledged");
     }
     let streams: Vec<_> = subs.iter().map(|ds| collect(ds, 30, T)).collect();
@@ -59,7 +59,7 @@ fn a_hundred_groups_at_once() {
             s.spawn(move || {
                 for ds in chunk {
                     for j in 0..3u8 {
-                        ds.propose_and_wait(vec![j], T).expect("acknowledged");
+                        ds.propose_blocking(vec![j], T).expect("acknowledged");
                     }
                 }
             });
@@ -92,7 +92,7 @@ fn concurrent_proposers_on_several_threads() {
                 s.spawn(move || {
                     (0..per_thread)
                         .map(|i| {
-                            ds.propose_and_wait(format!("{t}-{i}").into_bytes(), T)
+                            ds.propose_blocking(format!("{t}-{i}").into_bytes(), T)
                                 .expect("acknowledged")
                         })
                         .collect::<Vec<_>>()
@@ -127,7 +127,7 @@ fn losing_the_leader_keeps_committing() {
         .collect();
     let mut subs = subs;
     let ds0 = subs[0].as_ref().unwrap();
-    ds0.propose_and_wait(b"before".to_vec(), T).unwrap();
+    ds0.propose_blocking(b"before".to_vec(), T).unwrap();
     let leader = cluster
         .node(0)
         .group_status(id)
@@ -145,7 +145,7 @@ fn losing_the_leader_keeps_committing() {
     let mut acked = 0;
     wait_until("a write commits after the leader stopped", T, || {
         if ds
-            .propose_and_wait(b"after".to_vec(), Duration::from_secs(3))
+            .propose_blocking(b"after".to_vec(), Duration::from_secs(3))
             .is_ok()
         {
             acked += 1;
@@ -153,7 +153,7 @@ fn losing_the_leader_keeps_committing() {
         acked > 0
     });
     for i in 0..10u8 {
-        ds.propose_and_wait(vec![i], T).unwrap();
+        ds.propose_blocking(vec![i], T).unwrap();
     }
     let got = collect(ds, 12, T);
     assert_eq!(got[0].1, b"before");
@@ -165,14 +165,14 @@ fn restarted_node_replays_and_catches_up() {
     let id = copycat::new_data_structure_id();
     let ds0 = cluster.node(0).subscribe(id, no_snapshot).unwrap();
     for i in 0..10u8 {
-        ds0.propose_and_wait(vec![i], T).unwrap();
+        ds0.propose_blocking(vec![i], T).unwrap();
     }
     let ds2 = cluster.node(2).subscribe(id, no_snapshot).unwrap();
     collect(&ds2, 10, T);
     drop(ds2);
     cluster.stop(2);
     for i in 10..20u8 {
-        ds0.propose_and_wait(vec![i], T).unwrap();
+        ds0.propose_blocking(vec![i], T).unwrap();
     }
     cluster.restart(2);
     let ds2 = cluster.node(2).subscribe(id, no_snapshot).unwrap();
@@ -183,7 +183,7 @@ fn restarted_node_replays_and_catches_up() {
     assert_eq!(got, (0..20).collect::<Vec<u8>>(), "full history, in order");
     let all0: Vec<_> = collect(&ds0, 20, T);
     assert_eq!(all0.len(), 20);
-    ds2.propose_and_wait(b"from the restarted node".to_vec(), T)
+    ds2.propose_blocking(b"from the restarted node".to_vec(), T)
         .expect("restarted node takes writes");
 }
 
@@ -193,7 +193,7 @@ fn fourth_node_subscribes_as_learner_and_gets_history() {
     let id = copycat::new_data_structure_id();
     let ds0 = cluster.node(0).subscribe(id, no_snapshot).unwrap();
     for i in 0..25u8 {
-        ds0.propose_and_wait(vec![i], T).unwrap();
+        ds0.propose_blocking(vec![i], T).unwrap();
     }
     let fourth = cluster.add_node();
     cluster.wait_members(4);
@@ -207,7 +207,7 @@ fn fourth_node_subscribes_as_learner_and_gets_history() {
     let me = cluster.node(fourth).node_id();
     assert!(status.learners.contains(&me), "{status:?}");
     assert!(!status.voters.contains(&me));
-    ds3.propose_and_wait(b"via learner".to_vec(), T)
+    ds3.propose_blocking(b"via learner".to_vec(), T)
         .expect("a learner's proposal reaches the leader");
     let last = collect(&ds0, 26, T);
     assert_eq!(last[25].1, b"via learner");
@@ -218,7 +218,7 @@ fn garbage_on_the_ports_leaves_the_node_working() {
     let cluster = Cluster::start(3);
     let id = copycat::new_data_structure_id();
     let ds = cluster.node(0).subscribe(id, no_snapshot).unwrap();
-    ds.propose_and_wait(b"one".to_vec(), T).unwrap();
+    ds.propose_blocking(b"one".to_vec(), T).unwrap();
     for node in cluster.running() {
         let mut tcp = std::net::TcpStream::connect(node.raft_addr()).unwrap();
         let _ = tcp.write_all(&[0xff; 4096]);
@@ -230,7 +230,7 @@ fn garbage_on_the_ports_leaves_the_node_working() {
         }
     }
     for i in 0..5u8 {
-        ds.propose_and_wait(vec![i], T).unwrap();
+        ds.propose_blocking(vec![i], T).unwrap();
     }
     let got = collect(&ds, 6, T);
     assert_eq!(got.len(), 6);
@@ -252,7 +252,7 @@ fn oversized_proposals_and_bad_ids_are_clear_errors() {
     let ds = node
         .subscribe(node.new_data_structure_id(), no_snapshot)
         .unwrap();
-    let err = ds.propose_and_wait(vec![0; 4096], T).unwrap_err();
+    let err = ds.propose_blocking(vec![0; 4096], T).unwrap_err();
     assert!(matches!(
         err,
         Error::ProposalTooLarge {
@@ -269,11 +269,11 @@ fn oversized_proposals_and_bad_ids_are_clear_errors() {
         ds.errors().recv_timeout(T),
         Ok(Error::ProposalTooLarge { .. })
     ));
-    let index = ds.propose_and_wait(b"fits".to_vec(), T).unwrap();
+    let index = ds.propose_blocking(b"fits".to_vec(), T).unwrap();
     assert!(index > 0);
     node.shutdown();
     assert!(matches!(
-        ds.propose_and_wait(b"late".to_vec(), T),
+        ds.propose_blocking(b"late".to_vec(), T),
         Err(Error::Shutdown)
     ));
 }
@@ -336,16 +336,16 @@ fn a_read_barrier_on_another_node_sees_acknowledged_writes() {
     cluster.wait_members(4);
     let id = copycat::new_data_structure_id();
     let writer = cluster.node(0).subscribe(id, no_snapshot).unwrap();
-    writer.propose_and_wait(b"first".to_vec(), T).unwrap();
+    writer.propose_blocking(b"first".to_vec(), T).unwrap();
     let readers: Vec<_> = [1, learner]
         .iter()
         .map(|i| cluster.node(*i).subscribe(id, no_snapshot).unwrap())
         .collect();
     for round in 0..20u32 {
         let value = format!("w{round}").into_bytes();
-        let acked = writer.propose_and_wait(value.clone(), T).unwrap();
+        let acked = writer.propose_blocking(value.clone(), T).unwrap();
         for reader in &readers {
-            let barrier = reader.read_barrier(T).expect("barrier");
+            let barrier = reader.read_barrier_blocking(T).expect("barrier");
             assert!(
                 barrier >= acked,
                 "barrier {barrier} below acked write {acked}"
@@ -386,7 +386,7 @@ fn graceful_shutdown_hands_leadership_over_and_leaders_rebalance() {
         .map(|id| cluster.node(0).subscribe(*id, no_snapshot).unwrap())
         .collect();
     for ds in &subs {
-        ds.propose_and_wait(b"x".to_vec(), T).unwrap();
+        ds.propose_blocking(b"x".to_vec(), T).unwrap();
     }
     wait_until("every node leads some groups", T, || {
         leader_counts(&cluster, &ids).iter().all(|c| *c >= 1)
@@ -404,7 +404,7 @@ fn graceful_shutdown_hands_leadership_over_and_leaders_rebalance() {
         );
     }
     for ds in &subs {
-        ds.propose_and_wait(b"y".to_vec(), T).unwrap();
+        ds.propose_blocking(b"y".to_vec(), T).unwrap();
     }
     cluster.restart(2);
     wait_until("the restarted node leads its share again", T, || {
@@ -423,9 +423,13 @@ fn a_read_barrier_answers_with_an_index_the_subscriber_receives() {
     let id = copycat::new_data_structure_id();
     let ds = cluster.node(1).subscribe(id, no_snapshot).unwrap();
     // A fresh group's log holds only leader no-ops, which no subscriber ever receives.
-    assert_eq!(ds.read_barrier(T).expect("barrier on a fresh group"), 0);
-    let written = ds.propose_and_wait(b"x".to_vec(), T).unwrap();
-    assert_eq!(ds.read_barrier(T).expect("barrier"), written);
+    assert_eq!(
+        ds.read_barrier_blocking(T)
+            .expect("barrier on a fresh group"),
+        0
+    );
+    let written = ds.propose_blocking(b"x".to_vec(), T).unwrap();
+    assert_eq!(ds.read_barrier_blocking(T).expect("barrier"), written);
     let received = collect(&ds, 1, T);
     assert_eq!(received[0].0, written);
 }
@@ -451,7 +455,7 @@ fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
         .map(|id| cluster.node(0).subscribe(*id, no_snapshot).unwrap())
         .collect();
     for ds in &subs {
-        ds.propose_and_wait(b"first".to_vec(), T).unwrap();
+        ds.propose_blocking(b"first".to_vec(), T).unwrap();
     }
     wait_until("every replica hibernates", T, || {
         all_hibernating(&cluster, &ids)
@@ -459,7 +463,7 @@ fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
 
     // A write wakes its group and reaches a subscriber on a follower too.
     let watcher = cluster.node(1).subscribe(ids[0], no_snapshot).unwrap();
-    subs[0].propose_and_wait(b"second".to_vec(), T).unwrap();
+    subs[0].propose_blocking(b"second".to_vec(), T).unwrap();
     let seen: Vec<_> = collect(&watcher, 2, T)
         .into_iter()
         .map(|(_, v)| v)
@@ -499,7 +503,7 @@ fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
         "a write commits after the hibernating leader died",
         T,
         || {
-            ds.propose_and_wait(b"after".to_vec(), Duration::from_secs(3))
+            ds.propose_blocking(b"after".to_vec(), Duration::from_secs(3))
                 .is_ok()
         },
     );

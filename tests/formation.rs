@@ -59,7 +59,7 @@ fn a_founder_waits_for_bootstrap_expect_nodes_then_groups_start_with_three_voter
     });
     assert_eq!(counts, BTreeSet::from([3]), "voter counts seen");
     let index = map
-        .propose_and_wait(b"first".to_vec(), DEADLINE)
+        .propose_blocking(b"first".to_vec(), DEADLINE)
         .expect("write");
     assert!(index > 0);
     for node in nodes {
@@ -76,7 +76,7 @@ fn a_group_of_one_voter_grows_straight_to_three() {
     let founder = start(0, Vec::new());
     let id = DataStructureId::new();
     let map = founder.subscribe(id, no_snapshot).expect("subscribe");
-    map.propose_and_wait(b"alone".to_vec(), DEADLINE)
+    map.propose_blocking(b"alone".to_vec(), DEADLINE)
         .expect("a cluster of one writes");
     assert_eq!(voters(&founder, id), 1);
 
@@ -93,7 +93,7 @@ fn a_group_of_one_voter_grows_straight_to_three() {
         voters(&founder, id) == 3
     });
     assert_eq!(counts, BTreeSet::from([1, 3]), "voter counts seen");
-    map.propose_and_wait(b"three".to_vec(), DEADLINE)
+    map.propose_blocking(b"three".to_vec(), DEADLINE)
         .expect("write after growing");
     for node in [founder, second, third] {
         node.shutdown();

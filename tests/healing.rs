@@ -17,7 +17,7 @@ fn groups_return_to_full_replication_without_a_dead_node() {
         .collect();
     for (i, ds) in subs.iter().enumerate() {
         for j in 0..5u8 {
-            ds.propose_and_wait(vec![i as u8, j], T).unwrap();
+            ds.propose_blocking(vec![i as u8, j], T).unwrap();
         }
     }
     // The victim: the node (other than 0, which runs the test's subscriptions) that is a
@@ -63,7 +63,7 @@ fn groups_return_to_full_replication_without_a_dead_node() {
         let got: Vec<_> = collect(&ds, 5, T).into_iter().map(|(_, v)| v).collect();
         let expected: Vec<_> = (0..5u8).map(|j| vec![i as u8, j]).collect();
         assert_eq!(got, expected);
-        ds.propose_and_wait(b"after healing".to_vec(), T).unwrap();
+        ds.propose_blocking(b"after healing".to_vec(), T).unwrap();
     }
 }
 
@@ -72,7 +72,7 @@ fn a_node_that_comes_back_after_replacement_deletes_its_old_replicas() {
     let mut cluster = Cluster::start_with_grace(4, GRACE);
     let id = copycat::new_data_structure_id();
     let ds = cluster.node(0).subscribe(id, no_snapshot).unwrap();
-    ds.propose_and_wait(b"one".to_vec(), T).unwrap();
+    ds.propose_blocking(b"one".to_vec(), T).unwrap();
     let status = cluster.node(0).group_status(id).unwrap().unwrap();
     let victim = (1..4)
         .find(|i| status.voters.contains(&cluster.node(*i).node_id()))
@@ -87,7 +87,7 @@ fn a_node_that_comes_back_after_replacement_deletes_its_old_replicas() {
             .flatten()
             .is_some_and(|s| s.voters.len() == 3 && !s.voters.contains(&dead))
     });
-    ds.propose_and_wait(b"two".to_vec(), T).unwrap();
+    ds.propose_blocking(b"two".to_vec(), T).unwrap();
     cluster.restart(victim);
     wait_until("the returning node drops its removed replica", T, || {
         cluster

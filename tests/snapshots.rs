@@ -90,7 +90,7 @@ impl App {
     fn put(&self, key: u8, value: &[u8]) -> u64 {
         let mut data = vec![key];
         data.extend_from_slice(value);
-        self.ds.propose_and_wait(data, T).expect("acknowledged")
+        self.ds.propose_blocking(data, T).expect("acknowledged")
     }
 
     fn map_at(&self, index: u64) -> BTreeMap<u8, Vec<u8>> {

@@ -231,11 +231,35 @@ fn a_replicated_map_serves_every_operation_and_survives_a_restart() {
     cluster.stop(1);
     cluster.restart(1);
     let b = open(&cluster, 1);
-    assert_eq!(
-        b.get_linearizable_blocking(&"k99".into()).unwrap(),
-        Some(99)
-    );
+    // Ready once the history this node had committed is replayed: local reads see it.
+    b.replicated().wait_replayed_blocking().expect("replayed");
+    assert_eq!(b.get(&"k99".into()).unwrap(), Some(99));
     assert_eq!(b.entries().unwrap(), a.entries().unwrap());
+    assert_eq!(b.get_linearizable_blocking(&"k1".into()).unwrap(), Some(11));
+}
+
+#[test]
+fn log_indexes_without_commands_count_as_applied() {
+    let cluster = Cluster::start(1);
+    let id = copycat::new_data_structure_id();
+    let map: ReplicatedMap<u8, u8> = ReplicatedMap::open(cluster.node(0), id)
+        .expect("open")
+        .with_timeout(Duration::from_secs(5));
+    // A fresh group's log holds only its leader's no-op: nothing to apply, yet passed.
+    let mut commit = 0;
+    wait_until("the group has a leader", Duration::from_secs(30), || {
+        commit = cluster
+            .node(0)
+            .group_status(id)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.commit_index);
+        commit > 0
+    });
+    map.replicated()
+        .wait_applied_blocking(commit)
+        .expect("indexes of no-ops are passed");
+    assert_eq!(map.len().unwrap(), 0);
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub fn create_groups(node: &CopyCat, count: usize, voters: usize) -> BoxResult<V
             s.spawn(move || {
                 for ds in chunk {
                     if ds
-                        .propose_and_wait(b"create".to_vec(), Duration::from_secs(120))
+                        .propose_blocking(b"create".to_vec(), Duration::from_secs(120))
                         .is_err()
                     {
                         failed.fetch_add(1, Ordering::Relaxed);

@@ -50,6 +50,9 @@ pub(crate) trait SubscriberSink: Send {
     fn offer(&self, commit: Commit) -> Offer;
     /// Reports an error; false if the subscriber could not take it (full or gone).
     fn report(&self, error: Error) -> bool;
+    /// Every commit up to log index `index` has been offered and taken: the indexes in
+    /// between that carry no commit (leader no-ops, membership changes) are passed too.
+    fn caught_up(&self, index: u64);
 }
 
 /// A local subscriber of one group.
@@ -116,6 +119,7 @@ impl Subscription {
                 self.next_index = entry.index + 1;
             }
         }
+        self.sink.caught_up(applied);
         Delivery::CaughtUp
     }
 
@@ -275,6 +279,8 @@ mod tests {
         fn report(&self, _: Error) -> bool {
             true
         }
+
+        fn caught_up(&self, _: u64) {}
     }
 
     #[test]

@@ -336,7 +336,7 @@ impl Registry {
     pub fn read_barrier(&self, timeout: Duration) -> RegistryResult<()> {
         let deadline = Instant::now() + timeout;
         let shared = &self.core.shared;
-        let index = shared.ds.read_barrier(timeout)?;
+        let index = shared.ds.read_barrier_blocking(timeout)?;
         shared.wait_applied(index, deadline)
     }
 

@@ -138,7 +138,7 @@ impl Shared {
     /// Proposes `op`, waits until it is committed and applied to the state here.
     pub(crate) fn propose_and_apply(&self, op: &Op, timeout: Duration) -> RegistryResult<()> {
         let deadline = Instant::now() + timeout;
-        let index = self.ds.propose_and_wait(op.encode(), timeout)?;
+        let index = self.ds.propose_blocking(op.encode(), timeout)?;
         self.wait_applied(index, deadline)
     }
 

@@ -76,17 +76,26 @@ pub(crate) struct Applier<S: StateMachine, C: Codec> {
     pub ds: DataStructure,
     pub node: NodeId,
     pub signal: Arc<Signal>,
+    /// How far the subscription has caught up, gaps included (set by the core).
+    caught_up: Arc<AtomicU64>,
     next_nonce: AtomicU64,
     state: Mutex<Applied<S>>,
     codec: PhantomData<C>,
 }
 
 impl<S: StateMachine, C: Codec> Applier<S, C> {
-    pub(crate) fn new(ds: DataStructure, node: NodeId, machine: S, signal: Arc<Signal>) -> Self {
+    pub(crate) fn new(
+        ds: DataStructure,
+        node: NodeId,
+        machine: S,
+        progress: (Arc<Signal>, Arc<AtomicU64>),
+    ) -> Self {
+        let (signal, caught_up) = progress;
         Applier {
             ds,
             node,
             signal,
+            caught_up,
             // Random, so a restarted node's numbers do not meet those of its earlier run
             // still in the log.
             next_nonce: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -104,8 +113,17 @@ impl<S: StateMachine, C: Codec> Applier<S, C> {
     /// The state, with everything the commit channel holds applied.
     pub(crate) fn current(&self) -> Result<MutexGuard<'_, Applied<S>>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before draining: every commit up to it is in the channel by then, so once
+        // drained the indexes without a commit (no-ops, membership changes) are passed too.
+        let caught_up = self.caught_up.load(Ordering::Acquire);
         while let Ok(commit) = self.ds.commits().try_recv() {
             self.apply(&mut state, commit);
+        }
+        // Failures that concern a call come back as its result; the rest (a storage
+        // failure reported to every subscriber, too) is in the node's log.
+        while self.ds.errors().try_recv().is_ok() {}
+        if state.broken.is_none() {
+            state.applied = state.applied.max(caught_up);
         }
         match &state.broken {
             Some(why) => Err(Error::Corrupted(why.clone())),

@@ -1,5 +1,6 @@
 //! [`Replicated`]: a handle on one replicated state machine.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use super::signal::Signal;
 use super::{Bincode, Codec, StateMachine};
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
+use crate::subscriber_sink::Progress;
 use crate::CopyCat;
 
 /// How long a call waits by default (see [`Replicated::with_timeout`]).
@@ -62,6 +64,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Replicated<S: StateMachine, C: Codec = Bincode> {
     applier: Arc<Applier<S, C>>,
     timeout: Duration,
+    /// This node's commit index of the group when the handle was opened.
+    replay_target: u64,
 }
 
 impl<S: StateMachine, C: Codec> Clone for Replicated<S, C> {
@@ -69,6 +73,7 @@ impl<S: StateMachine, C: Codec> Clone for Replicated<S, C> {
         Replicated {
             applier: self.applier.clone(),
             timeout: self.timeout,
+            replay_target: self.replay_target,
         }
     }
 }
@@ -104,13 +109,25 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
         let provider_slot = slot.clone();
         let provider = move || provider_slot.get()?.upgrade()?.snapshot();
         let bump = signal.clone();
-        let on_commit: crate::subscriber_sink::OnCommit = Arc::new(move || bump.bump());
-        let ds = node.subscribe_notifying(id, provider, Some(on_commit))?;
-        let applier = Arc::new(Applier::new(ds, node.node_id(), initial, signal));
+        let progress = Progress {
+            on_commit: Arc::new(move || bump.bump()),
+            caught_up: Arc::new(AtomicU64::new(0)),
+        };
+        let caught_up = progress.caught_up.clone();
+        // What this node had committed before: `wait_replayed` waits for it.
+        let replay_target = node.group_status(id)?.map_or(0, |g| g.commit_index);
+        let ds = node.subscribe_notifying(id, provider, Some(progress))?;
+        let applier = Arc::new(Applier::new(
+            ds,
+            node.node_id(),
+            initial,
+            (signal, caught_up),
+        ));
         let _ = slot.set(Arc::downgrade(&applier));
         Ok(Replicated {
             applier,
             timeout: DEFAULT_TIMEOUT,
+            replay_target,
         })
     }
 
@@ -159,7 +176,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
             tag,
         };
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.propose_and_wait(data, self.timeout)?;
+        let index = self.applier.ds.propose_blocking(data, self.timeout)?;
         loop {
             let seen = self.applier.signal.count();
             if let Some(outcome) = self.applier.outcome(tag, index) {
@@ -188,7 +205,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// before the call (a Raft read barrier, then the local apply catches up to it).
     pub async fn read_linearizable<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.read_barrier_async(self.timeout).await?;
+        let index = self.applier.ds.read_barrier(self.timeout).await?;
         self.wait_applied_until(index, deadline).await?;
         self.read(f)
     }
@@ -196,9 +213,22 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// The blocking form of [`Replicated::read_linearizable`].
     pub fn read_linearizable_blocking<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.read_barrier(self.timeout)?;
+        let index = self.applier.ds.read_barrier_blocking(self.timeout)?;
         self.wait_applied_blocking_until(index, deadline)?;
         self.read(f)
+    }
+
+    /// Waits until the local state holds everything this node had committed when the
+    /// handle was opened (after a restart: the replayed history), without asking the
+    /// leader: readiness for serving local reads. See [`Replicated::read_linearizable`]
+    /// for reads that must also see what others committed since.
+    pub async fn wait_replayed(&self) -> Result<()> {
+        self.wait_applied(self.replay_target).await
+    }
+
+    /// The blocking form of [`Replicated::wait_replayed`].
+    pub fn wait_replayed_blocking(&self) -> Result<()> {
+        self.wait_applied_blocking(self.replay_target)
     }
 
     /// The index of the last commit applied to the local state (0: none yet).
@@ -206,9 +236,9 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
         Ok(self.applier.current()?.applied)
     }
 
-    /// Waits until the local state has applied the commit at `index` (or a snapshot past
-    /// it). Commit indexes have gaps: Raft's own entries (leader no-ops, membership
-    /// changes) take indexes too and are never delivered.
+    /// Waits until the local state has applied everything up to log index `index` (or a
+    /// snapshot past it). Raft's own entries (leader no-ops, membership changes) take log
+    /// indexes too; they are never applied to the state machine but count as passed.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         self.wait_applied_until(index, Instant::now() + self.timeout)
             .await

@@ -9,25 +9,39 @@ use tokio::sync::Notify;
 /// A counter with both kinds of waiters.
 #[derive(Default)]
 pub(crate) struct Signal {
-    count: Mutex<u64>,
+    state: Mutex<Count>,
     changed: Condvar,
     notify: Notify,
 }
 
+/// The count, and how many threads block on it (so a bump with none skips the condvar's
+/// wake-up, a system call, once per commit).
+#[derive(Default)]
+struct Count {
+    value: u64,
+    blocked: usize,
+}
+
 impl Signal {
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Count> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current count: wait for it to change with [`Signal::changed`].
     pub(crate) fn count(&self) -> u64 {
-        *self.lock()
+        self.lock().value
     }
 
     /// Something happened: wakes every waiter.
     pub(crate) fn bump(&self) {
-        *self.lock() += 1;
-        self.changed.notify_all();
+        let blocked = {
+            let mut count = self.lock();
+            count.value += 1;
+            count.blocked
+        };
+        if blocked > 0 {
+            self.changed.notify_all();
+        }
         self.notify.notify_waiters();
     }
 
@@ -52,17 +66,19 @@ impl Signal {
     /// The blocking form of [`Signal::changed`].
     pub(crate) fn changed_blocking(&self, seen: u64, deadline: Instant) -> bool {
         let mut count = self.lock();
-        while *count == seen {
+        count.blocked += 1;
+        while count.value == seen {
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break;
             }
             count = match self.changed.wait_timeout(count, deadline - now) {
                 Ok((count, _)) => count,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        true
+        count.blocked -= 1;
+        count.value != seen
     }
 }
 

@@ -73,21 +73,11 @@ impl CopyCat {
         id: DataStructureId,
         snapshot_provider: impl SnapshotProvider,
     ) -> Result<DataStructure> {
-        self.subscribe_notifying(id, snapshot_provider, None)
-    }
-
-    /// [`CopyCat::subscribe`], reporting the subscription's [`Progress`] (on the core
-    /// thread).
-    pub(crate) fn subscribe_notifying(
-        &self,
-        id: DataStructureId,
-        snapshot_provider: impl SnapshotProvider,
-        progress: Option<Progress>,
-    ) -> Result<DataStructure> {
         if id == DataStructureId::SYSTEM {
             return Err(Error::InvalidId("the zero id is reserved".to_string()));
         }
-        let (sink, commit_rx, error_rx) = notifying_channel_sink(progress);
+        let progress = Progress::default();
+        let (sink, commit_rx, error_rx) = notifying_channel_sink(Some(progress.clone()));
         let (propose_tx, propose_rx) = crossbeam_channel::bounded(PROPOSALS_CAPACITY);
         let provider = Arc::new(snapshot_provider);
         let (sub, doorbell) = self.inner.subscribe(id, sink, provider, propose_rx)?;
@@ -101,6 +91,7 @@ impl CopyCat {
             },
             commits: commit_rx,
             errors: error_rx,
+            progress,
         })
     }
 

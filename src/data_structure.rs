@@ -10,6 +10,8 @@ use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
 use crate::node::{Commit, Input, Waiter};
 use crate::node_handle::{Ack, Doorbell, NodeHandle};
+use crate::signal::Signal;
+use crate::subscriber_sink::Progress;
 
 /// Capacity of a subscription's fire-and-forget proposal channel
 /// ([`DataStructure::proposals`]). A bounded channel allocates its slots up front: 128
@@ -28,6 +30,8 @@ pub struct DataStructure {
     pub(crate) proposals: ProposalSender,
     pub(crate) commits: Receiver<Commit>,
     pub(crate) errors: Receiver<Error>,
+    /// Bumped for each commit the channel takes; how far delivery has caught up.
+    pub(crate) progress: Progress,
 }
 
 impl DataStructure {
@@ -48,6 +52,18 @@ impl DataStructure {
     /// snapshot markers. Delivery pauses, without loss, while the channel is full.
     pub fn commits(&self) -> &Receiver<Commit> {
         &self.commits
+    }
+
+    /// The commit channel as a `futures` [`Stream`](futures_core::Stream), for async
+    /// apply loops: one task (or one `select` over many streams) serves as many data
+    /// structures as it likes, with no thread each. It takes from the same channel as
+    /// [`DataStructure::commits`] (each commit goes to one of them) and ends when the node
+    /// shuts down.
+    pub fn commit_stream(&self) -> CommitStream {
+        CommitStream {
+            commits: self.commits.clone(),
+            signal: self.progress.signal.clone(),
+        }
     }
 
     /// Every failure that concerns this subscription: proposals dropped, timed out or too
@@ -173,6 +189,44 @@ impl DataStructure {
                 self.id
             ))),
         }
+    }
+}
+
+/// [`DataStructure::commits`] as a `futures` stream (see [`DataStructure::commit_stream`]).
+pub struct CommitStream {
+    commits: Receiver<Commit>,
+    signal: Arc<Signal>,
+}
+
+impl futures_core::Stream for CommitStream {
+    type Item = Commit;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Commit>> {
+        use crossbeam_channel::TryRecvError;
+        use std::task::Poll;
+        loop {
+            let seen = self.signal.count();
+            match self.commits.try_recv() {
+                Ok(commit) => return Poll::Ready(Some(commit)),
+                Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                // A commit taken after the check bumped the signal: look again.
+                Err(TryRecvError::Empty) if self.signal.register(seen, cx.waker()) => {
+                    return Poll::Pending
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CommitStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitStream")
+            .field("queued", &self.commits.len())
+            .finish()
     }
 }
 

@@ -135,6 +135,7 @@ mod node_handle;
 pub(crate) mod proto;
 pub mod registry;
 pub(crate) mod runtime;
+mod signal;
 #[cfg(test)]
 mod sim;
 mod snapshot_io;
@@ -146,7 +147,7 @@ mod typed;
 
 pub use config::Config;
 pub use copycat::CopyCat;
-pub use data_structure::{DataStructure, ProposalSender, PROPOSALS_CAPACITY};
+pub use data_structure::{CommitStream, DataStructure, ProposalSender, PROPOSALS_CAPACITY};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, InvalidId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberState, MemberStatus, NodeStats};

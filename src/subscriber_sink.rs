@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::error::Error;
 use crate::node::subscription::{Offer, SubscriberSink};
 use crate::node::Commit;
+use crate::signal::Signal;
 
 /// Capacity of a subscription's commit channel. When it is full, delivery pauses and
 /// resumes from the log once the application catches up (nothing is dropped).
@@ -17,17 +18,20 @@ pub(crate) const COMMIT_CHANNEL_CAPACITY: usize = 4096;
 /// Capacity of a subscription's error channel; errors beyond it are dropped (and logged).
 pub(crate) const ERROR_CHANNEL_CAPACITY: usize = 1024;
 
-/// Called after each commit the sink takes (on the core thread: it must be quick).
-pub(crate) type OnCommit = Arc<dyn Fn() + Send + Sync>;
-
 /// The sending ends the core delivers into.
 struct ChannelSink {
     commits: Sender<Commit>,
     errors: Sender<Error>,
-    on_commit: Option<OnCommit>,
-    /// Where the core records how far the stream has caught up (see
-    /// `SubscriberSink::caught_up`), for readers that need the gaps passed.
-    caught_up: Option<Arc<AtomicU64>>,
+    progress: Option<Progress>,
+}
+
+/// What a subscription's readers hear besides the channels: a signal bumped for each
+/// commit taken (and when the channel closes), and how far the stream has caught up
+/// (see `SubscriberSink::caught_up`), gaps included.
+#[derive(Clone, Default)]
+pub(crate) struct Progress {
+    pub signal: Arc<Signal>,
+    pub caught_up: Arc<AtomicU64>,
 }
 
 /// A subscription's sink and the receivers the application reads. The channels are
@@ -39,29 +43,16 @@ pub(crate) fn channel_sink() -> (Box<dyn SubscriberSink>, Receiver<Commit>, Rece
     notifying_channel_sink(None)
 }
 
-/// What a typed handle hears from its sink besides the channels: each commit taken, and
-/// how far the stream has caught up.
-#[derive(Clone)]
-pub(crate) struct Progress {
-    pub on_commit: OnCommit,
-    pub caught_up: Arc<AtomicU64>,
-}
-
 /// [`channel_sink`] that reports its [`Progress`].
 pub(crate) fn notifying_channel_sink(
     progress: Option<Progress>,
 ) -> (Box<dyn SubscriberSink>, Receiver<Commit>, Receiver<Error>) {
     let (commits, commit_rx) = crossbeam_channel::unbounded();
     let (errors, error_rx) = crossbeam_channel::unbounded();
-    let (on_commit, caught_up) = match progress {
-        Some(p) => (Some(p.on_commit), Some(p.caught_up)),
-        None => (None, None),
-    };
     let sink = ChannelSink {
         commits,
         errors,
-        on_commit,
-        caught_up,
+        progress,
     };
     (Box::new(sink), commit_rx, error_rx)
 }
@@ -78,8 +69,8 @@ impl SubscriberSink for ChannelSink {
     fn offer(&self, commit: Commit) -> Offer {
         match try_send_within(&self.commits, commit, COMMIT_CHANNEL_CAPACITY) {
             Ok(()) => {
-                if let Some(on_commit) = &self.on_commit {
-                    on_commit();
+                if let Some(progress) = &self.progress {
+                    progress.signal.bump();
                 }
                 Offer::Taken
             }
@@ -93,8 +84,17 @@ impl SubscriberSink for ChannelSink {
     }
 
     fn caught_up(&self, index: u64) {
-        if let Some(caught_up) = &self.caught_up {
-            caught_up.fetch_max(index, Ordering::Release);
+        if let Some(progress) = &self.progress {
+            progress.caught_up.fetch_max(index, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for ChannelSink {
+    /// The channels close: whoever waits for a commit must wake to see it.
+    fn drop(&mut self) {
+        if let Some(progress) = &self.progress {
+            progress.signal.bump();
         }
     }
 }

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["id", "proto", "tracing_bridge"],
     &["storage"],
     &["error"],
-    &["config", "snapshot_provider"],
+    &["config", "snapshot_provider", "signal"],
     &["group"],
     &["node"],
     &["snapshot_io", "subscriber_sink"],

@@ -294,3 +294,85 @@ fn async_calls_from_inside_tokio() {
     });
     assert_eq!(map.len().unwrap(), 49);
 }
+
+#[test]
+fn one_task_applies_the_commit_streams_of_many_groups_and_they_end_at_shutdown() {
+    use futures_core::Stream;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let cluster = Cluster::start(1);
+    let node = cluster.node(0);
+    let subs: Vec<_> = (0..50)
+        .map(|_| {
+            node.subscribe(copycat::new_data_structure_id(), copycat::no_snapshots)
+                .expect("subscribe")
+        })
+        .collect();
+    let mut streams: Vec<_> = subs.iter().map(|ds| ds.commit_stream()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The next commit of any stream, and whose (`None` once every stream ended).
+    async fn next_any(streams: &mut [copycat::CommitStream]) -> Option<(usize, copycat::Commit)> {
+        std::future::poll_fn(|cx| {
+            let mut ended = 0;
+            for (i, stream) in streams.iter_mut().enumerate() {
+                match Pin::new(stream).poll_next(cx) {
+                    Poll::Ready(Some(commit)) => return Poll::Ready(Some((i, commit))),
+                    Poll::Ready(None) => ended += 1,
+                    Poll::Pending => {}
+                }
+            }
+            if ended == streams.len() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+    rt.block_on(async {
+        for round in 0..2u8 {
+            for (i, ds) in subs.iter().enumerate() {
+                ds.propose(vec![i as u8, round], Duration::from_secs(30))
+                    .await
+                    .expect("acknowledged");
+            }
+        }
+        let mut seen: Vec<Vec<u8>> = vec![Vec::new(); subs.len()];
+        let mut entries = 0;
+        while entries < 2 * subs.len() {
+            let next = tokio::time::timeout(Duration::from_secs(30), next_any(&mut streams));
+            let (i, commit) = next.await.expect("commits arrive").expect("streams open");
+            if let copycat::Commit::Entry { data, .. } = commit {
+                assert_eq!(data[0] as usize, i, "a commit of another group");
+                seen[i].push(data[1]);
+                entries += 1;
+            }
+        }
+        assert!(
+            seen.iter().all(|s| s == &[0, 1]),
+            "each group's commits in order"
+        );
+    });
+    rt.block_on(async {
+        // A task parked on the streams when the node shuts down: only the channels'
+        // closing can wake it.
+        let (parked_tx, parked) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut waiting = Box::pin(next_any(&mut streams));
+            let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "nothing to apply yet");
+            let _ = parked_tx.send(());
+            waiting.await
+        });
+        parked.await.expect("the task parked");
+        node.shutdown();
+        let ended = tokio::time::timeout(Duration::from_secs(30), task);
+        let ended = ended.await.expect("woken when the channels close");
+        assert!(ended.expect("task").is_none(), "every stream ended");
+    });
+}

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use super::signal::Signal;
 use super::{Codec, StateMachine};
 use crate::error::{Error, Result};
 use crate::id::NodeId;
+use crate::subscriber_sink::Progress;
 use crate::{Commit, DataStructure};
 
 /// Bytes before the command in an entry: the proposing node and its number for the
@@ -75,27 +75,19 @@ pub(crate) struct Applied<S: StateMachine> {
 pub(crate) struct Applier<S: StateMachine, C: Codec> {
     pub ds: DataStructure,
     pub node: NodeId,
-    pub signal: Arc<Signal>,
-    /// How far the subscription has caught up, gaps included (set by the core).
-    caught_up: Arc<AtomicU64>,
+    /// The subscription's signal (bumped per commit) and how far it has caught up.
+    pub progress: Progress,
     next_nonce: AtomicU64,
     state: Mutex<Applied<S>>,
     codec: PhantomData<C>,
 }
 
 impl<S: StateMachine, C: Codec> Applier<S, C> {
-    pub(crate) fn new(
-        ds: DataStructure,
-        node: NodeId,
-        machine: S,
-        progress: (Arc<Signal>, Arc<AtomicU64>),
-    ) -> Self {
-        let (signal, caught_up) = progress;
+    pub(crate) fn new(ds: DataStructure, node: NodeId, machine: S) -> Self {
         Applier {
+            progress: ds.progress.clone(),
             ds,
             node,
-            signal,
-            caught_up,
             // Random, so a restarted node's numbers do not meet those of its earlier run
             // still in the log.
             next_nonce: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -115,7 +107,7 @@ impl<S: StateMachine, C: Codec> Applier<S, C> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // Read before draining: every commit up to it is in the channel by then, so once
         // drained the indexes without a commit (no-ops, membership changes) are passed too.
-        let caught_up = self.caught_up.load(Ordering::Acquire);
+        let caught_up = self.progress.caught_up.load(Ordering::Acquire);
         while let Ok(commit) = self.ds.commits().try_recv() {
             self.apply(&mut state, commit);
         }

@@ -14,7 +14,6 @@
 mod applier;
 mod map;
 mod replicated;
-mod signal;
 
 pub use map::{MapCommand, MapMachine, MapResponse, ReplicatedMap};
 pub use replicated::Replicated;

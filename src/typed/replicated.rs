@@ -1,15 +1,12 @@
 //! [`Replicated`]: a handle on one replicated state machine.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::applier::{envelope, Applier, Tag};
-use super::signal::Signal;
 use super::{Bincode, Codec, StateMachine};
 use crate::error::{Error, Result};
 use crate::id::DataStructureId;
-use crate::subscriber_sink::Progress;
 use crate::CopyCat;
 
 /// How long a call waits by default (see [`Replicated::with_timeout`]).
@@ -104,25 +101,13 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// yet) with `initial` as the state before the first command. The history (the newest
     /// snapshot, then the entries after it) is applied on first use.
     pub fn open(node: &CopyCat, id: DataStructureId, initial: S) -> Result<Self> {
-        let signal = Arc::new(Signal::default());
         let slot: Arc<OnceLock<Weak<Applier<S, C>>>> = Arc::new(OnceLock::new());
         let provider_slot = slot.clone();
         let provider = move || provider_slot.get()?.upgrade()?.snapshot();
-        let bump = signal.clone();
-        let progress = Progress {
-            on_commit: Arc::new(move || bump.bump()),
-            caught_up: Arc::new(AtomicU64::new(0)),
-        };
-        let caught_up = progress.caught_up.clone();
         // What this node had committed before: `wait_replayed` waits for it.
         let replay_target = node.group_status(id)?.map_or(0, |g| g.commit_index);
-        let ds = node.subscribe_notifying(id, provider, Some(progress))?;
-        let applier = Arc::new(Applier::new(
-            ds,
-            node.node_id(),
-            initial,
-            (signal, caught_up),
-        ));
+        let ds = node.subscribe(id, provider)?;
+        let applier = Arc::new(Applier::new(ds, node.node_id(), initial));
         let _ = slot.set(Arc::downgrade(&applier));
         Ok(Replicated {
             applier,
@@ -158,11 +143,11 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
         let deadline = Instant::now() + self.timeout;
         let index = self.applier.ds.propose(data, self.timeout).await?;
         loop {
-            let seen = self.applier.signal.count();
+            let seen = self.applier.progress.signal.count();
             if let Some(outcome) = self.applier.outcome(tag, index) {
                 return outcome;
             }
-            if !self.applier.signal.changed(seen, deadline).await {
+            if !self.applier.progress.signal.changed(seen, deadline).await {
                 return Err(Error::ApplyTimeout { index });
             }
         }
@@ -178,11 +163,16 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
         let deadline = Instant::now() + self.timeout;
         let index = self.applier.ds.propose_blocking(data, self.timeout)?;
         loop {
-            let seen = self.applier.signal.count();
+            let seen = self.applier.progress.signal.count();
             if let Some(outcome) = self.applier.outcome(tag, index) {
                 return outcome;
             }
-            if !self.applier.signal.changed_blocking(seen, deadline) {
+            if !self
+                .applier
+                .progress
+                .signal
+                .changed_blocking(seen, deadline)
+            {
                 return Err(Error::ApplyTimeout { index });
             }
         }
@@ -251,11 +241,11 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
 
     async fn wait_applied_until(&self, index: u64, deadline: Instant) -> Result<()> {
         loop {
-            let seen = self.applier.signal.count();
+            let seen = self.applier.progress.signal.count();
             if self.applied_index()? >= index {
                 return Ok(());
             }
-            if !self.applier.signal.changed(seen, deadline).await {
+            if !self.applier.progress.signal.changed(seen, deadline).await {
                 return Err(Error::ApplyTimeout { index });
             }
         }
@@ -263,11 +253,16 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
 
     fn wait_applied_blocking_until(&self, index: u64, deadline: Instant) -> Result<()> {
         loop {
-            let seen = self.applier.signal.count();
+            let seen = self.applier.progress.signal.count();
             if self.applied_index()? >= index {
                 return Ok(());
             }
-            if !self.applier.signal.changed_blocking(seen, deadline) {
+            if !self
+                .applier
+                .progress
+                .signal
+                .changed_blocking(seen, deadline)
+            {
                 return Err(Error::ApplyTimeout { index });
             }
         }

@@ -1,7 +1,9 @@
-//! A counter that waiters can await (async) or block on (threads): bumped on the core
-//! thread each time a subscription's channel takes a commit.
+//! A counter that waiters can await (async), poll (streams) or block on (threads): bumped
+//! on the core thread each time a subscription's channel takes a commit, and once more
+//! when the channel closes.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Instant;
 
 use tokio::sync::Notify;
@@ -14,12 +16,13 @@ pub(crate) struct Signal {
     notify: Notify,
 }
 
-/// The count, and how many threads block on it (so a bump with none skips the condvar's
-/// wake-up, a system call, once per commit).
+/// The count, how many threads block on it (so a bump with none skips the condvar's
+/// wake-up, a system call, once per commit), and the tasks polling it.
 #[derive(Default)]
 struct Count {
     value: u64,
     blocked: usize,
+    wakers: Vec<Waker>,
 }
 
 impl Signal {
@@ -34,15 +37,31 @@ impl Signal {
 
     /// Something happened: wakes every waiter.
     pub(crate) fn bump(&self) {
-        let blocked = {
+        let (blocked, wakers) = {
             let mut count = self.lock();
             count.value += 1;
-            count.blocked
+            (count.blocked, std::mem::take(&mut count.wakers))
         };
         if blocked > 0 {
             self.changed.notify_all();
         }
         self.notify.notify_waiters();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Has `waker` woken at the next bump, unless the count is no longer `seen` (then
+    /// false: poll again).
+    pub(crate) fn register(&self, seen: u64, waker: &Waker) -> bool {
+        let mut count = self.lock();
+        if count.value != seen {
+            return false;
+        }
+        if !count.wakers.iter().any(|w| w.will_wake(waker)) {
+            count.wakers.push(waker.clone());
+        }
+        true
     }
 
     /// Waits until the count is no longer `seen` or `deadline` passes; false on timeout.

@@ -28,6 +28,16 @@ pub(crate) struct Read {
 #[derive(Default)]
 struct Stream {
     last: u64,
+    /// A typed application's stream: its group, and whether it restored a snapshot (a
+    /// stream that never did has seen every typed command up to `last`).
+    typed: Option<(DataStructureId, bool)>,
+}
+
+/// A typed command's response: how many commands its replica had applied with it.
+pub(crate) struct TypedResponse {
+    pub group: DataStructureId,
+    pub index: u64,
+    pub count: u64,
 }
 
 /// Everything observed, and the violations found.
@@ -45,6 +55,12 @@ pub(crate) struct Checker {
     /// Where each proposal's data first appeared, to report a duplicate when it happens.
     first_at: HashMap<Vec<u8>, u64>,
     pub fresh_duplicate: Option<(DataStructureId, u64, u64)>,
+    /// Responses of typed commands, checked against the sequence at the end.
+    pub typed: Vec<TypedResponse>,
+    /// Typed responses whose command a restored snapshot covered (`ResponseUnknown`).
+    pub typed_unknown: u64,
+    /// Typed responses checked against the sequence.
+    pub typed_checked: u64,
 }
 
 impl Checker {
@@ -77,6 +93,27 @@ impl Checker {
                     self.advance(node, sub, group, index);
                     self.resubscribed += 1;
                 }
+            }
+        }
+    }
+
+    /// Checks and records what typed subscription `sub` on node `node` was handed.
+    pub(crate) fn observe_typed(
+        &mut self,
+        node: usize,
+        sub: SubId,
+        group: DataStructureId,
+        handed: Vec<super::typed_app::Handed>,
+    ) {
+        use super::typed_app::Handed;
+        for item in handed {
+            let restored = matches!(item, Handed::Restored(_));
+            let stream = self.streams.entry((node, sub)).or_default();
+            let before = stream.typed.is_some_and(|(_, r)| r);
+            stream.typed = Some((group, before || restored));
+            match item {
+                Handed::Entry(index, data) => self.on_entry(node, sub, group, index, data),
+                Handed::Restored(index) => self.advance(node, sub, group, index),
             }
         }
     }
@@ -158,6 +195,40 @@ impl Checker {
         self.check_once();
         self.check_acknowledged();
         self.check_reads();
+        self.check_typed();
+    }
+
+    /// Each typed response counts the typed commands of the group's sequence up to its
+    /// command, where a typed stream that never restored a snapshot saw that prefix whole.
+    fn check_typed(&mut self) {
+        let mut found = Vec::new();
+        for r in &self.typed {
+            let whole = self
+                .streams
+                .values()
+                .filter(|s| s.typed == Some((r.group, false)))
+                .map(|s| s.last)
+                .max()
+                .unwrap_or(0);
+            if r.index > whole {
+                continue;
+            }
+            let expected = self.canon.get(&r.group).map_or(0, |c| {
+                c.range(..=r.index)
+                    .filter(|(_, data)| super::typed_app::is_count(data))
+                    .count() as u64
+            });
+            self.typed_checked += 1;
+            if expected != r.count {
+                found.push(format!(
+                    "group {}: the typed command at {} got count {}, the sequence says {expected}",
+                    r.group, r.index, r.count
+                ));
+            }
+        }
+        for f in found {
+            self.violation(f);
+        }
     }
 
     fn check_once(&mut self) {

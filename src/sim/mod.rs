@@ -19,6 +19,7 @@ mod app;
 mod checker;
 mod io;
 mod registry;
+mod typed_app;
 mod workload;
 mod world;
 
@@ -101,6 +102,9 @@ pub(crate) struct Report {
     pub delivered: u64,
     /// Subscribers that met a superseded snapshot marker and subscribed again.
     pub resubscribed: u64,
+    /// Typed responses checked against the sequence, and those a snapshot left unknown.
+    pub typed_checked: u64,
+    pub typed_unknown: u64,
     pub healed_at_ms: u64,
 }
 
@@ -125,7 +129,10 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
     let groups: Vec<DataStructureId> = (0..params.groups)
         .map(|k| DataStructureId::from_u128((u128::from(seed) << 64) | (k as u128 + 1)))
         .collect();
-    let mut workload = Workload::new(groups);
+    let typed_groups = vec![DataStructureId::from_u128(
+        (u128::from(seed) << 64) | 0x7_0000,
+    )];
+    let mut workload = Workload::new(groups, typed_groups);
     let mut faults = Faults {
         killed_for_good: false,
     };
@@ -175,6 +182,8 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         reads: world.checker.reads.len(),
         delivered: world.checker.delivered,
         resubscribed: world.checker.resubscribed,
+        typed_checked: world.checker.typed_checked,
+        typed_unknown: world.checker.typed_unknown,
         healed_at_ms,
     })
 }

@@ -5,11 +5,16 @@ use std::collections::HashMap;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use super::checker::TypedResponse;
 use super::checker::{Read, Write};
 use super::registry::NAMES;
+use super::typed_app::Count;
 use super::world::{Event, World};
 use crate::id::DataStructureId;
+use crate::node::subscription::SubId;
 use crate::node::{Input, Waiter};
+use crate::typed::applier::{envelope, Tag};
+use crate::{Bincode, Codec, Error};
 
 /// What a client waits for.
 enum Call {
@@ -20,25 +25,48 @@ enum Call {
         group: DataStructureId,
         invoked: u64,
     },
+    /// A typed command: which application proposed it, its tag and id.
+    Typed(TypedCall),
+}
+
+/// A typed command in flight, or acknowledged and waiting for its response.
+struct TypedCall {
+    node: usize,
+    sub: SubId,
+    group: DataStructureId,
+    tag: Tag,
+    id: u64,
+    /// Its log index, once acknowledged.
+    index: u64,
 }
 
 /// The clients: proposals, read barriers, subscribe and unsubscribe.
 #[derive(Default)]
 pub(crate) struct Workload {
     pub groups: Vec<DataStructureId>,
+    /// Groups used only by typed applications (whose snapshots hold a counter, not a
+    /// history the plain applications could load).
+    pub typed_groups: Vec<DataStructureId>,
     pub writing: bool,
     /// The calls waiting for a completion, by waiter id (unique across nodes).
     waiting: HashMap<Waiter, Call>,
     next_waiter: Waiter,
     /// How many writes failed.
     failed_writes: usize,
+    /// Acknowledged typed commands waiting for their application's response.
+    typed: Vec<TypedCall>,
+    next_typed: u64,
 }
 
 impl Workload {
     /// Clients of `groups`, writing until told to stop.
-    pub(crate) fn new(groups: Vec<DataStructureId>) -> Workload {
+    pub(crate) fn new(
+        groups: Vec<DataStructureId>,
+        typed_groups: Vec<DataStructureId>,
+    ) -> Workload {
         Workload {
             groups,
+            typed_groups,
             writing: true,
             ..Workload::default()
         }
@@ -56,11 +84,16 @@ impl Workload {
             return;
         };
         match world.rng.gen_range(0..100) {
-            0..=49 => self.propose(world, node),
+            0..=39 => self.propose(world, node),
+            40..=49 => self.propose_typed(world, node),
             50..=64 => self.barrier(world, node),
-            65..=74 => {
+            65..=71 => {
                 let group = self.groups[world.rng.gen_range(0..self.groups.len())];
                 world.subscribe(node, group);
+            }
+            72..=74 => {
+                let k = world.rng.gen_range(0..self.typed_groups.len());
+                world.subscribe_typed(node, self.typed_groups[k]);
             }
             75..=92 if world.params.registry => registry_action(world, node),
             75..=92 => {}
@@ -102,6 +135,77 @@ impl Workload {
                 )),
             },
         );
+    }
+
+    /// A typed application on `node` proposes a command and waits for its response.
+    fn propose_typed(&mut self, world: &mut World, node: usize) {
+        let Some(running) = world.nodes[node].running.as_ref() else {
+            return;
+        };
+        if running.typed.is_empty() {
+            return;
+        }
+        let app = &running.typed[world.rng.gen_range(0..running.typed.len())];
+        let (sub, group) = (app.sub, app.group);
+        let tag = app.applier.register();
+        self.next_typed += 1;
+        let id = self.next_typed;
+        let command = Bincode::encode(&Count::new(id)).expect("a count encodes");
+        let data = envelope(tag, &command);
+        let call = TypedCall {
+            node,
+            sub,
+            group,
+            tag,
+            id,
+            index: 0,
+        };
+        let waiter = self.wait_for(Call::Typed(call));
+        let timeout = std::time::Duration::from_millis(world.params.proposal_timeout_ms);
+        let input = Input::Propose {
+            group,
+            data,
+            sub: Some(sub),
+            waiter: Some(waiter),
+            timeout: Some(timeout),
+        };
+        world.input(node, input);
+    }
+
+    /// Collects the responses of acknowledged typed commands whose application applied
+    /// them; a response must be its own command's.
+    fn collect_typed(&mut self, world: &mut World) {
+        let mut waiting = Vec::new();
+        for call in std::mem::take(&mut self.typed) {
+            let app = world.nodes[call.node]
+                .running
+                .as_ref()
+                .and_then(|r| r.typed.iter().find(|a| a.sub == call.sub));
+            // The application died with its node: nobody waits for the response.
+            let Some(app) = app else { continue };
+            match app.applier.outcome(call.tag, call.index) {
+                None => waiting.push(call),
+                Some(Ok((id, count))) => {
+                    if id != call.id {
+                        world.checker.note(format!(
+                            "group {}: typed command {} got the response of command {id}",
+                            call.group, call.id
+                        ));
+                    }
+                    world.checker.typed.push(TypedResponse {
+                        group: call.group,
+                        index: call.index,
+                        count,
+                    });
+                }
+                Some(Err(Error::ResponseUnknown { .. })) => world.checker.typed_unknown += 1,
+                Some(Err(e)) => world.checker.note(format!(
+                    "group {}: typed command {} failed after its commit: {e}",
+                    call.group, call.id
+                )),
+            }
+        }
+        self.typed = waiting;
     }
 
     /// An application on `node` asks for a read barrier.
@@ -155,9 +259,22 @@ impl Workload {
                         index,
                     })
                 }
+                (Some(Call::Typed(call)), Ok(index)) => {
+                    self.typed.push(TypedCall { index, ..call });
+                }
+                (Some(Call::Typed(call)), Err(_)) => {
+                    let app = world.nodes[call.node]
+                        .running
+                        .as_ref()
+                        .and_then(|r| r.typed.iter().find(|a| a.sub == call.sub));
+                    if let Some(app) = app {
+                        app.applier.forget(call.tag);
+                    }
+                }
                 (Some(Call::Read { .. }), Err(_)) | (None, _) => {}
             }
         }
+        self.collect_typed(world);
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Running {
     pub snapshot_io_at: u64,
     pub stream_files: crate::snapshot_io::StreamFiles,
     pub apps: Vec<App>,
+    /// Applications on the typed API.
+    pub typed: Vec<super::typed_app::TypedApp>,
     pub registry: Option<RegistryAgent>,
 }
 
@@ -76,6 +78,9 @@ impl Running {
     /// The snapshot provider of subscription `sub` on this node: an app's or the registry's.
     pub(crate) fn provider(&self, sub: SubId) -> Option<Box<dyn crate::SnapshotProvider>> {
         if let Some(app) = self.apps.iter().find(|a| a.sub == sub) {
+            return Some(Box::new(app.provider()));
+        }
+        if let Some(app) = self.typed.iter().find(|a| a.sub == sub) {
             return Some(Box::new(app.provider()));
         }
         let registry = self.registry.as_ref().filter(|r| r.sub == sub)?;
@@ -211,6 +216,7 @@ impl World {
             snapshot_io_at: 0,
             stream_files,
             apps: Vec::new(),
+            typed: Vec::new(),
             registry: None,
         });
         let first_tick = self.rng.gen_range(1..=self.params.tick_ms);
@@ -364,8 +370,16 @@ impl World {
             }
         }
         let registry_ok = running.registry.as_ref().is_none_or(|r| r.drain(files));
+        let handed: Vec<_> = running
+            .typed
+            .iter()
+            .map(|app| (app.sub, app.group, app.drain()))
+            .collect();
         for (sub, group, delivered) in observed {
             self.checker.observe(i, sub, group, delivered);
+        }
+        for (sub, group, handed) in handed {
+            self.checker.observe_typed(i, sub, group, handed);
         }
         for (k, group) in resubscribe.into_iter().rev() {
             self.unsubscribe(i, k);
@@ -505,6 +519,20 @@ impl World {
         };
         let (app, sink) = App::new(sub, group);
         running.apps.push(app);
+        self.input(i, Input::Subscribe { sub, group, sink });
+    }
+
+    /// Subscribes a new simulated application on the typed API to `group` on node `i`.
+    pub(crate) fn subscribe_typed(&mut self, i: usize, group: DataStructureId) {
+        let sub = self.next_sub;
+        self.next_sub += 1;
+        let node_id = self.nodes[i].info.node_id;
+        let Some(running) = self.nodes[i].running.as_mut() else {
+            return;
+        };
+        let files = running.store.snapshot_files().clone();
+        let (app, sink) = super::typed_app::TypedApp::new(sub, group, node_id, files);
+        running.typed.push(app);
         self.input(i, Input::Subscribe { sub, group, sink });
     }
 

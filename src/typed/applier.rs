@@ -11,7 +11,6 @@ use std::sync::{Mutex, MutexGuard};
 use super::{Codec, StateMachine};
 use crate::error::{Error, Result};
 use crate::id::NodeId;
-use crate::subscriber_sink::Progress;
 use crate::{Commit, DataStructure};
 
 /// Bytes before the command in an entry: the proposing node and its number for the
@@ -71,22 +70,56 @@ pub(crate) struct Applied<S: StateMachine> {
     pub skipped: u64,
 }
 
+/// Where an applier's commits come from: a subscription (a [`DataStructure`]), or in the
+/// simulator a subscription's bare channels.
+pub(crate) trait CommitSource: Send + Sync + 'static {
+    /// The next commit delivered, if any.
+    fn next_commit(&self) -> Option<Commit>;
+    /// Discards the errors delivered (failures of calls come back as their results).
+    fn discard_errors(&self);
+    /// The state of the snapshot at `index`.
+    fn load_snapshot(&self, index: u64) -> Result<Vec<u8>>;
+    /// The newest stored snapshot: its index and state.
+    fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)>;
+    /// How far delivery has caught up, log indexes without commits included.
+    fn caught_up(&self) -> u64;
+}
+
+impl CommitSource for DataStructure {
+    fn next_commit(&self) -> Option<Commit> {
+        self.commits().try_recv().ok()
+    }
+
+    fn discard_errors(&self) {
+        while self.errors().try_recv().is_ok() {}
+    }
+
+    fn load_snapshot(&self, index: u64) -> Result<Vec<u8>> {
+        DataStructure::load_snapshot(self, index)
+    }
+
+    fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
+        DataStructure::load_newest_snapshot(self)
+    }
+
+    fn caught_up(&self) -> u64 {
+        self.progress.caught_up.load(Ordering::Acquire)
+    }
+}
+
 /// Everything a handle's clones share.
-pub(crate) struct Applier<S: StateMachine, C: Codec> {
-    pub ds: DataStructure,
+pub(crate) struct Applier<S: StateMachine, C: Codec, Src: CommitSource = DataStructure> {
+    pub source: Src,
     pub node: NodeId,
-    /// The subscription's signal (bumped per commit) and how far it has caught up.
-    pub progress: Progress,
     next_nonce: AtomicU64,
     state: Mutex<Applied<S>>,
     codec: PhantomData<C>,
 }
 
-impl<S: StateMachine, C: Codec> Applier<S, C> {
-    pub(crate) fn new(ds: DataStructure, node: NodeId, machine: S) -> Self {
+impl<S: StateMachine, C: Codec, Src: CommitSource> Applier<S, C, Src> {
+    pub(crate) fn new(source: Src, node: NodeId, machine: S) -> Self {
         Applier {
-            progress: ds.progress.clone(),
-            ds,
+            source,
             node,
             // Random, so a restarted node's numbers do not meet those of its earlier run
             // still in the log.
@@ -107,13 +140,13 @@ impl<S: StateMachine, C: Codec> Applier<S, C> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // Read before draining: every commit up to it is in the channel by then, so once
         // drained the indexes without a commit (no-ops, membership changes) are passed too.
-        let caught_up = self.progress.caught_up.load(Ordering::Acquire);
-        while let Ok(commit) = self.ds.commits().try_recv() {
+        let caught_up = self.source.caught_up();
+        while let Some(commit) = self.source.next_commit() {
             self.apply(&mut state, commit);
         }
         // Failures that concern a call come back as its result; the rest (a storage
         // failure reported to every subscriber, too) is in the node's log.
-        while self.ds.errors().try_recv().is_ok() {}
+        self.source.discard_errors();
         if state.broken.is_none() {
             state.applied = state.applied.max(caught_up);
         }
@@ -155,9 +188,9 @@ impl<S: StateMachine, C: Codec> Applier<S, C> {
 
     /// Restores the snapshot at `index`; if it was superseded meanwhile, the newest one.
     fn restore(&self, state: &mut Applied<S>, index: u64) {
-        let loaded = match self.ds.load_snapshot(index) {
+        let loaded = match self.source.load_snapshot(index) {
             Ok(bytes) => Ok((index, bytes)),
-            Err(Error::SnapshotUnavailable(_)) => self.ds.load_newest_snapshot(),
+            Err(Error::SnapshotUnavailable(_)) => self.source.load_newest_snapshot(),
             Err(e) => Err(e),
         };
         let restored =

@@ -11,7 +11,7 @@
 //! machine. While nobody calls, commits wait in the channel (4,096 at most; delivery then
 //! pauses and resumes from the log, nothing is lost).
 
-mod applier;
+pub(crate) mod applier;
 mod map;
 mod replicated;
 

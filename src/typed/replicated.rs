@@ -124,7 +124,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
 
     /// The data structure's id.
     pub fn id(&self) -> DataStructureId {
-        self.applier.ds.id()
+        self.applier.source.id()
     }
 
     /// Proposes `command` and returns the response of this replica's apply of exactly that
@@ -141,13 +141,13 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
             tag,
         };
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.propose(data, self.timeout).await?;
+        let index = self.applier.source.propose(data, self.timeout).await?;
         loop {
-            let seen = self.applier.progress.signal.count();
+            let seen = self.signal().count();
             if let Some(outcome) = self.applier.outcome(tag, index) {
                 return outcome;
             }
-            if !self.applier.progress.signal.changed(seen, deadline).await {
+            if !self.signal().changed(seen, deadline).await {
                 return Err(Error::ApplyTimeout { index });
             }
         }
@@ -161,21 +161,21 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
             tag,
         };
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.propose_blocking(data, self.timeout)?;
+        let index = self.applier.source.propose_blocking(data, self.timeout)?;
         loop {
-            let seen = self.applier.progress.signal.count();
+            let seen = self.signal().count();
             if let Some(outcome) = self.applier.outcome(tag, index) {
                 return outcome;
             }
-            if !self
-                .applier
-                .progress
-                .signal
-                .changed_blocking(seen, deadline)
-            {
+            if !self.signal().changed_blocking(seen, deadline) {
                 return Err(Error::ApplyTimeout { index });
             }
         }
+    }
+
+    /// Bumped for each commit delivered to this handle's subscription.
+    fn signal(&self) -> &crate::signal::Signal {
+        &self.applier.source.progress.signal
     }
 
     fn prepare(&self, command: &S::Command) -> Result<(Tag, Vec<u8>)> {
@@ -195,7 +195,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// before the call (a Raft read barrier, then the local apply catches up to it).
     pub async fn read_linearizable<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.read_barrier(self.timeout).await?;
+        let index = self.applier.source.read_barrier(self.timeout).await?;
         self.wait_applied_until(index, deadline).await?;
         self.read(f)
     }
@@ -203,7 +203,7 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
     /// The blocking form of [`Replicated::read_linearizable`].
     pub fn read_linearizable_blocking<T>(&self, f: impl FnOnce(&S) -> T) -> Result<T> {
         let deadline = Instant::now() + self.timeout;
-        let index = self.applier.ds.read_barrier_blocking(self.timeout)?;
+        let index = self.applier.source.read_barrier_blocking(self.timeout)?;
         self.wait_applied_blocking_until(index, deadline)?;
         self.read(f)
     }
@@ -241,11 +241,11 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
 
     async fn wait_applied_until(&self, index: u64, deadline: Instant) -> Result<()> {
         loop {
-            let seen = self.applier.progress.signal.count();
+            let seen = self.signal().count();
             if self.applied_index()? >= index {
                 return Ok(());
             }
-            if !self.applier.progress.signal.changed(seen, deadline).await {
+            if !self.signal().changed(seen, deadline).await {
                 return Err(Error::ApplyTimeout { index });
             }
         }
@@ -253,16 +253,11 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
 
     fn wait_applied_blocking_until(&self, index: u64, deadline: Instant) -> Result<()> {
         loop {
-            let seen = self.applier.progress.signal.count();
+            let seen = self.signal().count();
             if self.applied_index()? >= index {
                 return Ok(());
             }
-            if !self
-                .applier
-                .progress
-                .signal
-                .changed_blocking(seen, deadline)
-            {
+            if !self.signal().changed_blocking(seen, deadline) {
                 return Err(Error::ApplyTimeout { index });
             }
         }

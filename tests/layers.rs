@@ -96,20 +96,34 @@ fn first_segment(path: &str) -> String {
         .collect()
 }
 
-/// Names the crate root re-exports or defines, and the module each comes from.
+/// Names the crate root re-exports or defines, and the module each comes from. A
+/// `pub use` may span lines (rustfmt breaks long ones): statements run to their `;`.
 fn root_names(lib: &str) -> BTreeMap<String, String> {
     let mut names = BTreeMap::new();
+    let mut statement = String::new();
     for line in lib.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("pub use ") {
-            let rest = rest.strip_prefix("crate::").unwrap_or(rest);
-            let (module, items) = rest.split_once("::").expect("pub use module::items");
-            let items = items.trim_end_matches(';').trim_matches(['{', '}']);
-            for item in items.split(',').map(first_segment) {
-                names.insert(item, module.to_string());
+        if statement.is_empty() && !line.starts_with("pub use ") {
+            if let Some(rest) = line.strip_prefix("pub fn ") {
+                names.insert(first_segment(rest), "lib".to_string());
             }
-        } else if let Some(rest) = line.strip_prefix("pub fn ") {
-            names.insert(first_segment(rest), "lib".to_string());
+            continue;
         }
+        statement.push_str(line);
+        if !line.ends_with(';') {
+            continue;
+        }
+        let rest = statement.trim_start_matches("pub use ");
+        let rest = rest.strip_prefix("crate::").unwrap_or(rest);
+        let (module, items) = rest.split_once("::").expect("pub use module::items");
+        let items = items.trim_end_matches(';').trim_matches(['{', '}']);
+        for item in items
+            .split(',')
+            .map(first_segment)
+            .filter(|i| !i.is_empty())
+        {
+            names.insert(item, module.to_string());
+        }
+        statement.clear();
     }
     names
 }
@@ -220,6 +234,16 @@ fn the_core_and_the_group_layer_do_no_io() {
         }
     }
     assert!(found.is_empty(), "I/O in the core:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_checker_reads_re_exports_over_several_lines() {
+    let lib = "pub use a::{\n    X,\n    Y,\n};\npub use b::Z;\npub fn f() {}";
+    let names = root_names(lib);
+    assert_eq!(names["X"], "a");
+    assert_eq!(names["Y"], "a");
+    assert_eq!(names["Z"], "b");
+    assert_eq!(names["f"], "lib");
 }
 
 #[test]

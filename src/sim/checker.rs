@@ -61,6 +61,8 @@ pub(crate) struct Checker {
     pub typed_unknown: u64,
     /// Typed responses checked against the sequence.
     pub typed_checked: u64,
+    /// Typed snapshots loaded: the count each holds must match the sequence up to its index.
+    pub typed_snapshots: Vec<TypedResponse>,
 }
 
 impl Checker {
@@ -114,6 +116,14 @@ impl Checker {
             match item {
                 Handed::Entry(index, data) => self.on_entry(node, sub, group, index, data),
                 Handed::Restored(index) => self.advance(node, sub, group, index),
+                Handed::Loaded(index, count) => {
+                    let count = count.unwrap_or(u64::MAX);
+                    self.typed_snapshots.push(TypedResponse {
+                        group,
+                        index,
+                        count,
+                    });
+                }
             }
         }
     }
@@ -198,30 +208,24 @@ impl Checker {
         self.check_typed();
     }
 
-    /// Each typed response counts the typed commands of the group's sequence up to its
-    /// command, where a typed stream that never restored a snapshot saw that prefix whole.
+    /// Each typed response, and each typed snapshot loaded, counts the typed commands of
+    /// the group's sequence up to its index, where a typed stream that never restored a
+    /// snapshot saw that prefix whole.
     fn check_typed(&mut self) {
         let mut found = Vec::new();
-        for r in &self.typed {
-            let whole = self
-                .streams
-                .values()
-                .filter(|s| s.typed == Some((r.group, false)))
-                .map(|s| s.last)
-                .max()
-                .unwrap_or(0);
-            if r.index > whole {
+        let responses = self.typed.iter().map(|r| ("the typed command", r));
+        let snapshots = self
+            .typed_snapshots
+            .iter()
+            .map(|r| ("the typed snapshot", r));
+        for (what, r) in responses.chain(snapshots) {
+            let Some(expected) = self.typed_count(r.group, r.index) else {
                 continue;
-            }
-            let expected = self.canon.get(&r.group).map_or(0, |c| {
-                c.range(..=r.index)
-                    .filter(|(_, data)| super::typed_app::is_count(data))
-                    .count() as u64
-            });
+            };
             self.typed_checked += 1;
             if expected != r.count {
                 found.push(format!(
-                    "group {}: the typed command at {} got count {}, the sequence says {expected}",
+                    "group {}: {what} at {} counts {}, the sequence says {expected}",
                     r.group, r.index, r.count
                 ));
             }
@@ -229,6 +233,24 @@ impl Checker {
         for f in found {
             self.violation(f);
         }
+    }
+
+    /// The typed commands of `group`'s sequence up to `index`, if a typed stream that
+    /// never restored a snapshot saw that prefix whole.
+    fn typed_count(&self, group: DataStructureId, index: u64) -> Option<u64> {
+        let whole = self
+            .streams
+            .values()
+            .filter(|s| s.typed == Some((group, false)))
+            .map(|s| s.last)
+            .max()?;
+        (index <= whole).then(|| {
+            self.canon.get(&group).map_or(0, |c| {
+                c.range(..=index)
+                    .filter(|(_, data)| super::typed_app::is_count(data))
+                    .count() as u64
+            })
+        })
     }
 
     fn check_once(&mut self) {

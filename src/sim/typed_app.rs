@@ -67,10 +67,12 @@ pub(crate) fn is_count(data: &[u8]) -> bool {
         .is_some_and(|c| c.magic == MAGIC)
 }
 
-/// What a typed application was handed: an entry, or a snapshot it restored.
+/// What a typed application was handed: an entry, a snapshot marker, or the state of a
+/// snapshot it loaded (its index and count: it must hold the commands up to its index).
 pub(crate) enum Handed {
     Entry(u64, Vec<u8>),
     Restored(u64),
+    Loaded(u64, Option<u64>),
 }
 
 /// A subscription's channels as the applier's source, noting what it hands out.
@@ -101,9 +103,16 @@ impl CommitSource for SimSource {
     }
 
     fn load_snapshot(&self, index: u64) -> crate::Result<Vec<u8>> {
-        self.files
+        let bytes = self
+            .files
             .read(self.group, index)?
-            .ok_or_else(|| Error::SnapshotUnavailable(format!("no snapshot at {index}")))
+            .ok_or_else(|| Error::SnapshotUnavailable(format!("no snapshot at {index}")))?;
+        let count = bytes.as_slice().try_into().ok().map(u64::from_be_bytes);
+        self.handed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Handed::Loaded(index, count));
+        Ok(bytes)
     }
 
     fn load_newest_snapshot(&self) -> crate::Result<(u64, Vec<u8>)> {

@@ -54,12 +54,17 @@ impl NodeCore {
             return;
         };
         let cs = raft.log().conf_state();
+        // A leader skips replicas that do not hold the snapshot's entries: they could not
+        // adopt it, and on the receiver an offer would supersede the raft snapshot this
+        // node may be streaming to that replica (one incoming stream per sender and group),
+        // stalling it until it is given up and sent again.
+        let behind = |r: u64| raft.is_leader() && raft.matched(r).is_some_and(|m| m < meta.index);
         let others: Vec<u64> = cs
             .voters
             .iter()
             .chain(&cs.learners)
             .copied()
-            .filter(|r| node_of(*r) != self.me)
+            .filter(|r| node_of(*r) != self.me && !behind(*r))
             .collect();
         for replica in others {
             let to = node_of(replica);

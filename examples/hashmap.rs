@@ -435,7 +435,7 @@ fn write(app: &App, outcome: copycat::Result<Option<Vec<u8>>>) -> HttpResponse {
 /// A 503 for a failed write or read barrier; says so when the cluster has not formed yet
 /// (a founder waiting for its `--bootstrap-expect` nodes), the usual cause at startup.
 fn unavailable(app: &App, error: &copycat::Error) -> HttpResponse {
-    if app.node.has_joined().unwrap_or(true) {
+    if app.node.has_joined_blocking().unwrap_or(true) {
         return text(503, &error.to_string());
     }
     text(
@@ -475,7 +475,10 @@ fn consistent_read(app: &App, key: &str) -> HttpResponse {
 /// `GET /status`: this node, its view of the members, and its replica of the map's group.
 fn status(app: &App) -> HttpResponse {
     let id = app.map.replicated().id();
-    let (members, group) = match (app.node.members(), app.node.group_status(id)) {
+    let (members, group) = match (
+        app.node.members_blocking(),
+        app.node.group_status_blocking(id),
+    ) {
         (Ok(members), Ok(group)) => (members, group),
         (Err(e), _) | (_, Err(e)) => return text(503, &e.to_string()),
     };
@@ -505,7 +508,7 @@ fn status(app: &App) -> HttpResponse {
     let tolerated_failures = voters.len().saturating_sub(1) / 2;
     let body = serde_json::json!({
         "node_id": app.node.node_id().to_string(),
-        "joined": app.node.has_joined().unwrap_or(false),
+        "joined": app.node.has_joined_blocking().unwrap_or(false),
         "members": members,
         "group": {
             "id": id.to_string(),

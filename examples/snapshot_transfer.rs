@@ -123,7 +123,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         start(root.path(), 2, seed.clone(), mib)?,
     ];
     wait("3 joined nodes", || {
-        nodes.iter().all(|n| n.has_joined().unwrap_or(false))
+        nodes
+            .iter()
+            .all(|n| n.has_joined_blocking().unwrap_or(false))
     })?;
     let id = DataStructureId::new();
     let subs: Vec<_> = nodes
@@ -148,7 +150,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let fourth = start(root.path(), 3, seed, mib)?;
     wait("the fourth node joined", || {
-        fourth.has_joined().unwrap_or(false)
+        fourth.has_joined_blocking().unwrap_or(false)
     })?;
     let started = Instant::now();
     let (_late, state) = subscribe(&fourth, id)?;

@@ -104,35 +104,69 @@ impl CopyCat {
         self.subscribe(id.parse()?, snapshot_provider)
     }
 
-    /// The cluster's members as this node sees them, this node first.
-    pub fn members(&self) -> Result<Vec<MemberStatus>> {
+    /// The cluster's members as this node sees them, this node first. Asks the node's
+    /// core thread (answered within milliseconds unless the node is overloaded; fails with
+    /// [`Error::Shutdown`] after 5 s or once the node is down).
+    pub async fn members(&self) -> Result<Vec<MemberStatus>> {
+        self.inner.query_async(|core| core.member_statuses()).await
+    }
+
+    /// The blocking form of [`CopyCat::members`].
+    pub fn members_blocking(&self) -> Result<Vec<MemberStatus>> {
         self.inner.query(|core| core.member_statuses())
     }
 
     /// This node's replica of `id`, if it hosts one.
-    pub fn group_status(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
+    pub async fn group_status(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
+        self.inner
+            .query_async(move |core| core.group_status(id))
+            .await
+    }
+
+    /// The blocking form of [`CopyCat::group_status`].
+    pub fn group_status_blocking(&self, id: DataStructureId) -> Result<Option<GroupStatus>> {
         self.inner.query(move |core| core.group_status(id))
     }
 
     /// This node's counters: replicas hosted, how many hibernate, durable storage writes.
-    pub fn stats(&self) -> Result<NodeStats> {
+    pub async fn stats(&self) -> Result<NodeStats> {
+        self.inner.query_async(|core| core.stats()).await
+    }
+
+    /// The blocking form of [`CopyCat::stats`].
+    pub fn stats_blocking(&self) -> Result<NodeStats> {
         self.inner.query(|core| core.stats())
     }
 
     /// Every data structure with a replica on this node.
-    pub fn hosted_data_structures(&self) -> Result<Vec<DataStructureId>> {
+    pub async fn hosted_data_structures(&self) -> Result<Vec<DataStructureId>> {
+        self.inner.query_async(|core| core.hosted_groups()).await
+    }
+
+    /// The blocking form of [`CopyCat::hosted_data_structures`].
+    pub fn hosted_data_structures_blocking(&self) -> Result<Vec<DataStructureId>> {
         self.inner.query(|core| core.hosted_groups())
     }
 
     /// Whether this node has joined the cluster's directory (a Raft group every node
     /// replicates): until then, subscriptions wait. Useful to wait for a fresh node, or
     /// for a founder's `bootstrap_expect` nodes to come up.
-    pub fn has_joined(&self) -> Result<bool> {
+    pub async fn has_joined(&self) -> Result<bool> {
+        self.inner.query_async(|core| core.has_joined()).await
+    }
+
+    /// The blocking form of [`CopyCat::has_joined`].
+    pub fn has_joined_blocking(&self) -> Result<bool> {
         self.inner.query(|core| core.has_joined())
     }
 
     /// How many data structures the cluster's directory (as replicated here) knows.
-    pub fn known_data_structures(&self) -> Result<usize> {
+    pub async fn known_data_structures(&self) -> Result<usize> {
+        self.inner.query_async(|core| core.directory_len()).await
+    }
+
+    /// The blocking form of [`CopyCat::known_data_structures`].
+    pub fn known_data_structures_blocking(&self) -> Result<usize> {
         self.inner.query(|core| core.directory_len())
     }
 

@@ -112,6 +112,26 @@ impl NodeHandle {
         rx.recv_timeout(QUERY_TIMEOUT).map_err(|_| Error::Shutdown)
     }
 
+    /// The async form of [`NodeHandle::query`].
+    pub(crate) async fn query_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeCore) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let event = Event::Query(Box::new(move |core| {
+            let _ = tx.send(f(core));
+        }));
+        // The core thread takes events quickly; a full queue is the only wait here.
+        self.input.try_send(event).map_err(|e| match e {
+            TrySendError::Full(_) => Error::Overloaded,
+            TrySendError::Disconnected(_) => Error::Shutdown,
+        })?;
+        match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => Err(Error::Shutdown),
+        }
+    }
+
     /// The node's data dir.
     pub(crate) fn data_dir(&self) -> &std::path::Path {
         &self.data_dir

@@ -32,7 +32,11 @@ fn concurrent_first_subscribes_make_one_group_with_one_order() {
     assert_eq!(values.len(), 30, "every proposal exactly once");
     let statuses: Vec<_> = cluster
         .running()
-        .map(|n| n.group_status(id).unwrap().expect("replica on every node"))
+        .map(|n| {
+            n.group_status_blocking(id)
+                .unwrap()
+                .expect("replica on every node")
+        })
         .collect();
     for s in &statuses {
         let mut voters = s.voters.clone();
@@ -42,7 +46,7 @@ fn concurrent_first_subscribes_make_one_group_with_one_order() {
         assert_eq!(voters, first, "one group, one configuration");
         assert_eq!(s.voters.len(), 3);
     }
-    assert_eq!(cluster.node(0).known_data_structures().unwrap(), 1);
+    assert_eq!(cluster.node(0).known_data_structures_blocking().unwrap(), 1);
 }
 
 #[test]
@@ -72,7 +76,7 @@ fn a_hundred_groups_at_once() {
     wait_until("directory lists all groups everywhere", T, || {
         cluster
             .running()
-            .all(|n| n.known_data_structures().unwrap_or(0) == 100)
+            .all(|n| n.known_data_structures_blocking().unwrap_or(0) == 100)
     });
 }
 
@@ -130,7 +134,7 @@ fn losing_the_leader_keeps_committing() {
     ds0.propose_blocking(b"before".to_vec(), T).unwrap();
     let leader = cluster
         .node(0)
-        .group_status(id)
+        .group_status_blocking(id)
         .unwrap()
         .unwrap()
         .leader
@@ -203,7 +207,11 @@ fn fourth_node_subscribes_as_learner_and_gets_history() {
         .map(|(_, v)| v[0])
         .collect();
     assert_eq!(got, (0..25).collect::<Vec<u8>>());
-    let status = cluster.node(fourth).group_status(id).unwrap().unwrap();
+    let status = cluster
+        .node(fourth)
+        .group_status_blocking(id)
+        .unwrap()
+        .unwrap();
     let me = cluster.node(fourth).node_id();
     assert!(status.learners.contains(&me), "{status:?}");
     assert!(!status.voters.contains(&me));
@@ -369,7 +377,11 @@ fn leader_counts(cluster: &Cluster, ids: &[copycat::DataStructureId]) -> Vec<usi
         .map(|n| {
             ids.iter()
                 .filter(|id| {
-                    n.group_status(**id).ok().flatten().and_then(|s| s.leader) == Some(n.node_id())
+                    n.group_status_blocking(**id)
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.leader)
+                        == Some(n.node_id())
                 })
                 .count()
         })
@@ -396,7 +408,7 @@ fn graceful_shutdown_hands_leadership_over_and_leaders_rebalance() {
     // Right after a graceful stop the survivors already follow new leaders: no group waits
     // for an election timeout.
     for id in &ids {
-        let status = cluster.node(0).group_status(*id).unwrap().unwrap();
+        let status = cluster.node(0).group_status_blocking(*id).unwrap().unwrap();
         assert_ne!(
             status.leader,
             Some(leaving),
@@ -438,7 +450,7 @@ fn a_read_barrier_answers_with_an_index_the_subscriber_receives() {
 fn all_hibernating(cluster: &Cluster, ids: &[copycat::DataStructureId]) -> bool {
     cluster.running().all(|n| {
         ids.iter().all(|id| {
-            n.group_status(*id)
+            n.group_status_blocking(*id)
                 .ok()
                 .flatten()
                 .is_some_and(|s| s.hibernating)
@@ -479,11 +491,19 @@ fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
     let led_elsewhere = ids
         .iter()
         .position(|id| {
-            let leader = cluster.node(0).group_status(*id).unwrap().unwrap().leader;
+            let leader = cluster
+                .node(0)
+                .group_status_blocking(*id)
+                .unwrap()
+                .unwrap()
+                .leader;
             leader.is_some_and(|l| l != cluster.node(0).node_id())
         })
         .expect("leadership is balanced, so node 0 does not lead all 20 groups");
-    let leader = cluster.node(0).group_status(ids[led_elsewhere]).unwrap();
+    let leader = cluster
+        .node(0)
+        .group_status_blocking(ids[led_elsewhere])
+        .unwrap();
     let leader = leader.unwrap().leader.unwrap();
     let leader_idx = (0..3)
         .find(|i| cluster.node(*i).node_id() == leader)
@@ -493,7 +513,7 @@ fn idle_groups_hibernate_and_wake_for_writes_and_a_dead_leader() {
     wait_until("every group led by a live node", T, || {
         cluster.running().all(|n| {
             ids.iter().all(|id| {
-                let status = n.group_status(*id).ok().flatten();
+                let status = n.group_status_blocking(*id).ok().flatten();
                 status.is_some_and(|s| s.leader.is_some_and(|l| l != dead))
             })
         })

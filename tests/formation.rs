@@ -12,7 +12,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The voter count of `id`'s group as `node` reports it (0 while it has no replica).
 fn voters(node: &CopyCat, id: DataStructureId) -> usize {
-    match node.group_status(id) {
+    match node.group_status_blocking(id) {
         Ok(Some(status)) => status.voters.len(),
         _ => 0,
     }
@@ -20,7 +20,7 @@ fn voters(node: &CopyCat, id: DataStructureId) -> usize {
 
 /// Whether `node` sees `n` alive members, itself included.
 fn sees_alive(node: &CopyCat, n: usize) -> bool {
-    node.members().is_ok_and(|m| {
+    node.members_blocking().is_ok_and(|m| {
         m.iter()
             .filter(|m| m.state == copycat::MemberState::Alive)
             .count()
@@ -47,8 +47,11 @@ fn a_founder_waits_for_bootstrap_expect_nodes_then_groups_start_with_three_voter
         sees_alive(&founder, 2)
     });
     // Two of the three expected nodes: nothing may exist yet.
-    assert!(!founder.has_joined().expect("query"), "founded too early");
-    assert_eq!(founder.group_status(id).expect("query"), None);
+    assert!(
+        !founder.has_joined_blocking().expect("query"),
+        "founded too early"
+    );
+    assert_eq!(founder.group_status_blocking(id).expect("query"), None);
 
     let third = start(2, peers);
     let nodes = [&founder, &second, &third];
@@ -83,7 +86,7 @@ fn a_group_of_one_voter_grows_straight_to_three() {
     let peers = vec![founder.gossip_addr().to_string()];
     let second = start(1, peers.clone());
     wait_until("the second node joins the directory", DEADLINE, || {
-        second.has_joined().unwrap_or(false) && sees_alive(&founder, 2)
+        second.has_joined_blocking().unwrap_or(false) && sees_alive(&founder, 2)
     });
     let mut counts = BTreeSet::new();
     counts.insert(voters(&founder, id));

@@ -27,7 +27,11 @@ fn groups_return_to_full_replication_without_a_dead_node() {
             let node = cluster.node(*i).node_id();
             ids.iter()
                 .filter(|id| {
-                    let status = cluster.node(0).group_status(**id).unwrap().unwrap();
+                    let status = cluster
+                        .node(0)
+                        .group_status_blocking(**id)
+                        .unwrap()
+                        .unwrap();
                     status.voters.contains(&node)
                 })
                 .count()
@@ -42,11 +46,14 @@ fn groups_return_to_full_replication_without_a_dead_node() {
         || {
             cluster.running().all(|n| {
                 ids.iter().all(|id| {
-                    n.group_status(*id).ok().flatten().is_some_and(|s| {
-                        s.voters.len() == 3
-                            && !s.voters.contains(&dead)
-                            && !s.learners.contains(&dead)
-                    })
+                    n.group_status_blocking(*id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| {
+                            s.voters.len() == 3
+                                && !s.voters.contains(&dead)
+                                && !s.learners.contains(&dead)
+                        })
                 })
             })
         },
@@ -73,7 +80,7 @@ fn a_node_that_comes_back_after_replacement_deletes_its_old_replicas() {
     let id = copycat::new_data_structure_id();
     let ds = cluster.node(0).subscribe(id, no_snapshot).unwrap();
     ds.propose_blocking(b"one".to_vec(), T).unwrap();
-    let status = cluster.node(0).group_status(id).unwrap().unwrap();
+    let status = cluster.node(0).group_status_blocking(id).unwrap().unwrap();
     let victim = (1..4)
         .find(|i| status.voters.contains(&cluster.node(*i).node_id()))
         .expect("a voter other than node 0");
@@ -82,7 +89,7 @@ fn a_node_that_comes_back_after_replacement_deletes_its_old_replicas() {
     wait_until("the dead voter is replaced", GRACE + T, || {
         cluster
             .node(0)
-            .group_status(id)
+            .group_status_blocking(id)
             .ok()
             .flatten()
             .is_some_and(|s| s.voters.len() == 3 && !s.voters.contains(&dead))
@@ -92,7 +99,7 @@ fn a_node_that_comes_back_after_replacement_deletes_its_old_replicas() {
     wait_until("the returning node drops its removed replica", T, || {
         cluster
             .node(victim)
-            .hosted_data_structures()
+            .hosted_data_structures_blocking()
             .map(|groups| !groups.contains(&id))
             .unwrap_or(false)
     });

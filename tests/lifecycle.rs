@@ -49,6 +49,17 @@ fn a_node_started_and_stopped_inside_tokio_stops_cleanly_both_ways() {
             let map: ReplicatedMap<u8, u8> =
                 ReplicatedMap::open(&node, node.new_data_structure_id()).expect("open");
             assert_eq!(map.insert(1, 2).await.expect("insert"), None);
+            // Status calls have async forms that do not block the executor.
+            let members = node.members().await.expect("members");
+            assert_eq!(members.len(), 1);
+            assert!(node.has_joined().await.expect("joined"));
+            let id = map.replicated().id();
+            let status = node.group_status(id).await.expect("status");
+            assert!(status.is_some_and(|s| s.applied_index > 0));
+            assert_eq!(
+                node.hosted_data_structures().await.expect("hosted"),
+                vec![id]
+            );
             let stopped = async {
                 if use_async {
                     node.shutdown_async().await;

@@ -450,7 +450,7 @@ fn a_new_node_catches_up_from_the_registry_snapshot() {
     wait_until("the registry's log is compacted", WAIT, || {
         cluster
             .node(0)
-            .group_status(id)
+            .group_status_blocking(id)
             .ok()
             .flatten()
             .is_some_and(|g| g.snapshot_index > 20)

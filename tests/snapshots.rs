@@ -258,7 +258,7 @@ fn replicas_without_a_subscriber_compact_under_offered_snapshots() {
         (1..3).all(|i| {
             cluster
                 .node(i)
-                .group_status(id)
+                .group_status_blocking(id)
                 .ok()
                 .flatten()
                 .is_some_and(|s| s.applied_index >= last)
@@ -269,7 +269,7 @@ fn replicas_without_a_subscriber_compact_under_offered_snapshots() {
         (0..3).all(|i| {
             cluster
                 .node(i)
-                .group_status(id)
+                .group_status_blocking(id)
                 .ok()
                 .flatten()
                 .is_some_and(|s| s.applied_index - s.snapshot_index <= 3 * INTERVAL)
@@ -296,7 +296,12 @@ fn a_leader_without_a_subscriber_serves_a_new_replica_a_fresh_snapshot() {
         let id = copycat::new_data_structure_id();
         let app = App::subscribe(cluster.node(0), id);
         app.put(0, b"first");
-        let leader = cluster.node(0).group_status(id).unwrap().unwrap().leader;
+        let leader = cluster
+            .node(0)
+            .group_status_blocking(id)
+            .unwrap()
+            .unwrap()
+            .leader;
         if leader.is_some() && leader != Some(cluster.node(0).node_id()) {
             break (id, app);
         }

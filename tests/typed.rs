@@ -129,7 +129,7 @@ fn concurrent_transfers_get_their_own_responses_and_conserve_money_across_a_lead
         acknowledged
     };
     let leader = || {
-        let status = cluster.node(0).group_status(id).ok().flatten()?;
+        let status = cluster.node(0).group_status_blocking(id).ok().flatten()?;
         let leader = status.leader?;
         (0..3).find(|i| cluster.node(*i).node_id() == leader)
     };
@@ -190,7 +190,7 @@ fn concurrent_transfers_get_their_own_responses_and_conserve_money_across_a_lead
     }
     let status = cluster
         .node(survivors[0])
-        .group_status(id)
+        .group_status_blocking(id)
         .unwrap()
         .unwrap();
     assert!(
@@ -250,7 +250,7 @@ fn log_indexes_without_commands_count_as_applied() {
     wait_until("the group has a leader", Duration::from_secs(30), || {
         commit = cluster
             .node(0)
-            .group_status(id)
+            .group_status_blocking(id)
             .ok()
             .flatten()
             .map_or(0, |s| s.commit_index);

@@ -49,7 +49,7 @@ pub fn run_replica(args: &Args) -> BoxResult<()> {
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line)? > 0 {
         if line.trim() == "stats" {
-            let s = node.stats()?;
+            let s = node.stats_blocking()?;
             println!("STATS {} {} {}", s.synced_writes, s.replicas, s.hibernating);
         }
         line.clear();
@@ -161,7 +161,7 @@ impl Cluster {
             "every node to see every other",
             Duration::from_secs(60),
             || {
-                cluster.node.members().is_ok_and(|m| {
+                cluster.node.members_blocking().is_ok_and(|m| {
                     m.iter()
                         .filter(|m| m.state == copycat::MemberState::Alive)
                         .count()
@@ -174,7 +174,7 @@ impl Cluster {
 
     /// Fsync'ed storage writes of every running node, summed.
     pub fn synced_writes(&mut self) -> BoxResult<u64> {
-        let mut total = self.node.stats()?.synced_writes;
+        let mut total = self.node.stats_blocking()?.synced_writes;
         for replica in &mut self.replicas {
             if replica.child.try_wait()?.is_none() {
                 total += replica.stats()?.synced_writes;

@@ -40,7 +40,7 @@ pub fn create_groups(node: &CopyCat, count: usize, voters: usize) -> BoxResult<V
     let limit = Duration::from_secs(60 + count as u64 / 50);
     wait_for("every group at full replication", limit, || {
         subs.iter().all(|ds| {
-            node.group_status(ds.id())
+            node.group_status_blocking(ds.id())
                 .ok()
                 .flatten()
                 .is_some_and(|s| s.voters.len() == voters)

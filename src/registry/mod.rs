@@ -177,7 +177,7 @@ impl Registry {
     pub fn start(node: &CopyCat, config: RegistryConfig) -> RegistryResult<Registry> {
         let deadline = Instant::now() + config.timeout;
         let datacenter = node
-            .members()?
+            .members_blocking()?
             .into_iter()
             .find(|m| m.node_id == node.node_id())
             .map(|m| m.datacenter)
@@ -206,7 +206,7 @@ impl Registry {
         };
         // Resolution only shows publications of nodes seen alive: see them before the
         // first answer.
-        write(&shared.view).update(&node.members()?, Instant::now());
+        write(&shared.view).update(&node.members_blocking()?, Instant::now());
         let registry = Registry {
             core: Arc::new(RegistryCore {
                 shared,

@@ -90,7 +90,7 @@ fn apply_commit(shared: &Shared, state: &mut RegistryState, commit: Commit) {
 /// remove dead owners' publications, log the data structure's errors.
 fn maintain(shared: &Shared, dead_proposed: &mut HashMap<NodeId, Instant>) {
     let now = Instant::now();
-    if let Ok(members) = shared.node.members() {
+    if let Ok(members) = shared.node.members_blocking() {
         if write(&shared.view).update(&members, now) {
             shared.notify_changed();
         }

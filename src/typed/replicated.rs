@@ -105,7 +105,9 @@ impl<S: StateMachine, C: Codec> Replicated<S, C> {
         let provider_slot = slot.clone();
         let provider = move || provider_slot.get()?.upgrade()?.snapshot();
         // What this node had committed before: `wait_replayed` waits for it.
-        let replay_target = node.group_status(id)?.map_or(0, |g| g.commit_index);
+        let replay_target = node
+            .group_status_blocking(id)?
+            .map_or(0, |g| g.commit_index);
         let ds = node.subscribe(id, provider)?;
         let applier = Arc::new(Applier::new(ds, node.node_id(), initial));
         let _ = slot.set(Arc::downgrade(&applier));

@@ -184,7 +184,7 @@ impl Cluster {
             Duration::from_secs(30),
             || {
                 self.running().all(|node| {
-                    node.members()
+                    node.members_blocking()
                         .map(|m| {
                             m.iter()
                                 .filter(|m| m.state == copycat::MemberState::Alive)
@@ -192,7 +192,7 @@ impl Cluster {
                                 >= n
                         })
                         .unwrap_or(false)
-                        && node.has_joined().unwrap_or(false)
+                        && node.has_joined_blocking().unwrap_or(false)
                 })
             },
         );

@@ -22,7 +22,11 @@ pub fn run(args: &Args) -> BoxResult<()> {
     // The killable process (this one runs the proposers) leading the most groups.
     let mut led: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, ds) in subs.iter().enumerate() {
-        if let Some(leader) = cluster.node.group_status(ds.id())?.and_then(|s| s.leader) {
+        if let Some(leader) = cluster
+            .node
+            .group_status_blocking(ds.id())?
+            .and_then(|s| s.leader)
+        {
             led.entry(leader).or_default().push(i);
         }
     }

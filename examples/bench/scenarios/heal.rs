@@ -26,7 +26,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
             .filter(|id| {
                 cluster
                     .node
-                    .group_status(**id)
+                    .group_status_blocking(**id)
                     .ok()
                     .flatten()
                     .is_some_and(|s| s.voters.contains(&node))
@@ -48,7 +48,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
             ids.iter().all(|id| {
                 cluster
                     .node
-                    .group_status(*id)
+                    .group_status_blocking(*id)
                     .ok()
                     .flatten()
                     .is_some_and(|s| {

@@ -21,7 +21,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
     drop(subs);
     let settling = Instant::now();
     let mut all_asleep = || -> BoxResult<bool> {
-        let mut stats = vec![cluster.node.stats()?];
+        let mut stats = vec![cluster.node.stats_blocking()?];
         for replica in &mut cluster.replicas {
             stats.push(replica.stats()?);
         }

@@ -106,5 +106,8 @@ fn settled_leaders(node: &CopyCat, groups: &[DataStructure]) -> BoxResult<Vec<No
 }
 
 fn leader_of(node: &CopyCat, id: DataStructureId) -> Option<NodeId> {
-    node.group_status(id).ok().flatten().and_then(|s| s.leader)
+    node.group_status_blocking(id)
+        .ok()
+        .flatten()
+        .and_then(|s| s.leader)
 }

@@ -45,7 +45,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
         Duration::from_secs(600),
         || {
             ids.iter().all(|id| {
-                node.group_status(*id)
+                node.group_status_blocking(*id)
                     .ok()
                     .flatten()
                     .is_some_and(|s| s.leader.is_some() && s.applied_index >= s.commit_index)

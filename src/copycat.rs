@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::data_structure::{DataStructure, ProposalSender, PROPOSALS_CAPACITY};
+use crate::data_structure::{DataStructure, ProposalSender, Subscribed, PROPOSALS_CAPACITY};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::{GroupStatus, MemberStatus, NodeStats};
@@ -85,6 +85,10 @@ impl CopyCat {
             node: self.inner.clone(),
             id,
             sub,
+            _subscribed: Arc::new(Subscribed {
+                node: self.inner.clone(),
+                sub,
+            }),
             proposals: ProposalSender {
                 channel: propose_tx,
                 doorbell,

@@ -21,12 +21,16 @@ pub const PROPOSALS_CAPACITY: usize = 128;
 /// An application's handle on one replicated data structure: the seed's propose channel,
 /// commit channel, error channel and snapshot hooks.
 ///
-/// Dropping it unsubscribes; the replica on this node stays (detached) and keeps
-/// replicating. It keeps its node running while it lives.
+/// Cheap to clone: clones share the subscription (and its channels: each commit goes to one
+/// reader). Dropping the last clone unsubscribes; the replica on this node stays
+/// (detached) and keeps replicating. It keeps its node running while it lives.
+#[derive(Clone)]
 pub struct DataStructure {
     pub(crate) node: Arc<NodeHandle>,
     pub(crate) id: DataStructureId,
     pub(crate) sub: SubId,
+    /// Unsubscribes when the last clone is dropped.
+    pub(crate) _subscribed: Arc<Subscribed>,
     pub(crate) proposals: ProposalSender,
     pub(crate) commits: Receiver<Commit>,
     pub(crate) errors: Receiver<Error>,
@@ -301,7 +305,13 @@ impl AckSlot {
     }
 }
 
-impl Drop for DataStructure {
+/// Ends a subscription when dropped (with the last clone of its `DataStructure`).
+pub(crate) struct Subscribed {
+    pub(crate) node: Arc<NodeHandle>,
+    pub(crate) sub: SubId,
+}
+
+impl Drop for Subscribed {
     fn drop(&mut self) {
         self.node.unsubscribe(self.sub);
     }

@@ -80,3 +80,33 @@ fn a_node_started_and_stopped_inside_tokio_stops_cleanly_both_ways() {
         );
     }
 }
+
+#[test]
+fn a_data_structure_clone_keeps_the_subscription_after_the_original_is_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = CopyCat::start(config(
+        dir.path(),
+        slog::Logger::root(slog::Discard, slog::o!()),
+    ))
+    .expect("start");
+    let ds = node
+        .subscribe(node.new_data_structure_id(), copycat::no_snapshots)
+        .expect("subscribe");
+    let clone = ds.clone();
+    drop(ds);
+    let index = clone
+        .propose_blocking(b"still subscribed".to_vec(), Duration::from_secs(30))
+        .expect("acknowledged through the clone");
+    let commit = clone
+        .commits()
+        .recv_timeout(Duration::from_secs(30))
+        .expect("delivered to the clone");
+    assert_eq!(
+        commit,
+        copycat::Commit::Entry {
+            index,
+            data: b"still subscribed".to_vec()
+        }
+    );
+    node.shutdown();
+}

@@ -170,7 +170,9 @@ impl DataStructure {
     /// The snapshot consumer: the state a [`Commit::Snapshot`] marker at `index` refers to,
     /// exactly that one (snapshot files are immutable and named by index; the two newest
     /// of each data structure are kept). Fails with [`Error::SnapshotUnavailable`] if that
-    /// snapshot was superseded twice before being loaded.
+    /// snapshot was superseded twice before being loaded: then load
+    /// [`DataStructure::load_newest_snapshot`] instead and skip the commits at or below its
+    /// index (no need to subscribe again).
     pub fn load_snapshot(&self, index: u64) -> Result<Vec<u8>> {
         let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
         match files.read(self.id, index)? {
@@ -182,8 +184,11 @@ impl DataStructure {
         }
     }
 
-    /// The newest stored snapshot of this data structure: its index and state.
-    pub(crate) fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
+    /// The newest stored snapshot of this data structure: its index and state. For a
+    /// consumer whose [`Commit::Snapshot`] marker was superseded before it loaded it: after
+    /// restoring this one, it skips the commits at or below the returned index, which the
+    /// state already holds.
+    pub fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
         let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
         let newest = files.indexes(self.id)?.into_iter().next_back();
         match newest {

@@ -5,7 +5,19 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Configuration of one copycat node. `Config::default()` gives the seed's defaults.
+/// Configuration of one copycat node. `Config::default()` gives the seed's defaults; set
+/// what differs with struct update syntax, which stays source-compatible as fields are
+/// added (they come with defaults):
+///
+/// ```
+/// let config = copycat::Config {
+///     port: 0,
+///     gossip_port: 0,
+///     peers: vec!["10.0.0.1:7459".into()],
+///     ..copycat::Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone)]
 pub struct Config {
     /// Address this node binds and advertises to others (default `127.0.0.1`).

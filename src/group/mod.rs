@@ -292,9 +292,24 @@ impl RaftGroup {
         index: u64,
     ) -> raft::Result<ConfState> {
         let cs = self.raw.apply_conf_change(cc)?;
+        self.step_down_if_removed(&cs);
         self.raw.mut_store().set_conf_state(cs.clone());
         self.conf_history.push((index, cs.clone()));
         Ok(cs)
+    }
+
+    /// raft-rs keeps a leader that a configuration change removed leading (etcd's "step
+    /// down" TODO), and its next persisted entries then look up its own progress, which is
+    /// gone: a panic in `on_persist_ready` (simulator seed 266, a system-group leader
+    /// elected in a joint configuration that was leaving it). It steps down instead; the
+    /// remaining voters elect a leader among themselves.
+    fn step_down_if_removed(&mut self, cs: &ConfState) {
+        let me = self.raw.raft.id;
+        let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
+        if self.raw.raft.state == StateRole::Leader && !voter {
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
     }
 
     /// The configuration as of log index `index`, if known: configurations are known from

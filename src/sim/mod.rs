@@ -453,13 +453,17 @@ mod tests {
     /// unreachable leader campaign early), a replica still voting in the outgoing half of a
     /// joint configuration deleting itself as forgotten, which wedged the group (591),
     /// streamed snapshots raft ignored evicting the file the log starts from (1124), a
-    /// group created with two voters during a partition losing one for good (1464).
+    /// group created with two voters during a partition losing one for good (1464), a
+    /// system-group leader removed by a configuration change it applied while leading
+    /// (raft-rs panicked on its next persisted batch; 266).
     /// Seeds of the default range
     /// found a snapshot labelled below its content (1), an unreadable adopted offer (3), a
     /// removal never recorded in the directory (9), learners never served a snapshot (2,
     /// 6). The workload changed since some were found, so a seed now runs a different
     /// schedule; they stay as extra coverage.
-    const REGRESSION_SEEDS: [u64; 13] = [20, 23, 39, 49, 78, 82, 96, 102, 137, 138, 145, 398, 553];
+    const REGRESSION_SEEDS: [u64; 14] = [
+        20, 23, 39, 49, 78, 82, 96, 102, 137, 138, 145, 266, 398, 553,
+    ];
 
     #[test]
     fn seeds_that_found_bugs_stay_fixed() {

@@ -189,15 +189,19 @@ impl DataStructure {
     /// restoring this one, it skips the commits at or below the returned index, which the
     /// state already holds.
     pub fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
-        let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
-        let newest = files.indexes(self.id)?.into_iter().next_back();
-        match newest {
+        match self.newest_snapshot()? {
             Some(index) => Ok((index, self.load_snapshot(index)?)),
             None => Err(Error::SnapshotUnavailable(format!(
                 "no snapshot of {} is stored",
                 self.id
             ))),
         }
+    }
+
+    /// The index of the newest stored snapshot of this data structure, if any.
+    pub(crate) fn newest_snapshot(&self) -> Result<Option<u64>> {
+        let files = crate::storage::SnapshotFiles::new(self.node.data_dir());
+        Ok(files.newest(self.id)?)
     }
 }
 

@@ -322,6 +322,11 @@ impl SnapshotFiles {
         Ok(out)
     }
 
+    /// The index of the newest stored snapshot of `group`, if any.
+    pub fn newest(&self, group: DataStructureId) -> Result<Option<u64>> {
+        Ok(self.indexes(group)?.into_iter().next_back())
+    }
+
     /// Deletes all but the newest [`KEEP_FILES`] snapshots of `group` and the one its log
     /// starts from (and the ids of the deleted ones).
     fn prune(&self, group: DataStructureId) -> Result<()> {

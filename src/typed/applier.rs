@@ -79,8 +79,15 @@ pub(crate) trait CommitSource: Send + Sync + 'static {
     fn discard_errors(&self);
     /// The state of the snapshot at `index`.
     fn load_snapshot(&self, index: u64) -> Result<Vec<u8>>;
+    /// The index of the newest stored snapshot, if any.
+    fn newest_snapshot(&self) -> Result<Option<u64>>;
     /// The newest stored snapshot: its index and state.
-    fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)>;
+    fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
+        let index = self
+            .newest_snapshot()?
+            .ok_or_else(|| Error::SnapshotUnavailable("no snapshot is stored".to_string()))?;
+        Ok((index, self.load_snapshot(index)?))
+    }
     /// How far delivery has caught up, log indexes without commits included.
     fn caught_up(&self) -> u64;
 }
@@ -98,8 +105,8 @@ impl CommitSource for DataStructure {
         DataStructure::load_snapshot(self, index)
     }
 
-    fn load_newest_snapshot(&self) -> Result<(u64, Vec<u8>)> {
-        DataStructure::load_newest_snapshot(self)
+    fn newest_snapshot(&self) -> Result<Option<u64>> {
+        DataStructure::newest_snapshot(self)
     }
 
     fn caught_up(&self) -> u64 {

@@ -273,6 +273,9 @@ impl Streams {
     /// Time passed: streams that heard nothing resend from the acknowledged byte, streams
     /// that made no progress for [`MAX_STALL_MS`] end as failed.
     pub(crate) fn tick(&mut self, now_ms: u64) -> Vec<Ended> {
+        if self.outgoing.is_empty() {
+            return Vec::new();
+        }
         let mut stalled = Vec::new();
         let mut resend = Vec::new();
         for (key, out) in &mut self.outgoing {

@@ -59,7 +59,11 @@ impl DataStructureId {
 
     /// A fresh random id (a ULID: time-ordered, 80 random bits).
     pub fn new() -> Self {
-        DataStructureId(ulid::Ulid::new().0)
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        DataStructureId(ulid::Ulid::from_parts(millis, rand::random::<u128>()).0)
     }
 
     /// The id as a 128-bit number.
@@ -147,6 +151,18 @@ mod tests {
         let r = replica_id(node, 7);
         assert_eq!((node_of(r), incarnation_of(r)), (node, 7));
         assert_ne!(r, node);
+    }
+
+    #[test]
+    fn fresh_ids_are_distinct_and_carry_the_current_time() {
+        let (a, b) = (DataStructureId::new(), DataStructureId::new());
+        assert_ne!(a, b);
+        let millis = |id: DataStructureId| ulid::Ulid(id.as_u128()).timestamp_ms();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(millis(a) <= millis(b) && now.abs_diff(millis(b)) < 60_000);
     }
 
     #[test]

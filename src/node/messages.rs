@@ -5,7 +5,9 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::directory::Directory;
+use super::validate::{self, LocalView};
 use super::NodeCore;
+use crate::group::RaftGroup;
 use crate::id::{incarnation_of, node_of, DataStructureId, NodeId, ReplicaId};
 use crate::proto;
 use crate::storage::GroupWrite;
@@ -14,6 +16,12 @@ impl NodeCore {
     /// A batch of messages from peer `from`.
     pub(crate) fn handle_batch(&mut self, now_ms: u64, from: NodeId, batch: proto::Batch) {
         self.now_ms = now_ms;
+        if !self.members.knows(from) {
+            // Gossip introduces every node before it has anything to say: a batch from a
+            // node nobody reported is forged or lost its way.
+            self.refuse(from, "batch from a node gossip never reported", &"");
+            return;
+        }
         for gm in batch.messages {
             self.handle_group_message(from, gm);
         }
@@ -103,10 +111,30 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
+        if let Err(invalid) = validate::check(&msg, local_view(raft), |r| raft.is_member(r)) {
+            self.refuse(
+                from,
+                "invalid raft message",
+                &format_args!("{group} {invalid}"),
+            );
+            return;
+        }
+        let Some(raft) = self.groups.get_mut(&group) else {
+            return;
+        };
         if let Err(e) = raft.step(msg, &mut self.rng) {
             slog::debug!(self.cfg.logger, "step failed"; "group" => %group, "error" => %e);
         }
         self.active.insert(group);
+    }
+
+    /// Drops traffic from `from`, with a log line at most once a second.
+    fn refuse(&mut self, from: NodeId, what: &str, detail: &dyn std::fmt::Display) {
+        if let Some(unlogged) = self.refusals.note(self.now_ms) {
+            slog::warn!(self.cfg.logger, "refusing peer traffic: {}", what;
+                "from" => from, "detail" => %detail, "unlogged_since_last_line" => unlogged,
+                "refused_total" => self.refusals.total);
+        }
     }
 
     /// Deletes the local replica of `group` and hosts `newer` instead.
@@ -148,6 +176,16 @@ impl NodeCore {
         } else {
             slog::debug!(self.cfg.logger, "message for an unknown group"; "group" => %group);
         }
+    }
+}
+
+/// What `validate::check` needs to know of the local replica.
+fn local_view(raft: &RaftGroup) -> LocalView {
+    LocalView {
+        term: raft.term(),
+        last_index: raft.last_index(),
+        leader: raft.leader(),
+        initialized: !raft.log().conf_state().voters.is_empty(),
     }
 }
 

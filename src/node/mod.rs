@@ -28,6 +28,7 @@ pub(crate) mod streams;
 pub(crate) mod subscription;
 mod tombstone;
 mod transfer;
+mod validate;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -194,6 +195,8 @@ pub(crate) struct NodeCore {
     completions: Vec<(Waiter, crate::Result<u64>)>,
     /// The pacing of each data group's snapshots (see `snapshot.rs`).
     pacing: Map<DataStructureId, snapshot::Pacing>,
+    /// Peer traffic refused (unknown senders, messages failing `validate::check`).
+    refusals: validate::Refusals,
 }
 
 impl NodeCore {
@@ -232,6 +235,7 @@ impl NodeCore {
             handover: None,
             completions: Vec::new(),
             pacing: Map::default(),
+            refusals: validate::Refusals::default(),
             removed_seen: Map::default(),
             deleted: Map::default(),
             pending_removal: Vec::new(),

@@ -29,10 +29,11 @@ fn message(kind: MessageType, from: ReplicaId, term: u64) -> Message {
 }
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e
+    Entry {
+        index,
+        term,
+        ..Default::default()
+    }
 }
 
 fn append(index: u64, log_term: u64, entries: &[(u64, u64)]) -> Message {

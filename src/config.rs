@@ -73,6 +73,28 @@ pub struct Config {
     pub snapshot_max_log_bytes: u64,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
+    /// What happens when the node cannot go on: a panic in its core, or a storage read or
+    /// write that failed (default [`OnFatalError::ExitProcess`]).
+    pub on_fatal_error: OnFatalError,
+}
+
+/// What a node does when it cannot go on: its core panicked, or storage failed (sled then
+/// fails every later operation too, so the node could only refuse work).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnFatalError {
+    /// Crash-only: log the cause and end the whole process with a non-zero status —
+    /// [`EXIT_CORE_PANIC`](crate::EXIT_CORE_PANIC) (70) after a panic,
+    /// [`EXIT_STORAGE_FAILED`](crate::EXIT_STORAGE_FAILED) (74) after a storage failure — so
+    /// that a supervisor (systemd, Kubernetes, …) restarts it and the restarted node catches
+    /// up from its peers. A process that only stopped the node would stay up and look
+    /// healthy while failing every call.
+    #[default]
+    ExitProcess,
+    /// Stop only this node: its handles fail with [`Error::Shutdown`](crate::Error) or the
+    /// storage error, and the rest of the process carries on. For processes that host more
+    /// than copycat and watch the node's errors themselves.
+    StopNode,
 }
 
 impl Default for Config {
@@ -98,6 +120,7 @@ impl Default for Config {
             snapshot_interval: 10_000,
             snapshot_max_log_bytes: 64 << 20,
             rng_seed: None,
+            on_fatal_error: OnFatalError::ExitProcess,
         }
     }
 }
@@ -152,6 +175,7 @@ impl std::fmt::Debug for Config {
             .field("dead_node_grace", &self.dead_node_grace)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
+            .field("on_fatal_error", &self.on_fatal_error)
             .finish_non_exhaustive()
     }
 }

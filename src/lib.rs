@@ -145,12 +145,13 @@ mod subscriber_sink;
 mod tracing_bridge;
 mod typed;
 
-pub use config::Config;
+pub use config::{Config, OnFatalError};
 pub use copycat::CopyCat;
 pub use data_structure::{CommitStream, DataStructure, ProposalSender, PROPOSALS_CAPACITY};
 pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, InvalidId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberState, MemberStatus, NodeStats};
+pub use runtime::{EXIT_CORE_PANIC, EXIT_STORAGE_FAILED};
 pub use snapshot_provider::{no_snapshots, SnapshotProvider};
 pub use tracing_bridge::tracing_logger;
 pub use typed::{

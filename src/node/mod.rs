@@ -461,6 +461,16 @@ impl NodeCore {
         self.stop_on_storage_failure("writing", error);
     }
 
+    /// Whether a storage read or write failed (the node acknowledges nothing since).
+    pub(crate) fn storage_failed(&self) -> bool {
+        self.storage_failed
+    }
+
+    /// The core's logger.
+    pub(crate) fn logger(&self) -> &slog::Logger {
+        &self.cfg.logger
+    }
+
     /// Storage failed (`doing` what): nothing more is acknowledged, and every subscriber
     /// and waiter hears about it.
     fn stop_on_storage_failure(&mut self, doing: &str, error: Error) {

@@ -37,6 +37,7 @@
 //! | stream file work | unbounded, fed by the core: per outgoing stream one window (8 MiB) of reads; received chunks up to `MAX_UNSTORED_BYTES` (32 MiB) over all streams | the core drops further chunks; senders resend after 2 s |
 //! | pump control | unbounded; at most one pending doorbell ring per subscription | n/a |
 
+mod core_thread;
 pub(crate) mod frame;
 pub(crate) mod gossip;
 mod pump;
@@ -44,14 +45,13 @@ mod snapshot_thread;
 mod storage_thread;
 pub(crate) mod transport;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -65,6 +65,8 @@ use crate::proto;
 use crate::snapshot_provider::SnapshotProvider;
 use crate::storage::{LogStore, SledStore, WriteBatch};
 
+use core_thread::CoreOutputs;
+pub use core_thread::{EXIT_CORE_PANIC, EXIT_STORAGE_FAILED};
 use gossip::{Gossip, GossipConfig};
 pub(crate) use pump::{Doorbell, PumpControl};
 use transport::{Transport, TransportConfig};
@@ -224,14 +226,16 @@ impl NodeRuntime {
             .name(format!("copycat-core-{node_id}"))
             .spawn({
                 let transport_handle = transport.clone();
+                let (core_logger, on_fatal) = (logger.clone(), config.on_fatal_error);
                 move || {
                     let out = CoreOutputs {
                         storage: storage_tx,
                         transport: transport_handle,
                         snapshots: snapshot_tx,
                         stream_io: stream_io_tx,
+                        logger: core_logger,
                     };
-                    run_core(core, input_rx, out, tick);
+                    core_thread::run(core, input_rx, out, tick, on_fatal);
                     // The storage sender is gone: wait for the queued writes to finish.
                     let _ = storage_thread.join();
                 }
@@ -401,142 +405,6 @@ fn start_transport(
         }),
     )?;
     Ok(transport)
-}
-
-/// The core thread: inputs in, rounds out, ticks on time.
-/// Where the core thread sends its output.
-struct CoreOutputs {
-    storage: Sender<(u64, WriteBatch)>,
-    transport: Arc<Transport>,
-    snapshots: Sender<snapshot_thread::SnapshotJob>,
-    stream_io: Sender<crate::node::streams::SnapshotIo>,
-}
-
-fn run_core(core: NodeCore, input: Receiver<Event>, out: CoreOutputs, tick: Duration) {
-    let start = Instant::now();
-    let now_ms = || start.elapsed().as_millis() as u64;
-    let mut shell = CoreShell {
-        core,
-        acks: HashMap::new(),
-        next_waiter: 1,
-        handed_over: None,
-        providers: HashMap::new(),
-    };
-    let mut next_tick = Instant::now() + tick;
-    let mut stopping = false;
-    loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        match input.recv_timeout(wait) {
-            Ok(first) => {
-                stopping |= shell.handle(now_ms(), first);
-                for next in input.try_iter().take(MAX_INPUTS_PER_ROUND) {
-                    stopping |= shell.handle(now_ms(), next);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => stopping = true,
-        }
-        if Instant::now() >= next_tick {
-            shell.core.handle_tick(now_ms());
-            next_tick += tick;
-            if next_tick < Instant::now() {
-                next_tick = Instant::now() + tick;
-            }
-        }
-        shell.round(now_ms(), &out);
-        if stopping {
-            break;
-        }
-    }
-}
-
-/// The core and what the core thread keeps for it: the closures of the calls in flight
-/// (the core knows them only by waiter id) and the handover's completion.
-struct CoreShell {
-    core: NodeCore,
-    acks: HashMap<Waiter, Ack>,
-    next_waiter: Waiter,
-    handed_over: Option<Box<dyn FnOnce() + Send>>,
-    /// Snapshot providers of the subscriptions, by subscription id.
-    providers: HashMap<SubId, Arc<dyn SnapshotProvider>>,
-}
-
-impl CoreShell {
-    /// Applies one event; true when it asks the core to stop.
-    fn handle(&mut self, now_ms: u64, event: Event) -> bool {
-        match event {
-            Event::Core(input) => return self.core.handle(now_ms, input),
-            Event::Unsubscribe(sub) => {
-                self.providers.remove(&sub);
-                self.core.handle(now_ms, Input::Unsubscribe(sub));
-            }
-            Event::Subscribe {
-                sub,
-                group,
-                sink,
-                provider,
-            } => {
-                self.providers.insert(sub, provider);
-                let input = Input::Subscribe { sub, group, sink };
-                return self.core.handle(now_ms, input);
-            }
-            Event::Call(ack, input) => {
-                let waiter = self.next_waiter;
-                self.next_waiter += 1;
-                self.acks.insert(waiter, ack);
-                return self.core.handle(now_ms, input(waiter));
-            }
-            Event::Query(query) => query(&self.core),
-            Event::Handover(done) => {
-                self.handed_over = Some(done);
-                self.core.handle(now_ms, Input::Handover);
-            }
-        }
-        false
-    }
-
-    /// Runs a round and performs its output.
-    fn round(&mut self, now_ms: u64, out: &CoreOutputs) {
-        if self.core.poll_handover() {
-            if let Some(done) = self.handed_over.take() {
-                done();
-            }
-        }
-        let output = self.core.poll_output();
-        for (waiter, result) in output.completions {
-            let ack = self.acks.remove(&waiter);
-            debug_assert!(ack.is_some(), "the core completes each waiter once");
-            if let Some(ack) = ack {
-                ack(result);
-            }
-        }
-        for (node, addr, batch) in output.sends {
-            out.transport.send(node, addr, batch);
-        }
-        if let Some(write) = output.write {
-            let _ = out.storage.send(write);
-        }
-        for request in output.snapshots {
-            match self.providers.get(&request.sub) {
-                Some(provider) => {
-                    let _ = out.snapshots.send((request, provider.clone()));
-                }
-                // Unsubscribed since: no snapshot this time (another subscriber, or the
-                // next interval, will provide one).
-                None => {
-                    let group = request.group;
-                    let declined = Input::SnapshotFailed {
-                        group,
-                        reason: None,
-                    };
-                    self.core.handle(now_ms, declined);
-                }
-            }
-        }
-        for io in output.snapshot_io {
-            let _ = out.stream_io.send(io);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,8 @@ pub struct ProcessCluster {
     extra_args: Vec<String>,
     /// What each node reported in its last READY line; kept across kills.
     infos: Vec<NodeInfo>,
+    /// Largest file nodes started from now on may write (`ulimit -f`), if any.
+    file_size_limit: Option<u64>,
     children: Children,
     // Declared last so it is removed after the processes are dead.
     root: tempfile::TempDir,
@@ -168,6 +170,7 @@ impl ProcessCluster {
             bin,
             extra_args: Vec::new(),
             infos: Vec::new(),
+            file_size_limit: None,
             children: Arc::default(),
             root,
         })
@@ -207,6 +210,24 @@ impl ProcessCluster {
                 let _ = std::fs::remove_dir_all(&root);
             }
         }
+    }
+
+    /// Limits the size of every file that nodes started from now on write to `bytes`
+    /// (rounded up to 512-byte blocks; `None`: no limit): a write that would grow a file
+    /// beyond it fails with EFBIG, as a full disk fails with ENOSPC. Runs the node through
+    /// `sh` with `ulimit -f` and SIGXFSZ ignored (which exec keeps).
+    pub fn set_file_size_limit(&mut self, bytes: Option<u64>) {
+        self.file_size_limit = bytes;
+    }
+
+    /// Node `i`'s exit status if its process ended by itself (`None` while it runs, or if
+    /// it was killed by [`ProcessCluster::kill`] or a signal).
+    pub fn exit_code(&mut self, i: usize) -> Option<i32> {
+        let mut children = lock(&self.children);
+        let child = children.get_mut(i)?.as_mut()?;
+        let status = child.try_wait().ok()??;
+        children[i] = None;
+        status.code()
     }
 
     /// Nodes started so far (running or killed).
@@ -301,7 +322,8 @@ impl ProcessCluster {
             .open(&log_path)
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let peers: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
-        let mut child = Command::new(&self.bin)
+        let mut child = self
+            .command()
             .arg("--data-dir")
             .arg(self.dir(i))
             .args(["--hostname", "127.0.0.1"])
@@ -329,6 +351,22 @@ impl ProcessCluster {
                 tail(&log_path, 30)
             )
         })
+    }
+
+    /// The command that runs a node, through `sh` when files are size-limited.
+    fn command(&self) -> Command {
+        let Some(bytes) = self.file_size_limit else {
+            return Command::new(&self.bin);
+        };
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "trap '' XFSZ; ulimit -f \"$1\"; shift; exec \"$@\"",
+            "sh",
+        ])
+        .arg(bytes.div_ceil(512).to_string())
+        .arg(&self.bin);
+        cmd
     }
 
     /// Node `i`'s `/status` as JSON.

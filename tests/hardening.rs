@@ -1,0 +1,184 @@
+//! The hashmap example as three real processes under attack and failure: forged raft
+//! traffic on a plaintext cluster, and a node whose disk refuses writes. No node may
+//! panic or linger broken, and no acknowledged write may be lost.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use copycat::DataStructureId;
+use copycat_testkit::chaos::{check_all_readable, Writer, PUT_TIMEOUT};
+use copycat_testkit::cluster::{self, wait_until, ProcessCluster};
+use copycat_testkit::forge::ForgedPeer;
+use copycat_testkit::http;
+use raft::eraftpb::{Entry, Message, MessageType};
+
+/// Deadline of each phase; generous for a loaded two-core machine.
+const PHASE: Duration = Duration::from_secs(60);
+/// Writes that must be acknowledged while the attack or failure goes on.
+const PER_PHASE: usize = 30;
+/// The hashmap's data structure (the example's default `--id`).
+const MAP_ID: &str = "01CFR5R4JJE9KNRAJFFEAQ2SAJ";
+/// The hashmap's cluster name (copycat's default).
+const CLUSTER: &str = "copycat";
+/// A node id no node has (48 bits, nonzero).
+const MADE_UP_NODE: u64 = 0x7777_7777_7777;
+
+fn expect<T>(result: Result<T, String>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A three-node hashmap cluster, formed, with writers running through every node.
+fn running_cluster() -> (ProcessCluster, Writer) {
+    let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
+    expect(nodes.form(3));
+    expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+    let writer = Writer::start((0..3).map(|i| nodes.http(i)).collect(), 3);
+    expect(wait_until("writes are acknowledged", PHASE, || {
+        writer.count() >= PER_PHASE
+    }));
+    (nodes, writer)
+}
+
+fn node_id(nodes: &ProcessCluster, i: usize) -> u64 {
+    nodes
+        .info(i)
+        .node_id
+        .parse()
+        .expect("READY prints a decimal node id")
+}
+
+fn raft_message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let mut msg = Message::default();
+    msg.set_msg_type(kind);
+    (msg.from, msg.to, msg.term) = (from, to, term);
+    msg
+}
+
+/// What an attacker sends node `to` while claiming to be node `from`: a heartbeat whose
+/// term raft-rs cannot increment, appends of entries from a term that never was (one
+/// of them following no index at all), a forced election, an injected write and a vote
+/// request.
+fn forged_messages(from: u64, to: u64) -> Vec<Message> {
+    let mut append = raft_message(MessageType::MsgAppend, from, to, 1000);
+    (append.index, append.log_term, append.commit) = (1, 1, 1 << 40);
+    append.entries = vec![Entry {
+        index: 2,
+        term: 1000,
+        data: b"forged".to_vec().into(),
+        ..Default::default()
+    }]
+    .into();
+    let mut gap = append.clone();
+    gap.entries[0].index = 7;
+    let mut proposal = raft_message(MessageType::MsgPropose, from, to, 0);
+    proposal.entries = vec![Entry {
+        data: b"injected".to_vec().into(),
+        ..Default::default()
+    }]
+    .into();
+    let mut heartbeat = raft_message(MessageType::MsgHeartbeat, from, to, u64::MAX);
+    heartbeat.commit = u64::MAX;
+    vec![
+        heartbeat,
+        append,
+        gap,
+        raft_message(MessageType::MsgTimeoutNow, from, to, 2),
+        proposal,
+        raft_message(MessageType::MsgRequestVote, from, to, 3),
+    ]
+}
+
+/// Sends every node forged traffic, both from a made-up node and in the name of each real
+/// one, for `duration`.
+fn attack(nodes: &ProcessCluster, duration: Duration) {
+    let group = MAP_ID.parse::<DataStructureId>().unwrap().to_bytes();
+    let ids: Vec<u64> = (0..3).map(|i| node_id(nodes, i)).collect();
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        for (i, &target) in ids.iter().enumerate() {
+            let addr = nodes.info(i).raft;
+            let real = ids[(i + 1) % 3];
+            for claimed in [MADE_UP_NODE, real] {
+                // A node may close the connection on what it refuses: reconnect each time.
+                let Ok(mut peer) = ForgedPeer::connect(addr, CLUSTER, claimed) else {
+                    continue;
+                };
+                let _ = peer.send_raft(group, &forged_messages(claimed, target));
+                let _ = peer.send_replica_gone(group, target, target);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn forged_raft_traffic_kills_no_node_and_loses_no_acknowledged_write() {
+    let (mut nodes, writer) = running_cluster();
+    let before = writer.count();
+    attack(&nodes, Duration::from_secs(3));
+    for i in 0..3 {
+        assert_eq!(nodes.exit_code(i), None, "node {i} exited under attack");
+    }
+    expect(wait_until("writes go on after the attack", PHASE, || {
+        writer.count() >= before + 2 * PER_PHASE
+    }));
+    expect(wait_until("the cluster converges", PHASE, || {
+        nodes.converged(3)
+    }));
+    let (acked, _) = writer.finish();
+    for i in 0..3 {
+        assert_eq!(nodes.exit_code(i), None, "node {i} exited after the attack");
+        expect(check_all_readable(&nodes, i, &acked));
+    }
+}
+
+/// 60 KB values: a few hundred fill the limited node's files quickly.
+fn big_value(n: usize) -> Vec<u8> {
+    let mut value = format!("big-{n}-").into_bytes();
+    value.resize(60_000, b'x');
+    value
+}
+
+#[test]
+fn a_node_whose_disk_refuses_writes_exits_and_the_others_keep_every_write() {
+    let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
+    nodes = nodes.with_args(&["--bootstrap-expect", "3"]);
+    let first = expect(nodes.start(&[]));
+    let seed = [nodes.info(first).gossip];
+    expect(nodes.start(&seed));
+    // Like a full disk: no file of node 2 may grow past 4 MiB.
+    nodes.set_file_size_limit(Some(4 << 20));
+    let limited = expect(nodes.start(&seed));
+    expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+
+    let via: SocketAddr = nodes.http(0);
+    let (mut acked, mut exit) = (Vec::new(), None);
+    expect(wait_until("the limited node exits", PHASE, || {
+        let n = acked.len();
+        if let Ok(r) = http::put(via, &format!("/kv/big{n}"), &big_value(n), PUT_TIMEOUT) {
+            if r.status == 200 {
+                acked.push(n);
+            }
+        }
+        exit = nodes.exit_code(limited);
+        exit.is_some()
+    }));
+    assert_eq!(exit, Some(copycat::EXIT_STORAGE_FAILED));
+
+    for n in acked.len()..acked.len() + PER_PHASE {
+        let r = http::put(via, &format!("/kv/big{n}"), &big_value(n), PUT_TIMEOUT).unwrap();
+        assert_eq!(r.status, 200, "write {n} after the exit: {}", r.text());
+        acked.push(n);
+    }
+    for i in 0..2 {
+        for &n in &acked {
+            let r = http::get(nodes.http(i), &format!("/kv/big{n}"), PUT_TIMEOUT).unwrap();
+            assert_eq!(r.status, 200, "node {i}, key big{n}");
+            assert_eq!(r.body, big_value(n), "node {i}, key big{n}");
+        }
+    }
+}

@@ -182,3 +182,65 @@ fn a_node_whose_disk_refuses_writes_exits_and_the_others_keep_every_write() {
         }
     }
 }
+
+/// How a node's database file is damaged while the node is down.
+enum Damage {
+    /// Cut to half its length.
+    Truncate,
+    /// 64 bytes in the middle inverted.
+    FlipBytes,
+}
+
+fn damage(file: &std::path::Path, how: &Damage) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let half = bytes.len() / 2;
+    match how {
+        Damage::Truncate => bytes.truncate(half),
+        Damage::FlipBytes => bytes[half..half + 64].iter_mut().for_each(|b| *b = !*b),
+    }
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Writes, kills node 2, damages its database, restarts it: it must refuse to start (sled
+/// recovers such files silently to an older state, which must not vote or serve) or come
+/// back whole, and the cluster keeps every acknowledged write.
+fn damaged_node_refuses_or_recovers(how: Damage, must_refuse: bool) {
+    let (mut nodes, writer) = running_cluster();
+    expect(wait_until("a few hundred writes", PHASE, || {
+        writer.count() >= 300
+    }));
+    nodes.kill(2);
+    damage(&nodes.data_dir(2).join("db"), &how);
+    let peers = [nodes.info(0).gossip, nodes.info(1).gossip];
+    match nodes.restart(2, &peers) {
+        Err(refused) => {
+            eprintln!("the damaged node refused to start");
+            assert!(refused.contains("remove the data dir"), "{refused}");
+            let (acked, _) = writer.finish();
+            for i in 0..2 {
+                expect(check_all_readable(&nodes, i, &acked));
+            }
+        }
+        Ok(()) => {
+            assert!(!must_refuse, "node 2 started on a damaged database");
+            eprintln!("the damaged node started");
+            expect(wait_until("the cluster converges", PHASE, || {
+                nodes.converged(3)
+            }));
+            let (acked, _) = writer.finish();
+            for i in 0..3 {
+                expect(check_all_readable(&nodes, i, &acked));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_database_was_cut_short_refuses_to_start() {
+    damaged_node_refuses_or_recovers(Damage::Truncate, true);
+}
+
+#[test]
+fn a_node_whose_database_has_flipped_bytes_refuses_or_recovers() {
+    damaged_node_refuses_or_recovers(Damage::FlipBytes, false);
+}

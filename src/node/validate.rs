@@ -95,9 +95,13 @@ fn check_indexes(msg: &Message) -> Result<(), Invalid> {
         .iter()
         .zip(msg.index + 1..)
         .all(|(entry, expected)| entry.index == expected);
-    // A forwarded proposal's entries have no index yet (all 0).
-    let unindexed =
-        msg.get_msg_type() == MessageType::MsgPropose && msg.entries.iter().all(|e| e.index == 0);
+    // A forwarded proposal's entries have no index yet, and a read index request and its
+    // response carry their context as an entry without one (all 0).
+    let carries_unindexed = matches!(
+        msg.get_msg_type(),
+        MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgReadIndexResp
+    );
+    let unindexed = carries_unindexed && msg.entries.iter().all(|e| e.index == 0);
     if !(follows || unindexed) {
         return Err(Invalid::Entries { index: msg.index });
     }

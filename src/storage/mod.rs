@@ -14,6 +14,7 @@ mod overlay;
 mod runs;
 mod sled_store;
 mod snapshot_files;
+mod watermark;
 
 pub use sled_store::SledStore;
 pub use snapshot_files::{

@@ -21,6 +21,7 @@ use super::keys::{
 };
 use super::overlay::Overlay;
 use super::runs::Run;
+use super::watermark::{self, Watermark};
 use super::*;
 
 /// How long `open` keeps retrying while sled reports the data dir's file lock as taken. A
@@ -164,6 +165,36 @@ fn is_lock_contention(e: &sled::Error) -> bool {
     }
 }
 
+/// What makes writes durable and lets a rolled-back database be recognised: the files to
+/// fdatasync, and the count of synced writes with its watermark (see `watermark.rs`).
+struct Durability {
+    files: SyncFiles,
+    watermark: Watermark,
+    synced_writes: u64,
+}
+
+impl Durability {
+    /// Opens the data dir `dir`'s files; fails if the database is behind its watermark.
+    fn open(db: &sled::Db, dir: &Path, shown: &Path, logger: &Logger) -> Result<Durability> {
+        let stored = match db.get(meta_key(watermark::META_KEY))? {
+            Some(v) => decode_u64(&v, "count of synced writes")?,
+            None => 0,
+        };
+        let (watermark, recorded) = Watermark::open(dir)?;
+        watermark::check(shown, stored, recorded)?;
+        if recorded.is_none() && stored > 0 {
+            warn!(logger, "watermark file missing: cannot tell whether the database was rolled back";
+                "path" => %watermark.path().display());
+        }
+        watermark.record(stored)?;
+        Ok(Durability {
+            files: SyncFiles::open(dir)?,
+            watermark,
+            synced_writes: stored,
+        })
+    }
+}
+
 /// Opens sled, retrying for [`LOCK_RETRY_BUDGET`] while its file lock is taken.
 fn open_sled(dir: &Path, path: &Path, logger: &Logger) -> Result<sled::Db> {
     let start = Instant::now();
@@ -196,7 +227,7 @@ pub struct SledStore {
     // Field order is drop order: sled first, the registration last.
     db: sled::Db,
     /// Held for a whole write (build, apply, flush, sync): one writer at a time.
-    sync: Mutex<SyncFiles>,
+    sync: Mutex<Durability>,
     files: SnapshotFiles,
     logger: Logger,
     /// Whether writes end with an fdatasync (always, except in the simulator, whose
@@ -215,10 +246,10 @@ impl SledStore {
         let canonical = fs::canonicalize(path)?;
         let registration = DirRegistration::acquire(&canonical, path)?;
         let db = open_sled(&canonical, path, &logger)?;
-        let sync = SyncFiles::open(&canonical)?;
+        let durability = Durability::open(&db, &canonical, path, &logger)?;
         let store = SledStore {
             db,
-            sync: Mutex::new(sync),
+            sync: Mutex::new(durability),
             files: SnapshotFiles::new(&canonical),
             logger,
             fsync: true,
@@ -304,7 +335,7 @@ impl SledStore {
     }
 
     /// Applies, flushes and syncs `batch`; the caller holds the writers' lock (`sync`).
-    fn write_locked(&self, sync: &mut SyncFiles, batch: &WriteBatch) -> Result<()> {
+    fn write_locked(&self, durability: &mut Durability, batch: &WriteBatch) -> Result<()> {
         // Snapshot files first: metadata never points to a file that is not durable.
         let mut skip_compaction = Vec::new();
         for gw in &batch.groups {
@@ -343,6 +374,11 @@ impl SledStore {
                 None => overlay.delete(&meta_key(key)),
             }
         }
+        let synced_writes = durability.synced_writes + 1;
+        if batch.needs_sync() {
+            let count = synced_writes.to_be_bytes().to_vec();
+            overlay.put(&meta_key(watermark::META_KEY), count);
+        }
         self.db.apply_batch(overlay.into_batch())?;
         for gw in batch.groups.iter().filter(|gw| !gw.remove) {
             let compacted = gw
@@ -357,8 +393,10 @@ impl SledStore {
         if batch.needs_sync() {
             self.db.flush()?;
             if self.fsync {
-                sync.sync()?;
+                durability.files.sync()?;
             }
+            durability.watermark.record(synced_writes)?;
+            durability.synced_writes = synced_writes;
         }
         Ok(())
     }

@@ -261,7 +261,7 @@ impl ProcessCluster {
     }
 
     /// Node `i`'s data dir (kept across restarts).
-    fn dir(&self, i: usize) -> PathBuf {
+    pub fn data_dir(&self, i: usize) -> PathBuf {
         self.root.path().join(format!("node{i}"))
     }
 
@@ -325,7 +325,7 @@ impl ProcessCluster {
         let mut child = self
             .command()
             .arg("--data-dir")
-            .arg(self.dir(i))
+            .arg(self.data_dir(i))
             .args(["--hostname", "127.0.0.1"])
             .args(["--port", &raft.to_string()])
             .args(["--gossip-port", &gossip.to_string()])

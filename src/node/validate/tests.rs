@@ -64,6 +64,12 @@ fn what_correct_peers_send_passes() {
     let mut ack = message(MessageType::MsgAppendResponse, MEMBER, 5);
     ack.index = 100;
     assert_eq!(verdict(&ack), Ok(()));
+    for kind in [MessageType::MsgReadIndex, MessageType::MsgReadIndexResp] {
+        let mut read = message(kind, MEMBER, 5);
+        read.index = 90;
+        read.entries = vec![entry(0, 0)].into();
+        assert_eq!(verdict(&read), Ok(()), "{kind:?}");
+    }
     assert_eq!(
         verdict(&message(MessageType::MsgTimeoutNow, LEADER, 5)),
         Ok(())

@@ -310,10 +310,10 @@ fn remove_deletes_one_group_only() {
     assert!(store.snapshot(a).unwrap().is_none());
     assert_eq!(store.count_entries(b).unwrap(), 3);
     assert!(store.snapshot(b).unwrap().is_some());
-    // Only metadata and entries of `b` remain in the whole database.
+    // Only metadata and entries of `b` (and node metadata) remain in the whole database.
     for kv in store.db.iter() {
         let (k, _) = kv.unwrap();
-        assert_ne!(&k[1..17], &a.to_bytes()[..]);
+        assert_ne!(k.get(1..17), Some(&a.to_bytes()[..]));
     }
 }
 
@@ -599,4 +599,71 @@ fn runs_match_a_plain_log_under_random_appends_truncations_and_compactions() {
         .map(|g| store.count_entries(*g).unwrap())
         .sum();
     assert!(runs < stored, "{runs} runs for {stored} entries");
+}
+
+/// Copies the files of data dir `from` into `to` (a backup of a closed store).
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_database_older_than_its_watermark_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let g = gid(7);
+    let append = |store: &SledStore, range: std::ops::Range<u64>| {
+        let mut gw = GroupWrite::new(g);
+        gw.entries = entries(range, 1);
+        write_one(store, gw);
+    };
+    let store = SledStore::open(dir.path(), logger()).unwrap();
+    append(&store, 1..11);
+    drop(store);
+    copy_dir(dir.path(), backup.path());
+    let store = SledStore::open(dir.path(), logger()).unwrap();
+    append(&store, 11..21);
+    drop(store);
+
+    // The database comes back as it was before the second write (sled recovers a damaged
+    // file to such an older state on its own); the watermark remembers the second write.
+    for name in ["db", "conf", "blobs"] {
+        let path = dir.path().join(name);
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    for entry in fs::read_dir(backup.path()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != watermark::FILE_NAME {
+            let target = dir.path().join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    match SledStore::open(dir.path(), logger()) {
+        Err(StorageError::Corrupted { what, detail }) => {
+            assert!(what.contains(&dir.path().display().to_string()), "{what}");
+            assert!(detail.contains("remove the data dir"), "{detail}");
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("a rolled-back database opened"),
+    }
+
+    // The intact data dir (database and watermark from the same moment) opens.
+    let store = SledStore::open(backup.path(), logger()).unwrap();
+    assert_eq!(group_of(&store, g).unwrap().last_index, 10);
 }

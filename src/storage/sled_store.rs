@@ -256,7 +256,9 @@ impl SledStore {
             _registration: registration,
         };
         store.check_format(path)?;
-        info!(store.logger, "storage opened"; "path" => %canonical.display());
+        let leftovers = store.files.remove_leftovers()?;
+        info!(store.logger, "storage opened"; "path" => %canonical.display(),
+            "removed_partial_files" => leftovers);
         Ok(store)
     }
 

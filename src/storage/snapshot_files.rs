@@ -20,6 +20,16 @@ use crate::proto::SnapshotChunk;
 /// Snapshot files kept per group.
 pub const KEEP_FILES: usize = 2;
 
+/// A partial file of a snapshot being received that has not grown for this long belongs
+/// to a stream its sender gave up (senders give up after 10 s without progress).
+const PARTIAL_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `path` names a file that only an unfinished write leaves behind: a partially
+/// received snapshot or a temporary file not yet renamed into place.
+fn is_leftover(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "part" || e == "tmp")
+}
+
 /// `(log index, proposing node, sequence)` of the application entries in the window of
 /// the log just before a snapshot's index. A proposal retried after a leader change is a
 /// duplicate if its first copy is in the log or, once that part is compacted, here.
@@ -175,10 +185,53 @@ impl SnapshotFiles {
         Ok(out)
     }
 
-    /// Opens (truncating) the partial file of a snapshot being received.
+    /// Opens (truncating) the partial file of a snapshot being received, and removes the
+    /// group's partial files of abandoned streams.
     pub fn create_partial(&self, group: DataStructureId, index: u64) -> Result<File> {
         fs::create_dir_all(self.group_dir(group))?;
+        self.remove_abandoned_partials(group)?;
         Ok(File::create(self.partial_path(group, index))?)
+    }
+
+    /// Removes the partial files of `group` that have not grown for
+    /// [`PARTIAL_ABANDONED_AFTER`].
+    fn remove_abandoned_partials(&self, group: DataStructureId) -> Result<()> {
+        for index in self.with_extension(group, "part")? {
+            let path = self.partial_path(group, index);
+            let idle = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if idle.is_some_and(|idle| idle >= PARTIAL_ABANDONED_AFTER) {
+                remove_if_present(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every partial and temporary file (none can be in use when the node
+    /// starts); returns how many there were.
+    pub fn remove_leftovers(&self) -> Result<usize> {
+        let groups = match fs::read_dir(&self.root) {
+            Ok(groups) => groups,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut removed = 0;
+        for group in groups {
+            let group = group?.path();
+            if !group.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(&group)? {
+                let path = file?.path();
+                if is_leftover(&path) {
+                    remove_if_present(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Opens the snapshot file of `group` at `index` for streaming, with its size. An
@@ -205,7 +258,18 @@ impl SnapshotFiles {
     /// Appends a received chunk to the partial file of its snapshot (a chunk at offset 0
     /// starts it afresh) and returns the bytes received so far. The chunk that completes
     /// the file installs it: as an offer, or as a snapshot with the proposal ids it carries.
+    ///
+    /// On failure (a full disk, a gap) the partial file is removed: the stream starts over.
     pub fn store_chunk(&self, group: DataStructureId, chunk: &SnapshotChunk) -> Result<u64> {
+        let stored = self.append_chunk(group, chunk);
+        if stored.is_err() {
+            // Best effort: the error reported is the chunk's.
+            let _ = remove_if_present(&self.partial_path(group, chunk.index));
+        }
+        stored
+    }
+
+    fn append_chunk(&self, group: DataStructureId, chunk: &SnapshotChunk) -> Result<u64> {
         let index = chunk.index;
         let mut file = if chunk.offset == 0 {
             self.create_partial(group, index)?
@@ -365,9 +429,69 @@ pub fn read_at(mut file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Removes `path`; a file already gone is not an error.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk(index: u64, offset: u64, data: &[u8], total: u64) -> SnapshotChunk {
+        SnapshotChunk {
+            index,
+            offset,
+            total,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn partials(files: &SnapshotFiles, g: DataStructureId) -> Vec<u64> {
+        let mut indexes = files.with_extension(g, "part").unwrap();
+        indexes.sort_unstable();
+        indexes
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_be_stored_takes_its_partial_file_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path());
+        let g = DataStructureId::new();
+        assert_eq!(files.store_chunk(g, &chunk(5, 0, b"abc", 10)).unwrap(), 3);
+        assert_eq!(partials(&files, g), vec![5]);
+        // A gap: the chunk after the next one.
+        assert!(files.store_chunk(g, &chunk(5, 6, b"ghi", 10)).is_err());
+        assert_eq!(partials(&files, g), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn partial_and_temporary_files_are_removed_at_start_and_abandoned_ones_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path());
+        let g = DataStructureId::new();
+        files.write(g, 3, b"state@3").unwrap();
+        files.store_chunk(g, &chunk(7, 0, b"abc", 10)).unwrap();
+        files.store_chunk(g, &chunk(8, 0, b"abc", 10)).unwrap();
+        let abandoned = File::options()
+            .write(true)
+            .open(files.partial_path(g, 7))
+            .unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * PARTIAL_ABANDONED_AFTER;
+        abandoned.set_modified(long_ago).unwrap();
+        files.store_chunk(g, &chunk(9, 0, b"abc", 10)).unwrap();
+        assert_eq!(partials(&files, g), vec![8, 9], "7 was abandoned");
+
+        fs::write(files.group_dir(g).join("00000000000000000011.tmp"), b"torn").unwrap();
+        assert_eq!(files.remove_leftovers().unwrap(), 3);
+        assert_eq!(partials(&files, g), Vec::<u64>::new());
+        assert_eq!(files.indexes(g).unwrap(), vec![3]);
+        assert_eq!(files.read(g, 3).unwrap(), Some(b"state@3".to_vec()));
+    }
 
     #[test]
     fn files_are_durable_named_by_index_and_pruned() {

@@ -446,7 +446,7 @@ mod tests {
             index,
             offset,
             total,
-            data: data.to_vec().into(),
+            data: data.to_vec(),
             ..Default::default()
         }
     }

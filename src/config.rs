@@ -71,6 +71,12 @@ pub struct Config {
     /// Bytes of applied entries after which a replica with a subscriber snapshots, whatever
     /// their number (default 64 MiB).
     pub snapshot_max_log_bytes: u64,
+    /// A replica snapshots only once the bytes it applied since its last snapshot reach
+    /// this multiple of that snapshot's size (default 1), whatever `snapshot_interval` and
+    /// `snapshot_max_log_bytes` say: writing snapshots then costs at most about 1/multiple
+    /// of the bytes written, and the log never holds more than about multiple × the
+    /// state. 0 turns this gate off.
+    pub snapshot_size_multiple: u64,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
     /// What happens when the node cannot go on: a panic in its core, or a storage read or
@@ -119,6 +125,7 @@ impl Default for Config {
             dead_node_grace: Duration::from_secs(30),
             snapshot_interval: 10_000,
             snapshot_max_log_bytes: 64 << 20,
+            snapshot_size_multiple: 1,
             rng_seed: None,
             on_fatal_error: OnFatalError::ExitProcess,
         }
@@ -175,6 +182,7 @@ impl std::fmt::Debug for Config {
             .field("dead_node_grace", &self.dead_node_grace)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
+            .field("snapshot_size_multiple", &self.snapshot_size_multiple)
             .field("on_fatal_error", &self.on_fatal_error)
             .finish_non_exhaustive()
     }

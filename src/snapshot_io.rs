@@ -42,7 +42,11 @@ pub(crate) fn take(
         Ok(()) => {
             slog::debug!(logger, "snapshot stored"; "group" => %group, "index" => index,
                 "bytes" => data.len());
-            Input::SnapshotTaken { group, index }
+            Input::SnapshotTaken {
+                group,
+                index,
+                bytes: data.len() as u64,
+            }
         }
         Err(e) => failed(format!("cannot store the snapshot: {e}")),
     }

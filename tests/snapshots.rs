@@ -316,3 +316,58 @@ fn a_leader_without_a_subscriber_serves_a_new_replica_a_fresh_snapshot() {
     assert_eq!(late.map_at(last), expected);
     assert!(late.state.lock().unwrap().snapshots_loaded >= 1);
 }
+
+/// A replica whose state is far larger than its entries: the state is snapshotted only
+/// once the log since the last snapshot is as large as that snapshot, not every
+/// `snapshot_interval` entries (which would rewrite 256 KiB for every 2 KiB of log).
+#[test]
+fn a_large_state_is_snapshotted_only_when_the_log_grows_as_large() {
+    const STATE: usize = 256 << 10;
+    let cluster = Cluster::start_tweaked(1, |config| Config {
+        snapshot_interval: 20,
+        ..config
+    });
+    let id = copycat::new_data_structure_id();
+    let taken = Arc::new(Mutex::new(0usize));
+    let applied = Arc::new(Mutex::new(0u64));
+    let provider = {
+        let (taken, applied) = (taken.clone(), applied.clone());
+        move || {
+            *taken.lock().unwrap() += 1;
+            Some((*applied.lock().unwrap(), vec![7u8; STATE]))
+        }
+    };
+    let ds = Arc::new(cluster.node(0).subscribe(id, provider).unwrap());
+    // Ends when the node shuts down at the end of the test (its commit channel closes).
+    {
+        let (ds, applied) = (ds.clone(), applied.clone());
+        std::thread::spawn(move || {
+            while let Ok(Commit::Entry { index, .. }) = ds.commits().recv() {
+                *applied.lock().unwrap() = index;
+            }
+        });
+    }
+    let put = |len: usize| ds.propose_blocking(vec![1; len], T).expect("acknowledged");
+    // 400 small entries, 40 KiB: twenty intervals, but far less than the state's size.
+    let mut last = 0;
+    for _ in 0..400 {
+        last = put(100);
+    }
+    wait_until("the app applied everything", T, || {
+        *applied.lock().unwrap() >= last
+    });
+    let small = *taken.lock().unwrap();
+    assert!(
+        small <= 1,
+        "{small} snapshots of a 256 KiB state for 40 KiB of log"
+    );
+    // 1 MiB of log: as large as the state four times over.
+    for _ in 0..256 {
+        put(4096);
+    }
+    wait_until("snapshots follow the log's growth", T, || {
+        *taken.lock().unwrap() >= small + 2
+    });
+    let large = *taken.lock().unwrap() - small;
+    assert!(large <= 5, "{large} snapshots for 1 MiB of log");
+}

@@ -52,6 +52,8 @@ pub(crate) enum Input {
     SnapshotTaken {
         group: DataStructureId,
         index: u64,
+        /// The snapshot's size.
+        bytes: u64,
     },
     /// The file of an outgoing snapshot stream was opened: its size, or why not.
     StreamOpened {
@@ -116,7 +118,11 @@ impl NodeCore {
                 waiter,
                 timeout,
             } => self.read_barrier(now_ms, group, Some(sub), waiter, timeout.as_millis() as u64),
-            Input::SnapshotTaken { group, index } => self.handle_snapshot_taken(group, index),
+            Input::SnapshotTaken {
+                group,
+                index,
+                bytes,
+            } => self.handle_snapshot_taken(group, index, bytes),
             Input::StreamOpened {
                 to,
                 group,

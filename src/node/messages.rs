@@ -38,7 +38,7 @@ impl NodeCore {
         }
         for needed in batch.snapshots_needed {
             if let Some(group) = DataStructureId::from_bytes(&needed.group) {
-                self.handle_snapshot_needed(group);
+                self.handle_snapshot_needed(from, group);
             }
         }
         self.handle_stream_traffic(from, batch.chunks, batch.acks);

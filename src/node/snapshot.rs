@@ -2,23 +2,30 @@
 //! it, and installing one received from the leader.
 //!
 //! A replica with a subscriber asks that subscriber's provider for a snapshot every
-//! `snapshot_interval` applied entries (or `snapshot_max_log_bytes` applied bytes), and on
-//! demand when raft needs a snapshot for a replica its stored one does not include. The
-//! provider runs on the runtime's snapshot thread; the core only sees the result, compacts
-//! its log up to the snapshot's index and serves the stored snapshot to lagging replicas.
-//! A replica without a subscriber never snapshots by itself: it compacts when it installs
-//! a snapshot from its leader. So while a data structure has no subscriber anywhere, its
-//! log is kept whole.
+//! `snapshot_interval` applied entries (or `snapshot_max_log_bytes` applied bytes), once
+//! the bytes applied since its last snapshot are also at least `snapshot_size_multiple`
+//! times that snapshot's size — so a large state is not rewritten whole for every few
+//! megabytes of log, and snapshots cost at most about 1/multiple of the bytes written. It
+//! also takes one on demand when raft needs a snapshot for a replica its stored one does
+//! not include. The provider runs on the runtime's snapshot thread; the core only sees the
+//! result, compacts its log up to the snapshot's index and serves the stored snapshot to
+//! lagging replicas.
+//!
+//! A replica without a subscriber cannot snapshot: when it is due by the same rule (sizes
+//! from the last snapshot it received), or when raft needs one, it asks the other replicas,
+//! and one with a subscriber takes a snapshot and offers it to the replicas that asked —
+//! only to them: replicas with subscribers take their own. So while a data structure has
+//! no subscriber anywhere, its log is kept whole.
 
 use protobuf::Message as _;
 use raft::eraftpb::SnapshotMetadata;
 
 use super::{NodeCore, SnapshotRequest};
 use crate::error::Error;
-use crate::id::{node_of, DataStructureId};
+use crate::id::{node_of, DataStructureId, NodeId};
 
 /// When this node last did what for a group's snapshots: the pacing of its requests.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Pacing {
     /// A snapshot of the replica is being taken.
     taking: bool,
@@ -28,6 +35,10 @@ pub(crate) struct Pacing {
     asked_ms: u64,
     /// When this replica last took a snapshot because another asked (ms; 0: never).
     forced_ms: u64,
+    /// Size of the last snapshot taken or received here (bytes; 0: unknown).
+    snapshot_bytes: u64,
+    /// Nodes whose replicas asked for a snapshot since the last one was offered.
+    askers: Vec<NodeId>,
 }
 
 /// How often a replica without a subscriber asks the others for a snapshot.
@@ -43,10 +54,20 @@ impl NodeCore {
         };
         let bytes = raft.note_applied_bytes(applied_bytes);
         let entries = raft.applied().saturating_sub(raft.log().snapshot_index());
-        let due = entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
-        let not_before = self.pacing.get(&group).map_or(0, |p| p.not_before);
-        if due && raft.applied() >= not_before {
+        let applied = raft.applied();
+        let pacing = self.pacing.get(&group);
+        let (not_before, snapshot_bytes) =
+            pacing.map_or((0, 0), |p| (p.not_before, p.snapshot_bytes));
+        let often_enough =
+            entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
+        let worth_it = bytes >= snapshot_bytes.saturating_mul(self.cfg.snapshot_size_multiple);
+        if !(often_enough && worth_it && applied >= not_before) {
+            return;
+        }
+        if self.subscriptions.has_any(group) {
             self.request_snapshot(group);
+        } else {
+            self.ask_for_snapshot(group);
         }
     }
 
@@ -97,14 +118,18 @@ impl NodeCore {
         }
     }
 
-    /// Another replica needs a snapshot it cannot take: a replica with a subscriber takes
-    /// one now (at most once per [`FORCED_SNAPSHOT_PERIOD_MS`]) and offers it.
-    pub(super) fn handle_snapshot_needed(&mut self, group: DataStructureId) {
+    /// The replica of `group` on node `from` needs a snapshot it cannot take: a replica
+    /// with a subscriber takes one now (at most once per [`FORCED_SNAPSHOT_PERIOD_MS`]) and
+    /// offers it to the replicas that asked.
+    pub(super) fn handle_snapshot_needed(&mut self, from: NodeId, group: DataStructureId) {
         let now = self.now_ms;
         if !self.subscriptions.has_any(group) || !self.groups.contains_key(&group) {
             return;
         }
         let pacing = self.pacing.entry(group).or_default();
+        if !pacing.askers.contains(&from) {
+            pacing.askers.push(from);
+        }
         if pacing.forced_ms > 0 && now < pacing.forced_ms + FORCED_SNAPSHOT_PERIOD_MS {
             return;
         }
@@ -148,11 +173,13 @@ impl NodeCore {
         });
     }
 
-    /// The snapshot of `group` at `index` is stored: compact the log under it.
-    pub(crate) fn handle_snapshot_taken(&mut self, group: DataStructureId, index: u64) {
-        if let Some(pacing) = self.pacing.get_mut(&group) {
-            pacing.taking = false;
-        }
+    /// The snapshot of `group` at `index` (`bytes` long) is stored: compact the log under
+    /// it, and offer it to the replicas that asked for one.
+    pub(crate) fn handle_snapshot_taken(&mut self, group: DataStructureId, index: u64, bytes: u64) {
+        let pacing = self.pacing.entry(group).or_default();
+        pacing.taking = false;
+        pacing.snapshot_bytes = bytes;
+        let askers = std::mem::take(&mut pacing.askers);
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
@@ -160,7 +187,7 @@ impl NodeCore {
             Some((meta, ids)) => {
                 slog::info!(self.cfg.logger, "snapshot taken, log compacted"; "group" => %group,
                     "index" => index);
-                self.offer_snapshot(group, &meta);
+                self.offer_snapshot(group, &meta, &askers);
                 let write = self.round.write_for(group);
                 write.compact = Some(meta);
                 write.compact_ids = Some(ids);
@@ -177,7 +204,12 @@ impl NodeCore {
     /// compacts its log under it (one with a subscriber takes its own snapshots). The
     /// snapshot must be of an applied index whose term matches the local log, so both
     /// cover the same committed prefix.
-    pub(super) fn handle_snapshot_offered(&mut self, group: DataStructureId, metadata: &[u8]) {
+    pub(super) fn handle_snapshot_offered(
+        &mut self,
+        group: DataStructureId,
+        metadata: &[u8],
+        bytes: u64,
+    ) {
         let mut meta = SnapshotMetadata::default();
         if meta.merge_from_bytes(metadata).is_err() || self.subscriptions.has_any(group) {
             return;
@@ -196,6 +228,7 @@ impl NodeCore {
             write.compact = Some(compacted);
             write.adopt_offer = true;
             write.compact_ids = Some(ids);
+            self.pacing.entry(group).or_default().snapshot_bytes = bytes;
         }
     }
 

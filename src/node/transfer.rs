@@ -46,7 +46,12 @@ impl NodeCore {
 
     /// After taking a snapshot: offer it to the group's other replicas, so replicas with
     /// no subscriber (which never snapshot by themselves) compact their logs too.
-    pub(super) fn offer_snapshot(&mut self, group: DataStructureId, meta: &SnapshotMetadata) {
+    pub(super) fn offer_snapshot(
+        &mut self,
+        group: DataStructureId,
+        meta: &SnapshotMetadata,
+        askers: &[NodeId],
+    ) {
         let metadata = meta
             .write_to_bytes()
             .expect("snapshot metadata encodes: it holds only integers");
@@ -64,7 +69,7 @@ impl NodeCore {
             .iter()
             .chain(&cs.learners)
             .copied()
-            .filter(|r| node_of(*r) != self.me && !behind(*r))
+            .filter(|r| askers.contains(&node_of(*r)) && node_of(*r) != self.me && !behind(*r))
             .collect();
         for replica in others {
             let to = node_of(replica);
@@ -158,10 +163,11 @@ impl NodeCore {
                 ack,
                 message,
                 offer,
+                bytes,
             } => {
                 self.round.to(from).acks.push(ack);
                 if offer {
-                    self.handle_snapshot_offered(group, &message);
+                    self.handle_snapshot_offered(group, &message, bytes);
                 } else {
                     let message = proto::GroupMessage {
                         group: group.to_bytes().to_vec(),

@@ -93,6 +93,8 @@ pub(crate) enum Stored {
         ack: SnapshotAck,
         message: Vec<u8>,
         offer: bool,
+        /// The snapshot's size.
+        bytes: u64,
     },
     /// Writing failed; the stream is dropped (its sender stalls and gives up).
     Failed(String),
@@ -453,6 +455,7 @@ impl Streams {
             ack: ack(group, index, stream, received.max(1)),
             message: done.message.unwrap_or_default(),
             offer: done.offer,
+            bytes: received,
         }
     }
 }

@@ -189,7 +189,8 @@ fn a_receiver_writes_chunks_in_order_once_and_completes_with_the_message() {
         Stored::Complete {
             ack: ack(group, 40, 9, 10),
             message: b"msg".to_vec(),
-            offer: false
+            offer: false,
+            bytes: 10,
         }
     );
     assert_eq!(streams.unstored, 0);

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::security::Security;
 
 /// Configuration of one copycat node. `Config::default()` gives the seed's defaults; set
 /// what differs with struct update syntax, which stays source-compatible as fields are
@@ -73,6 +74,10 @@ pub struct Config {
     pub snapshot_max_log_bytes: u64,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
+    /// TLS on the TCP transport and the gossip keyring (default: none, plaintext on both,
+    /// and every start logs a warning that the cluster is open to anyone who can reach its
+    /// ports). See [`Security`]. With TLS, the node's id is the one its certificate names.
+    pub security: Security,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             snapshot_interval: 10_000,
             snapshot_max_log_bytes: 64 << 20,
             rng_seed: None,
+            security: Security::default(),
         }
     }
 }
@@ -152,6 +158,7 @@ impl std::fmt::Debug for Config {
             .field("dead_node_grace", &self.dead_node_grace)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
+            .field("security", &self.security)
             .finish_non_exhaustive()
     }
 }

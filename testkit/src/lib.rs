@@ -9,9 +9,11 @@
 //! - [`cluster`]: clusters of real `hashmap` example processes (start, kill -9, restart).
 //! - [`http`]: a tiny blocking HTTP/1.1 client to drive those processes.
 //! - [`chaos`]: writers and the fault-injection driver run against a process cluster.
+//! - [`credentials`]: development CA, node certificates and gossip keys (rcgen).
 #![deny(missing_docs)]
 
 pub mod chaos;
 pub mod cluster;
+pub mod credentials;
 pub mod http;
 pub mod in_process;

@@ -37,6 +37,9 @@ use crate::error::Result;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SecurityStats {
+    /// Gossip datagrams that opened under a key of the keyring (and went on to the gossip
+    /// layer). Always 0 without a keyring.
+    pub gossip_opened: u64,
     /// Gossip datagrams dropped because they opened under no key of the keyring (another
     /// key or cluster, plaintext, tampered with, truncated). Always 0 without a keyring.
     pub gossip_rejected: u64,

@@ -63,7 +63,10 @@ fn a_secure_cluster_commits_on_every_node_under_the_certificates_ids() {
     assert_eq!(streams[0], streams[1]);
     assert_eq!(streams[0], streams[2]);
     for node in cluster.running() {
-        assert_eq!(node.security_stats(), Default::default(), "nothing refused");
+        let stats = node.security_stats();
+        assert_eq!(stats.gossip_rejected, 0, "no gossip refused");
+        assert_eq!(stats.connections_refused, 0, "no connection refused");
+        assert!(stats.gossip_opened > 0, "gossip is sealed");
     }
 }
 
@@ -212,6 +215,14 @@ fn hello_frame(node_id: u64) -> Vec<u8> {
     out
 }
 
+/// How many gossip datagrams each running node opened so far.
+fn gossip_opened(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .running()
+        .map(|n| n.security_stats().gossip_opened)
+        .collect()
+}
+
 /// One step of a key rotation, run on one node.
 type KeyringStep<'a> = dyn Fn(&CopyCat) -> copycat::Result<()> + 'a;
 
@@ -249,9 +260,13 @@ fn rotating_the_gossip_key_under_writes_loses_nothing() {
     ];
     for step in steps {
         for node in cluster.running() {
-            let seen = writes_so_far();
-            wait_until("writes go on", T, || writes_so_far() > seen + 5);
             step(node).expect("keyring step");
+            // Gossip and writes cross every intermediate state of the keyrings.
+            let (writes, opened) = (writes_so_far(), gossip_opened(&cluster));
+            wait_until("writes and gossip go on", T, || {
+                let now = gossip_opened(&cluster);
+                writes_so_far() > writes + 5 && now.iter().zip(&opened).all(|(n, o)| n >= &(o + 3))
+            });
         }
     }
     let seen = writes_so_far();

@@ -50,6 +50,8 @@ pub(crate) struct GossipSeal {
     aad: Vec<u8>,
     /// The keys; changed by the keyring operations of the public API.
     keyring: RwLock<Keyring>,
+    /// Datagrams that opened.
+    opened: AtomicU64,
     /// Datagrams dropped because they did not open.
     rejected: AtomicU64,
 }
@@ -63,6 +65,7 @@ impl GossipSeal {
         GossipSeal {
             aad,
             keyring: RwLock::new(keyring),
+            opened: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
     }
@@ -96,12 +99,14 @@ impl GossipSeal {
     }
 
     /// The plaintext of a sealed `datagram`, trying every key (primary first); counts a
-    /// datagram that does not open.
+    /// datagram that opens and one that does not.
     pub(crate) fn open(&self, datagram: &[u8]) -> Result<Vec<u8>, OpenError> {
         let opened = self.try_open(datagram);
-        if opened.is_err() {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-        }
+        let counter = match opened {
+            Ok(_) => &self.opened,
+            Err(_) => &self.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         opened
     }
 
@@ -127,6 +132,11 @@ impl GossipSeal {
             }
         }
         Err(OpenError::NoKey)
+    }
+
+    /// How many datagrams opened so far.
+    pub(crate) fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// How many datagrams did not open so far.

@@ -53,6 +53,7 @@ impl SecurityState {
     /// The counters of traffic refused so far.
     pub(crate) fn stats(&self) -> SecurityStats {
         SecurityStats {
+            gossip_opened: self.seal.as_ref().map_or(0, |seal| seal.opened()),
             gossip_rejected: self.seal.as_ref().map_or(0, |seal| seal.rejected()),
             connections_refused: self.tls.as_ref().map_or(0, |tls| tls.refused()),
         }

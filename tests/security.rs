@@ -163,6 +163,26 @@ fn a_hello_claiming_another_node_id_than_the_certificate_is_refused() {
     wait_until("the lying hello is refused", T, || refused() == before + 1);
 }
 
+#[test]
+fn a_peer_that_never_finishes_the_handshake_is_dropped() {
+    let creds = credentials(1);
+    let cluster = Cluster::start_secure(&creds);
+    let node = cluster.node(0);
+    let started = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(node.raft_addr()).unwrap();
+    silent.set_read_timeout(Some(T)).unwrap();
+    let mut buf = [0u8; 64];
+    // Some bytes of a TLS alert, maybe, then the end of the stream: never a timeout.
+    while matches!(silent.read(&mut buf), Ok(n) if n > 0) {}
+    assert!(
+        started.elapsed() < T,
+        "dropped at the handshake deadline (10 s)"
+    );
+    wait_until("the silent peer is counted", T, || {
+        node.security_stats().connections_refused == 1
+    });
+}
+
 /// Connects to `target` over TLS with `creds`, sends a `Hello` claiming `claimed` and an
 /// empty frame, and reads until the target closes the connection.
 fn speak_as(creds: &NodeCredentials, target: &CopyCat, claimed: u64) {

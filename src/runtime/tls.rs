@@ -130,3 +130,85 @@ impl TransportTls {
         self.refused.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use copycat_testkit::credentials::{DevCa, NodeCredentials};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// The transport TLS of `creds` (PEM crosses from the testkit's copycat to this one).
+    fn tls(creds: &NodeCredentials) -> TransportTls {
+        let identity = TlsIdentity::from_pem(
+            creds.ca_pem.as_bytes(),
+            creds.cert_pem.as_bytes(),
+            creds.key_pem.as_bytes(),
+        )
+        .expect("identity");
+        TransportTls::new(&identity).expect("tls")
+    }
+
+    /// Dials `server` at a fresh listener, expecting the node `expected`; returns what the
+    /// dialer got and what the acceptor got.
+    async fn dial(
+        client: &TransportTls,
+        server: &TransportTls,
+        expected: NodeId,
+    ) -> (
+        io::Result<BoxedStream>,
+        std::result::Result<NodeId, AcceptError>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accept = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            match server.accept(tcp).await {
+                Ok((mut stream, id)) => {
+                    // Read the one byte the dialer sends after a successful handshake.
+                    let _ = stream.read_u8().await;
+                    Ok(id)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let mut stream = client.connect(tcp, expected).await?;
+            stream.write_all(&[1]).await?;
+            stream.flush().await?;
+            Ok(stream)
+        };
+        tokio::join!(connect, accept)
+    }
+
+    #[test]
+    fn the_dialer_refuses_a_server_that_is_not_the_node_it_dials() {
+        let ca = DevCa::new("test CA").expect("CA");
+        let (a, b) = (ca.issue(11).unwrap(), ca.issue(22).unwrap());
+        let (tls_a, tls_b) = (tls(&a), tls(&b));
+        crate::runtime::test_runtime().block_on(async {
+            let (dialed, accepted) = dial(&tls_a, &tls_b, 22).await;
+            assert!(dialed.is_ok(), "{:?}", dialed.err());
+            assert_eq!(accepted.expect("accepted"), 11, "the id is the client's");
+            // Node 22's certificate does not make it node 33.
+            let (dialed, accepted) = dial(&tls_a, &tls_b, 33).await;
+            let error = dialed.err().expect("refused").to_string();
+            assert!(error.contains("33.node.copycat"), "{error}");
+            assert!(matches!(accepted, Err(AcceptError::Handshake(_))));
+        });
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_fails_both_ways() {
+        let (ca, rogue_ca) = (DevCa::new("CA").unwrap(), DevCa::new("rogue").unwrap());
+        let (good, rogue) = (ca.issue(11).unwrap(), rogue_ca.issue(22).unwrap());
+        let (tls_good, tls_rogue) = (tls(&good), tls(&rogue));
+        crate::runtime::test_runtime().block_on(async {
+            let (dialed, accepted) = dial(&tls_rogue, &tls_good, 11).await;
+            assert!(dialed.is_err() && accepted.is_err(), "rogue client");
+            let (dialed, accepted) = dial(&tls_good, &tls_rogue, 22).await;
+            assert!(dialed.is_err() && accepted.is_err(), "rogue server");
+        });
+    }
+}

@@ -43,6 +43,9 @@ pub(crate) enum AcceptError {
     /// The handshake failed: no certificate, one the CA did not sign, not TLS at all...
     #[error("TLS handshake failed: {0}")]
     Handshake(io::Error),
+    /// The handshake did not finish before the deadline.
+    #[error("no TLS handshake within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The verified client certificate names no valid node id.
     #[error("the peer's certificate names no node id: {0}")]
     NoNodeId(String),

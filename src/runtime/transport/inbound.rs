@@ -137,7 +137,7 @@ async fn handshake(
     };
     let (stream, node_id) = tokio::time::timeout_at(deadline, tls.accept(stream))
         .await
-        .map_err(|_| InboundError::HelloTimeout(HELLO_TIMEOUT))??;
+        .map_err(|_| AcceptError::TimedOut(HELLO_TIMEOUT))??;
     Ok((stream, Some(node_id)))
 }
 

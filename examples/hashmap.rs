@@ -20,14 +20,17 @@
 //! On startup the process prints one `READY http=… raft=… gossip=… node_id=…` line to
 //! stdout with the addresses it actually bound (ports may be 0), for scripts and tests to
 //! wait on. Three nodes started together should all get `--bootstrap-expect 3` (see the
-//! README). Logs go to stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
+//! README). With `--tls-ca/--tls-cert/--tls-key` (all three) raft traffic is TLS with
+//! mutual authentication and the node id is the certificate's; with `--cluster-key`
+//! gossip is sealed. The `keys` example writes a development set of these files; the
+//! README's "secure three-terminal recipe" uses them. Logs go to stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copycat::{Config, CopyCat, ReplicatedMap};
+use copycat::{Config, CopyCat, GossipKey, Keyring, ReplicatedMap, Security, TlsIdentity};
 use slog::{info, Drain, Logger};
 use tiny_http::{Header, Method, Request, Response, Server};
 
@@ -62,6 +65,12 @@ usage: hashmap [flags]
   --id ULID             the hashmap's data structure id (default 01CFR5R4JJE9KNRAJFFEAQ2SAJ)
   --hostname HOST       address to bind and advertise (default 127.0.0.1)
   --snapshot-interval N entries applied between snapshots (default 10000)
+  --cluster-key FILE    seal gossip under this key (64 hex digits; see the keys example)
+  --tls-ca FILE         TLS: the cluster's CA certificate (PEM)
+  --tls-cert FILE       TLS: this node's certificate (PEM); its node id becomes the node's
+  --tls-key FILE        TLS: this node's private key (PEM)
+                        (the three TLS flags go together; without them, and without
+                        --cluster-key, the cluster is open to anyone reaching its ports)
   -h, --help            print this help
 
 Environment: COPYCAT_LOG=off|error|warn|info|debug|trace (default info), to stderr.";
@@ -79,6 +88,10 @@ struct Args {
     id: String,
     hostname: String,
     snapshot_interval: u64,
+    cluster_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -94,6 +107,10 @@ impl Default for Args {
             id: DEFAULT_ID.to_string(),
             hostname: "127.0.0.1".to_string(),
             snapshot_interval: Config::default().snapshot_interval,
+            cluster_key: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -111,7 +128,11 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             _ => (arg.clone(), None),
         };
-        const FLAGS: [&str; 10] = [
+        const FLAGS: [&str; 14] = [
+            "--cluster-key",
+            "--tls-ca",
+            "--tls-cert",
+            "--tls-key",
             "--data-dir",
             "--port",
             "--gossip-port",
@@ -171,10 +192,50 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     format!("--snapshot-interval: {value:?} is not a positive number")
                 })?
             }
+            "--cluster-key" => args.cluster_key = Some(PathBuf::from(value)),
+            "--tls-ca" => args.tls_ca = Some(PathBuf::from(value)),
+            "--tls-cert" => args.tls_cert = Some(PathBuf::from(value)),
+            "--tls-key" => args.tls_key = Some(PathBuf::from(value)),
             _ => unreachable!("checked against FLAGS above"),
         }
     }
+    check_tls_flags(&args)?;
     Ok(Some(args))
+}
+
+/// The three TLS flags come together or not at all.
+fn check_tls_flags(args: &Args) -> Result<(), String> {
+    let flags = [
+        ("--tls-ca", &args.tls_ca),
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+    ];
+    let missing: Vec<&str> = flags
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(f, _)| *f)
+        .collect();
+    if missing.is_empty() || missing.len() == flags.len() {
+        return Ok(());
+    }
+    Err(format!(
+        "--tls-ca, --tls-cert and --tls-key go together; missing {}",
+        missing.join(", ")
+    ))
+}
+
+/// The node's security settings from the flags; a file that cannot be used is an error
+/// naming it.
+fn security(args: &Args) -> copycat::Result<Security> {
+    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsIdentity::from_files(ca, cert, key)?),
+        _ => None,
+    };
+    let gossip_keys = match &args.cluster_key {
+        Some(file) => Some(Keyring::new(GossipKey::from_file(file)?)),
+        None => None,
+    };
+    Ok(Security { tls, gossip_keys })
 }
 
 /// The replicated map: keys to bytes.
@@ -228,6 +289,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         datacenter: args.datacenter.clone(),
         logger: log.clone(),
         snapshot_interval: args.snapshot_interval,
+        security: security(&args)?,
         ..Config::default()
     };
     let replication_factor = config.replication_factor;

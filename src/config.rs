@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::security::Security;
 
 /// Configuration of one copycat node. `Config::default()` gives the seed's defaults; set
 /// what differs with struct update syntax, which stays source-compatible as fields are
@@ -82,6 +83,10 @@ pub struct Config {
     /// What happens when the node cannot go on: a panic in its core, or a storage read or
     /// write that failed (default [`OnFatalError::ExitProcess`]).
     pub on_fatal_error: OnFatalError,
+    /// TLS on the TCP transport and the gossip keyring (default: none, plaintext on both,
+    /// and every start logs a warning that the cluster is open to anyone who can reach its
+    /// ports). See [`Security`]. With TLS, the node's id is the one its certificate names.
+    pub security: Security,
 }
 
 /// What a node does when it cannot go on: its core panicked, or storage failed (sled then
@@ -128,6 +133,7 @@ impl Default for Config {
             snapshot_size_multiple: 1,
             rng_seed: None,
             on_fatal_error: OnFatalError::ExitProcess,
+            security: Security::default(),
         }
     }
 }
@@ -184,6 +190,7 @@ impl std::fmt::Debug for Config {
             .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
             .field("snapshot_size_multiple", &self.snapshot_size_multiple)
             .field("on_fatal_error", &self.on_fatal_error)
+            .field("security", &self.security)
             .finish_non_exhaustive()
     }
 }

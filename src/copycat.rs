@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::{GroupStatus, MemberStatus, NodeStats};
 use crate::node_handle::NodeHandle;
+use crate::security::{GossipKey, Keyring, SecurityStats};
 use crate::snapshot_provider::SnapshotProvider;
 use crate::subscriber_sink::{notifying_channel_sink, Progress};
 
@@ -172,6 +173,57 @@ impl CopyCat {
     /// The blocking form of [`CopyCat::known_data_structures`].
     pub fn known_data_structures_blocking(&self) -> Result<usize> {
         self.inner.query(|core| core.directory_len())
+    }
+
+    /// Installs `key` in this node's gossip keyring as a secondary key: from now on this
+    /// node opens datagrams sealed under it (it still seals under the primary key).
+    /// Idempotent.
+    ///
+    /// The first step of a key rotation (see [`Keyring`]): install on every node before
+    /// any node uses the key. Fails with [`Error::GossipKey`] if this node's gossip is not
+    /// encrypted. Only this node changes, and only until it stops: the keys a node starts
+    /// with are those of its [`Config`](crate::Config).
+    pub fn install_gossip_key(&self, key: GossipKey) -> Result<()> {
+        let what = format!("install {}", key.fingerprint());
+        self.inner.security.update_keyring(&what, |ring| {
+            ring.install(key);
+            Ok(())
+        })
+    }
+
+    /// Makes the installed `key` this node's primary gossip key: from now on it seals every
+    /// datagram under it; the former primary still opens datagrams until removed.
+    ///
+    /// The second step of a rotation, once every node has installed the key. Fails with
+    /// [`Error::GossipKey`] if the key is not installed or gossip is not encrypted.
+    pub fn use_gossip_key(&self, key: &GossipKey) -> Result<()> {
+        let what = format!("use {}", key.fingerprint());
+        self.inner
+            .security
+            .update_keyring(&what, |ring| ring.use_key(key))
+    }
+
+    /// Removes `key` from this node's gossip keyring: datagrams sealed under it no longer
+    /// open here. Removing a key that is not there changes nothing.
+    ///
+    /// The last step of a rotation, once every node uses the new key. Fails with
+    /// [`Error::GossipKey`] if `key` is the primary key or gossip is not encrypted.
+    pub fn remove_gossip_key(&self, key: &GossipKey) -> Result<()> {
+        let what = format!("remove {}", key.fingerprint());
+        self.inner
+            .security
+            .update_keyring(&what, |ring| ring.remove(key))
+    }
+
+    /// This node's gossip keyring as it is now; `None` when gossip is not encrypted.
+    pub fn gossip_keys(&self) -> Option<Keyring> {
+        self.inner.security.keyring()
+    }
+
+    /// Counters of the traffic this node refused (gossip datagrams that opened under no
+    /// key, TCP connections that failed TLS or the node-id binding).
+    pub fn security_stats(&self) -> SecurityStats {
+        self.inner.security.stats()
     }
 
     /// Shuts the node down gracefully: leaves gossip, fails pending proposals with

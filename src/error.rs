@@ -78,6 +78,28 @@ pub enum Error {
     /// not made; retry after a pause.
     #[error("the copycat node is overloaded: its input queue is full; retry later")]
     Overloaded,
+    /// TLS credentials are unusable (the message names the file or input and the problem:
+    /// missing file, bad PEM, key not matching the certificate, certificate not signed by
+    /// the CA or naming no node id); the node did not start.
+    #[error("unusable TLS credentials: {0}")]
+    Credentials(String),
+    /// A gossip key or keyring operation was refused (bad key file, using a key that is not
+    /// installed, removing the primary key, keyring operations on a node whose gossip is not
+    /// sealed); nothing changed.
+    #[error("gossip key: {0}")]
+    GossipKey(String),
+    /// The data dir belongs to another node id than the one the TLS certificate names; the
+    /// node did not start. Use the data dir with a certificate for its id, or a fresh data
+    /// dir with this certificate.
+    #[error("the data dir {} holds node id {stored}, but the TLS certificate names node id {certificate}", data_dir.display())]
+    NodeIdMismatch {
+        /// The id stored in the data dir at its first start.
+        stored: crate::id::NodeId,
+        /// The id the certificate names.
+        certificate: crate::id::NodeId,
+        /// The data dir.
+        data_dir: PathBuf,
+    },
     /// The node is shutting down or stopped; nothing more is accepted.
     #[error("the copycat node is shut down")]
     Shutdown,

@@ -135,6 +135,7 @@ mod node_handle;
 pub(crate) mod proto;
 pub mod registry;
 pub(crate) mod runtime;
+pub mod security;
 mod signal;
 #[cfg(test)]
 mod sim;
@@ -152,6 +153,7 @@ pub use error::{Error, Result};
 pub use id::{new_data_structure_id, node_of, DataStructureId, InvalidId, NodeId, ReplicaId};
 pub use node::{Commit, GroupStatus, MemberState, MemberStatus, NodeStats};
 pub use runtime::{EXIT_CORE_PANIC, EXIT_STORAGE_FAILED};
+pub use security::{GossipKey, Keyring, Security, SecurityStats, TlsIdentity};
 pub use snapshot_provider::{no_snapshots, SnapshotProvider};
 pub use tracing_bridge::tracing_logger;
 pub use typed::{

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{DataStructureId, NodeId};
 use crate::node::subscription::{SubId, SubscriberSink};
 use crate::node::{Input, NodeCore, Waiter};
-use crate::runtime::{Event, NodeRuntime, PumpControl};
+use crate::runtime::{Event, NodeRuntime, PumpControl, SecurityState};
 use crate::snapshot_provider::SnapshotProvider;
 
 pub(crate) use crate::runtime::{Ack, Doorbell};
@@ -31,6 +31,8 @@ pub(crate) struct NodeHandle {
     pub(crate) data_dir: std::path::PathBuf,
     pub(crate) raft_addr: SocketAddr,
     pub(crate) gossip_addr: SocketAddr,
+    /// The node's live keyring and refusal counters.
+    pub(crate) security: SecurityState,
     next_sub: AtomicU64,
 }
 
@@ -45,6 +47,7 @@ impl NodeHandle {
             data_dir: runtime.data_dir.clone(),
             raft_addr: runtime.raft_addr,
             gossip_addr: runtime.gossip_addr,
+            security: runtime.security.clone(),
             runtime: Mutex::new(runtime),
             next_sub: AtomicU64::new(1),
         })

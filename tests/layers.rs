@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["id", "proto", "tracing_bridge"],
     &["storage"],
     &["error"],
+    &["security"],
     &["config", "snapshot_provider", "signal"],
     &["group"],
     &["node"],

@@ -78,6 +78,14 @@ pub struct Args {
     pub replica: bool,
     pub data_dir: Option<String>,
     pub peers: Vec<String>,
+    /// `--secure`: the cluster runs with TLS and sealed gossip, under development
+    /// credentials the driver generates (cluster scenarios only; recovery runs one node).
+    pub secure: bool,
+    /// Where the credentials are (`ca.pem`, `node{i}.pem`, `node{i}.key`, `cluster.key`);
+    /// set by the driver for itself and passed to replicas.
+    pub keys: Option<String>,
+    /// Which node's certificate this process uses.
+    pub node_index: usize,
 }
 
 impl Args {
@@ -120,15 +128,22 @@ impl Args {
             peers: value("--peers")
                 .map(|p| p.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            secure: raw.iter().any(|a| a == "--secure"),
+            keys: value("--keys"),
+            node_index: number("--node-index")?.unwrap_or(0) as usize,
         })
     }
 }
 
 const USAGE: &str =
     "cargo run --release --example bench -- [--scenario write|latency|failover|heal|recovery|idle]
-    [--groups N] [--payload BYTES] [--proposers N] [--seconds S] [--grace-secs S] [--entries N]";
+    [--groups N] [--payload BYTES] [--proposers N] [--seconds S] [--grace-secs S] [--entries N]
+    [--secure]    (TLS on raft traffic and sealed gossip, with generated development keys)";
 
-const KNOWN_FLAGS: [&str; 11] = [
+const KNOWN_FLAGS: [&str; 14] = [
+    "--secure",
+    "--keys",
+    "--node-index",
     "--scenario",
     "--groups",
     "--payload",

@@ -6,16 +6,31 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use copycat::{Config, CopyCat, NodeStats};
+use copycat::{Config, CopyCat, NodeStats, Security};
+use copycat_testkit::credentials::DevCredentials;
 
 use crate::args::{Args, BoxResult};
 
 /// How long a proposal may take before it counts as failed.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The config of every node: fsync on (the default), free ports.
-pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> Config {
-    Config {
+/// The config of every node: fsync on (the default), free ports; with `--keys`, TLS and
+/// sealed gossip under node `--node-index`'s credentials.
+pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> BoxResult<Config> {
+    let security = match &args.keys {
+        None => Security::default(),
+        Some(keys) => {
+            let keys = Path::new(keys);
+            let i = args.node_index;
+            Security::from_files(
+                keys.join("ca.pem"),
+                keys.join(format!("node{i}.pem")),
+                keys.join(format!("node{i}.key")),
+                keys.join("cluster.key"),
+            )?
+        }
+    };
+    Ok(Config {
         data_dir: dir.to_path_buf(),
         port: 0,
         gossip_port: 0,
@@ -23,8 +38,9 @@ pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> Config {
         proposal_timeout: PROPOSAL_TIMEOUT,
         dead_node_grace: args.grace,
         logger: logger(),
+        security,
         ..Config::default()
-    }
+    })
 }
 
 /// Info-level logs to stderr when `COPYCAT_BENCH_LOG` is set (child processes inherit it);
@@ -44,7 +60,7 @@ fn logger() -> slog::Logger {
 /// stops when stdin closes (the driver exited).
 pub fn run_replica(args: &Args) -> BoxResult<()> {
     let dir = args.data_dir.clone().ok_or("--data-dir is required")?;
-    let node = CopyCat::start(node_config(dir.as_ref(), args.peers.clone(), args))?;
+    let node = CopyCat::start(node_config(dir.as_ref(), args.peers.clone(), args)?)?;
     println!("READY {}", node.node_id());
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line)? > 0 {
@@ -67,8 +83,12 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn spawn(dir: &Path, seed: &str, args: &Args) -> BoxResult<Replica> {
-        let mut child = Command::new(std::env::current_exe()?)
+    fn spawn(dir: &Path, seed: &str, index: usize, args: &Args) -> BoxResult<Replica> {
+        let mut command = Command::new(std::env::current_exe()?);
+        if let Some(keys) = &args.keys {
+            command.args(["--keys", keys, "--node-index", &index.to_string()]);
+        }
+        let mut child = command
             .args(["--role", "replica", "--peers", seed])
             .args(["--grace-secs", &args.grace.as_secs().to_string()])
             .arg("--data-dir")
@@ -141,16 +161,25 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes (this one, founding the cluster once all are up, and
     /// `size - 1` replica processes) and waits until every node sees every other alive.
+    /// With `--secure`, first writes development credentials for `size` nodes under the
+    /// temp dir.
     pub fn start(size: usize, args: &Args) -> BoxResult<Cluster> {
         let root = tempfile::tempdir()?;
+        let mut args = args.clone();
+        if args.secure {
+            let keys = root.path().join("keys");
+            DevCredentials::generate(size)?.write_to(&keys)?;
+            args.keys = Some(keys.to_string_lossy().into_owned());
+        }
+        let args = &args;
         let founder = Config {
             bootstrap_expect: size,
-            ..node_config(&root.path().join("node0"), Vec::new(), args)
+            ..node_config(&root.path().join("node0"), Vec::new(), args)?
         };
         let node = CopyCat::start(founder)?;
         let seed = node.gossip_addr().to_string();
         let replicas = (1..size)
-            .map(|i| Replica::spawn(&root.path().join(format!("node{i}")), &seed, args))
+            .map(|i| Replica::spawn(&root.path().join(format!("node{i}")), &seed, i, args))
             .collect::<BoxResult<Vec<_>>>()?;
         let cluster = Cluster {
             node,

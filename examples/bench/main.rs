@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- --scenario heal --groups 1000
 //! cargo run --release --example bench -- --scenario recovery
 //! cargo run --release --example bench -- --scenario idle --groups 10000
+//! cargo run --release --example bench -- --scenario write --groups 64 --secure
 //! ```
 //!
 //! This process runs the first node and the proposers; it starts the other nodes as copies
@@ -17,7 +18,10 @@
 //!
 //! `RESULT scenario=<name> groups=<n> payload=<bytes> writes_per_sec=<n> p50_ms=<x>
 //! p99_ms=<y> p999_ms=<z> fsyncs_per_sec=<n>` followed by the scenario's own figures and
-//! `allocator=system|mimalloc`.
+//! `allocator=system|mimalloc secure=true|false`.
+//!
+//! With `--secure`, the cluster scenarios run every node with TLS on raft traffic and
+//! sealed gossip, under development credentials generated into the run's temp dir.
 //!
 //! Built with `--features bench-mimalloc`, every process of the cluster allocates with
 //! mimalloc instead of the system's malloc (applications choose their allocator; TiKV ships

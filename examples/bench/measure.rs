@@ -173,6 +173,10 @@ pub fn print_result(args: &Args, figures: &WriteFigures, extra: &[(&str, String)
     for (key, value) in extra {
         line.push_str(&format!(" {key}={value}"));
     }
-    line.push_str(&format!(" allocator={}", crate::ALLOCATOR));
+    line.push_str(&format!(
+        " allocator={} secure={}",
+        crate::ALLOCATOR,
+        args.secure
+    ));
     println!("{line}");
 }

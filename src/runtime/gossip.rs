@@ -6,7 +6,9 @@
 //! the [`Gossip`] handle. Every datagram is wrapped in a prost-encoded
 //! [`GossipPacket`] carrying the protocol version and the cluster name; a
 //! datagram with the wrong version or cluster, or that does not decode, is
-//! dropped (with a rate-limited log) and never stops the task.
+//! dropped (with a rate-limited log) and never stops the task. With a keyring, the
+//! encoded envelope is sealed ([`GossipSeal`]) and a datagram that does not open is
+//! dropped the same way (and counted) before foca sees it.
 //!
 //! Membership is reported as [`MembershipEvent`]s per *node id*: the task
 //! recomputes its view from foca's active members whenever foca reports a
@@ -38,6 +40,7 @@ use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use crate::id::NodeId;
 use crate::node::member::{MembershipEvent, NodeInfo};
 use crate::proto::{GossipPacket, PROTOCOL_VERSION};
+use crate::runtime::gossip_seal::{GossipSeal, SEAL_OVERHEAD};
 
 /// How often a node with no known member announces itself to its seeds.
 ///
@@ -82,6 +85,8 @@ pub(crate) struct GossipConfig {
     pub rng_seed: u64,
     /// Where the gossip task logs.
     pub logger: Logger,
+    /// Seals and opens every datagram; `None` sends plaintext envelopes.
+    pub seal: Option<Arc<GossipSeal>>,
 }
 
 /// Callback receiving membership changes; called from a tokio task, so it must
@@ -153,6 +158,7 @@ impl Gossip {
             seeds,
             rng_seed,
             logger,
+            seal,
         } = config;
         let logger =
             logger.new(o!("component" => "gossip", "gossip" => me.gossip_addr.to_string()));
@@ -187,6 +193,8 @@ impl Gossip {
                 payload: Vec::new(),
             },
             send_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
+            sealed_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
+            seal,
             me: me.node_id,
             seeds,
             timers: BinaryHeap::new(),
@@ -349,6 +357,10 @@ struct Worker {
     envelope: GossipPacket,
     /// Reused encoding buffer.
     send_buf: Vec<u8>,
+    /// Reused buffer of the sealed datagram.
+    sealed_buf: Vec<u8>,
+    /// Seals what is sent and opens what is received, if gossip is encrypted.
+    seal: Option<Arc<GossipSeal>>,
     /// Our node id.
     me: NodeId,
     /// Where to announce while we know no member.
@@ -436,8 +448,18 @@ impl Worker {
         }
     }
 
-    /// Unwraps a datagram and feeds it to foca, dropping anything invalid.
+    /// Opens (if sealed), unwraps a datagram and feeds it to foca, dropping anything
+    /// invalid.
     fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        let opened;
+        let datagram = match self.seal.as_ref().map(|seal| seal.open(datagram)) {
+            None => datagram,
+            Some(Ok(plaintext)) => {
+                opened = plaintext;
+                &opened
+            }
+            Some(Err(e)) => return self.log_drop(datagram.len(), from, e.to_string()),
+        };
         let problem = match GossipPacket::decode(datagram) {
             Err(e) => format!("undecodable envelope: {e}"),
             Ok(packet) if packet.version != PROTOCOL_VERSION => {
@@ -459,9 +481,14 @@ impl Worker {
                 return;
             }
         };
+        self.log_drop(datagram.len(), from, problem);
+    }
+
+    /// Logs a dropped datagram, at most once per [`DROP_LOG_EVERY`].
+    fn log_drop(&mut self, len: usize, from: SocketAddr, problem: String) {
         if let Some(suppressed) = self.drops.admit(Instant::now()) {
             warn!(self.logger, "dropped a gossip datagram";
-                "from" => %from, "len" => datagram.len(), "reason" => problem,
+                "from" => %from, "len" => len, "reason" => problem,
                 "suppressed_since_last_log" => suppressed);
         }
     }
@@ -489,8 +516,15 @@ impl Worker {
                 error!(self.logger, "cannot encode gossip envelope"; "error" => %e);
                 continue;
             }
+            let datagram = match &self.seal {
+                None => &self.send_buf,
+                Some(seal) => {
+                    seal.seal(&self.send_buf, &mut self.sealed_buf);
+                    &self.sealed_buf
+                }
+            };
             let addr = to.info.gossip_addr;
-            if let Err(e) = self.socket.send_to(&self.send_buf, addr).await {
+            if let Err(e) = self.socket.send_to(datagram, addr).await {
                 debug!(self.logger, "gossip send failed"; "to" => %addr, "error" => %e);
             }
         }

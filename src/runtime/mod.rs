@@ -40,9 +40,13 @@
 mod core_thread;
 pub(crate) mod frame;
 pub(crate) mod gossip;
+pub(crate) mod gossip_seal;
+mod node_id;
 mod pump;
+mod security_state;
 mod snapshot_thread;
 mod storage_thread;
+pub(crate) mod tls;
 pub(crate) mod transport;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
@@ -63,12 +67,15 @@ use crate::node::{
 };
 use crate::proto;
 use crate::snapshot_provider::SnapshotProvider;
-use crate::storage::{LogStore, SledStore, WriteBatch};
+use crate::storage::{LogStore, SledStore};
 
 use core_thread::CoreOutputs;
 pub use core_thread::{EXIT_CORE_PANIC, EXIT_STORAGE_FAILED};
 use gossip::{Gossip, GossipConfig};
+use gossip_seal::GossipSeal;
 pub(crate) use pump::{Doorbell, PumpControl};
+pub(crate) use security_state::SecurityState;
+use tls::TransportTls;
 use transport::{Transport, TransportConfig};
 
 /// A multi-thread runtime of its own for one test.
@@ -80,9 +87,6 @@ pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
-
-/// Metadata key of the persistent node id.
-const NODE_ID_KEY: &str = "node_id";
 
 /// How long a graceful shutdown waits for the core to report its leaderships handed over;
 /// a handover that cannot finish (peers unreachable) does not hold the shutdown longer.
@@ -162,6 +166,8 @@ pub(crate) struct NodeRuntime {
     pub pump: Sender<PumpControl>,
     tokio: Option<tokio::runtime::Runtime>,
     gossip: Gossip,
+    /// The live gossip keyring and the transport's TLS.
+    pub security: SecurityState,
     transport: Arc<Transport>,
     core_thread: Option<JoinHandle<()>>,
     pump_thread: Option<JoinHandle<()>>,
@@ -174,7 +180,18 @@ impl NodeRuntime {
         let logger = config.logger.clone();
         std::fs::create_dir_all(&config.data_dir)?;
         let store = Arc::new(SledStore::open(&config.data_dir, logger.clone())?);
-        let node_id = load_or_create_node_id(store.as_ref())?;
+        let tls_identity = config.security.tls.as_ref();
+        let certified = tls_identity.map(|tls| tls.node_id());
+        let node_id = node_id::load_or_create_node_id(store.as_ref(), certified, &config.data_dir)?;
+        let tls = tls_identity
+            .map(TransportTls::new)
+            .transpose()?
+            .map(Arc::new);
+        let seal = config
+            .security
+            .gossip_keys
+            .clone()
+            .map(|keyring| Arc::new(GossipSeal::new(&config.cluster_name, keyring)));
         let listener = TcpListener::bind((config.hostname.as_str(), config.port))?;
         let udp = UdpSocket::bind((config.hostname.as_str(), config.gossip_port))?;
         let raft_addr = listener.local_addr()?;
@@ -186,6 +203,7 @@ impl NodeRuntime {
             datacenter: config.datacenter.clone(),
         };
         let logger = logger.new(slog::o!("node" => node_id));
+        warn_if_open(&logger, &config, raft_addr, gossip_addr);
         let seed = config.rng_seed.unwrap_or_else(rand::random);
         let core = NodeCore::open(
             core_config(&config, me.clone(), seed, logger.clone()),
@@ -200,7 +218,12 @@ impl NodeRuntime {
             .build()?;
         let (input_tx, input_rx) = crossbeam_channel::bounded(INPUT_CAPACITY);
         let transport = Arc::new(start_transport(
-            &tokio, listener, &config, node_id, &input_tx, &logger,
+            &tokio,
+            listener,
+            &config,
+            (node_id, tls.clone()),
+            &input_tx,
+            &logger,
         )?);
         let gossip_config = GossipConfig {
             cluster: config.cluster_name.clone(),
@@ -208,6 +231,7 @@ impl NodeRuntime {
             seeds,
             rng_seed: seed ^ 0x5DEE_CE66_D1CE_4E5B,
             logger: logger.clone(),
+            seal: seal.clone(),
         };
         let membership_tx = input_tx.clone();
         let on_membership = Arc::new(move |event: MembershipEvent| {
@@ -250,6 +274,11 @@ impl NodeRuntime {
             pump: pump_tx,
             tokio: Some(tokio),
             gossip,
+            security: SecurityState {
+                seal,
+                tls,
+                logger: logger.clone(),
+            },
             transport,
             core_thread: Some(core_thread),
             pump_thread: Some(pump_thread),
@@ -329,27 +358,18 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
     }
 }
 
-fn load_or_create_node_id(store: &dyn LogStore) -> Result<NodeId> {
-    if let Some(bytes) = store.get_meta(NODE_ID_KEY)? {
-        let arr: [u8; 8] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::Corrupted("the stored node id is not 8 bytes".to_string()))?;
-        let id = u64::from_be_bytes(arr);
-        if id == 0 || crate::id::node_of(id) != id {
-            return Err(Error::Corrupted(format!(
-                "the stored node id {id} is out of range"
-            )));
-        }
-        return Ok(id);
+/// Logs a warning for each edge left in plaintext: anyone who can reach the port can then
+/// join, read or speak for any node.
+fn warn_if_open(logger: &slog::Logger, config: &Config, raft: SocketAddr, gossip: SocketAddr) {
+    let security = &config.security;
+    if security.tls.is_none() {
+        slog::warn!(logger, "TLS is not configured: raft traffic is plaintext and unauthenticated, \
+            and the cluster is open to anyone who can reach its TCP port"; "raft_addr" => %raft);
     }
-    let id = crate::id::random_node_id(&mut rand::thread_rng());
-    let batch = WriteBatch {
-        groups: Vec::new(),
-        meta: vec![(NODE_ID_KEY.to_string(), Some(id.to_be_bytes().to_vec()))],
-    };
-    store.write(&batch)?;
-    Ok(id)
+    if security.gossip_keys.is_none() {
+        slog::warn!(logger, "no gossip key: gossip is plaintext and unauthenticated, and the \
+            cluster is open to anyone who can reach its UDP port"; "gossip_addr" => %gossip);
+    }
 }
 
 /// Configured peers plus the peers this node knew before a restart.
@@ -378,7 +398,7 @@ fn start_transport(
     tokio: &tokio::runtime::Runtime,
     listener: TcpListener,
     config: &Config,
-    node_id: NodeId,
+    (node_id, tls): (NodeId, Option<Arc<TransportTls>>),
     input: &Sender<Event>,
     logger: &slog::Logger,
 ) -> Result<Transport> {
@@ -395,6 +415,7 @@ fn start_transport(
             node_id,
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
+            tls,
         },
         Arc::new(move |from, batch: proto::Batch| {
             let event = Input::Batch(from, batch).into();
@@ -412,10 +433,6 @@ fn start_transport(
 mod tests {
     use super::*;
 
-    fn store(dir: &std::path::Path) -> SledStore {
-        SledStore::open(dir, slog::Logger::root(slog::Discard, slog::o!())).expect("store")
-    }
-
     #[test]
     fn peer_traffic_is_dropped_and_counted_when_the_core_queue_is_full() {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -428,20 +445,5 @@ mod tests {
             rx.try_recv(),
             Ok(Event::Core(Input::Unreachable(7)))
         ));
-    }
-
-    #[test]
-    fn a_damaged_node_id_is_reported_as_corrupted_data() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = store(dir.path());
-        let batch = WriteBatch {
-            groups: Vec::new(),
-            meta: vec![(NODE_ID_KEY.to_string(), Some(vec![1, 2, 3]))],
-        };
-        store.write(&batch).expect("write");
-        match load_or_create_node_id(&store) {
-            Err(Error::Corrupted(what)) => assert!(what.contains("node id"), "{what}"),
-            other => panic!("expected Error::Corrupted, got {other:?}"),
-        }
     }
 }

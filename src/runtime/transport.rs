@@ -5,6 +5,11 @@
 //! connections. Every connection starts with a `Hello` frame (protocol version, cluster
 //! name, node id) that the acceptor checks; then each frame carries one `Batch`.
 //!
+//! With TLS ([`TransportTls`]) every connection is TLS 1.3 with mutual authentication
+//! first: the dialer checks that the server's certificate names the node it dials, the
+//! acceptor takes the peer's node id from its certificate and refuses a `Hello` claiming
+//! another. The handshake and the `Hello` share one deadline, [`HELLO_TIMEOUT`].
+//!
 //! Outgoing traffic to one peer goes through one task fed by an unbounded channel. The
 //! task merges everything queued into as few frames as the frame limit allows (usually
 //! one), writes them, and loops. While the peer is unreachable the task drops what is
@@ -34,6 +39,7 @@ use crate::proto::{frame::Body, Batch, Frame, Hello, PROTOCOL_VERSION};
 use crate::runtime::frame::{
     effective_max, encode_frame, read_frame, write_encoded, write_frame, FrameError,
 };
+use crate::runtime::tls::{AcceptError, BoxedStream, TransportTls};
 
 /// First delay before reconnecting to a peer after a failure.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
@@ -41,11 +47,13 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// A connection that stayed up this long resets the backoff when it goes down.
 const HEALTHY_AFTER: Duration = MAX_BACKOFF;
-/// Longest wait for a TCP connect (and the `Hello` write) to a peer.
+/// Longest wait for a TCP connect, and again for the TLS handshake, and again for the
+/// `Hello` write, to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one frame to be written; a peer that stops reading is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the `Hello` frame on an accepted connection.
+/// Longest wait for the TLS handshake and the `Hello` frame on an accepted connection: a
+/// peer that finishes neither in time is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before the next one.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -67,6 +75,8 @@ pub(crate) struct TransportConfig {
     pub max_frame_bytes: usize,
     /// Logger for connection events and refused peers.
     pub logger: Logger,
+    /// TLS on every connection; `None` is plaintext.
+    pub tls: Option<Arc<TransportTls>>,
 }
 
 /// Receives every batch from a peer, with the peer's node id (from its `Hello`).
@@ -130,6 +140,8 @@ struct Outbound {
     logger: Logger,
     /// Reports an unreachable peer.
     on_unreachable: OnUnreachable,
+    /// TLS, if configured.
+    tls: Option<Arc<TransportTls>>,
 }
 
 /// What the readers of accepted connections need.
@@ -142,6 +154,8 @@ struct Inbound {
     logger: Logger,
     /// Receives the batches.
     on_batch: OnBatch,
+    /// TLS, if configured.
+    tls: Option<Arc<TransportTls>>,
 }
 
 impl Transport {
@@ -170,12 +184,14 @@ impl Transport {
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
             on_unreachable,
+            tls: config.tls.clone(),
         });
         let inbound = Arc::new(Inbound {
             cluster: config.cluster,
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
             on_batch,
+            tls: config.tls,
         });
         let shared = Arc::new(Shared {
             handle: handle.clone(),

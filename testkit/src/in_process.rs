@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use copycat::{Commit, Config, CopyCat, DataStructure};
+use copycat::{Commit, Config, CopyCat, DataStructure, Security};
+
+use crate::credentials::DevCredentials;
 
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -59,6 +61,8 @@ pub struct Cluster {
     /// `Config::bootstrap_expect` of every node: the nodes started together, so the
     /// founder creates the directory with all of them (joiners ignore it).
     pub bootstrap_expect: usize,
+    /// `Config::security` of node `i` (nodes past the end: plaintext).
+    pub security: Vec<Security>,
 }
 
 impl Cluster {
@@ -85,12 +89,30 @@ impl Cluster {
         Self::launch(datacenters.len(), grace, tweak, datacenters)
     }
 
+    /// One node per node of `credentials`, each with its TLS identity and the gossip key.
+    pub fn start_secure(credentials: &DevCredentials) -> Cluster {
+        let n = credentials.nodes.len();
+        let security = (0..n).map(|i| credentials.security(i)).collect();
+        Self::launch_with(n, Config::default().dead_node_grace, |c| c, &[], security)
+    }
+
     /// Starts `n` nodes with these settings and waits until they all see each other.
     fn launch(
         n: usize,
         dead_node_grace: Duration,
         tweak: fn(Config) -> Config,
         datacenters: &[&str],
+    ) -> Cluster {
+        Self::launch_with(n, dead_node_grace, tweak, datacenters, Vec::new())
+    }
+
+    /// [`Cluster::launch`] with per-node security settings.
+    fn launch_with(
+        n: usize,
+        dead_node_grace: Duration,
+        tweak: fn(Config) -> Config,
+        datacenters: &[&str],
+        security: Vec<Security>,
     ) -> Cluster {
         let root = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
@@ -100,6 +122,7 @@ impl Cluster {
             tweak,
             datacenters: datacenters.iter().map(|d| d.to_string()).collect(),
             bootstrap_expect: n,
+            security,
         };
         for _ in 0..n {
             cluster.add_node();
@@ -142,6 +165,7 @@ impl Cluster {
                 .get(i)
                 .cloned()
                 .unwrap_or(base.datacenter.clone()),
+            security: self.security.get(i).cloned().unwrap_or_default(),
             ..base
         })
     }

@@ -10,10 +10,12 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 client to drive those processes.
 //! - [`chaos`]: writers and the fault-injection driver run against a process cluster.
 //! - [`forge`]: hand-encoded peer frames for attack tests.
+//! - [`credentials`]: development CA, node certificates and gossip keys (rcgen).
 #![deny(missing_docs)]
 
 pub mod chaos;
 pub mod cluster;
+pub mod credentials;
 pub mod forge;
 pub mod http;
 pub mod in_process;

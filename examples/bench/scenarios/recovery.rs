@@ -15,7 +15,7 @@ use crate::measure::{print_result, WriteFigures};
 pub fn run(args: &Args) -> BoxResult<()> {
     let root = tempfile::tempdir()?;
     let dir = root.path().join("node0");
-    let node = CopyCat::start(node_config(&dir, Vec::new(), args))?;
+    let node = CopyCat::start(node_config(&dir, Vec::new(), args)?)?;
     let subs = Arc::new(create_groups(&node, args.groups, 1)?);
     let ids: Vec<_> = subs.iter().map(|ds| ds.id()).collect();
     let drainer = Drainer::start(subs.clone());
@@ -38,7 +38,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
     drop(node);
 
     let reopening = Instant::now();
-    let node = CopyCat::start(node_config(&dir, Vec::new(), args))?;
+    let node = CopyCat::start(node_config(&dir, Vec::new(), args)?)?;
     let opened = reopening.elapsed();
     wait_for(
         "every group led and applied",

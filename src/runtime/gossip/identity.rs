@@ -103,7 +103,8 @@ impl foca::Identity for GossipIdentity {
 /// - `periodic_announce` every 10 s to 1 member: a node eventually learns the
 ///   whole roster even if it missed some updates.
 /// - `max_packet_size`: [`MAX_DATAGRAM`] minus the envelope (version and
-///   cluster name), so wrapped datagrams stay under the MTU.
+///   cluster name) and the seal, so wrapped datagrams stay under the MTU (the seal is
+///   counted even when gossip is plaintext: every node then agrees on the size).
 pub(crate) fn foca_config(cluster: &str) -> foca::Config {
     let max_packet = MAX_DATAGRAM
         .saturating_sub(envelope_overhead(cluster))
@@ -132,7 +133,7 @@ pub(crate) fn foca_config(cluster: &str) -> foca::Config {
     config
 }
 
-/// Bytes the [`GossipPacket`] envelope adds around a foca packet of up to
+/// Bytes the [`GossipPacket`] envelope and the seal add around a foca packet of up to
 /// [`MAX_DATAGRAM`] bytes.
 pub(super) fn envelope_overhead(cluster: &str) -> usize {
     let header = GossipPacket {
@@ -141,5 +142,5 @@ pub(super) fn envelope_overhead(cluster: &str) -> usize {
         payload: Vec::new(),
     };
     // Payload field: one tag byte plus its length prefix.
-    header.encoded_len() + 1 + prost::length_delimiter_len(MAX_DATAGRAM)
+    header.encoded_len() + 1 + prost::length_delimiter_len(MAX_DATAGRAM) + SEAL_OVERHEAD
 }

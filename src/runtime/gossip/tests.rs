@@ -73,6 +73,7 @@ fn start_on(
             seeds,
             rng_seed: node_id,
             logger: logger(),
+            seal: None,
         },
         Arc::new(move |e| sink.lock().unwrap().push(e)),
     )

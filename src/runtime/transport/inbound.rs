@@ -40,6 +40,17 @@ pub(super) enum InboundError {
     /// A frame without a body.
     #[error("frame without a body")]
     EmptyFrame,
+    /// The TLS handshake failed, or the certificate names no node id.
+    #[error(transparent)]
+    Tls(#[from] AcceptError),
+    /// The `Hello` claims another node id than the peer's certificate names.
+    #[error("hello claims node id {claimed}, but the peer's certificate names {certified}")]
+    ClaimMismatch {
+        /// The id in the `Hello`.
+        claimed: NodeId,
+        /// The id in the certificate.
+        certified: NodeId,
+    },
 }
 
 /// Accepts connections until shutdown, spawning a reader for each.
@@ -87,13 +98,23 @@ pub(super) async fn serve_inbound(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(log, "cannot set TCP_NODELAY"; "error" => %e);
     }
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let mut peer = None;
+    let serve = async {
+        let (stream, certified) = handshake(&ctx, stream, deadline).await?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+        read_inbound(&ctx, &log, &mut reader, &mut peer, certified, deadline).await
+    };
     let res = tokio::select! {
         biased;
         _ = stopped(&mut shutdown) => return,
-        res = read_inbound(&ctx, &log, &mut reader, &mut peer) => res,
+        res = serve => res,
     };
+    if let (Some(tls), Err(InboundError::Tls(_) | InboundError::ClaimMismatch { .. })) =
+        (&ctx.tls, &res)
+    {
+        tls.count_refused();
+    }
     let peer = peer.map_or_else(|| "unknown".to_string(), |p: NodeId| p.to_string());
     match res {
         Ok(()) => info!(log, "peer closed its connection"; "peer" => peer),
@@ -104,15 +125,34 @@ pub(super) async fn serve_inbound(
     }
 }
 
-/// Checks the `Hello`, then passes every batch to `on_batch`; `Ok` on a clean end of
-/// stream. Sets `peer` once the `Hello` is accepted.
+/// Runs the TLS handshake, if configured, before `deadline`; returns the stream and the
+/// node id the peer's certificate names (`None` without TLS).
+async fn handshake(
+    ctx: &Inbound,
+    stream: TcpStream,
+    deadline: tokio::time::Instant,
+) -> Result<(BoxedStream, Option<NodeId>), InboundError> {
+    let Some(tls) = &ctx.tls else {
+        return Ok((Box::new(stream), None));
+    };
+    let (stream, node_id) = tokio::time::timeout_at(deadline, tls.accept(stream))
+        .await
+        .map_err(|_| AcceptError::TimedOut(HELLO_TIMEOUT))??;
+    Ok((stream, Some(node_id)))
+}
+
+/// Checks the `Hello` (received before `deadline`; with TLS, it must claim `certified`,
+/// the id of the peer's certificate), then passes every batch to `on_batch`; `Ok` on a
+/// clean end of stream. Sets `peer` once the `Hello` is accepted.
 pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
     ctx: &Inbound,
     log: &Logger,
     reader: &mut R,
     peer: &mut Option<NodeId>,
+    certified: Option<NodeId>,
+    deadline: tokio::time::Instant,
 ) -> Result<(), InboundError> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(reader, ctx.max_frame_bytes))
+    let first = tokio::time::timeout_at(deadline, read_frame(reader, ctx.max_frame_bytes))
         .await
         .map_err(|_| InboundError::HelloTimeout(HELLO_TIMEOUT))??;
     let hello = match first {
@@ -135,6 +175,14 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
         });
     }
     let from = hello.node_id;
+    if let Some(certified) = certified {
+        if from != certified {
+            return Err(InboundError::ClaimMismatch {
+                claimed: from,
+                certified,
+            });
+        }
+    }
     *peer = Some(from);
     info!(log, "accepted connection from peer"; "peer" => from);
     loop {

@@ -102,7 +102,7 @@ pub(super) async fn run_peer(
     let mut healthy = true;
     loop {
         // Connect; batches queued meanwhile are kept for the new connection.
-        let attempt = connect(&ctx, addr);
+        let attempt = connect(&ctx, peer, addr);
         tokio::pin!(attempt);
         let connected = loop {
             tokio::select! {
@@ -182,13 +182,25 @@ pub(super) async fn run_peer(
     }
 }
 
-/// Connects to `addr` and sends our `Hello`.
-pub(super) async fn connect(ctx: &Outbound, addr: SocketAddr) -> Result<TcpStream, FrameError> {
-    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// Connects to `peer` at `addr` (with TLS, proving the server is `peer`) and sends our
+/// `Hello`.
+pub(super) async fn connect(
+    ctx: &Outbound,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<BoxedStream, FrameError> {
+    let timed_out =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| timed_out())??;
-    stream.set_nodelay(true)?;
+        .map_err(|_| timed_out("connect"))??;
+    tcp.set_nodelay(true)?;
+    let mut stream: BoxedStream = match &ctx.tls {
+        None => Box::new(tcp),
+        Some(tls) => tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(tcp, peer))
+            .await
+            .map_err(|_| timed_out("TLS handshake"))??,
+    };
     let hello = Frame {
         body: Some(Body::Hello(Hello {
             version: PROTOCOL_VERSION,
@@ -201,7 +213,7 @@ pub(super) async fn connect(ctx: &Outbound, addr: SocketAddr) -> Result<TcpStrea
         write_frame(&mut stream, &hello, ctx.max_frame_bytes),
     )
     .await
-    .map_err(|_| timed_out())??;
+    .map_err(|_| timed_out("hello"))??;
     Ok(stream)
 }
 
@@ -211,12 +223,12 @@ pub(super) async fn connect(ctx: &Outbound, addr: SocketAddr) -> Result<TcpStrea
 pub(super) async fn run_connection(
     ctx: &Outbound,
     log: &Logger,
-    stream: TcpStream,
+    stream: BoxedStream,
     rx: &mut mpsc::UnboundedReceiver<Batch>,
     queue: &mut OutQueue,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut scratch = [0u8; 256];
     loop {
         if queue.is_empty() {

@@ -79,6 +79,7 @@ fn start_on(
         cluster: cluster.to_string(),
         node_id: id,
         max_frame_bytes,
+        tls: None,
         logger: Logger::root(logs.clone(), o!()),
     };
     let on_batch: OnBatch = Arc::new(move |from, batch| {

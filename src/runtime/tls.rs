@@ -1,0 +1,217 @@
+//! TLS on the transport's connections: rustls configurations built from the node's
+//! [`TlsIdentity`], the dialer's and the acceptor's handshakes, and the node id each side
+//! proves.
+//!
+//! Both sides use TLS 1.3 only, with mutual authentication against the cluster's CA.
+//! - The dialer names the node it means to reach as the TLS server name
+//!   ([`node_certificate_name`]), so a server whose certificate names another node fails
+//!   the handshake: gossip that points node X's address elsewhere cannot receive X's
+//!   traffic.
+//! - The acceptor requires a client certificate and takes the peer's node id from it; the
+//!   transport then refuses a `Hello` that claims another id.
+//!
+//! Session resumption is off on both sides: connections are long-lived (one per peer), so
+//! it would save little, and every connection then proves the peer's certificate afresh.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::error::{Error, Result};
+use crate::id::NodeId;
+use crate::security::{node_certificate_name, node_id_of_certificate, TlsIdentity};
+
+/// A connection's byte stream: plain TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A connection of either kind.
+pub(crate) type BoxedStream = Box<dyn Stream>;
+
+/// Why an accepted connection failed its TLS handshake or proved no node id.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AcceptError {
+    /// The handshake failed: no certificate, one the CA did not sign, not TLS at all...
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// The handshake did not finish before the deadline.
+    #[error("no TLS handshake within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The verified client certificate names no valid node id.
+    #[error("the peer's certificate names no node id: {0}")]
+    NoNodeId(String),
+}
+
+/// The transport's TLS: what dials and what accepts, and how many peers were refused.
+pub(crate) struct TransportTls {
+    /// Dials peers, presenting our certificate.
+    connector: TlsConnector,
+    /// Accepts peers, requiring theirs.
+    acceptor: TlsAcceptor,
+    /// Inbound connections refused: failed handshakes and `Hello`s claiming another id.
+    refused: AtomicU64,
+}
+
+impl TransportTls {
+    /// Builds both sides from `identity`; fails with [`Error::Credentials`] if rustls
+    /// refuses them (already checked when the identity was loaded, so not expected).
+    pub(crate) fn new(identity: &TlsIdentity) -> Result<TransportTls> {
+        let fail = |e: &dyn std::fmt::Display| Error::Credentials(format!("TLS setup: {e}"));
+        let provider = crate::security::tls_provider();
+        let versions = &[&rustls::version::TLS13];
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(identity.roots(), provider.clone())
+                .build()
+                .map_err(|e| fail(&e))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| fail(&e))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(identity.chain(), identity.key())
+            .map_err(|e| fail(&e))?;
+        server.send_tls13_tickets = 0;
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| fail(&e))?
+            .with_root_certificates(identity.roots())
+            .with_client_auth_cert(identity.chain(), identity.key())
+            .map_err(|e| fail(&e))?;
+        client.resumption = Resumption::disabled();
+        Ok(TransportTls {
+            connector: TlsConnector::from(Arc::new(client)),
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Runs the dialer's handshake on `tcp`; fails unless the server proves it is `peer`.
+    pub(crate) async fn connect(&self, tcp: TcpStream, peer: NodeId) -> io::Result<BoxedStream> {
+        let name = ServerName::try_from(node_certificate_name(peer))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = self.connector.connect(name, tcp).await?;
+        Ok(Box::new(tls))
+    }
+
+    /// Runs the acceptor's handshake on `tcp`; returns the stream and the node id the
+    /// peer's verified certificate names.
+    pub(crate) async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> std::result::Result<(BoxedStream, NodeId), AcceptError> {
+        let tls = self
+            .acceptor
+            .accept(tcp)
+            .await
+            .map_err(AcceptError::Handshake)?;
+        let (_, connection) = tls.get_ref();
+        // rustls only completes a handshake with a verified client certificate, so the
+        // list is there; a missing one is still an error, not a panic.
+        let certificate = connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| AcceptError::NoNodeId("no certificate presented".to_string()))?;
+        let node_id = node_id_of_certificate(certificate).map_err(AcceptError::NoNodeId)?;
+        Ok((Box::new(tls), node_id))
+    }
+
+    /// Counts an inbound connection refused.
+    pub(crate) fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inbound connections refused so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use copycat_testkit::credentials::{DevCa, NodeCredentials};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// The transport TLS of `creds` (PEM crosses from the testkit's copycat to this one).
+    fn tls(creds: &NodeCredentials) -> TransportTls {
+        let identity = TlsIdentity::from_pem(
+            creds.ca_pem.as_bytes(),
+            creds.cert_pem.as_bytes(),
+            creds.key_pem.as_bytes(),
+        )
+        .expect("identity");
+        TransportTls::new(&identity).expect("tls")
+    }
+
+    /// Dials `server` at a fresh listener, expecting the node `expected`; returns what the
+    /// dialer got and what the acceptor got.
+    async fn dial(
+        client: &TransportTls,
+        server: &TransportTls,
+        expected: NodeId,
+    ) -> (
+        io::Result<BoxedStream>,
+        std::result::Result<NodeId, AcceptError>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accept = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            match server.accept(tcp).await {
+                Ok((mut stream, id)) => {
+                    // Read the one byte the dialer sends after a successful handshake.
+                    let _ = stream.read_u8().await;
+                    Ok(id)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let mut stream = client.connect(tcp, expected).await?;
+            stream.write_all(&[1]).await?;
+            stream.flush().await?;
+            Ok(stream)
+        };
+        tokio::join!(connect, accept)
+    }
+
+    #[test]
+    fn the_dialer_refuses_a_server_that_is_not_the_node_it_dials() {
+        let ca = DevCa::new("test CA").expect("CA");
+        let (a, b) = (ca.issue(11).unwrap(), ca.issue(22).unwrap());
+        let (tls_a, tls_b) = (tls(&a), tls(&b));
+        crate::runtime::test_runtime().block_on(async {
+            let (dialed, accepted) = dial(&tls_a, &tls_b, 22).await;
+            assert!(dialed.is_ok(), "{:?}", dialed.err());
+            assert_eq!(accepted.expect("accepted"), 11, "the id is the client's");
+            // Node 22's certificate does not make it node 33.
+            let (dialed, accepted) = dial(&tls_a, &tls_b, 33).await;
+            let error = dialed.err().expect("refused").to_string();
+            assert!(error.contains("33.node.copycat"), "{error}");
+            assert!(matches!(accepted, Err(AcceptError::Handshake(_))));
+        });
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_fails_both_ways() {
+        let (ca, rogue_ca) = (DevCa::new("CA").unwrap(), DevCa::new("rogue").unwrap());
+        let (good, rogue) = (ca.issue(11).unwrap(), rogue_ca.issue(22).unwrap());
+        let (tls_good, tls_rogue) = (tls(&good), tls(&rogue));
+        crate::runtime::test_runtime().block_on(async {
+            let (dialed, accepted) = dial(&tls_rogue, &tls_good, 11).await;
+            assert!(dialed.is_err() && accepted.is_err(), "rogue client");
+            let (dialed, accepted) = dial(&tls_good, &tls_rogue, 22).await;
+            assert!(dialed.is_err() && accepted.is_err(), "rogue server");
+        });
+    }
+}

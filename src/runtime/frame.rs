@@ -7,6 +7,7 @@
 
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 use crate::proto::Frame;
 
@@ -97,6 +98,19 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_frame_bytes: usize,
 ) -> Result<Option<Frame>, FrameError> {
+    read_frame_within(r, max_frame_bytes, None).await
+}
+
+/// [`read_frame`], holding the frame's length in `budget` (permits of
+/// [`BUDGET_UNIT_BYTES`]) from its length prefix until it is decoded: frames being
+/// received on all connections together never hold more memory than the budget, so
+/// peers that start large frames and never finish them cannot pin memory without bound.
+/// Waits for the budget to have room.
+pub(crate) async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: usize,
+    budget: Option<&Semaphore>,
+) -> Result<Option<Frame>, FrameError> {
     let max = effective_max(max_frame_bytes);
     let mut prefix = [0u8; LEN_PREFIX_BYTES];
     let mut filled = 0;
@@ -117,6 +131,15 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
+    let _held = match budget {
+        Some(budget) => Some(
+            budget
+                .acquire_many(budget_units(len))
+                .await
+                .map_err(|_| FrameError::Io(std::io::ErrorKind::BrokenPipe.into()))?,
+        ),
+        None => None,
+    };
     let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
     (&mut *r).take(len as u64).read_to_end(&mut body).await?;
     if body.len() < len {
@@ -126,6 +149,14 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         });
     }
     Ok(Some(Frame::decode(bytes::Bytes::from(body))?))
+}
+
+/// Size of one permit of a frame budget.
+pub(crate) const BUDGET_UNIT_BYTES: usize = 1024;
+
+/// Permits of a frame budget that `len` bytes take (at least one).
+pub(crate) fn budget_units(len: usize) -> u32 {
+    u32::try_from(len.div_ceil(BUDGET_UNIT_BYTES).max(1)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

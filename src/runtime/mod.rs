@@ -416,6 +416,7 @@ fn start_transport(
             max_frame_bytes: config.max_frame_bytes,
             logger: logger.clone(),
             tls,
+            limits: transport::TransportLimits::default(),
         },
         Arc::new(move |from, batch: proto::Batch| {
             let event = Input::Batch(from, batch).into();

@@ -37,7 +37,8 @@ use tokio::task::JoinSet;
 use crate::id::NodeId;
 use crate::proto::{frame::Body, Batch, Frame, Hello, PROTOCOL_VERSION};
 use crate::runtime::frame::{
-    effective_max, encode_frame, read_frame, write_encoded, write_frame, FrameError,
+    effective_max, encode_frame, read_frame, read_frame_within, write_encoded, write_frame,
+    FrameError,
 };
 use crate::runtime::tls::{AcceptError, BoxedStream, TransportTls};
 
@@ -77,6 +78,8 @@ pub(crate) struct TransportConfig {
     pub logger: Logger,
     /// TLS on every connection; `None` is plaintext.
     pub tls: Option<Arc<TransportTls>>,
+    /// Bounds on accepted connections.
+    pub limits: TransportLimits,
 }
 
 /// Receives every batch from a peer, with the peer's node id (from its `Hello`).
@@ -107,6 +110,9 @@ struct Shared {
     shutdown_tx: watch::Sender<bool>,
     /// Set to `true` once a `shutdown` call has finished waiting for the tasks.
     done_tx: watch::Sender<bool>,
+    /// The accepted connections' limits, for tests to look into.
+    #[cfg(test)]
+    limits: Arc<InboundLimits>,
 }
 
 /// Mutable part of [`Shared`].
@@ -156,6 +162,8 @@ struct Inbound {
     on_batch: OnBatch,
     /// TLS, if configured.
     tls: Option<Arc<TransportTls>>,
+    /// Bounds on connections, silence, frame memory and log lines.
+    limits: Arc<InboundLimits>,
 }
 
 impl Transport {
@@ -192,6 +200,7 @@ impl Transport {
             logger: logger.clone(),
             on_batch,
             tls: config.tls,
+            limits: Arc::new(InboundLimits::new(config.limits, config.max_frame_bytes)),
         });
         let shared = Arc::new(Shared {
             handle: handle.clone(),
@@ -203,6 +212,8 @@ impl Transport {
             }),
             shutdown_tx,
             done_tx,
+            #[cfg(test)]
+            limits: inbound.limits.clone(),
         });
         shared.spawn(accept_loop(
             Arc::downgrade(&shared),
@@ -375,9 +386,12 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 mod inbound;
+mod limits;
 mod outbound;
 
 use inbound::*;
+use limits::InboundLimits;
+pub(crate) use limits::TransportLimits;
 use outbound::*;
 
 #[cfg(test)]

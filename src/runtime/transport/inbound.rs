@@ -1,6 +1,8 @@
 //! The incoming side of the transport: the accept loop and one reader per accepted
-//! connection, which checks the `Hello` and passes batches on.
+//! connection, which checks the `Hello` and passes batches on, within the bounds of
+//! `limits.rs`.
 
+use super::limits::MAX_HELLO_BYTES;
 use super::*;
 
 /// Why an accepted connection was closed.
@@ -43,6 +45,12 @@ pub(super) enum InboundError {
     /// The TLS handshake failed, or the certificate names no node id.
     #[error(transparent)]
     Tls(#[from] AcceptError),
+    /// The peer already holds the most connections it may.
+    #[error("peer already holds {0} connections")]
+    TooManyFromPeer(usize),
+    /// No whole frame within the deadline: an idle connection, or a frame never finished.
+    #[error("no whole frame within {0:?}")]
+    FrameTimeout(Duration),
     /// The `Hello` claims another node id than the peer's certificate names.
     #[error("hello claims node id {claimed}, but the peer's certificate names {certified}")]
     ClaimMismatch {
@@ -68,7 +76,18 @@ pub(super) async fn accept_loop(
             res = listener.accept() => match res {
                 Ok((stream, remote)) => {
                     let Some(shared) = shared.upgrade() else { break };
+                    let Some(slot) = inbound.limits.admit() else {
+                        if let Some(held_back) = inbound.limits.log.admit() {
+                            warn!(log, "too many inbound connections, closing a new one";
+                                "remote" => remote.to_string(), "lines_held_back" => held_back);
+                        }
+                        continue;
+                    };
                     let reader = serve_inbound(inbound.clone(), stream, remote, shutdown.clone());
+                    let reader = async move {
+                        reader.await;
+                        drop(slot);
+                    };
                     if !shared.spawn(reader) {
                         break;
                     }
@@ -121,7 +140,12 @@ pub(super) async fn serve_inbound(
         Err(InboundError::ClosedBeforeHello) => {
             debug!(log, "connection closed before hello")
         }
-        Err(e) => warn!(log, "closing inbound connection"; "peer" => peer, "error" => %e),
+        Err(e) => {
+            if let Some(held_back) = ctx.limits.log.admit() {
+                warn!(log, "closing inbound connection"; "peer" => peer, "error" => %e,
+                    "lines_held_back" => held_back);
+            }
+        }
     }
 }
 
@@ -152,7 +176,7 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
     certified: Option<NodeId>,
     deadline: tokio::time::Instant,
 ) -> Result<(), InboundError> {
-    let first = tokio::time::timeout_at(deadline, read_frame(reader, ctx.max_frame_bytes))
+    let first = tokio::time::timeout_at(deadline, read_frame(reader, MAX_HELLO_BYTES))
         .await
         .map_err(|_| InboundError::HelloTimeout(HELLO_TIMEOUT))??;
     let hello = match first {
@@ -184,9 +208,19 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
         }
     }
     *peer = Some(from);
+    let _slot = ctx
+        .limits
+        .admit_peer(from)
+        .ok_or(InboundError::TooManyFromPeer(ctx.limits.bounds.per_peer))?;
     info!(log, "accepted connection from peer"; "peer" => from);
+    let budget = Some(&ctx.limits.frame_budget);
     loop {
-        match read_frame(reader, ctx.max_frame_bytes).await? {
+        let next = read_frame_within(reader, ctx.max_frame_bytes, budget);
+        let frame_timeout = ctx.limits.bounds.frame_timeout;
+        match tokio::time::timeout(frame_timeout, next)
+            .await
+            .map_err(|_| InboundError::FrameTimeout(frame_timeout))??
+        {
             None => return Ok(()),
             Some(Frame {
                 body: Some(Body::Batch(batch)),

@@ -48,11 +48,17 @@ impl slog::Drain for Capture {
 impl Capture {
     /// Whether some line contains every one of `parts`.
     fn has(&self, parts: &[&str]) -> bool {
+        self.count(parts) > 0
+    }
+
+    /// How many lines contain every one of `parts`.
+    fn count(&self, parts: &[&str]) -> usize {
         self.0
             .lock()
             .unwrap()
             .iter()
-            .any(|l| parts.iter().all(|p| l.contains(p)))
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
     }
 }
 
@@ -72,6 +78,22 @@ fn start_on(
     id: NodeId,
     max_frame_bytes: usize,
 ) -> Node {
+    // Every refusal logged: the tests wait for the lines.
+    let limits = TransportLimits {
+        log_interval: Duration::ZERO,
+        ..TransportLimits::default()
+    };
+    start_limited(rt, listener, cluster, id, max_frame_bytes, limits)
+}
+
+fn start_limited(
+    rt: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    cluster: &str,
+    id: NodeId,
+    max_frame_bytes: usize,
+    limits: TransportLimits,
+) -> Node {
     let (batch_tx, batches) = std_mpsc::channel();
     let (unreachable_tx, unreachable) = std_mpsc::channel();
     let logs = Capture::default();
@@ -81,6 +103,7 @@ fn start_on(
         max_frame_bytes,
         tls: None,
         logger: Logger::root(logs.clone(), o!()),
+        limits,
     };
     let on_batch: OnBatch = Arc::new(move |from, batch| {
         let _ = batch_tx.send((from, batch));
@@ -566,3 +589,5 @@ fn transport_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Transport>();
 }
+
+mod limits;

@@ -1,0 +1,197 @@
+//! Limits on what peers can make an accepted connection cost: how many connections, how
+//! long a connection may stay silent or take over a frame, how much memory frames being
+//! received may hold, and how many log lines refused connections write.
+//!
+//! A correct peer keeps one connection to this node and sends whole frames; everything
+//! else is bounded here so that many connections, idle ones, or ones that start large
+//! frames and never finish them cannot exhaust file descriptors, memory or the log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::id::NodeId;
+use crate::runtime::frame::BUDGET_UNIT_BYTES;
+
+/// Largest first frame (the `Hello`): before a peer is identified it cannot make this
+/// node hold more than this for it.
+pub(super) const MAX_HELLO_BYTES: usize = 4096;
+
+/// The bounds of one transport's accepted connections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TransportLimits {
+    /// Accepted connections open at once; beyond, new ones are closed at once (default
+    /// 1024: a cluster of that many nodes needs one each).
+    pub connections: usize,
+    /// Connections one peer node may hold open at once (default 4: it needs one, and a
+    /// reconnect may overlap the connection it replaces).
+    pub per_peer: usize,
+    /// Longest a connection may take to deliver its next whole frame, silence included
+    /// (default 120 s): idle connections and peers that never finish a frame are closed;
+    /// a peer's dialer reconnects when it has something to send.
+    pub frame_timeout: Duration,
+    /// Memory that frames being received on all connections may hold together (default
+    /// 256 MiB, and never less than two of the largest frames).
+    pub frame_budget_bytes: usize,
+    /// Interval between two log lines about refused or failed connections (default 1 s).
+    pub log_interval: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            connections: 1024,
+            per_peer: 4,
+            frame_timeout: Duration::from_secs(120),
+            frame_budget_bytes: 256 << 20,
+            log_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The limits shared by every accepted connection of one transport.
+pub(super) struct InboundLimits {
+    pub bounds: TransportLimits,
+    connections: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    /// Permits of [`BUDGET_UNIT_BYTES`] for frames being received.
+    pub frame_budget: Semaphore,
+    /// Paces the log lines of refused and failed connections.
+    pub log: LogPacer,
+}
+
+impl InboundLimits {
+    /// `bounds` for a transport whose largest frame is `max_frame_bytes`.
+    pub(super) fn new(bounds: TransportLimits, max_frame_bytes: usize) -> Self {
+        let budget = bounds
+            .frame_budget_bytes
+            .max(max_frame_bytes.saturating_mul(2));
+        InboundLimits {
+            bounds,
+            connections: Arc::new(Semaphore::new(bounds.connections)),
+            per_peer: Mutex::default(),
+            frame_budget: Semaphore::new(budget / BUDGET_UNIT_BYTES),
+            log: LogPacer::new(bounds.log_interval),
+        }
+    }
+
+    /// A slot for a newly accepted connection, or `None` when all are taken.
+    pub(super) fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for one more connection of `peer`, or `None` when it holds the most it may;
+    /// the slot is given back when dropped.
+    pub(super) fn admit_peer(self: &Arc<Self>, peer: NodeId) -> Option<PeerSlot> {
+        let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let held = per_peer.entry(peer).or_insert(0);
+        if *held >= self.bounds.per_peer {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            limits: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// One connection's place among its peer's (see [`InboundLimits::admit_peer`]).
+pub(super) struct PeerSlot {
+    limits: Arc<InboundLimits>,
+    peer: NodeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut per_peer = self
+            .limits
+            .per_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = per_peer.get_mut(&self.peer) {
+            *held -= 1;
+            if *held == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Lets a log line through at most once per interval: a peer opening connection after
+/// connection must not turn the log into its amplifier.
+pub(super) struct LogPacer {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogPacer {
+    fn new(interval: Duration) -> Self {
+        LogPacer {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, with the `n` lines held back since the
+    /// last one; `None` (counted) otherwise.
+    pub(super) fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, held_back) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < self.interval) {
+            *held_back += 1;
+            return None;
+        }
+        *last = Some(Instant::now());
+        Some(std::mem::take(held_back))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_and_peer_slots_are_bounded_and_given_back() {
+        let bounds = TransportLimits::default();
+        let limits = Arc::new(InboundLimits::new(bounds, 1 << 20));
+        let held: Vec<_> = (0..bounds.connections)
+            .map(|_| limits.admit().unwrap())
+            .collect();
+        assert!(limits.admit().is_none());
+        drop(held);
+        assert!(limits.admit().is_some());
+
+        let slots: Vec<_> = (0..bounds.per_peer)
+            .map(|_| limits.admit_peer(7).unwrap())
+            .collect();
+        assert!(limits.admit_peer(7).is_none());
+        assert!(
+            limits.admit_peer(8).is_some(),
+            "another peer has its own slots"
+        );
+        drop(slots);
+        assert!(limits.admit_peer(7).is_some());
+    }
+
+    #[test]
+    fn the_frame_budget_covers_two_of_the_largest_frames() {
+        let limits = InboundLimits::new(TransportLimits::default(), 512 << 20);
+        assert_eq!(
+            limits.frame_budget.available_permits(),
+            (1024 << 20) / BUDGET_UNIT_BYTES
+        );
+    }
+
+    #[test]
+    fn the_log_pacer_lets_one_line_through_per_interval() {
+        let pacer = LogPacer::new(Duration::from_secs(1));
+        assert_eq!(pacer.admit(), Some(0));
+        assert_eq!(pacer.admit(), None);
+        assert_eq!(pacer.admit(), None);
+        pacer.state.lock().unwrap().0 = Some(Instant::now() - Duration::from_secs(1));
+        assert_eq!(pacer.admit(), Some(2));
+    }
+}

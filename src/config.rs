@@ -73,11 +73,12 @@ pub struct Config {
     /// their number (default 64 MiB).
     pub snapshot_max_log_bytes: u64,
     /// A replica snapshots only once the bytes it applied since its last snapshot reach
-    /// this multiple of that snapshot's size (default 1), whatever `snapshot_interval` and
-    /// `snapshot_max_log_bytes` say: writing snapshots then costs at most about 1/multiple
-    /// of the bytes written, and the log never holds more than about multiple × the
-    /// state. 0 turns this gate off.
-    pub snapshot_size_multiple: u64,
+    /// this percentage of that snapshot's size (default 50), whatever `snapshot_interval`
+    /// and `snapshot_max_log_bytes` say, so a large state is not rewritten for every few
+    /// megabytes of log. At 50, writing snapshots costs about twice the bytes written,
+    /// and a node's disk holds about 2.5 times its state (the two newest snapshots and
+    /// half a state of log) plus sled's overhead. 0 turns this gate off.
+    pub snapshot_log_percent: u64,
     /// Seed for the node's randomness (election timeouts, gossip); `None` draws one at random.
     pub rng_seed: Option<u64>,
     /// What happens when the node cannot go on: a panic in its core, or a storage read or
@@ -130,7 +131,7 @@ impl Default for Config {
             dead_node_grace: Duration::from_secs(30),
             snapshot_interval: 10_000,
             snapshot_max_log_bytes: 64 << 20,
-            snapshot_size_multiple: 1,
+            snapshot_log_percent: 50,
             rng_seed: None,
             on_fatal_error: OnFatalError::ExitProcess,
             security: Security::default(),
@@ -188,7 +189,7 @@ impl std::fmt::Debug for Config {
             .field("dead_node_grace", &self.dead_node_grace)
             .field("snapshot_interval", &self.snapshot_interval)
             .field("snapshot_max_log_bytes", &self.snapshot_max_log_bytes)
-            .field("snapshot_size_multiple", &self.snapshot_size_multiple)
+            .field("snapshot_log_percent", &self.snapshot_log_percent)
             .field("on_fatal_error", &self.on_fatal_error)
             .field("security", &self.security)
             .finish_non_exhaustive()

@@ -85,8 +85,8 @@ pub(crate) struct CoreConfig {
     pub snapshot_interval: u64,
     /// Applied bytes between snapshots of a replica with a subscriber.
     pub snapshot_max_log_bytes: u64,
-    /// Multiple of its last snapshot's size a replica applies before the next snapshot.
-    pub snapshot_size_multiple: u64,
+    /// Percentage of its last snapshot's size a replica applies before the next snapshot.
+    pub snapshot_log_percent: u64,
 }
 
 /// Asks the runtime to take a snapshot of `group` through the snapshot provider of the

@@ -3,9 +3,10 @@
 //!
 //! A replica with a subscriber asks that subscriber's provider for a snapshot every
 //! `snapshot_interval` applied entries (or `snapshot_max_log_bytes` applied bytes), once
-//! the bytes applied since its last snapshot are also at least `snapshot_size_multiple`
-//! times that snapshot's size — so a large state is not rewritten whole for every few
-//! megabytes of log, and snapshots cost at most about 1/multiple of the bytes written. It
+//! the bytes applied since its last snapshot are also at least `snapshot_log_percent` %
+//! of that snapshot's size — so a large state is not rewritten whole for every few
+//! megabytes of log: writing snapshots costs about 100/percent times the bytes written,
+//! and the log holds about percent % of the state (beside the two newest snapshots). It
 //! also takes one on demand when raft needs a snapshot for a replica its stored one does
 //! not include. The provider runs on the runtime's snapshot thread; the core only sees the
 //! result, compacts its log up to the snapshot's index and serves the stored snapshot to
@@ -60,7 +61,7 @@ impl NodeCore {
             pacing.map_or((0, 0), |p| (p.not_before, p.snapshot_bytes));
         let often_enough =
             entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
-        let worth_it = bytes >= snapshot_bytes.saturating_mul(self.cfg.snapshot_size_multiple);
+        let worth_it = bytes >= snapshot_bytes.saturating_mul(self.cfg.snapshot_log_percent) / 100;
         if !(often_enough && worth_it && applied >= not_before) {
             return;
         }

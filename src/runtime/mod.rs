@@ -354,7 +354,7 @@ fn core_config(config: &Config, me: NodeInfo, seed: u64, logger: slog::Logger) -
         dead_node_grace_ms: config.dead_node_grace.as_millis() as u64,
         snapshot_interval: config.snapshot_interval,
         snapshot_max_log_bytes: config.snapshot_max_log_bytes,
-        snapshot_size_multiple: config.snapshot_size_multiple,
+        snapshot_log_percent: config.snapshot_log_percent,
     }
 }
 

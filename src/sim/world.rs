@@ -309,7 +309,7 @@ impl World {
             dead_node_grace_ms: p.dead_node_grace_ms,
             snapshot_interval: p.snapshot_interval,
             snapshot_max_log_bytes: 1 << 20,
-            snapshot_size_multiple: 1,
+            snapshot_log_percent: 50,
         }
     }
 

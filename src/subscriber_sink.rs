@@ -85,7 +85,10 @@ impl SubscriberSink for ChannelSink {
 
     fn caught_up(&self, index: u64) {
         if let Some(progress) = &self.progress {
-            progress.caught_up.fetch_max(index, Ordering::Release);
+            // A waiter for an index that only no-ops reach has no commit to wake it.
+            if progress.caught_up.fetch_max(index, Ordering::Release) < index {
+                progress.signal.bump();
+            }
         }
     }
 }

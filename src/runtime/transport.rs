@@ -148,6 +148,8 @@ struct Outbound {
     on_unreachable: OnUnreachable,
     /// TLS, if configured.
     tls: Option<Arc<TransportTls>>,
+    /// When an idle connection is closed (`TransportLimits::idle_close`).
+    idle_close: Duration,
 }
 
 /// What the readers of accepted connections need.
@@ -193,6 +195,7 @@ impl Transport {
             logger: logger.clone(),
             on_unreachable,
             tls: config.tls.clone(),
+            idle_close: config.limits.idle_close,
         });
         let inbound = Arc::new(Inbound {
             cluster: config.cluster,

@@ -136,7 +136,8 @@ pub(super) async fn serve_inbound(
     }
     let peer = peer.map_or_else(|| "unknown".to_string(), |p: NodeId| p.to_string());
     match res {
-        Ok(()) => info!(log, "peer closed its connection"; "peer" => peer),
+        // Dialers close idle connections: routine.
+        Ok(()) => debug!(log, "peer closed its connection"; "peer" => peer),
         Err(InboundError::ClosedBeforeHello) => {
             debug!(log, "connection closed before hello")
         }

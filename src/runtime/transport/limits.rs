@@ -37,6 +37,10 @@ pub(crate) struct TransportLimits {
     pub frame_budget_bytes: usize,
     /// Interval between two log lines about refused or failed connections (default 1 s).
     pub log_interval: Duration,
+    /// A connection this node dialed that sent nothing for this long is closed, and
+    /// opened again when there is something to send (default 60 s: well before the
+    /// peer's `frame_timeout` would close it).
+    pub idle_close: Duration,
 }
 
 impl Default for TransportLimits {
@@ -47,6 +51,7 @@ impl Default for TransportLimits {
             frame_timeout: Duration::from_secs(120),
             frame_budget_bytes: 256 << 20,
             log_interval: Duration::from_secs(1),
+            idle_close: Duration::from_secs(60),
         }
     }
 }

@@ -82,10 +82,14 @@ pub(super) enum Ended {
     Stopped,
     /// The connection failed (the reason is logged); reconnect.
     Down(String),
+    /// Nothing was sent for `idle_close`: closed, to be opened again on demand.
+    Idle,
 }
 
 /// The outgoing task of one peer: connects, writes queued batches, reconnects with
 /// backoff, until shutdown or until `rx`'s sender is dropped (the peer was replaced).
+/// It dials only when it has something to send: a dead peer that nothing is sent to any
+/// more is not redialed, and an idle connection is closed.
 pub(super) async fn run_peer(
     ctx: Arc<Outbound>,
     peer: NodeId,
@@ -121,6 +125,15 @@ pub(super) async fn run_peer(
                 let since = Instant::now();
                 match run_connection(&ctx, &log, stream, &mut rx, &mut queue, &mut shutdown).await {
                     Ended::Stopped => return,
+                    Ended::Idle => {
+                        debug!(log, "closed an idle connection");
+                        backoff = INITIAL_BACKOFF;
+                        healthy = true;
+                        if !next_batch(&mut rx, &mut queue, &mut shutdown, &log).await {
+                            return;
+                        }
+                        continue;
+                    }
                     Ended::Down(reason) => {
                         let lasted = since.elapsed() >= HEALTHY_AFTER;
                         if lasted {
@@ -179,6 +192,29 @@ pub(super) async fn run_peer(
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !next_batch(&mut rx, &mut queue, &mut shutdown, &log).await {
+            return;
+        }
+    }
+}
+
+/// Waits for the next batch to send and queues it; false when the task must stop.
+async fn next_batch(
+    rx: &mut mpsc::UnboundedReceiver<Batch>,
+    queue: &mut OutQueue,
+    shutdown: &mut watch::Receiver<bool>,
+    log: &Logger,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stopped(shutdown) => false,
+        msg = rx.recv() => match msg {
+            Some(batch) => {
+                queue.push(batch, log);
+                true
+            }
+            None => false,
+        },
     }
 }
 
@@ -244,6 +280,8 @@ pub(super) async fn run_connection(
                     Ok(_) => continue, // Unexpected but harmless.
                     Err(e) => return Ended::Down(format!("read failed: {e}")),
                 },
+                // Before the peer's own limit on silent connections closes it.
+                _ = tokio::time::sleep(ctx.idle_close) => return Ended::Idle,
             }
             // Coalesce everything already queued.
             loop {

@@ -145,3 +145,57 @@ fn unfinished_frames_cannot_hold_more_memory_than_the_budget() {
     a.transport.shutdown();
     b.transport.shutdown();
 }
+
+#[test]
+fn a_peer_is_dialed_only_when_there_is_something_to_send() {
+    let rt = runtime();
+    let a = start(&rt, "c", 1);
+    let peer = bind_any();
+    let addr = peer.local_addr().unwrap();
+    a.transport.send(2, addr, batch(1));
+    let (first, _) = peer.accept().unwrap();
+    // The peer goes away: the dialer backs off and, with nothing to send, waits.
+    drop(first);
+    peer.set_nonblocking(true).unwrap();
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet_until {
+        match peer.accept() {
+            Ok(_) => panic!("redialed with nothing to send"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    // Something to send: it dials again.
+    a.transport.send(2, addr, batch(2));
+    wait_until("a new connection", || peer.accept().is_ok());
+    a.transport.shutdown();
+}
+
+#[test]
+fn idle_connections_are_closed_by_their_dialer_and_opened_again_on_demand() {
+    let rt = runtime();
+    let limits = TransportLimits {
+        idle_close: Duration::from_millis(200),
+        log_interval: Duration::ZERO,
+        ..TransportLimits::default()
+    };
+    let a = limited(&rt, 1, limits);
+    let b = start(&rt, "c", 2);
+    assert_delivers(&a, 1, &b, 2, 1);
+    wait_until("the idle connection is closed", || {
+        b.logs.has(&["peer closed its connection", "peer=1"])
+    });
+    assert_delivers(&a, 1, &b, 2, 2);
+    assert_eq!(
+        b.logs.count(&["accepted connection from peer", "peer=1"]),
+        2
+    );
+    assert!(
+        a.unreachable.try_recv().is_err(),
+        "an idle close is no failure"
+    );
+    a.transport.shutdown();
+    b.transport.shutdown();
+}

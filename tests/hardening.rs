@@ -142,7 +142,7 @@ fn big_value(n: usize) -> Vec<u8> {
 }
 
 #[test]
-fn a_node_whose_disk_refuses_writes_exits_and_the_others_keep_every_write() {
+fn a_node_whose_disk_refuses_writes_exits_and_catches_up_once_restarted_with_space() {
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
     nodes = nodes.with_args(&["--bootstrap-expect", "3"]);
     let first = expect(nodes.start(&[]));
@@ -174,9 +174,17 @@ fn a_node_whose_disk_refuses_writes_exits_and_the_others_keep_every_write() {
         assert_eq!(r.status, 200, "write {n} after the exit: {}", r.text());
         acked.push(n);
     }
-    for i in 0..2 {
+    // Space again: restarted (as a supervisor would), the node catches up and serves.
+    nodes.set_file_size_limit(None);
+    let peers = [nodes.info(0).gossip, nodes.info(1).gossip];
+    expect(nodes.restart(limited, &peers));
+    expect(wait_until("the cluster converges", PHASE, || {
+        nodes.converged(3)
+    }));
+    for i in 0..3 {
         for &n in &acked {
-            let r = http::get(nodes.http(i), &format!("/kv/big{n}"), PUT_TIMEOUT).unwrap();
+            let path = format!("/kv/big{n}?consistent=true");
+            let r = http::get(nodes.http(i), &path, PUT_TIMEOUT).unwrap();
             assert_eq!(r.status, 200, "node {i}, key big{n}");
             assert_eq!(r.body, big_value(n), "node {i}, key big{n}");
         }

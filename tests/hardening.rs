@@ -252,3 +252,105 @@ fn a_node_whose_database_was_cut_short_refuses_to_start() {
 fn a_node_whose_database_has_flipped_bytes_refuses_or_recovers() {
     damaged_node_refuses_or_recovers(Damage::FlipBytes, false);
 }
+
+/// Flags giving node `i` of `dir`'s development credentials (see the keys example).
+fn credential_flags(dir: &std::path::Path, i: usize) -> Vec<String> {
+    let file = |name: String| dir.join(name).display().to_string();
+    vec![
+        "--cluster-key".into(),
+        file("cluster.key".into()),
+        "--tls-ca".into(),
+        file("ca.pem".into()),
+        "--tls-cert".into(),
+        file(format!("node{i}.pem")),
+        "--tls-key".into(),
+        file(format!("node{i}.key")),
+    ]
+}
+
+/// The node ids node `i` lists as members.
+fn member_ids(nodes: &ProcessCluster, i: usize) -> Vec<String> {
+    let status = nodes.status(i).unwrap_or_default();
+    status["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| m["node_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_secure_process_cluster_shuts_out_processes_without_its_credentials() {
+    use copycat_testkit::credentials::DevCredentials;
+    let keys = tempfile::tempdir().unwrap();
+    DevCredentials::generate(3)
+        .and_then(|c| c.write_to(keys.path()))
+        .unwrap();
+    // Same gossip key, but certificates of another CA.
+    let foreign = tempfile::tempdir().unwrap();
+    let mut other = DevCredentials::generate(1).unwrap();
+    other.gossip_key = copycat::GossipKey::from_file(&keys.path().join("cluster.key")).unwrap();
+    other.write_to(foreign.path()).unwrap();
+
+    let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
+    nodes = nodes.with_args(&["--bootstrap-expect", "3"]);
+    let first = expect(nodes.start_with_args(&[], &credential_flags(keys.path(), 0)));
+    let seed = [nodes.info(first).gossip];
+    for i in 1..3 {
+        expect(nodes.start_with_args(&seed, &credential_flags(keys.path(), i)));
+    }
+    expect(wait_until("the cluster forms", PHASE, || {
+        nodes.converged(3)
+    }));
+    let writer = Writer::start((0..3).map(|i| nodes.http(i)).collect(), 3);
+    expect(wait_until("writes are acknowledged", PHASE, || {
+        writer.count() >= PER_PHASE
+    }));
+
+    let plaintext = expect(nodes.start(&seed));
+    let other_ca = expect(nodes.start_with_args(&seed, &credential_flags(foreign.path(), 0)));
+    let outsiders = [
+        nodes.info(plaintext).node_id.clone(),
+        nodes.info(other_ca).node_id.clone(),
+    ];
+    // The node with the gossip key gossips; the plaintext one never does. Neither joins
+    // the cluster's directory nor holds a replica of the map, while the writes go on.
+    expect(wait_until("the key holder is gossiped", PHASE, || {
+        member_ids(&nodes, 0).contains(&outsiders[1])
+    }));
+    let before = writer.count();
+    expect(wait_until(
+        "writes go on beside the outsiders",
+        PHASE,
+        || writer.count() >= before + PER_PHASE,
+    ));
+    for i in 0..3 {
+        assert!(
+            !member_ids(&nodes, i).contains(&outsiders[0]),
+            "node {i} lists the plaintext node"
+        );
+        let status = nodes.status(i).unwrap();
+        let voters = status["group"]["voters"].to_string();
+        let learners = status["group"]["learners"].to_string();
+        for outsider in &outsiders {
+            assert!(
+                !voters.contains(outsider.as_str()) && !learners.contains(outsider.as_str()),
+                "node {i} has outsider {outsider} in the map's group: {status}"
+            );
+        }
+    }
+    for outsider in [plaintext, other_ca] {
+        let status = nodes.status(outsider).unwrap();
+        assert_eq!(
+            status["joined"], false,
+            "outsider {outsider} joined: {status}"
+        );
+    }
+    let (acked, _) = writer.finish();
+    for i in 0..3 {
+        expect(check_all_readable(&nodes, i, &acked));
+    }
+}

@@ -136,6 +136,8 @@ pub struct ProcessCluster {
     infos: Vec<NodeInfo>,
     /// Largest file nodes started from now on may write (`ulimit -f`), if any.
     file_size_limit: Option<u64>,
+    /// Each node's own flags (its credentials), kept for restarts.
+    node_args: Vec<Vec<String>>,
     children: Children,
     // Declared last so it is removed after the processes are dead.
     root: tempfile::TempDir,
@@ -171,6 +173,7 @@ impl ProcessCluster {
             extra_args: Vec::new(),
             infos: Vec::new(),
             file_size_limit: None,
+            node_args: Vec::new(),
             children: Arc::default(),
             root,
         })
@@ -273,7 +276,17 @@ impl ProcessCluster {
     /// Starts a new node on free ports, joining through `peers` (none: a new cluster);
     /// returns its index.
     pub fn start(&mut self, peers: &[SocketAddr]) -> Result<usize, String> {
+        self.start_with_args(peers, &[])
+    }
+
+    /// [`ProcessCluster::start`] with flags of this node only (kept for its restarts).
+    pub fn start_with_args(
+        &mut self,
+        peers: &[SocketAddr],
+        args: &[String],
+    ) -> Result<usize, String> {
         let i = self.infos.len();
+        self.node_args.push(args.to_vec());
         lock(&self.children).push(None);
         let info = self.spawn(i, [0, 0, 0], peers)?;
         self.infos.push(info);
@@ -332,6 +345,7 @@ impl ProcessCluster {
             .args(["--http-port", &http.to_string()])
             .args(["--peers", &peers.join(",")])
             .args(&self.extra_args)
+            .args(&self.node_args[i])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

@@ -292,7 +292,7 @@ fn a_secure_process_cluster_shuts_out_processes_without_its_credentials() {
     // Same gossip key, but certificates of another CA.
     let foreign = tempfile::tempdir().unwrap();
     let mut other = DevCredentials::generate(1).unwrap();
-    other.gossip_key = copycat::GossipKey::from_file(&keys.path().join("cluster.key")).unwrap();
+    other.gossip_key = copycat::GossipKey::from_file(keys.path().join("cluster.key")).unwrap();
     other.write_to(foreign.path()).unwrap();
 
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));

@@ -101,7 +101,7 @@ fn serve(options: Options) -> Result<(), String> {
         .build()
         .map_err(|e| format!("http runtime: {e}"))?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(server::bind("127.0.0.1", 0))
         .map_err(|e| format!("http: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("http: {e}"))?;
     let greeting = format!(

@@ -341,7 +341,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let router = server::limit_requests(api::router(app), api::MAX_VALUE_BYTES);
 
     let served = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((args.hostname.as_str(), args.http_port))
+        let listener = server::bind(&args.hostname, args.http_port)
             .await
             .map_err(|e| {
                 format!(

@@ -22,7 +22,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use slog::{warn, Logger};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,10 +30,16 @@ use tower_http::timeout::TimeoutLayer;
 
 /// Open HTTP connections at once. At the cap the accept loop stops accepting until a
 /// connection closes: new connections wait in the kernel's listen backlog (a connect
-/// succeeds, the request is answered once a slot frees), and once that backlog is full the
-/// kernel refuses them. Every held connection is bounded in time by
+/// succeeds, the request is answered once a slot frees), and once that backlog
+/// ([`LISTEN_BACKLOG`]) is full the kernel drops further connection attempts (clients
+/// retry their SYN, then time out). Every held connection is bounded in time by
 /// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_MAX_AGE`], so a wait at the cap is too.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Connections the kernel holds for the accept loop (the `listen` backlog; the kernel
+/// may lower it to `net.core.somaxconn`). Where they wait at [`MAX_CONNECTIONS`] or
+/// during an [`ACCEPT_ERROR_BACKOFF`].
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// How long a client has to send a complete request head, counted from the moment the
 /// server is ready to read one: on a new connection, and again after each response on a
@@ -87,6 +93,25 @@ impl Default for Limits {
             header_read_timeout: HEADER_READ_TIMEOUT,
         }
     }
+}
+
+/// A listener on `host:port` (the first address `host` resolves to) with a backlog of
+/// [`LISTEN_BACKLOG`].
+pub async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio do for listeners: a restarted server can bind its port again while
+    // connections of the previous one are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Wraps `router` in the per-request bounds: bodies over `max_body_bytes` get a 413 (at

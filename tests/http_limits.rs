@@ -153,6 +153,26 @@ fn two_thousand_incomplete_requests_hold_no_threads_and_are_closed_after_the_hea
         "{most} threads ({baseline} before the attack)"
     );
     assert_eq!(nodes.status(0).map(|s| s["joined"] == true), Ok(true));
+
+    // The header timeout is also the keep-alive idle bound: a connection left idle after
+    // a response is closed.
+    let mut kept = TcpStream::connect_timeout(&addr, QUICK).unwrap();
+    kept.set_read_timeout(Some(PHASE)).unwrap();
+    let request = format!("GET /kv/during HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    kept.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"served") {
+        let n = kept.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response: {response:?}");
+        response.extend_from_slice(&buf[..n]);
+    }
+    let idle_since = Instant::now();
+    assert_eq!(kept.read(&mut buf).unwrap(), 0, "a second response?");
+    eprintln!(
+        "an idle kept-alive connection closed after {:?}",
+        idle_since.elapsed()
+    );
 }
 
 #[test]

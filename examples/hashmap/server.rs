@@ -221,7 +221,9 @@ pub async fn serve(
             drop(slot);
         });
     }
-    // Stop every connection gracefully, then wait (bounded) for their slots to come back.
+    // No new connections (connecting clients are refused rather than queued), then stop
+    // every connection gracefully and wait (bounded) for their slots to come back.
+    drop(listener);
     let _ = stop_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(

@@ -13,6 +13,12 @@
 //! cargo run --example registry -- serve --dc west --dir /tmp/west
 //! cargo run --example registry -- call --dc east --dir /tmp/east --peer <serve's gossip address>
 //! ```
+//!
+//! The service is axum on hyper 1 under the same bounded server as the `hashmap` example
+//! (`hashmap/server.rs`: connection cap, header timeout, request and body limits).
+
+#[path = "hashmap/server.rs"]
+mod server;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -23,6 +29,7 @@ use std::time::{Duration, Instant};
 use copycat::registry::{PublishSettings, Registry, RegistryConfig, SubscribeOptions};
 use copycat::{Config, CopyCat};
 use copycat_testkit::http;
+use slog::Drain;
 
 const SERVICE: &str = "http:hello";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -87,21 +94,39 @@ impl Options {
 /// Runs the HTTP service, publishes it, and serves until standard input closes.
 fn serve(options: Options) -> Result<(), String> {
     let node = options.start_node()?;
-    let server = tiny_http::Server::http("127.0.0.1:0").map_err(|e| format!("http: {e}"))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or("the HTTP server has no IP address")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("http runtime: {e}"))?;
+    let listener = runtime
+        .block_on(server::bind("127.0.0.1", 0))
+        .map_err(|e| format!("http: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("http: {e}"))?;
     let greeting = format!(
         "hello from node {} in {}",
         node.node_id(),
         options.datacenter
     );
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let _ = request.respond(tiny_http::Response::from_string(greeting.clone()));
-        }
+    let router = axum::Router::new().fallback(move || {
+        let greeting = greeting.clone();
+        async move { greeting }
     });
+    // No request has a body: the smallest limit that still takes an empty one.
+    let router = server::limit_requests(router, 1024);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        // An error means the sender is gone, which also means stop.
+        let _ = stop_rx.await;
+    };
+    let served = runtime.spawn(server::serve(
+        listener,
+        router,
+        server::Limits::default(),
+        stopped,
+        warn_logger(),
+    ));
     let registry = Registry::start(&node, RegistryConfig::default()).map_err(|e| e.to_string())?;
     let settings = PublishSettings {
         concurrency: 4,
@@ -118,7 +143,18 @@ fn serve(options: Options) -> Result<(), String> {
     drop(publication);
     drop(registry);
     node.shutdown();
+    let _ = stop_tx.send(());
+    let _ = runtime.block_on(served);
+    runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(())
+}
+
+/// Warnings (the HTTP server's accept errors, say) to stderr.
+fn warn_logger() -> slog::Logger {
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Warning).fuse();
+    slog::Logger::root(drain, slog::o!())
 }
 
 /// Resolves the service by name, takes a lease and calls it.

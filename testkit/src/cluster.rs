@@ -138,6 +138,8 @@ pub struct ProcessCluster {
     file_size_limit: Option<u64>,
     /// Each node's own flags (its credentials), kept for restarts.
     node_args: Vec<Vec<String>>,
+    /// Most file descriptors nodes started from now on may open (`ulimit -n`), if any.
+    fd_limit: Option<u64>,
     children: Children,
     // Declared last so it is removed after the processes are dead.
     root: tempfile::TempDir,
@@ -174,6 +176,7 @@ impl ProcessCluster {
             infos: Vec::new(),
             file_size_limit: None,
             node_args: Vec::new(),
+            fd_limit: None,
             children: Arc::default(),
             root,
         })
@@ -223,6 +226,34 @@ impl ProcessCluster {
         self.file_size_limit = bytes;
     }
 
+    /// Limits the file descriptors that nodes started from now on may have open to `fds`
+    /// (`None`: no limit of ours): past it, opening a file or accepting a connection fails
+    /// with EMFILE. Runs the node through `sh` with `ulimit -n`.
+    pub fn set_fd_limit(&mut self, fds: Option<u64>) {
+        self.fd_limit = fds;
+    }
+
+    /// Node `i`'s process id while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        lock(&self.children).get(i)?.as_ref().map(Child::id)
+    }
+
+    /// Sends node `i` SIGTERM (through `kill`), the signal to shut down cleanly; see
+    /// [`ProcessCluster::exit_code`] for how it ended.
+    pub fn terminate(&self, i: usize) -> Result<(), String> {
+        let pid = self
+            .pid(i)
+            .ok_or_else(|| format!("node {i} is not running"))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -TERM {pid}: {status}"));
+        }
+        Ok(())
+    }
+
     /// Node `i`'s exit status if its process ended by itself (`None` while it runs, or if
     /// it was killed by [`ProcessCluster::kill`] or a signal).
     pub fn exit_code(&mut self, i: usize) -> Option<i32> {
@@ -269,7 +300,7 @@ impl ProcessCluster {
     }
 
     /// Node `i`'s stderr (copycat's log), appended to across restarts.
-    fn log_path(&self, i: usize) -> PathBuf {
+    pub fn log_path(&self, i: usize) -> PathBuf {
         self.root.path().join(format!("node{i}.log"))
     }
 
@@ -367,18 +398,29 @@ impl ProcessCluster {
         })
     }
 
-    /// The command that runs a node, through `sh` when files are size-limited.
+    /// The command that runs a node, through `sh` when files or descriptors are limited.
     fn command(&self) -> Command {
-        let Some(bytes) = self.file_size_limit else {
+        if self.file_size_limit.is_none() && self.fd_limit.is_none() {
             return Command::new(&self.bin);
-        };
+        }
+        // "unlimited" stands for no limit of ours: that `ulimit` is not run at all.
+        let blocks = self
+            .file_size_limit
+            .map_or("unlimited".to_string(), |bytes| {
+                bytes.div_ceil(512).to_string()
+            });
+        let fds = self
+            .fd_limit
+            .map_or("unlimited".to_string(), |fds| fds.to_string());
         let mut cmd = Command::new("sh");
         cmd.args([
             "-c",
-            "trap '' XFSZ; ulimit -f \"$1\"; shift; exec \"$@\"",
+            "trap '' XFSZ; [ \"$1\" = unlimited ] || ulimit -f \"$1\"; \
+             [ \"$2\" = unlimited ] || ulimit -n \"$2\"; shift 2; exec \"$@\"",
             "sh",
         ])
-        .arg(bytes.div_ceil(512).to_string())
+        .arg(blocks)
+        .arg(fds)
         .arg(&self.bin);
         cmd
     }

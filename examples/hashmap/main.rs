@@ -23,16 +23,29 @@
 //! README). With `--tls-ca/--tls-cert/--tls-key` (all three) raft traffic is TLS with
 //! mutual authentication and the node id is the certificate's; with `--cluster-key`
 //! gossip is sealed. The `keys` example writes a development set of these files; the
-//! README's "secure three-terminal recipe" uses them. Logs go to stderr at info level; `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
+//! README's "secure three-terminal recipe" uses them. Logs go to stderr at info level;
+//! `COPYCAT_LOG=off|error|warn|info|debug|trace` changes that.
+//!
+//! The HTTP layer is axum on hyper 1 in a small tokio runtime of its own, with a bound on
+//! everything a client can make it spend: open connections, time to send a request head
+//! (also the keep-alive idle time), connection lifetime, requests in flight, body size and
+//! request time (`server.rs` names each bound and what happens when it is reached). An
+//! accept error such as EMFILE (out of file descriptors) is logged and retried after a
+//! pause; it never ends the server. SIGTERM or ctrl-c stops accepting, lets open requests
+//! finish briefly, shuts the node down (handing its leaderships over) and exits 0.
 
-use std::io::{Read, Write};
+mod api;
+mod server;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copycat::{Config, CopyCat, GossipKey, Keyring, ReplicatedMap, Security, TlsIdentity};
+use copycat::{Config, CopyCat, GossipKey, Keyring, Security, TlsIdentity};
 use slog::{info, Drain, Logger};
-use tiny_http::{Header, Method, Request, Response, Server};
+
+use api::{App, Map};
 
 /// The data structure id of the original CopyCat's hashmap example.
 const DEFAULT_ID: &str = "01CFR5R4JJE9KNRAJFFEAQ2SAJ";
@@ -40,13 +53,13 @@ const DEFAULT_ID: &str = "01CFR5R4JJE9KNRAJFFEAQ2SAJ";
 /// How long a write (or a consistent read) may take before the client gets a 503.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Largest accepted value: stays well under copycat's default 1 MiB proposal limit, so a
-/// too-large value is a clear 413 here rather than a proposal error.
-const MAX_VALUE_BYTES: usize = 512 * 1024;
+/// Worker threads of the HTTP runtime. Handlers await copycat (they block no thread), so
+/// two serve every connection; the thread count does not grow with connections.
+const HTTP_WORKER_THREADS: usize = 2;
 
-/// Requests handled at once. Writes block their worker until committed, so several
-/// workers keep `GET`s and `/status` responsive while writes wait out a failover.
-const HTTP_WORKERS: usize = 8;
+/// Threads tokio may start for blocking work in the HTTP runtime (handlers do none; this
+/// caps what a future change could add).
+const HTTP_BLOCKING_THREADS: usize = 2;
 
 /// `--help` text, also printed after a usage error.
 const USAGE: &str = "\
@@ -65,6 +78,13 @@ usage: hashmap [flags]
   --id ULID             the hashmap's data structure id (default 01CFR5R4JJE9KNRAJFFEAQ2SAJ)
   --hostname HOST       address to bind and advertise (default 127.0.0.1)
   --snapshot-interval N entries applied between snapshots (default 10000)
+  --http-max-connections N
+                        open HTTP connections at once; more wait in the listen
+                        backlog until one closes (default 1024)
+  --http-header-timeout-ms MS
+                        time a client has to send a request head, also the
+                        keep-alive idle time; then the connection is closed
+                        (default 10000)
   --cluster-key FILE    seal gossip under this key (64 hex digits; see the keys example)
   --tls-ca FILE         TLS: the cluster's CA certificate (PEM)
   --tls-cert FILE       TLS: this node's certificate (PEM); its node id becomes the node's
@@ -92,6 +112,7 @@ struct Args {
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    http_limits: server::Limits,
 }
 
 impl Default for Args {
@@ -111,6 +132,7 @@ impl Default for Args {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            http_limits: server::Limits::default(),
         }
     }
 }
@@ -128,7 +150,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             }
             _ => (arg.clone(), None),
         };
-        const FLAGS: [&str; 14] = [
+        const FLAGS: [&str; 16] = [
+            "--http-max-connections",
+            "--http-header-timeout-ms",
             "--cluster-key",
             "--tls-ca",
             "--tls-cert",
@@ -192,6 +216,21 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
                     format!("--snapshot-interval: {value:?} is not a positive number")
                 })?
             }
+            "--http-max-connections" => {
+                args.http_limits.max_connections = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1 << 20).contains(n))
+                    .ok_or_else(|| {
+                        format!("--http-max-connections: {value:?} is not in 1..=1048576")
+                    })?
+            }
+            "--http-header-timeout-ms" => {
+                let ms: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("--http-header-timeout-ms: {value:?} is not a positive number")
+                })?;
+                args.http_limits.header_read_timeout = Duration::from_millis(ms);
+            }
             "--cluster-key" => args.cluster_key = Some(PathBuf::from(value)),
             "--tls-ca" => args.tls_ca = Some(PathBuf::from(value)),
             "--tls-cert" => args.tls_cert = Some(PathBuf::from(value)),
@@ -238,17 +277,6 @@ fn security(args: &Args) -> copycat::Result<Security> {
     Ok(Security { tls, gossip_keys })
 }
 
-/// The replicated map: keys to bytes.
-type Map = ReplicatedMap<String, Vec<u8>>;
-
-/// What the HTTP workers share.
-struct App {
-    node: CopyCat,
-    map: Map,
-    /// The voters the map's group is meant to have (`/status` compares).
-    replication_factor: usize,
-}
-
 /// Parses the flags (exit 2 on a usage error) and runs the node (exit 1 if it fails).
 fn main() {
     let args = match parse_args(std::env::args().skip(1)) {
@@ -268,16 +296,22 @@ fn main() {
     }
 }
 
-/// Starts the node and the HTTP workers; prints READY; runs until
-/// SIGINT/SIGTERM, then shuts the node down.
+/// Starts the node and the HTTP server; prints READY; serves until SIGINT/SIGTERM, then
+/// stops the server and shuts the node down.
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let log = logger()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HTTP_WORKER_THREADS)
+        .max_blocking_threads(HTTP_BLOCKING_THREADS)
+        .thread_name("http")
+        .enable_all()
+        .build()?;
     // Installed before anything starts, so an early SIGTERM still shuts down cleanly
     // instead of killing the process mid-startup.
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })?;
+    let stop = {
+        let _context = runtime.enter();
+        stop_signal()?
+    };
 
     let config = Config {
         hostname: args.hostname.clone(),
@@ -292,67 +326,83 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         security: security(&args)?,
         ..Config::default()
     };
+    if api::MAX_VALUE_BYTES >= config.max_proposal_bytes {
+        return Err("values may not be as large as copycat's proposal limit".into());
+    }
     let replication_factor = config.replication_factor;
     let node = CopyCat::start(config)?;
     let id = args.id.parse()?;
     let map = Map::open(&node, id)?.with_timeout(TIMEOUT);
-
-    let server = Arc::new(
-        Server::http((args.hostname.as_str(), args.http_port)).map_err(|e| {
-            format!(
-                "cannot bind HTTP on {}:{}: {e}",
-                args.hostname, args.http_port
-            )
-        })?,
-    );
-    let http_addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or("HTTP server has no IP address")?;
     let app = Arc::new(App {
         node: node.clone(),
         map,
         replication_factor,
     });
-    for i in 0..HTTP_WORKERS {
-        let (server, app, log) = (server.clone(), app.clone(), log.clone());
-        spawn_named(&format!("http-{i}"), move || {
-            while let Ok(request) = server.recv() {
-                let method = request.method().clone();
-                let url = request.url().to_string();
-                let status = handle(request, &app);
-                slog::debug!(log, "http"; "method" => %method, "url" => url, "status" => status);
+    let router = server::limit_requests(api::router(app), api::MAX_VALUE_BYTES);
+
+    let served = runtime.block_on(async {
+        let listener = server::bind(&args.hostname, args.http_port)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot bind HTTP on {}:{}: {e}",
+                    args.hostname, args.http_port
+                )
+            })?;
+        let http_addr = listener.local_addr()?;
+        info!(log, "hashmap ready"; "http" => %http_addr, "raft" => %node.raft_addr(),
+            "gossip" => %node.gossip_addr(), "node_id" => node.node_id(), "id" => %id,
+            "http_max_connections" => args.http_limits.max_connections,
+            "http_header_timeout" => ?args.http_limits.header_read_timeout);
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "READY http={http_addr} raft={} gossip={} node_id={}",
+            node.raft_addr(),
+            node.gossip_addr(),
+            node.node_id()
+        )?;
+        stdout.flush()?;
+        drop(stdout);
+        let stopped = {
+            let log = log.clone();
+            async move {
+                stop.await;
+                info!(log, "signal received; shutting down");
             }
-        })?;
-    }
-
-    info!(log, "hashmap ready"; "http" => %http_addr, "raft" => %node.raft_addr(),
-        "gossip" => %node.gossip_addr(), "node_id" => node.node_id(), "id" => %id);
-    let mut stdout = std::io::stdout().lock();
-    writeln!(
-        stdout,
-        "READY http={http_addr} raft={} gossip={} node_id={}",
-        node.raft_addr(),
-        node.gossip_addr(),
-        node.node_id()
-    )?;
-    stdout.flush()?;
-    drop(stdout);
-
-    let _ = stop_rx.recv();
-    info!(log, "signal received; shutting down");
+        };
+        server::serve(listener, router, args.http_limits, stopped, log.clone()).await;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    // The node goes down even if serving failed (the listener could not bind, say).
     node.shutdown();
-    // The workers hold handles but do nothing useful after the node is down; returning
-    // from main ends them with the process.
-    Ok(())
+    // Connections still open after the grace period are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
 }
 
-/// Spawns a named thread (names show up in panics and debuggers).
-fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(f)
-        .map(drop)
+/// Resolves at the first SIGINT (ctrl-c) or SIGTERM; the handlers are installed by this
+/// call (inside a tokio runtime), so a signal that arrives before the future is awaited
+/// is not lost.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Resolves at the first ctrl-c.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// A stderr logger at the level `COPYCAT_LOG` asks for (default info).
@@ -379,210 +429,4 @@ fn logger() -> Result<Logger, String> {
     let drain = slog_term::FullFormat::new(decorator).build().fuse();
     let drain = slog::LevelFilter::new(drain, level).fuse();
     Ok(Logger::root(drain, slog::o!()))
-}
-
-/// Answers one request; returns the status code sent (for the debug log).
-fn handle(mut request: Request, app: &App) -> u16 {
-    let url = request.url().to_string();
-    let path = url.split(['?', '#']).next().unwrap_or_default();
-    let method = request.method().clone();
-    let response = if path == "/status" {
-        match method {
-            Method::Get => status(app),
-            _ => text(405, "use GET /status"),
-        }
-    } else if let Some(raw_key) = path.strip_prefix("/kv/") {
-        match parse_key(raw_key) {
-            Err(msg) => text(400, &msg),
-            Ok(key) => match method {
-                Method::Get if wants_consistent(&url) => consistent_read(app, &key),
-                Method::Get => read(app, &key),
-                Method::Put => match read_body(&mut request) {
-                    Ok(value) => write(app, app.map.insert_blocking(key, value)),
-                    Err(response) => response,
-                },
-                Method::Delete => write(app, app.map.remove_blocking(key)),
-                _ => text(405, "use GET, PUT or DELETE on /kv/{key}"),
-            },
-        }
-    } else {
-        text(404, "not found: try /kv/{key} or /status")
-    };
-    let code = response.status_code().0;
-    // The client may have hung up (e.g. timed out waiting for a slow write); nothing to do.
-    let _ = request.respond(response);
-    code
-}
-
-/// Every response is built in memory.
-type HttpResponse = Response<std::io::Cursor<Vec<u8>>>;
-
-/// A response with a body of `content_type`.
-fn reply(code: u16, body: Vec<u8>, content_type: &str) -> HttpResponse {
-    let header = Header::from_bytes("Content-Type", content_type).expect("valid header");
-    Response::from_data(body)
-        .with_status_code(code)
-        .with_header(header)
-        // Always a Content-Length, never chunked: simpler for minimal clients.
-        .with_chunked_threshold(usize::MAX)
-}
-
-/// A plain-text response (errors, acknowledgements).
-fn text(code: u16, msg: &str) -> HttpResponse {
-    reply(
-        code,
-        format!("{msg}\n").into_bytes(),
-        "text/plain; charset=utf-8",
-    )
-}
-
-/// A key is exactly one non-empty, percent-decoded, UTF-8 path segment.
-fn parse_key(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("empty key".to_string());
-    }
-    if raw.contains('/') {
-        return Err("a key is a single path segment (encode '/' as %2F)".to_string());
-    }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-escape in key {raw:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("key {raw:?} is not UTF-8"))
-}
-
-/// Reads a PUT body, refusing values over [`MAX_VALUE_BYTES`].
-fn read_body(request: &mut Request) -> Result<Vec<u8>, HttpResponse> {
-    let too_large = || {
-        text(
-            413,
-            &format!("values are limited to {MAX_VALUE_BYTES} bytes"),
-        )
-    };
-    if request.body_length().is_some_and(|n| n > MAX_VALUE_BYTES) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(MAX_VALUE_BYTES as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| text(400, &format!("cannot read body: {e}")))?;
-    if body.len() > MAX_VALUE_BYTES {
-        return Err(too_large());
-    }
-    Ok(body)
-}
-
-/// Answers a write: 200 once it is committed and applied to the local map.
-fn write(app: &App, outcome: copycat::Result<Option<Vec<u8>>>) -> HttpResponse {
-    match outcome {
-        Ok(_) => text(200, "ok"),
-        Err(e) => unavailable(app, &e),
-    }
-}
-
-/// A 503 for a failed write or read barrier; says so when the cluster has not formed yet
-/// (a founder waiting for its `--bootstrap-expect` nodes), the usual cause at startup.
-fn unavailable(app: &App, error: &copycat::Error) -> HttpResponse {
-    if app.node.has_joined_blocking().unwrap_or(true) {
-        return text(503, &error.to_string());
-    }
-    text(
-        503,
-        &format!(
-            "{error}: this node has not joined a formed cluster yet (the founding node waits \
-             for --bootstrap-expect nodes)"
-        ),
-    )
-}
-
-/// `GET /kv/{key}`: the value in the local map (may trail the leader by a few entries).
-fn read(app: &App, key: &str) -> HttpResponse {
-    value(app, app.map.get(&key.to_string()))
-}
-
-/// A looked-up value as a response.
-fn value(app: &App, found: copycat::Result<Option<Vec<u8>>>) -> HttpResponse {
-    match found {
-        Ok(Some(value)) => reply(200, value, "application/octet-stream"),
-        Ok(None) => text(404, "no such key"),
-        Err(e) => unavailable(app, &e),
-    }
-}
-
-/// Whether the query string asks for `consistent=true`.
-fn wants_consistent(url: &str) -> bool {
-    url.split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|kv| kv == "consistent=true"))
-}
-
-/// `GET /kv/{key}?consistent=true`: a linearizable read, as fresh as the leader's.
-fn consistent_read(app: &App, key: &str) -> HttpResponse {
-    value(app, app.map.get_linearizable_blocking(&key.to_string()))
-}
-
-/// `GET /status`: this node, its view of the members, and its replica of the map's group.
-fn status(app: &App) -> HttpResponse {
-    let id = app.map.replicated().id();
-    let (members, group) = match (
-        app.node.members_blocking(),
-        app.node.group_status_blocking(id),
-    ) {
-        (Ok(members), Ok(group)) => (members, group),
-        (Err(e), _) | (_, Err(e)) => return text(503, &e.to_string()),
-    };
-    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>();
-    let members: Vec<_> = members
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "node_id": m.node_id.to_string(),
-                "addr": m.addr,
-                "datacenter": m.datacenter,
-                "state": m.state.to_string(),
-            })
-        })
-        .collect();
-    // A node without a replica yet (still joining) reports an empty configuration.
-    let (leader, voters, learners, hibernating) = match &group {
-        Some(g) => (
-            g.leader.map(|l| l.to_string()),
-            ids(&g.voters),
-            ids(&g.learners),
-            g.hibernating,
-        ),
-        None => (None, Vec::new(), Vec::new(), false),
-    };
-    // A group of n voters keeps its quorum through (n - 1) / 2 failures.
-    let tolerated_failures = voters.len().saturating_sub(1) / 2;
-    let body = serde_json::json!({
-        "node_id": app.node.node_id().to_string(),
-        "joined": app.node.has_joined_blocking().unwrap_or(false),
-        "members": members,
-        "group": {
-            "id": id.to_string(),
-            "leader": leader,
-            "voters": voters,
-            "learners": learners,
-            "replication_factor": app.replication_factor,
-            "tolerated_failures": tolerated_failures,
-            "fault_tolerant": tolerated_failures > 0,
-            "hibernating": hibernating,
-            "applied_index": app.map.replicated().applied_index().unwrap_or(0),
-        },
-    });
-    reply(200, format!("{body}\n").into_bytes(), "application/json")
 }

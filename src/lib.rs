@@ -128,6 +128,9 @@ pub mod config;
 mod copycat;
 mod data_structure;
 pub mod error;
+/// Not part of the API: entry points for the fuzz targets in `fuzz/` and the decoder tests.
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod group;
 mod id;
 pub(crate) mod node;

@@ -184,6 +184,20 @@ impl Streams {
         }
     }
 
+    /// Bytes handed out for writing and not yet reported written.
+    pub(crate) fn unstored(&self) -> u64 {
+        self.unstored
+    }
+
+    /// The most any outgoing stream has handed out beyond its acknowledged position.
+    pub(crate) fn sent_ahead(&self) -> u64 {
+        self.outgoing
+            .values()
+            .map(|o| o.sent.saturating_sub(o.acked))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// File work to perform, in order.
     pub(crate) fn take_io(&mut self) -> Vec<SnapshotIo> {
         std::mem::take(&mut self.io)

@@ -410,9 +410,12 @@ impl Streams {
         let room = self.unstored + len <= MAX_UNSTORED_BYTES || self.unstored == 0;
         if chunk.offset != incoming.forwarded
             || incoming.forwarded >= incoming.total.max(1)
+            || chunk.total != incoming.total
             || !room
         {
-            // A duplicate, a chunk out of order, or too much being written: the sender
+            // A duplicate, a chunk out of order, one that changes the stream's size (never
+            // from a correct sender: the file layer would install the file at another
+            // size than this stream completes at), or too much being written: the sender
             // learns what this node has, and resends what is missing.
             return Some(ack(group, incoming.index, incoming.stream, incoming.stored));
         }

@@ -223,3 +223,18 @@ fn received_chunks_waiting_to_be_written_are_bounded() {
     assert_eq!(forwarded, MAX_UNSTORED_BYTES / CHUNK_BYTES);
     assert!(streams.unstored <= MAX_UNSTORED_BYTES);
 }
+
+/// Found by the `stream_chunks` fuzz target: a chunk announcing another size than its
+/// stream's first chunk was written, so the stream completed (and stepped its message) at
+/// the first chunk's size while the file layer, going by the chunk's size, had not
+/// installed the file.
+#[test]
+fn a_chunk_that_changes_its_streams_size_is_not_written() {
+    let group = DataStructureId::new();
+    let mut streams = Streams::new(1);
+    assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
+    let resized = streams.chunk(3, chunk(group, 9, 4, 6, 20));
+    assert_eq!(resized, Some(ack(group, 40, 9, 0)));
+    assert_eq!(writes(&mut streams), vec![0]);
+    assert_eq!(streams.unstored(), 4);
+}

@@ -8,7 +8,6 @@
 //! scaled to the input: at most [`CLAIM_PER_INPUT_BYTE`] bytes per input byte (rounded up
 //! to a power of four). A genuine record never comes near it.
 
-use bincode::config::Config as _;
 use bincode::error::DecodeError;
 use bincode::Decode;
 
@@ -62,7 +61,10 @@ mod tests {
         // A Vec<u64> claiming 2^40 elements, then nothing: unbounded bincode asks for 8 TiB.
         let forged = [0xfd, 0, 0, 0, 0, 0, 1, 0, 0];
         let refused = decode::<Vec<u64>>(&forged);
-        assert!(matches!(refused, Err(DecodeError::LimitExceeded)), "{refused:?}");
+        assert!(
+            matches!(refused, Err(DecodeError::LimitExceeded)),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -124,6 +124,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod bounded_decode;
 pub mod config;
 mod copycat;
 mod data_structure;

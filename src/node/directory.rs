@@ -100,9 +100,7 @@ impl DirectoryOp {
 
     /// Decodes an entry payload; `None` for bytes that are not an op.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        bincode::decode_from_slice(bytes, bincode_config())
-            .ok()
-            .map(|(op, _)| op)
+        crate::bounded_decode::decode(bytes).ok().map(|(op, _)| op)
     }
 }
 
@@ -201,7 +199,7 @@ impl Directory {
         if bytes.is_empty() {
             return Ok(Directory::default());
         }
-        bincode::decode_from_slice(bytes, bincode_config())
+        crate::bounded_decode::decode(bytes)
             .map(|(d, _)| d)
             .map_err(|e| e.to_string())
     }
@@ -274,6 +272,18 @@ mod tests {
         let record = d.get(g).unwrap();
         assert_eq!(record.fresh_incarnation(4, &[]), None);
         assert_eq!(record.fresh_incarnation(1, &[top]), Some(1));
+    }
+
+    /// Found by the `directory_ops` fuzz target: a snapshot (or op) whose length prefix
+    /// claimed 2^30 records made bincode allocate gigabytes before reading one, and abort
+    /// the process; a peer's `MsgSnapshot` for the system group is decoded this way.
+    #[test]
+    fn a_forged_length_is_refused_without_allocating() {
+        // One group (length 1), key 0, then initial voters claiming 2^33 elements.
+        let forged = [1, 0, 0xfd, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert!(Directory::decode(&forged).is_err());
+        let op = [0, 1, 0xfd, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert_eq!(DirectoryOp::decode(&op), None);
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl StreamFiles {
                 from,
                 group,
                 stream: chunk.stream,
+                index: chunk.index,
                 bytes: chunk.data.len() as u64,
                 received: self
                     .files

@@ -53,8 +53,7 @@ pub fn fuzz_stream_chunks(bytes: &[u8]) {
                     Ok(write.chunk.offset + len)
                 };
                 let stored = streams.stored(
-                    write.from,
-                    write.group,
+                    (write.from, write.group, write.chunk.index),
                     write.chunk.stream,
                     len,
                     received.clone(),

@@ -77,6 +77,8 @@ pub(crate) enum Input {
         from: NodeId,
         group: DataStructureId,
         stream: StreamId,
+        /// The snapshot index the chunk belongs to.
+        index: u64,
         bytes: u64,
         received: Result<u64, String>,
     },
@@ -141,9 +143,10 @@ impl NodeCore {
                 from,
                 group,
                 stream,
+                index,
                 bytes,
                 received,
-            } => self.handle_chunk_stored(now_ms, from, group, stream, bytes, received),
+            } => self.handle_chunk_stored(now_ms, (from, group, index), stream, bytes, received),
             Input::SnapshotFailed { group, reason } => self.handle_snapshot_failed(group, reason),
             Input::Handover => self.begin_handover(now_ms),
             Input::Shutdown => {

@@ -149,14 +149,16 @@ impl NodeCore {
     pub(crate) fn handle_chunk_stored(
         &mut self,
         now_ms: u64,
-        from: NodeId,
-        group: DataStructureId,
+        (from, group, index): (NodeId, DataStructureId, u64),
         stream: StreamId,
         bytes: u64,
         received: Result<u64, String>,
     ) {
         self.now_ms = now_ms;
-        match self.streams.stored(from, group, stream, bytes, received) {
+        match self
+            .streams
+            .stored((from, group, index), stream, bytes, received)
+        {
             Stored::Stale => {}
             Stored::Ack(ack) => self.round.to(from).acks.push(ack),
             Stored::Complete {

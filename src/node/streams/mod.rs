@@ -430,12 +430,11 @@ impl Streams {
         None
     }
 
-    /// The runtime wrote `bytes` of stream `stream` from `from`: `received` bytes of it are
-    /// durable now, or writing failed.
+    /// The runtime wrote `bytes` of stream `stream` from `from` (of the snapshot of `group`
+    /// at `index`): `received` bytes of it are durable now, or writing failed.
     pub(crate) fn stored(
         &mut self,
-        from: NodeId,
-        group: DataStructureId,
+        (from, group, index): OutKey,
         stream: StreamId,
         bytes: u64,
         received: Result<u64, String>,
@@ -446,7 +445,14 @@ impl Streams {
         );
         self.unstored = self.unstored.saturating_sub(bytes);
         let key = (from, group);
-        let Some(incoming) = self.incoming.get_mut(&key).filter(|i| i.stream == stream) else {
+        // The snapshot index tells the writes of a stream from those of an earlier stream
+        // with the same number (a forged or confused sender); and this stream's writes end
+        // at what it forwarded.
+        let Some(incoming) = self
+            .incoming
+            .get_mut(&key)
+            .filter(|i| i.stream == stream && i.index == index)
+        else {
             return Stored::Stale;
         };
         let received = match received {
@@ -456,10 +462,10 @@ impl Streams {
                 return Stored::Failed(reason);
             }
         };
-        debug_assert!(
-            received <= incoming.forwarded.max(incoming.total),
-            "only forwarded bytes are written"
-        );
+        if received > incoming.forwarded.max(incoming.total) {
+            // Not this stream's write: an earlier one with the same number and index.
+            return Stored::Stale;
+        }
         incoming.stored = received;
         let index = incoming.index;
         if received < incoming.total {

@@ -126,8 +126,8 @@ fn leader(rng: &mut SmallRng) -> Option<RaftGroup> {
 /// Peer batches as the node core takes them (`NodeCore::handle_group_message`): each raft
 /// message is decoded, dropped unless addressed to the local replica, checked by
 /// `validate::check`, and stepped when it passes, into an uninitialized replica, a follower
-/// and a leader. raft-rs panics on some messages a peer could send; the checks must stop
-/// every one of them.
+/// and a leader, whose ready is then collected and released as a round does. raft-rs
+/// panics on some messages a peer could send; the checks must stop every one of them.
 ///
 /// The first byte picks the layout: 0, a prost `Batch`; otherwise raft messages in
 /// rust-protobuf encoding, each behind a one-byte length (easier to mutate).
@@ -161,6 +161,7 @@ pub fn fuzz_batch(bytes: &[u8]) {
     .into_iter()
     .flatten()
     .collect();
+    let mut round = 0;
     for (group, bytes) in messages.into_iter().take(64) {
         let Some(group) = group else {
             continue;
@@ -182,6 +183,11 @@ pub fn fuzz_batch(bytes: &[u8]) {
                 continue;
             }
             let _ = raft.step(msg.clone(), &mut rng);
+            // The round that follows: the ready is collected, its batch made durable at
+            // once, and what it committed released (not applied: nothing here applies).
+            round += 1;
+            raft.collect_ready(round);
+            raft.on_durable(round);
         }
     }
 }

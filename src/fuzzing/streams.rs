@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::Cursor;
 use crate::id::{DataStructureId, NodeId};
 use crate::node::streams::{
-    SnapshotIo, Stored, StreamId, StreamRequest, Streams, CHUNK_BYTES, WINDOW_BYTES,
+    Receipt, SnapshotIo, Stored, StreamId, StreamRequest, Streams, CHUNK_BYTES, WINDOW_BYTES,
 };
 use crate::proto::{SnapshotAck, SnapshotChunk};
 
@@ -15,6 +15,7 @@ struct Write {
     from: NodeId,
     group: DataStructureId,
     chunk: SnapshotChunk,
+    receipt: Receipt,
 }
 
 /// The snapshot streams of one node (`node::streams`), driven as the core and the runtime
@@ -53,8 +54,9 @@ pub fn fuzz_stream_chunks(bytes: &[u8]) {
                     Ok(write.chunk.offset + len)
                 };
                 let stored = streams.stored(
-                    (write.from, write.group, write.chunk.index),
-                    write.chunk.stream,
+                    write.from,
+                    write.group,
+                    write.receipt,
                     len,
                     received.clone(),
                 );
@@ -132,9 +134,17 @@ pub fn fuzz_stream_chunks(bytes: &[u8]) {
                     );
                 }
                 SnapshotIo::Close { .. } => {}
-                SnapshotIo::Write { from, group, chunk } => {
-                    writes.push_back(Write { from, group, chunk })
-                }
+                SnapshotIo::Write {
+                    from,
+                    group,
+                    chunk,
+                    receipt,
+                } => writes.push_back(Write {
+                    from,
+                    group,
+                    chunk,
+                    receipt,
+                }),
             }
         }
         let pending: u64 = writes.iter().map(|w| w.chunk.data.len() as u64).sum();

@@ -37,6 +37,10 @@ pub(crate) const MAX_STALL_MS: u64 = 10_000;
 /// A stream's number, chosen by its sender.
 pub(crate) type StreamId = u64;
 
+/// Number this node gives each incoming stream it takes chunks for: unlike the sender's
+/// stream number, never given twice, so a write answer counts only for its own stream.
+pub(crate) type Receipt = u64;
+
 /// File work for snapshot streams, performed outside the core.
 #[derive(Debug)]
 pub(crate) enum SnapshotIo {
@@ -67,6 +71,8 @@ pub(crate) enum SnapshotIo {
         from: NodeId,
         group: DataStructureId,
         chunk: SnapshotChunk,
+        /// The incoming stream the chunk was taken for, to give back in the answer.
+        receipt: Receipt,
     },
 }
 
@@ -136,6 +142,7 @@ struct Outgoing {
 
 /// One incoming stream.
 struct Incoming {
+    receipt: Receipt,
     stream: StreamId,
     index: u64,
     total: u64,
@@ -159,6 +166,8 @@ pub(crate) struct Streams {
     incoming: Map<(NodeId, DataStructureId), Incoming>,
     /// Bytes forwarded for writing and not yet reported written.
     unstored: u64,
+    /// The receipt of the next incoming stream.
+    next_receipt: Receipt,
     io: Vec<SnapshotIo>,
 }
 
@@ -180,6 +189,7 @@ impl Streams {
             outgoing: Map::default(),
             incoming: Map::default(),
             unstored: 0,
+            next_receipt: 0,
             io: Vec::new(),
         }
     }
@@ -392,9 +402,11 @@ impl Streams {
                 // its sender gives up.
                 return None;
             }
+            self.next_receipt += 1;
             self.incoming.insert(
                 key,
                 Incoming {
+                    receipt: self.next_receipt,
                     stream: chunk.stream,
                     index: chunk.index,
                     total: chunk.total,
@@ -426,16 +438,23 @@ impl Streams {
         // An empty file still takes one write, which creates and installs it.
         incoming.forwarded = (incoming.forwarded + len).max(1);
         self.unstored += len;
-        self.io.push(SnapshotIo::Write { from, group, chunk });
+        let receipt = incoming.receipt;
+        self.io.push(SnapshotIo::Write {
+            from,
+            group,
+            chunk,
+            receipt,
+        });
         None
     }
 
-    /// The runtime wrote `bytes` of stream `stream` from `from` (of the snapshot of `group`
-    /// at `index`): `received` bytes of it are durable now, or writing failed.
+    /// The runtime wrote `bytes` of the incoming stream `receipt` from `from`: `received`
+    /// bytes of it are durable now, or writing failed.
     pub(crate) fn stored(
         &mut self,
-        (from, group, index): OutKey,
-        stream: StreamId,
+        from: NodeId,
+        group: DataStructureId,
+        receipt: Receipt,
         bytes: u64,
         received: Result<u64, String>,
     ) -> Stored {
@@ -445,14 +464,9 @@ impl Streams {
         );
         self.unstored = self.unstored.saturating_sub(bytes);
         let key = (from, group);
-        // The snapshot index tells the writes of a stream from those of an earlier stream
-        // with the same number (a forged or confused sender); and this stream's writes end
-        // at what it forwarded.
-        let Some(incoming) = self
-            .incoming
-            .get_mut(&key)
-            .filter(|i| i.stream == stream && i.index == index)
-        else {
+        // The receipt, not the sender's stream number, tells this stream's writes from those
+        // of an earlier stream with the same number (a forged or confused sender).
+        let Some(incoming) = self.incoming.get_mut(&key).filter(|i| i.receipt == receipt) else {
             return Stored::Stale;
         };
         let received = match received {
@@ -462,12 +476,12 @@ impl Streams {
                 return Stored::Failed(reason);
             }
         };
-        if received > incoming.forwarded.max(incoming.total) {
-            // Not this stream's write: an earlier one with the same number and index.
-            return Stored::Stale;
-        }
+        debug_assert!(
+            received <= incoming.forwarded.max(incoming.total),
+            "only forwarded bytes are written"
+        );
         incoming.stored = received;
-        let index = incoming.index;
+        let (index, stream) = (incoming.index, incoming.stream);
         if received < incoming.total {
             return Stored::Ack(ack(group, index, stream, received));
         }

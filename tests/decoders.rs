@@ -21,8 +21,8 @@ const TARGETS: [(&str, EntryPoint); 6] = [
 ];
 
 /// Random inputs per target, and mutations per target (spread over its corpus).
-const RANDOM_INPUTS: usize = 400;
-const MUTATIONS: usize = 400;
+const RANDOM_INPUTS: usize = 1000;
+const MUTATIONS: usize = 1000;
 
 /// The committed inputs of `target`, corpus and regressions, in name order.
 fn committed(target: &str) -> Vec<(String, Vec<u8>)> {

@@ -124,10 +124,14 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod bounded_decode;
 pub mod config;
 mod copycat;
 mod data_structure;
 pub mod error;
+/// Not part of the API: entry points for the fuzz targets in `fuzz/` and the decoder tests.
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod group;
 mod id;
 pub(crate) mod node;

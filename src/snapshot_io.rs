@@ -132,10 +132,15 @@ impl StreamFiles {
                 self.open.remove(&stream);
                 Performed::Done
             }
-            SnapshotIo::Write { from, group, chunk } => Performed::Input(Input::ChunkStored {
+            SnapshotIo::Write {
                 from,
                 group,
-                stream: chunk.stream,
+                chunk,
+                receipt,
+            } => Performed::Input(Input::ChunkStored {
+                from,
+                group,
+                receipt,
                 bytes: chunk.data.len() as u64,
                 received: self
                     .files

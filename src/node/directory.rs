@@ -55,8 +55,9 @@ impl GroupRecord {
     }
 
     /// An incarnation of `node` never used in this group (as far as the record and the
-    /// replicas in `also` know).
-    pub(crate) fn fresh_incarnation(&self, node: NodeId, also: &[ReplicaId]) -> u16 {
+    /// replicas in `also` know); `None` once the highest incarnation is used (ids are never
+    /// reused, so the node can host no new replica of the group).
+    pub(crate) fn fresh_incarnation(&self, node: NodeId, also: &[ReplicaId]) -> Option<u16> {
         let used = self
             .replicas()
             .chain(self.removed.iter().copied())
@@ -65,7 +66,7 @@ impl GroupRecord {
             .filter(|r| node_of(*r) == node)
             .map(incarnation_of)
             .max();
-        used.map_or(1, |max| max.saturating_add(1))
+        used.map_or(Some(1), |max| max.checked_add(1))
     }
 }
 
@@ -99,9 +100,7 @@ impl DirectoryOp {
 
     /// Decodes an entry payload; `None` for bytes that are not an op.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        bincode::decode_from_slice(bytes, bincode_config())
-            .ok()
-            .map(|(op, _)| op)
+        crate::bounded_decode::decode(bytes).ok().map(|(op, _)| op)
     }
 }
 
@@ -200,7 +199,7 @@ impl Directory {
         if bytes.is_empty() {
             return Ok(Directory::default());
         }
-        bincode::decode_from_slice(bytes, bincode_config())
+        crate::bounded_decode::decode(bytes)
             .map(|(d, _)| d)
             .map_err(|e| e.to_string())
     }
@@ -250,13 +249,41 @@ mod tests {
         assert_eq!(back, d);
         let record = d.get(g).unwrap();
         assert_eq!(record.removed, vec![crate::id::replica_id(4, 2)]);
-        assert_eq!(record.fresh_incarnation(4, &[]), 3);
-        assert_eq!(record.fresh_incarnation(1, &[]), 1);
+        assert_eq!(record.fresh_incarnation(4, &[]), Some(3));
+        assert_eq!(record.fresh_incarnation(1, &[]), Some(1));
         assert_eq!(
             record.fresh_incarnation(8, &[crate::id::replica_id(8, 5)]),
-            6
+            Some(6)
         );
         assert!(DirectoryOp::decode(b"\xff\xff garbage").is_none());
+    }
+
+    /// Found by the `directory_ops` fuzz target: with incarnation `u16::MAX` used, the
+    /// "fresh" incarnation saturated to that same, used one (a replica id reused).
+    #[test]
+    fn no_fresh_incarnation_after_the_highest() {
+        let mut d = Directory::default();
+        let g = DataStructureId::new();
+        let top = crate::id::replica_id(4, u16::MAX);
+        d.apply(DirectoryOp::Create {
+            group: g.as_u128(),
+            voters: vec![1, top],
+        });
+        let record = d.get(g).unwrap();
+        assert_eq!(record.fresh_incarnation(4, &[]), None);
+        assert_eq!(record.fresh_incarnation(1, &[top]), Some(1));
+    }
+
+    /// Found by the `directory_ops` fuzz target: a snapshot (or op) whose length prefix
+    /// claimed 2^30 records made bincode allocate gigabytes before reading one, and abort
+    /// the process; a peer's `MsgSnapshot` for the system group is decoded this way.
+    #[test]
+    fn a_forged_length_is_refused_without_allocating() {
+        // One group (length 1), key 0, then initial voters claiming 2^33 elements.
+        let forged = [1, 0, 0xfd, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert!(Directory::decode(&forged).is_err());
+        let op = [0, 1, 0xfd, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert_eq!(DirectoryOp::decode(&op), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::member::MembershipEvent;
-use super::streams::StreamId;
+use super::streams::{Receipt, StreamId};
 use super::subscription::{SubId, SubscriberSink};
 use super::NodeCore;
 use crate::error::Error;
@@ -76,7 +76,8 @@ pub(crate) enum Input {
     ChunkStored {
         from: NodeId,
         group: DataStructureId,
-        stream: StreamId,
+        /// The incoming stream the chunk was written for (`SnapshotIo::Write`).
+        receipt: Receipt,
         bytes: u64,
         received: Result<u64, String>,
     },
@@ -140,10 +141,10 @@ impl NodeCore {
             Input::ChunkStored {
                 from,
                 group,
-                stream,
+                receipt,
                 bytes,
                 received,
-            } => self.handle_chunk_stored(now_ms, from, group, stream, bytes, received),
+            } => self.handle_chunk_stored(now_ms, from, group, receipt, bytes, received),
             Input::SnapshotFailed { group, reason } => self.handle_snapshot_failed(group, reason),
             Input::Handover => self.begin_handover(now_ms),
             Input::Shutdown => {

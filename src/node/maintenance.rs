@@ -106,8 +106,14 @@ impl NodeCore {
                     && !self.was_removed(group, *r)
                     && !self.is_deleted(group, *r)
             });
-            let replica = listed.unwrap_or_else(|| self.fresh_replica(group, self.me));
-            self.create_replica(group, &initial, replica);
+            match listed.or_else(|| self.fresh_replica(group, self.me)) {
+                Some(replica) => self.create_replica(group, &initial, replica),
+                None => {
+                    slog::warn!(self.cfg.logger, "every replica id of this node is used in the group";
+                        "group" => %group);
+                    return;
+                }
+            }
         }
         let Some(raft) = self.groups.get(&group) else {
             return;
@@ -149,8 +155,9 @@ impl NodeCore {
     }
 
     /// A replica id for `node` in `group` that was never used: one incarnation above any
-    /// seen in the directory, the current configuration or removals seen here.
-    pub(super) fn fresh_replica(&self, group: DataStructureId, node: NodeId) -> u64 {
+    /// seen in the directory, the current configuration or removals seen here; `None` once
+    /// the node's highest incarnation is used.
+    pub(super) fn fresh_replica(&self, group: DataStructureId, node: NodeId) -> Option<u64> {
         let mut seen: Vec<u64> = self.removed_seen.get(&group).cloned().unwrap_or_default();
         if let Some(raft) = self.groups.get(&group) {
             seen.extend(members(raft.log().conf_state()));
@@ -164,9 +171,9 @@ impl NodeCore {
                 .filter(|r| node_of(**r) == node)
                 .map(|r| incarnation_of(*r))
                 .max()
-                .map_or(1, |max| max.saturating_add(1)),
+                .map_or(Some(1), |max| max.checked_add(1)),
         };
-        replica_id(node, incarnation)
+        incarnation.map(|incarnation| replica_id(node, incarnation))
     }
 
     fn propose_creation(&mut self, group: DataStructureId) {

@@ -54,10 +54,7 @@ impl NodeCore {
             slog::warn!(self.cfg.logger, "dropping undecodable raft message"; "from" => from, "error" => %e);
             return;
         }
-        if node_of(msg.to) != self.me
-            || node_of(msg.from) != from
-            || raft::raw_node::is_local_msg(msg.msg_type)
-        {
+        if !addressed(&msg, self.me, from) {
             slog::warn!(self.cfg.logger, "dropping misaddressed raft message";
                 "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
             return;
@@ -179,8 +176,16 @@ impl NodeCore {
     }
 }
 
+/// Whether `msg`, received from node `from`, goes from a replica of `from` to a replica of
+/// node `me`, and is not one of raft's local message types (which never travel).
+pub(crate) fn addressed(msg: &Message, me: NodeId, from: NodeId) -> bool {
+    node_of(msg.to) == me
+        && node_of(msg.from) == from
+        && !raft::raw_node::is_local_msg(msg.msg_type)
+}
+
 /// What `validate::check` needs to know of the local replica.
-fn local_view(raft: &RaftGroup) -> LocalView {
+pub(crate) fn local_view(raft: &RaftGroup) -> LocalView {
     LocalView {
         term: raft.term(),
         last_index: raft.last_index(),
@@ -190,7 +195,7 @@ fn local_view(raft: &RaftGroup) -> LocalView {
 }
 
 /// False for a system-group `MsgSnapshot` whose data does not decode as a directory.
-fn carries_a_directory(msg: &Message) -> bool {
+pub(crate) fn carries_a_directory(msg: &Message) -> bool {
     msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
         || Directory::decode(msg.get_snapshot().get_data()).is_ok()
 }

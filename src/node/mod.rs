@@ -8,13 +8,13 @@
 
 mod apply;
 mod bootstrap;
-mod directory;
+pub(crate) mod directory;
 mod hibernation;
 mod input;
 mod leadership;
 mod maintenance;
 pub mod member;
-mod messages;
+pub(crate) mod messages;
 mod pending;
 pub(crate) mod placement;
 pub(crate) mod proposal;
@@ -28,7 +28,7 @@ pub(crate) mod streams;
 pub(crate) mod subscription;
 mod tombstone;
 mod transfer;
-mod validate;
+pub(crate) mod validate;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};

@@ -55,8 +55,8 @@ impl NodeCore {
             }
             let candidates = cs.learners.iter().filter(|l| self.is_alive(node_of(**l)));
             if candidates.count() < needed {
-                if let Some(node) = self.replacement_node(group, &cs) {
-                    let replica = self.fresh_replica(group, node);
+                let node = self.replacement_node(group, &cs);
+                if let Some(replica) = node.and_then(|node| self.fresh_replica(group, node)) {
                     return self.change_conf(group, &[(ConfChangeType::AddLearnerNode, replica)]);
                 }
             }
@@ -76,8 +76,7 @@ impl NodeCore {
                 .alive()
                 .map(|(id, _)| id)
                 .find(|id| !hosting.contains(id));
-            if let Some(node) = missing {
-                let replica = self.fresh_replica(group, node);
+            if let Some(replica) = missing.and_then(|node| self.fresh_replica(group, node)) {
                 self.change_conf(group, &[(ConfChangeType::AddLearnerNode, replica)]);
             }
         }

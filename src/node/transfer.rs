@@ -6,7 +6,7 @@
 use protobuf::Message as _;
 use raft::eraftpb::{Message, SnapshotMetadata};
 
-use super::streams::{Ended, Stored, StreamId, StreamRequest};
+use super::streams::{Ended, Receipt, Stored, StreamId, StreamRequest};
 use super::NodeCore;
 use crate::id::{node_of, DataStructureId, NodeId};
 use crate::proto;
@@ -151,12 +151,12 @@ impl NodeCore {
         now_ms: u64,
         from: NodeId,
         group: DataStructureId,
-        stream: StreamId,
+        receipt: Receipt,
         bytes: u64,
         received: Result<u64, String>,
     ) {
         self.now_ms = now_ms;
-        match self.streams.stored(from, group, stream, bytes, received) {
+        match self.streams.stored(from, group, receipt, bytes, received) {
             Stored::Stale => {}
             Stored::Ack(ack) => self.round.to(from).acks.push(ack),
             Stored::Complete {

@@ -24,7 +24,7 @@ pub(super) const MAX_INDEX: u64 = 1 << 62;
 
 /// What the local replica knows, against which a message is checked.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct LocalView {
+pub(crate) struct LocalView {
     /// The replica's current term.
     pub term: u64,
     /// Index of the last entry in its log.
@@ -37,7 +37,7 @@ pub(super) struct LocalView {
 
 /// Why a message was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum Invalid {
+pub(crate) enum Invalid {
     #[error("term {term} is out of range (local term {local})")]
     Term { term: u64, local: u64 },
     #[error("an index ({index}) is out of range")]
@@ -58,7 +58,7 @@ pub(super) enum Invalid {
 
 /// Checks `msg` against the local replica; `is_member` says whether a replica is in the
 /// replica's current configuration.
-pub(super) fn check(
+pub(crate) fn check(
     msg: &Message,
     local: LocalView,
     is_member: impl Fn(ReplicaId) -> bool,

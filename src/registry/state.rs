@@ -95,7 +95,7 @@ fn decode_versioned<T: Decode<()>>(bytes: &[u8]) -> Option<T> {
     if version != FORMAT_VERSION {
         return None;
     }
-    match bincode::decode_from_slice(body, bincode_config()) {
+    match crate::bounded_decode::decode(body) {
         Ok((value, read)) if read == body.len() => Some(value),
         _ => None,
     }
@@ -261,6 +261,17 @@ mod tests {
             .iter()
             .map(|e| (e.revision, e.change))
             .collect()
+    }
+
+    /// The directory's fuzz target found that unbounded bincode allocates whatever a length
+    /// prefix claims; registry entries may come from foreign code, so the same holds here.
+    #[test]
+    fn a_forged_length_is_refused_without_allocating() {
+        // Version 1, Op::Publish (tag 1), id (0, 0, 0), then a name claiming 2^33 bytes.
+        let forged = [1, 1, 0, 0, 0, 0xfd, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert_eq!(Op::decode(&forged), None);
+        let mut state = RegistryState::default();
+        assert!(!state.apply_entry(1, &forged));
     }
 
     #[test]

@@ -451,37 +451,14 @@ impl Worker {
     /// Opens (if sealed), unwraps a datagram and feeds it to foca, dropping anything
     /// invalid.
     fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        let opened;
-        let datagram = match self.seal.as_ref().map(|seal| seal.open(datagram)) {
-            None => datagram,
-            Some(Ok(plaintext)) => {
-                opened = plaintext;
-                &opened
-            }
-            Some(Err(e)) => return self.log_drop(datagram.len(), from, e.to_string()),
-        };
-        let problem = match GossipPacket::decode(datagram) {
-            Err(e) => format!("undecodable envelope: {e}"),
-            Ok(packet) if packet.version != PROTOCOL_VERSION => {
-                format!(
-                    "protocol version {} (ours {PROTOCOL_VERSION})",
-                    packet.version
-                )
-            }
-            Ok(packet) if packet.cluster != self.envelope.cluster => {
-                format!(
-                    "cluster {:?} (ours {:?})",
-                    packet.cluster, self.envelope.cluster
-                )
-            }
+        match unwrap_datagram(self.seal.as_deref(), &self.envelope.cluster, datagram) {
             Ok(packet) => {
                 if let Err(e) = self.foca.handle_data(&packet.payload, &mut self.runtime) {
                     debug!(self.logger, "foca rejected a packet"; "from" => %from, "error" => %e);
                 }
-                return;
             }
-        };
-        self.log_drop(datagram.len(), from, problem);
+            Err((len, problem)) => self.log_drop(len, from, problem),
+        }
     }
 
     /// Logs a dropped datagram, at most once per [`DROP_LOG_EVERY`].
@@ -607,6 +584,39 @@ impl Worker {
             }
         }
     }
+}
+
+/// The envelope of a received `datagram`, opened first under `seal` (if gossip is sealed):
+/// only a packet of this protocol version and `cluster` goes to foca. A dropped datagram
+/// gives its length (opened, if it opened) and why.
+pub(crate) fn unwrap_datagram(
+    seal: Option<&GossipSeal>,
+    cluster: &str,
+    datagram: &[u8],
+) -> Result<GossipPacket, (usize, String)> {
+    let opened;
+    let datagram = match seal.map(|seal| seal.open(datagram)) {
+        None => datagram,
+        Some(Ok(plaintext)) => {
+            opened = plaintext;
+            &opened
+        }
+        Some(Err(e)) => return Err((datagram.len(), e.to_string())),
+    };
+    let problem = match GossipPacket::decode(datagram) {
+        Err(e) => format!("undecodable envelope: {e}"),
+        Ok(packet) if packet.version != PROTOCOL_VERSION => {
+            format!(
+                "protocol version {} (ours {PROTOCOL_VERSION})",
+                packet.version
+            )
+        }
+        Ok(packet) if packet.cluster != cluster => {
+            format!("cluster {:?} (ours {:?})", packet.cluster, cluster)
+        }
+        Ok(packet) => return Ok(packet),
+    };
+    Err((datagram.len(), problem))
 }
 
 /// Computes the new per-node view from foca's active identities and the

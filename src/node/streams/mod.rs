@@ -37,6 +37,10 @@ pub(crate) const MAX_STALL_MS: u64 = 10_000;
 /// A stream's number, chosen by its sender.
 pub(crate) type StreamId = u64;
 
+/// Number this node gives each incoming stream it takes chunks for: unlike the sender's
+/// stream number, never given twice, so a write answer counts only for its own stream.
+pub(crate) type Receipt = u64;
+
 /// File work for snapshot streams, performed outside the core.
 #[derive(Debug)]
 pub(crate) enum SnapshotIo {
@@ -67,6 +71,8 @@ pub(crate) enum SnapshotIo {
         from: NodeId,
         group: DataStructureId,
         chunk: SnapshotChunk,
+        /// The incoming stream the chunk was taken for, to give back in the answer.
+        receipt: Receipt,
     },
 }
 
@@ -136,6 +142,7 @@ struct Outgoing {
 
 /// One incoming stream.
 struct Incoming {
+    receipt: Receipt,
     stream: StreamId,
     index: u64,
     total: u64,
@@ -159,6 +166,8 @@ pub(crate) struct Streams {
     incoming: Map<(NodeId, DataStructureId), Incoming>,
     /// Bytes forwarded for writing and not yet reported written.
     unstored: u64,
+    /// The receipt of the next incoming stream.
+    next_receipt: Receipt,
     io: Vec<SnapshotIo>,
 }
 
@@ -180,8 +189,23 @@ impl Streams {
             outgoing: Map::default(),
             incoming: Map::default(),
             unstored: 0,
+            next_receipt: 0,
             io: Vec::new(),
         }
+    }
+
+    /// Bytes handed out for writing and not yet reported written.
+    pub(crate) fn unstored(&self) -> u64 {
+        self.unstored
+    }
+
+    /// The most any outgoing stream has handed out beyond its acknowledged position.
+    pub(crate) fn sent_ahead(&self) -> u64 {
+        self.outgoing
+            .values()
+            .map(|o| o.sent.saturating_sub(o.acked))
+            .max()
+            .unwrap_or(0)
     }
 
     /// File work to perform, in order.
@@ -378,9 +402,11 @@ impl Streams {
                 // its sender gives up.
                 return None;
             }
+            self.next_receipt += 1;
             self.incoming.insert(
                 key,
                 Incoming {
+                    receipt: self.next_receipt,
                     stream: chunk.stream,
                     index: chunk.index,
                     total: chunk.total,
@@ -396,9 +422,12 @@ impl Streams {
         let room = self.unstored + len <= MAX_UNSTORED_BYTES || self.unstored == 0;
         if chunk.offset != incoming.forwarded
             || incoming.forwarded >= incoming.total.max(1)
+            || chunk.total != incoming.total
             || !room
         {
-            // A duplicate, a chunk out of order, or too much being written: the sender
+            // A duplicate, a chunk out of order, one that changes the stream's size (never
+            // from a correct sender: the file layer would install the file at another
+            // size than this stream completes at), or too much being written: the sender
             // learns what this node has, and resends what is missing.
             return Some(ack(group, incoming.index, incoming.stream, incoming.stored));
         }
@@ -409,17 +438,23 @@ impl Streams {
         // An empty file still takes one write, which creates and installs it.
         incoming.forwarded = (incoming.forwarded + len).max(1);
         self.unstored += len;
-        self.io.push(SnapshotIo::Write { from, group, chunk });
+        let receipt = incoming.receipt;
+        self.io.push(SnapshotIo::Write {
+            from,
+            group,
+            chunk,
+            receipt,
+        });
         None
     }
 
-    /// The runtime wrote `bytes` of stream `stream` from `from`: `received` bytes of it are
-    /// durable now, or writing failed.
+    /// The runtime wrote `bytes` of the incoming stream `receipt` from `from`: `received`
+    /// bytes of it are durable now, or writing failed.
     pub(crate) fn stored(
         &mut self,
         from: NodeId,
         group: DataStructureId,
-        stream: StreamId,
+        receipt: Receipt,
         bytes: u64,
         received: Result<u64, String>,
     ) -> Stored {
@@ -429,7 +464,9 @@ impl Streams {
         );
         self.unstored = self.unstored.saturating_sub(bytes);
         let key = (from, group);
-        let Some(incoming) = self.incoming.get_mut(&key).filter(|i| i.stream == stream) else {
+        // The receipt, not the sender's stream number, tells this stream's writes from those
+        // of an earlier stream with the same number (a forged or confused sender).
+        let Some(incoming) = self.incoming.get_mut(&key).filter(|i| i.receipt == receipt) else {
             return Stored::Stale;
         };
         let received = match received {
@@ -444,7 +481,7 @@ impl Streams {
             "only forwarded bytes are written"
         );
         incoming.stored = received;
-        let index = incoming.index;
+        let (index, stream) = (incoming.index, incoming.stream);
         if received < incoming.total {
             return Stored::Ack(ack(group, index, stream, received));
         }

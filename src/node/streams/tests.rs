@@ -181,11 +181,11 @@ fn a_receiver_writes_chunks_in_order_once_and_completes_with_the_message() {
     // Chunks of a stream whose start was never seen are ignored.
     assert_eq!(streams.chunk(3, chunk(group, 8, 4, 6, 10)), None);
     assert_eq!(
-        streams.stored(3, group, 9, 4, Ok(4)),
+        streams.stored(3, group, 1, 4, Ok(4)),
         Stored::Ack(ack(group, 40, 9, 4))
     );
     assert_eq!(
-        streams.stored(3, group, 9, 6, Ok(10)),
+        streams.stored(3, group, 1, 6, Ok(10)),
         Stored::Complete {
             ack: ack(group, 40, 9, 10),
             message: b"msg".to_vec(),
@@ -203,8 +203,8 @@ fn a_restarted_stream_replaces_the_one_in_progress_and_an_empty_file_completes()
     assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
     assert_eq!(streams.chunk(3, chunk(group, 10, 0, 0, 0)), None);
     assert_eq!(writes(&mut streams), vec![0, 0]);
-    assert_eq!(streams.stored(3, group, 9, 4, Ok(4)), Stored::Stale);
-    let done = streams.stored(3, group, 10, 0, Ok(0));
+    assert_eq!(streams.stored(3, group, 1, 4, Ok(4)), Stored::Stale);
+    let done = streams.stored(3, group, 2, 0, Ok(0));
     assert!(matches!(done, Stored::Complete { ack, .. } if ack.received == 1));
 }
 
@@ -222,4 +222,44 @@ fn received_chunks_waiting_to_be_written_are_bounded() {
     }
     assert_eq!(forwarded, MAX_UNSTORED_BYTES / CHUNK_BYTES);
     assert!(streams.unstored <= MAX_UNSTORED_BYTES);
+}
+
+/// Found by the `stream_chunks` fuzz target: a chunk announcing another size than its
+/// stream's first chunk was written, so the stream completed (and stepped its message) at
+/// the first chunk's size while the file layer, going by the chunk's size, had not
+/// installed the file.
+#[test]
+fn a_chunk_that_changes_its_streams_size_is_not_written() {
+    let group = DataStructureId::new();
+    let mut streams = Streams::new(1);
+    assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
+    let resized = streams.chunk(3, chunk(group, 9, 4, 6, 20));
+    assert_eq!(resized, Some(ack(group, 40, 9, 0)));
+    assert_eq!(writes(&mut streams), vec![0]);
+    assert_eq!(streams.unstored(), 4);
+}
+
+/// Found by the `stream_chunks` fuzz target (twice): a first chunk under a stream number
+/// used before (for another snapshot, or after a stream in between) replaced the stream,
+/// and the writes of the replaced one then counted for it, completing it at a size its own
+/// chunks never reached. Writes now name their incoming stream by a receipt.
+#[test]
+fn writes_of_a_replaced_stream_with_the_same_number_are_stale() {
+    let group = DataStructureId::new();
+    let mut streams = Streams::new(1);
+    assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 10)), None);
+    let mut other = chunk(group, 9, 0, 0, 1);
+    other.index = 41;
+    assert_eq!(streams.chunk(3, other), None);
+    assert_eq!(streams.stored(3, group, 1, 4, Ok(4)), Stored::Stale);
+    // Stream 9, then 10, then 9 again for the same snapshot.
+    assert_eq!(streams.chunk(3, chunk(group, 10, 0, 2, 4)), None);
+    assert_eq!(streams.chunk(3, chunk(group, 9, 0, 4, 4)), None);
+    assert_eq!(streams.stored(3, group, 2, 0, Ok(0)), Stored::Stale);
+    assert_eq!(streams.stored(3, group, 3, 2, Ok(2)), Stored::Stale);
+    assert!(matches!(
+        streams.stored(3, group, 4, 4, Ok(4)),
+        Stored::Complete { bytes: 4, .. }
+    ));
+    assert_eq!(streams.unstored(), 0);
 }

@@ -1,0 +1,6 @@
+//! cargo-fuzz target: `copycat::fuzzing::fuzz_batch` (see fuzz/README.md).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    copycat::fuzzing::fuzz_batch(data);
+});

@@ -18,7 +18,7 @@ pub(crate) const CLAIM_PER_INPUT_BYTE: usize = 32;
 
 /// `bytes` as bincode in the standard configuration (that of every record of the crate),
 /// with the claim limit; the value and the bytes read.
-pub(crate) fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
+pub fn bounded_bincode_decode<T: Decode<()>>(bytes: &[u8]) -> Result<(T, usize), DecodeError> {
     let claim = bytes.len().saturating_mul(CLAIM_PER_INPUT_BYTE);
     macro_rules! within {
         ($($limit:expr),*) => {
@@ -60,7 +60,7 @@ mod tests {
     fn a_huge_length_prefix_is_refused_without_allocating() {
         // A Vec<u64> claiming 2^40 elements, then nothing: unbounded bincode asks for 8 TiB.
         let forged = [0xfd, 0, 0, 0, 0, 0, 1, 0, 0];
-        let refused = decode::<Vec<u64>>(&forged);
+        let refused = bounded_bincode_decode::<Vec<u64>>(&forged);
         assert!(
             matches!(refused, Err(DecodeError::LimitExceeded)),
             "{refused:?}"
@@ -74,8 +74,12 @@ mod tests {
             map.insert(u128::from(i), (vec![i; 3], String::from("x")));
         }
         let bytes = bincode::encode_to_vec(&map, bincode::config::standard()).expect("encode");
-        let (back, read) = decode::<BTreeMap<u128, (Vec<u64>, String)>>(&bytes).expect("decode");
+        let (back, read) =
+            bounded_bincode_decode::<BTreeMap<u128, (Vec<u64>, String)>>(&bytes).expect("decode");
         assert_eq!((back, read), (map, bytes.len()));
-        assert_eq!(decode::<Vec<u8>>(&[0]).expect("empty").0, Vec::<u8>::new());
+        assert_eq!(
+            bounded_bincode_decode::<Vec<u8>>(&[0]).expect("empty").0,
+            Vec::<u8>::new()
+        );
     }
 }

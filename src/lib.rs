@@ -150,6 +150,10 @@ mod subscriber_sink;
 mod tracing_bridge;
 mod typed;
 
+/// Not part of the API: bincode decoding bounded by its input's size, for the registry
+/// (which uses only the public API) and the fuzzers.
+#[doc(hidden)]
+pub use bounded_decode::bounded_bincode_decode;
 pub use config::{Config, OnFatalError};
 pub use copycat::CopyCat;
 pub use data_structure::{CommitStream, DataStructure, ProposalSender, PROPOSALS_CAPACITY};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, bottom-up: a module may import those before it in this list.
 /// Modules on one line (a slice) are independent peers and may not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["id", "proto", "tracing_bridge"],
+    &["id", "proto", "tracing_bridge", "bounded_decode"],
     &["storage"],
     &["error"],
     &["security"],
@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["typed"],
     &["lib"],
     &["registry"],
-    &["sim"],
+    &["sim", "fuzzing"],
 ];
 
 /// Where each top-level module sits in [`LAYERS`].

@@ -100,7 +100,9 @@ impl DirectoryOp {
 
     /// Decodes an entry payload; `None` for bytes that are not an op.
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
-        crate::bounded_decode::decode(bytes).ok().map(|(op, _)| op)
+        crate::bounded_decode::bounded_bincode_decode(bytes)
+            .ok()
+            .map(|(op, _)| op)
     }
 }
 
@@ -199,7 +201,7 @@ impl Directory {
         if bytes.is_empty() {
             return Ok(Directory::default());
         }
-        crate::bounded_decode::decode(bytes)
+        crate::bounded_decode::bounded_bincode_decode(bytes)
             .map(|(d, _)| d)
             .map_err(|e| e.to_string())
     }

@@ -95,7 +95,7 @@ fn decode_versioned<T: Decode<()>>(bytes: &[u8]) -> Option<T> {
     if version != FORMAT_VERSION {
         return None;
     }
-    match crate::bounded_decode::decode(body) {
+    match crate::bounded_bincode_decode(body) {
         Ok((value, read)) if read == body.len() => Some(value),
         _ => None,
     }

@@ -205,6 +205,11 @@ impl GroupLog {
         Ok(self.disk.snapshot_ids(self.group, self.snapshot.index)?)
     }
 
+    /// Metadata of the latest snapshot.
+    pub(crate) fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot
+    }
+
     /// Index of the latest snapshot (the synthetic first one is [`BOOTSTRAP_INDEX`]).
     pub(crate) fn snapshot_index(&self) -> u64 {
         self.snapshot.index

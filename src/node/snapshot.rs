@@ -127,6 +127,12 @@ impl NodeCore {
         if !self.subscriptions.has_any(group) || !self.groups.contains_key(&group) {
             return;
         }
+        if let Some(stored) = self.snapshot_with_nothing_after(group) {
+            // Nothing applied since the stored snapshot: no new one would be taken, so
+            // the asker gets that one.
+            self.offer_snapshot(group, &stored, &[from]);
+            return;
+        }
         let pacing = self.pacing.entry(group).or_default();
         if !pacing.askers.contains(&from) {
             pacing.askers.push(from);
@@ -136,6 +142,15 @@ impl NodeCore {
         }
         pacing.forced_ms = now;
         self.request_snapshot(group);
+    }
+
+    /// The metadata of `group`'s stored snapshot if nothing was applied after it (and it is
+    /// a real one, not the synthetic first).
+    fn snapshot_with_nothing_after(&self, group: DataStructureId) -> Option<SnapshotMetadata> {
+        let raft = self.groups.get(&group)?;
+        let meta = raft.log().snapshot_metadata();
+        (meta.index > crate::group::BOOTSTRAP_INDEX && raft.applied() <= meta.index)
+            .then(|| meta.clone())
     }
 
     /// Asks a local subscriber's provider for a snapshot of `group`, unless one is being

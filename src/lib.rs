@@ -134,6 +134,7 @@ pub mod error;
 pub mod fuzzing;
 pub(crate) mod group;
 mod id;
+mod log_pacer;
 pub(crate) mod node;
 mod node_handle;
 pub(crate) mod proto;

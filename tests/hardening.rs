@@ -144,13 +144,8 @@ fn big_value(n: usize) -> Vec<u8> {
 #[test]
 fn a_node_whose_disk_refuses_writes_exits_and_catches_up_once_restarted_with_space() {
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
-    nodes = nodes.with_args(&["--bootstrap-expect", "3"]);
-    let first = expect(nodes.start(&[]));
-    let seed = [nodes.info(first).gossip];
-    expect(nodes.start(&seed));
     // Like a full disk: no file of node 2 may grow past 4 MiB.
-    nodes.set_file_size_limit(Some(4 << 20));
-    let limited = expect(nodes.start(&seed));
+    let limited = expect(nodes.form_with_last(3, |nodes| nodes.set_file_size_limit(Some(4 << 20))));
     expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
     }));

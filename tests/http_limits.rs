@@ -241,13 +241,8 @@ fn requests_beyond_the_in_flight_limit_get_a_quick_503() {
 #[test]
 fn a_node_out_of_file_descriptors_keeps_serving_and_stays_a_member() {
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
-    nodes = nodes.with_args(&["--bootstrap-expect", "3"]);
-    let first = expect(nodes.start(&[]));
-    let seed = [nodes.info(first).gossip];
-    expect(nodes.start(&seed));
     // Far fewer descriptors than the server's 1024-connection cap.
-    nodes.set_fd_limit(Some(256));
-    let limited = expect(nodes.start(&seed));
+    let limited = expect(nodes.form_with_last(3, |nodes| nodes.set_fd_limit(Some(256))));
     expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
     }));

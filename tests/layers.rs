@@ -15,7 +15,13 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, bottom-up: a module may import those before it in this list.
 /// Modules on one line (a slice) are independent peers and may not import each other.
 const LAYERS: &[&[&str]] = &[
-    &["id", "proto", "tracing_bridge", "bounded_decode"],
+    &[
+        "id",
+        "proto",
+        "tracing_bridge",
+        "bounded_decode",
+        "log_pacer",
+    ],
     &["storage"],
     &["error"],
     &["security"],

@@ -59,6 +59,14 @@ impl NodeCore {
                 "from" => from, "msg_from" => msg.from, "to" => msg.to, "type" => ?msg.msg_type);
             return;
         }
+        if let Err(invalid) = validate::check_shape(&msg) {
+            self.refuse(
+                from,
+                "invalid raft message",
+                &format_args!("{group} {invalid}"),
+            );
+            return;
+        }
         if group.is_system() && !carries_a_directory(&msg) {
             // raft would install it and this node's directory would silently fall behind.
             slog::warn!(self.cfg.logger, "dropping a system snapshot that is not a directory";
@@ -108,7 +116,8 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        if let Err(invalid) = validate::check(&msg, local_view(raft), |r| raft.is_member(r)) {
+        if let Err(invalid) = validate::check_against(&msg, local_view(raft), |r| raft.is_member(r))
+        {
             self.refuse(
                 from,
                 "invalid raft message",

@@ -11,6 +11,7 @@
 use raft::eraftpb::{Message, MessageType};
 
 use crate::id::ReplicaId;
+use crate::log_pacer::LogPacer;
 
 /// Largest term a message may carry at all: far beyond any real group (an election a
 /// millisecond for 8,000 years), and far enough from `u64::MAX` that raft's `term + 1`
@@ -38,8 +39,8 @@ pub(crate) struct LocalView {
 /// Why a message was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Invalid {
-    #[error("term {term} is out of range (local term {local})")]
-    Term { term: u64, local: u64 },
+    #[error("term {term} is out of range (above {ceiling})")]
+    Term { term: u64, ceiling: u64 },
     #[error("an index ({index}) is out of range")]
     Index { index: u64 },
     #[error("a log term ({log_term}) is above the message's term ({term})")]
@@ -56,27 +57,43 @@ pub(crate) enum Invalid {
     TimeoutNowNotFromLeader,
 }
 
-/// Checks `msg` against the local replica; `is_member` says whether a replica is in the
-/// replica's current configuration.
+/// Both checks, as the core makes them: [`check_shape`], then [`check_against`].
 pub(crate) fn check(
     msg: &Message,
     local: LocalView,
     is_member: impl Fn(ReplicaId) -> bool,
 ) -> Result<(), Invalid> {
-    check_term(msg, local)?;
+    check_shape(msg)?;
+    check_against(msg, local, is_member)
+}
+
+/// What holds of a message whatever replica it is for: made before the message has any
+/// effect (before a replica is created for it).
+pub(crate) fn check_shape(msg: &Message) -> Result<(), Invalid> {
+    check_term(msg, MAX_TERM)?;
     check_indexes(msg)?;
-    check_terms_within(msg)?;
+    check_terms_within(msg)
+}
+
+/// `msg` against the local replica it is for; `is_member` says whether a replica is in
+/// that replica's current configuration.
+pub(crate) fn check_against(
+    msg: &Message,
+    local: LocalView,
+    is_member: impl Fn(ReplicaId) -> bool,
+) -> Result<(), Invalid> {
+    check_term(msg, local.term.saturating_add(MAX_TERM_STEP))?;
     check_against_log(msg, local)?;
     check_sender(msg, local, is_member)
 }
 
-/// The term is at most [`MAX_TERM`] and at most [`MAX_TERM_STEP`] above the local term.
-fn check_term(msg: &Message, local: LocalView) -> Result<(), Invalid> {
-    let ceiling = local.term.saturating_add(MAX_TERM_STEP).min(MAX_TERM);
+/// The term is at most `ceiling`, and never above [`MAX_TERM`].
+fn check_term(msg: &Message, ceiling: u64) -> Result<(), Invalid> {
+    let ceiling = ceiling.min(MAX_TERM);
     if msg.term > ceiling {
         return Err(Invalid::Term {
             term: msg.term,
-            local: local.term,
+            ceiling,
         });
     }
     Ok(())
@@ -181,18 +198,24 @@ fn check_sender(
     Ok(())
 }
 
-/// Interval between two log lines about refused peer traffic: a peer sending garbage at
-/// line rate must not turn the log into its amplifier.
-const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
+/// Interval between two log lines about refused peer traffic.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Counts refused peer traffic and says when to log it: the first refusal, then at most
-/// one line per [`REFUSAL_LOG_INTERVAL_MS`], each carrying how many went unlogged since.
-#[derive(Debug, Default)]
+/// Counts refused peer traffic and paces its log lines.
+#[derive(Debug)]
 pub(super) struct Refusals {
     /// Refusals since the node started.
     pub total: u64,
-    unlogged: u64,
-    last_logged_ms: Option<u64>,
+    log: LogPacer,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            total: 0,
+            log: LogPacer::new(REFUSAL_LOG_INTERVAL),
+        }
+    }
 }
 
 impl Refusals {
@@ -200,15 +223,7 @@ impl Refusals {
     /// refusals left unlogged before it.
     pub(super) fn note(&mut self, now_ms: u64) -> Option<u64> {
         self.total += 1;
-        let due = self
-            .last_logged_ms
-            .is_none_or(|last| now_ms.saturating_sub(last) >= REFUSAL_LOG_INTERVAL_MS);
-        if !due {
-            self.unlogged += 1;
-            return None;
-        }
-        self.last_logged_ms = Some(now_ms);
-        Some(std::mem::take(&mut self.unlogged))
+        self.log.admit(now_ms)
     }
 }
 

@@ -37,6 +37,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
+use crate::log_pacer::ClockedLogPacer;
+
 use crate::id::NodeId;
 use crate::node::member::{MembershipEvent, NodeInfo};
 use crate::proto::{GossipPacket, PROTOCOL_VERSION};
@@ -202,7 +204,7 @@ impl Gossip {
             view: HashMap::new(),
             shared: shared.clone(),
             on_membership,
-            drops: DropLog::default(),
+            drops: ClockedLogPacer::new(DROP_LOG_EVERY),
             leaving: false,
             logger: logger.clone(),
         };
@@ -319,32 +321,6 @@ impl Ord for ScheduledTimer {
     }
 }
 
-/// Rate limiter for logs about dropped datagrams.
-#[derive(Default)]
-struct DropLog {
-    /// When we last logged.
-    last: Option<Instant>,
-    /// Drops not logged since then.
-    suppressed: u64,
-}
-
-impl DropLog {
-    /// Whether to log this drop; if so, returns how many were suppressed
-    /// since the previous log.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < DROP_LOG_EVERY => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// The task owning foca and the socket.
 struct Worker {
     /// The SWIM state machine.
@@ -376,7 +352,7 @@ struct Worker {
     /// Membership callback.
     on_membership: OnMembership,
     /// Rate limiter for dropped-datagram logs.
-    drops: DropLog,
+    drops: ClockedLogPacer,
     /// Set while leaving: foca's `Defunct` is then expected.
     leaving: bool,
     /// Where the task logs.
@@ -463,7 +439,7 @@ impl Worker {
 
     /// Logs a dropped datagram, at most once per [`DROP_LOG_EVERY`].
     fn log_drop(&mut self, len: usize, from: SocketAddr, problem: String) {
-        if let Some(suppressed) = self.drops.admit(Instant::now()) {
+        if let Some(suppressed) = self.drops.admit() {
             warn!(self.logger, "dropped a gossip datagram";
                 "from" => %from, "len" => len, "reason" => problem,
                 "suppressed_since_last_log" => suppressed);

@@ -193,15 +193,27 @@ impl ProcessCluster {
     /// its gossip port, so the map's group starts with all its voters. Returns once every
     /// node printed READY (not once the cluster formed: see [`ProcessCluster::converged`]).
     pub fn form(&mut self, n: usize) -> Result<(), String> {
+        self.form_with_last(n, |_| {}).map(|_| ())
+    }
+
+    /// [`ProcessCluster::form`], calling `prepare_last` just before the last node starts
+    /// (to start it under a limit, say); returns the last node's index.
+    pub fn form_with_last(
+        &mut self,
+        n: usize,
+        prepare_last: impl FnOnce(&mut Self),
+    ) -> Result<usize, String> {
+        assert!(n >= 2, "a cluster with a last node besides its founder");
         let expect = n.to_string();
         self.extra_args
             .extend(["--bootstrap-expect".to_string(), expect]);
         let first = self.start(&[])?;
         let seed = self.info(first).gossip;
-        for _ in 1..n {
+        for _ in 2..n {
             self.start(&[seed])?;
         }
-        Ok(())
+        prepare_last(self);
+        self.start(&[seed])
     }
 
     /// For a signal handler, which ends the process without running destructors: kills

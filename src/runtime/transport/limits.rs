@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::id::NodeId;
+use crate::log_pacer::ClockedLogPacer;
 use crate::runtime::frame::BUDGET_UNIT_BYTES;
 
 /// Largest first frame (the `Hello`): before a peer is identified it cannot make this
@@ -125,32 +126,17 @@ impl Drop for PeerSlot {
     }
 }
 
-/// Lets a log line through at most once per interval: a peer opening connection after
-/// connection must not turn the log into its amplifier.
-pub(super) struct LogPacer {
-    interval: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
+/// Paces the log lines of refused and failed connections, shared by every connection.
+pub(super) struct LogPacer(Mutex<ClockedLogPacer>);
 
 impl LogPacer {
     fn new(interval: Duration) -> Self {
-        LogPacer {
-            interval,
-            state: Mutex::default(),
-        }
+        LogPacer(Mutex::new(ClockedLogPacer::new(interval)))
     }
 
-    /// `Some(n)` when a line may be written now, with the `n` lines held back since the
-    /// last one; `None` (counted) otherwise.
+    /// See [`ClockedLogPacer::admit`].
     pub(super) fn admit(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, held_back) = &mut *state;
-        if last.is_some_and(|at| at.elapsed() < self.interval) {
-            *held_back += 1;
-            return None;
-        }
-        *last = Some(Instant::now());
-        Some(std::mem::take(held_back))
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).admit()
     }
 }
 
@@ -188,15 +174,5 @@ mod tests {
             limits.frame_budget.available_permits(),
             (1024 << 20) / BUDGET_UNIT_BYTES
         );
-    }
-
-    #[test]
-    fn the_log_pacer_lets_one_line_through_per_interval() {
-        let pacer = LogPacer::new(Duration::from_secs(1));
-        assert_eq!(pacer.admit(), Some(0));
-        assert_eq!(pacer.admit(), None);
-        assert_eq!(pacer.admit(), None);
-        pacer.state.lock().unwrap().0 = Some(Instant::now() - Duration::from_secs(1));
-        assert_eq!(pacer.admit(), Some(2));
     }
 }

@@ -157,6 +157,8 @@ impl NodeCore {
             return;
         }
         if let Some(flight) = self.pending.land(seq, id) {
+            let latency_ms = self.now_ms.saturating_sub(flight.proposal.proposed_ms);
+            crate::telemetry::proposal_committed(latency_ms);
             self.complete(flight.proposal.waiter, Ok(index));
         }
     }

@@ -20,6 +20,7 @@ use super::{validate, CoreConfig, Input, Map, NodeCore, Set, Waiter};
 use crate::error::{Error, Result};
 use crate::id::{DataStructureId, ReplicaId};
 use crate::storage::LogStore;
+use crate::telemetry;
 
 /// What of a core outlives its storage (see the module docs).
 pub(crate) struct Dormant {
@@ -45,9 +46,11 @@ impl NodeCore {
             "only a core whose storage failed goes dormant"
         );
         for flight in self.pending.take_in_flight() {
+            telemetry::proposal_failed(&cause);
             self.complete(flight.proposal.waiter, Err(cause.clone()));
         }
         for proposal in self.pending.take_queued() {
+            telemetry::proposal_failed(&Error::OutOfSpace);
             self.complete(proposal.waiter, Err(Error::OutOfSpace));
         }
         self.fail_reads(Error::OutOfSpace);
@@ -84,14 +87,17 @@ impl Dormant {
             Input::Unsubscribe(sub) => self.subscriptions.remove(sub),
             Input::Propose {
                 group, sub, waiter, ..
-            } => match waiter {
-                Some(waiter) => self.completions.push((waiter, Err(Error::OutOfSpace))),
-                None if sub.is_some() => self.subscriptions.report_to_group(
-                    group,
-                    &Error::ProposalDropped("the node's disk is full".to_string()),
-                ),
-                None => {}
-            },
+            } => {
+                telemetry::proposal_failed(&Error::OutOfSpace);
+                match waiter {
+                    Some(waiter) => self.completions.push((waiter, Err(Error::OutOfSpace))),
+                    None if sub.is_some() => self.subscriptions.report_to_group(
+                        group,
+                        &Error::ProposalDropped("the node's disk is full".to_string()),
+                    ),
+                    None => {}
+                }
+            }
             Input::ReadBarrier { waiter, .. } => {
                 self.completions.push((waiter, Err(Error::OutOfSpace)));
             }

@@ -30,6 +30,7 @@ impl NodeCore {
         if self.ticks % MAINTENANCE_PERIOD_TICKS != 0 {
             return;
         }
+        self.publish_group_gauges();
         let wanted: Vec<_> = self.wanted.iter().copied().collect();
         for group in wanted {
             self.pursue(group);

@@ -483,6 +483,7 @@ impl NodeCore {
             "while" => doing, "error" => %error);
         self.subscriptions.report_to_all(&error);
         for flight in self.pending.take_in_flight() {
+            crate::telemetry::proposal_failed(&error);
             self.complete(flight.proposal.waiter, Err(error.clone()));
         }
         self.storage_failure.get_or_insert(error);

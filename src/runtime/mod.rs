@@ -180,6 +180,7 @@ impl NodeRuntime {
     /// Opens storage, binds sockets and starts every thread and task.
     pub(crate) fn start(config: Config) -> Result<NodeRuntime> {
         config.validate()?;
+        crate::telemetry::describe();
         let logger = config.logger.clone();
         std::fs::create_dir_all(&config.data_dir)?;
         let opener = StoreOpener {

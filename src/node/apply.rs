@@ -217,6 +217,9 @@ impl NodeCore {
                 let removed: Vec<_> = before.into_iter().filter(|r| !after.contains(r)).collect();
                 let me_removed = removed.contains(&group.replica_id());
                 self.removed_seen.entry(id).or_default().extend(removed);
+                if group.is_leader() {
+                    self.reconfigure_soon.insert(id);
+                }
                 self.round.write_for(id).conf_state = Some(cs);
                 self.active.insert(id);
                 if me_removed {

@@ -178,6 +178,10 @@ pub(crate) struct NodeCore {
     asleep: HashSet<DataStructureId, FxBuildHasher>,
     /// Groups with readies waiting for a batch to be durable.
     held: Set<DataStructureId>,
+    /// Led groups whose replica management can move on now (a configuration change was
+    /// applied, or a learner acknowledged appends): managed at the next tick rather than
+    /// at the next maintenance pass, so healing takes no pass per step.
+    reconfigure_soon: Set<DataStructureId>,
     /// This round's writes and sends, and the storage batches' sequence numbers.
     round: round_state::Round,
     /// The first storage read or write that failed (nothing is acknowledged since).
@@ -234,6 +238,7 @@ impl NodeCore {
             active: Set::default(),
             asleep: HashSet::default(),
             held: Set::default(),
+            reconfigure_soon: Set::default(),
             round: round_state::Round::default(),
             storage_failure: None,
             stopped: false,

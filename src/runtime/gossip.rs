@@ -15,6 +15,13 @@
 //! membership change, so a node that renewed its identity (after being
 //! declared down) or restarted on another port is reported `Up` with its new
 //! info, and is only reported `Down` once none of its identities is alive.
+//!
+//! With TLS on the transport, a node id is bound to its raft address: an identity enters
+//! the view (as a new member, or as new addresses of a known one) only once a TLS probe of
+//! its raft address met a certificate for its node id (`gossip/verify.rs`,
+//! `gossip/view.rs`), so an insider holding the gossip key can neither reroute a member's
+//! traffic with a higher bump nor make up members. Without TLS every identity is admitted
+//! (the cluster is open anyway).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
@@ -43,6 +50,7 @@ use crate::id::NodeId;
 use crate::node::member::{MembershipEvent, NodeInfo};
 use crate::proto::{GossipPacket, PROTOCOL_VERSION};
 use crate::runtime::gossip_seal::{GossipSeal, SEAL_OVERHEAD};
+use crate::runtime::tls::TransportTls;
 
 /// How often a node with no known member announces itself to its seeds.
 ///
@@ -89,6 +97,10 @@ pub(crate) struct GossipConfig {
     pub logger: Logger,
     /// Seals and opens every datagram; `None` sends plaintext envelopes.
     pub seal: Option<Arc<GossipSeal>>,
+    /// The transport's TLS: with it, an identity is admitted only once a probe proved
+    /// that the server at its raft address holds a certificate for its node id
+    /// (`gossip/verify.rs`); `None` (plaintext transport) admits every identity.
+    pub tls: Option<Arc<TransportTls>>,
 }
 
 /// Callback receiving membership changes; called from a tokio task, so it must
@@ -161,6 +173,7 @@ impl Gossip {
             rng_seed,
             logger,
             seal,
+            tls,
         } = config;
         let logger =
             logger.new(o!("component" => "gossip", "gossip" => me.gossip_addr.to_string()));
@@ -197,6 +210,7 @@ impl Gossip {
             send_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
             sealed_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
             seal,
+            verifier: tls.map(|tls| Verifier::new(tls, logger.clone())),
             me: me.node_id,
             seeds,
             timers: BinaryHeap::new(),
@@ -277,10 +291,12 @@ impl Drop for Gossip {
     }
 }
 
+mod verify;
 mod view;
 mod worker;
 
-use view::diff_view;
+use verify::Verifier;
+use view::{diff_view, Verification};
 pub(crate) use worker::unwrap_datagram;
 use worker::Worker;
 

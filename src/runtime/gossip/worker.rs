@@ -63,6 +63,8 @@ pub(super) struct Worker {
     pub(super) sealed_buf: Vec<u8>,
     /// Seals what is sent and opens what is received, if gossip is encrypted.
     pub(super) seal: Option<Arc<GossipSeal>>,
+    /// Proves identities' node ids before they enter the view; `None` admits all.
+    pub(super) verifier: Option<Verifier>,
     /// Our node id.
     pub(super) me: NodeId,
     /// Where to announce while we know no member.
@@ -93,6 +95,7 @@ impl Worker {
         reannounce.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse(t)| t.at);
+            let next_probe = self.verifier.as_ref().and_then(Verifier::next_due);
             tokio::select! {
                 biased;
                 command = commands.recv() => {
@@ -109,6 +112,20 @@ impl Worker {
                     self.fire_due_timers();
                 }
                 _ = reannounce.tick() => self.reannounce(),
+                _ = sleep_until(next_probe.unwrap_or_else(Instant::now)), if next_probe.is_some() => {
+                    if let Some(verifier) = &mut self.verifier {
+                        verifier.start_due(Instant::now());
+                    }
+                }
+                outcome = next_outcome(&mut self.verifier) => {
+                    let changed = self
+                        .verifier
+                        .as_mut()
+                        .is_some_and(|verifier| verifier.on_outcome(outcome, Instant::now()));
+                    if changed && !self.leaving {
+                        self.refresh_view();
+                    }
+                }
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => self.handle_datagram(&buf[..len], from),
                     Err(e) => {
@@ -255,10 +272,16 @@ impl Worker {
     /// Recomputes the per-node view from foca's active members, publishes it
     /// and reports the differences.
     fn refresh_view(&mut self) {
+        if let Some(verifier) = &mut self.verifier {
+            let active = self.foca.iter_members().map(|m| m.id());
+            verifier.track(active, self.me, Instant::now());
+        }
+        let verifier = self.verifier.as_ref();
         let (view, events) = diff_view(
             &self.view,
             self.foca.iter_members().map(|m| m.id()),
             self.me,
+            |identity| verifier.map_or(Verification::Verified, |v| v.verification(identity)),
         );
         if events.is_empty() {
             self.view = view;
@@ -285,6 +308,14 @@ impl Worker {
                 error!(self.logger, "membership callback panicked");
             }
         }
+    }
+}
+
+/// The next finished probe of `verifier`; never resolves without one (plaintext).
+async fn next_outcome(verifier: &mut Option<Verifier>) -> verify::ProbeOutcome {
+    match verifier {
+        Some(verifier) => verifier.next_outcome().await,
+        None => std::future::pending().await,
     }
 }
 

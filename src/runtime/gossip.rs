@@ -126,6 +126,8 @@ struct Shared {
     members: Mutex<HashMap<NodeId, NodeInfo>>,
     /// How many `MemberDown` notifications foca emitted (any identity).
     foca_downs: AtomicU64,
+    /// How many probes of identities' raft addresses failed (with TLS).
+    probes_failed: AtomicU64,
 }
 
 impl Shared {
@@ -192,6 +194,7 @@ impl Gossip {
         let shared = Arc::new(Shared {
             members: Mutex::new(HashMap::new()),
             foca_downs: AtomicU64::new(0),
+            probes_failed: AtomicU64::new(0),
         });
         let seeds: Vec<SocketAddr> = seeds
             .into_iter()
@@ -281,6 +284,12 @@ impl Gossip {
     #[cfg(test)]
     fn foca_downs(&self) -> u64 {
         self.shared.foca_downs.load(AtomicOrdering::Relaxed)
+    }
+
+    /// How many probes of identities' raft addresses failed so far (with TLS).
+    #[cfg(test)]
+    fn probes_failed(&self) -> u64 {
+        self.shared.probes_failed.load(AtomicOrdering::Relaxed)
     }
 }
 

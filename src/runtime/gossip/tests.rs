@@ -416,3 +416,5 @@ fn config_is_valid() {
         MIN_FOCA_PACKET
     );
 }
+
+mod binding;

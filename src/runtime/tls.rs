@@ -296,4 +296,47 @@ mod tests {
             assert!(dialed.is_err() && accepted.is_err(), "rogue server");
         });
     }
+
+    #[test]
+    fn a_probe_reports_the_node_id_the_server_proves() {
+        let ca = DevCa::new("CA").unwrap();
+        let (a, b) = (ca.issue(11).unwrap(), ca.issue(22).unwrap());
+        let (tls_a, tls_b) = (tls(&a), Arc::new(tls(&b)));
+        let short = std::time::Duration::from_millis(300);
+        crate::runtime::test_runtime().block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = tls_b.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        if let Ok((mut stream, _)) = server.accept(tcp).await {
+                            let _ = stream.read_u8().await;
+                        }
+                    });
+                }
+            });
+            let timeout = std::time::Duration::from_secs(5);
+            assert_eq!(tls_a.probe(addr, 22, timeout).await.expect("proved"), 22);
+            let refused = tls_a.probe(addr, 33, timeout).await;
+            assert!(
+                matches!(refused, Err(ProbeError::Handshake(_))),
+                "{refused:?}"
+            );
+            // Nothing listens: no connection.
+            let closed = {
+                let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let nobody = tls_a.probe(closed, 22, timeout).await;
+            assert!(matches!(nobody, Err(ProbeError::Connect(_))), "{nobody:?}");
+            // A listener that never answers: the deadline ends the probe.
+            let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let started = std::time::Instant::now();
+            let mute = tls_a.probe(silent.local_addr().unwrap(), 22, short).await;
+            assert!(matches!(mute, Err(ProbeError::TimedOut(_))), "{mute:?}");
+            assert!(started.elapsed() < timeout);
+        });
+    }
 }

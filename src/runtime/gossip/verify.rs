@@ -189,6 +189,25 @@ impl Verifier {
         self.tracked.values().filter_map(|t| t.due).min()
     }
 
+    /// How many probes run now.
+    #[cfg(test)]
+    pub(super) fn running(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// How many bindings are tracked.
+    #[cfg(test)]
+    pub(super) fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// When `identity`'s binding is probed next: `None` if untracked, `Some(None)` while
+    /// its probe runs.
+    #[cfg(test)]
+    pub(super) fn due(&self, identity: &GossipIdentity) -> Option<Option<Instant>> {
+        self.tracked.get(&binding_of(identity)).map(|t| t.due)
+    }
+
     /// The next finished probe; never resolves while none runs.
     pub(super) async fn next_outcome(&mut self) -> ProbeOutcome {
         loop {

@@ -274,3 +274,69 @@ fn view_admits_only_proved_identities() {
     assert_eq!(events, vec![MembershipEvent::Down(3)]);
     assert!(gone.is_empty());
 }
+
+/// An identity of `node` whose raft address is loopback `port` (nothing listens there).
+fn bound(node: NodeId, port: u16) -> GossipIdentity {
+    GossipIdentity {
+        info: NodeInfo {
+            node_id: node,
+            raft_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            datacenter: String::new(),
+        },
+        bump: 1,
+    }
+}
+
+/// The verifier's bounds (probes at once, bindings tracked) and its rules: a proved
+/// binding survives fewer than `RECHECK_FAILURES` failed rechecks, and proving a node's
+/// new address rechecks its old one at once.
+#[test]
+fn the_verifier_is_bounded_and_rechecks_a_moved_node() {
+    use super::super::verify::*;
+    let creds = Credentials::new();
+    runtime().block_on(async {
+        let mut verifier = Verifier::new(creds.tls(A), logger());
+        let now = Instant::now();
+        let many: Vec<GossipIdentity> = (0..MAX_TRACKED as u64 + 10)
+            .map(|i| bound(5000 + i, 1))
+            .collect();
+        verifier.track(many.iter(), A, now);
+        assert_eq!(verifier.running(), MAX_CONCURRENT_PROBES);
+        assert_eq!(verifier.tracked(), MAX_TRACKED);
+        let last = many.last().expect("identities");
+        assert_eq!(
+            verifier.verification(last),
+            Verification::Refuted,
+            "untracked"
+        );
+        assert_eq!(verifier.verification(&many[0]), Verification::Pending);
+        assert_eq!(verifier.next_due(), None, "no free slot");
+
+        // Only the node's identities stay tracked; nothing else is probed meanwhile.
+        let (old, new) = (bound(B, 2), bound(B, 3));
+        verifier.track([&old, &new].into_iter(), A, now);
+        assert_eq!(verifier.tracked(), 2);
+        let proved = |v: &mut Verifier, i: &GossipIdentity, at| {
+            v.on_outcome(((B, i.info.raft_addr), Ok(B)), at)
+        };
+        let failed = |v: &mut Verifier, i: &GossipIdentity, at| {
+            let e = std::io::Error::other("test");
+            let refused = crate::runtime::tls::ProbeError::Connect(e);
+            v.on_outcome(((B, i.info.raft_addr), Err(refused)), at)
+        };
+        assert!(proved(&mut verifier, &old, now), "pending to verified");
+        for _ in 1..RECHECK_FAILURES {
+            assert!(!failed(&mut verifier, &old, now), "still verified");
+        }
+        assert!(failed(&mut verifier, &old, now), "refuted at last");
+        assert_eq!(verifier.verification(&old), Verification::Refuted);
+        assert!(proved(&mut verifier, &old, now), "proved again");
+        // B moved: proving its new address makes its old one due at once (or probed).
+        let later = now + Duration::from_secs(1);
+        assert_eq!(verifier.due(&old), Some(Some(now + RECHECK_EVERY)));
+        assert!(proved(&mut verifier, &new, later));
+        let due = verifier.due(&old).expect("tracked");
+        assert!(due.is_none_or(|at| at <= later), "{due:?}");
+    });
+}

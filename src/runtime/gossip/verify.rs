@@ -150,18 +150,24 @@ impl Verifier {
         self.start_due(now);
     }
 
-    /// Starts the probes that are due, as many as there are free slots (first bindings
-    /// not proved yet, then rechecks; earliest first).
+    /// Starts the probes that are due, as many as there are free slots: first bindings
+    /// never probed (a member joining or moving waits behind no retry of a forgery), then
+    /// rechecks of proved ones, then retries of refuted ones; earliest first in each.
     pub(super) fn start_due(&mut self, now: Instant) {
         let free = MAX_CONCURRENT_PROBES.saturating_sub(self.probes.len());
         if free == 0 {
             return;
         }
-        let mut due: Vec<(bool, Instant, Binding)> = self
+        let rank = |t: &Tracked| match t.verification() {
+            Verification::Pending => 0u8,
+            Verification::Verified => 1,
+            Verification::Refuted => 2,
+        };
+        let mut due: Vec<(u8, Instant, Binding)> = self
             .tracked
             .iter()
             .filter_map(|(binding, t)| match t.due {
-                Some(at) if at <= now => Some((t.verified, at, *binding)),
+                Some(at) if at <= now => Some((rank(t), at, *binding)),
                 _ => None,
             })
             .collect();

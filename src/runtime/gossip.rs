@@ -2,8 +2,8 @@
 //!
 //! One task owns the [`Foca`] instance and multiplexes, in a `select!` loop:
 //! datagrams from the socket, foca's timers (kept in a local min-heap and
-//! awaited with `sleep_until`), a periodic re-announce tick and commands from
-//! the [`Gossip`] handle. Every datagram is wrapped in a prost-encoded
+//! awaited with `sleep_until`), a periodic re-announce tick, commands from
+//! the [`Gossip`] handle and, with TLS, the probes proving identities. Every datagram is wrapped in a prost-encoded
 //! [`GossipPacket`] carrying the protocol version and the cluster name; a
 //! datagram with the wrong version or cluster, or that does not decode, is
 //! dropped (with a rate-limited log) and never stops the task. With a keyring, the
@@ -14,7 +14,8 @@
 //! recomputes its view from foca's active members whenever foca reports a
 //! membership change, so a node that renewed its identity (after being
 //! declared down) or restarted on another port is reported `Up` with its new
-//! info, and is only reported `Down` once none of its identities is alive.
+//! info, and is only reported `Down` once none of its identities is alive (with TLS:
+//! alive and proved, or being proved for the first time).
 //!
 //! With TLS on the transport, a node id is bound to its raft address: an identity enters
 //! the view (as a new member, or as new addresses of a known one) only once a TLS probe of

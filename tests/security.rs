@@ -69,6 +69,7 @@ fn a_secure_cluster_commits_on_every_node_under_the_certificates_ids() {
         let stats = node.security_stats();
         assert_eq!(stats.gossip_rejected, 0, "no gossip refused");
         assert_eq!(stats.connections_refused, 0, "no connection refused");
+        assert_eq!(stats.gossip_identities_refused, 0, "every member proved at once");
         assert!(stats.gossip_opened > 0, "gossip is sealed");
     }
 }
@@ -521,10 +522,16 @@ fn forged_gossip_identities_neither_reroute_members_nor_add_made_up_ones() {
                 || listed_addr(node, made_up).is_some()
         })
     };
-    // Every prober (4 nodes) tries every forged identity (3), and again after a failure:
-    // the insider's listener refuses each handshake, its certificate naming another node.
+    // Every node probes every forged identity (3), and again after a failure: the
+    // insider's listener refuses each handshake, its certificate naming another node.
+    let probed = || {
+        cluster
+            .running()
+            .all(|node| node.security_stats().gossip_identities_refused >= 6)
+            && insider.security_stats().connections_refused >= 18
+    };
     wait_until("the forgeries are probed twice, or admitted", T, || {
-        insider.security_stats().connections_refused >= 24 || rerouted()
+        probed() || rerouted()
     });
     assert!(
         !rerouted(),

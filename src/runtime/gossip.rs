@@ -127,8 +127,6 @@ struct Shared {
     members: Mutex<HashMap<NodeId, NodeInfo>>,
     /// How many `MemberDown` notifications foca emitted (any identity).
     foca_downs: AtomicU64,
-    /// How many probes of identities' raft addresses failed (with TLS).
-    probes_failed: AtomicU64,
 }
 
 impl Shared {
@@ -195,7 +193,6 @@ impl Gossip {
         let shared = Arc::new(Shared {
             members: Mutex::new(HashMap::new()),
             foca_downs: AtomicU64::new(0),
-            probes_failed: AtomicU64::new(0),
         });
         let seeds: Vec<SocketAddr> = seeds
             .into_iter()
@@ -285,12 +282,6 @@ impl Gossip {
     #[cfg(test)]
     fn foca_downs(&self) -> u64 {
         self.shared.foca_downs.load(AtomicOrdering::Relaxed)
-    }
-
-    /// How many probes of identities' raft addresses failed so far (with TLS).
-    #[cfg(test)]
-    fn probes_failed(&self) -> u64 {
-        self.shared.probes_failed.load(AtomicOrdering::Relaxed)
     }
 }
 

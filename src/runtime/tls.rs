@@ -92,6 +92,8 @@ pub(crate) struct TransportTls {
     acceptor: TlsAcceptor,
     /// Inbound connections refused: failed handshakes and `Hello`s claiming another id.
     refused: AtomicU64,
+    /// Probes that did not prove the node id asked about.
+    probes_failed: AtomicU64,
 }
 
 impl TransportTls {
@@ -123,6 +125,7 @@ impl TransportTls {
             connector: TlsConnector::from(Arc::new(client)),
             acceptor: TlsAcceptor::from(Arc::new(server)),
             refused: AtomicU64::new(0),
+            probes_failed: AtomicU64::new(0),
         })
     }
 
@@ -178,9 +181,14 @@ impl TransportTls {
                 }),
             }
         };
-        tokio::time::timeout(timeout, handshake)
+        let proved = tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| ProbeError::TimedOut(timeout))?
+            .map_err(|_| ProbeError::TimedOut(timeout))
+            .and_then(|proved| proved);
+        if proved.is_err() {
+            self.probes_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        proved
     }
 
     /// Runs the acceptor's handshake on `tcp`; returns the stream and the node id the
@@ -213,6 +221,11 @@ impl TransportTls {
     /// Inbound connections refused so far.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Probes that failed so far.
+    pub(crate) fn probes_failed(&self) -> u64 {
+        self.probes_failed.load(Ordering::Relaxed)
     }
 }
 

@@ -118,9 +118,6 @@ impl Worker {
                     }
                 }
                 outcome = next_outcome(&mut self.verifier) => {
-                    if outcome.1.is_err() {
-                        self.shared.probes_failed.fetch_add(1, AtomicOrdering::Relaxed);
-                    }
                     let changed = self
                         .verifier
                         .as_mut()

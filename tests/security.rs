@@ -69,7 +69,10 @@ fn a_secure_cluster_commits_on_every_node_under_the_certificates_ids() {
         let stats = node.security_stats();
         assert_eq!(stats.gossip_rejected, 0, "no gossip refused");
         assert_eq!(stats.connections_refused, 0, "no connection refused");
-        assert_eq!(stats.gossip_identities_refused, 0, "every member proved at once");
+        assert_eq!(
+            stats.gossip_identities_refused, 0,
+            "every member proved at once"
+        );
         assert!(stats.gossip_opened > 0, "gossip is sealed");
     }
 }

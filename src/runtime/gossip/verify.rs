@@ -22,7 +22,9 @@
 //! an insider can keep advertising a proved binding at its own gossip address after the
 //! node is gone until the next recheck fails, and can displace a member's identity in
 //! foca by gossiping a higher bump at that member's own gossip address (the member then
-//! looks `Down`; its traffic is never rerouted).
+//! looks `Down`; its traffic is never rerouted). It can also hold a departed member in
+//! the view by gossiping ever new unproved bindings for it, each pending until its first
+//! probe fails (at most [`PROBE_TIMEOUT`]): failure handling is delayed, never misrouted.
 
 use std::collections::HashSet;
 

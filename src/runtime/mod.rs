@@ -240,6 +240,7 @@ impl NodeRuntime {
             rng_seed: seed ^ 0x5DEE_CE66_D1CE_4E5B,
             logger: logger.clone(),
             seal: seal.clone(),
+            tls: tls.clone(),
         };
         let membership_tx = input_tx.clone();
         let on_membership = Arc::new(move |event: MembershipEvent| {

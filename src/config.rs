@@ -1,5 +1,6 @@
 //! Node configuration, with the original CopyCat's defaults.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +28,14 @@ pub struct Config {
     pub port: u16,
     /// UDP port for SWIM gossip (default 7459; 0 picks a free port).
     pub gossip_port: u16,
+    /// The raft (TCP) address other nodes are told to reach this node at, when it differs
+    /// from the bound `hostname:port` (NAT, containers, a proxy in between); `None` (the
+    /// default): the bound address.
+    pub advertised_raft_addr: Option<SocketAddr>,
+    /// The gossip (UDP) address other nodes are told to reach this node at, when it
+    /// differs from the bound `hostname:gossip_port`; `None` (the default): the bound
+    /// address.
+    pub advertised_gossip_addr: Option<SocketAddr>,
     /// Where the node keeps its sled database and node id (default `./copy-cat-db/`).
     pub data_dir: PathBuf,
     /// Gossip addresses (`host:port`) of existing nodes to contact; empty starts a new cluster.
@@ -117,6 +126,8 @@ impl Default for Config {
             hostname: "127.0.0.1".to_string(),
             port: 7458,
             gossip_port: 7459,
+            advertised_raft_addr: None,
+            advertised_gossip_addr: None,
             data_dir: PathBuf::from("./copy-cat-db/"),
             peers: Vec::new(),
             replication_factor: 3,
@@ -166,6 +177,17 @@ impl Config {
         if self.max_frame_bytes < self.max_proposal_bytes + 4096 {
             return fail("max_frame_bytes must exceed max_proposal_bytes by at least 4 KiB");
         }
+        let advertised = [
+            ("advertised_raft_addr", self.advertised_raft_addr),
+            ("advertised_gossip_addr", self.advertised_gossip_addr),
+        ];
+        for (name, addr) in advertised {
+            if addr.is_some_and(|a| a.port() == 0 || a.ip().is_unspecified()) {
+                return Err(Error::Config(format!(
+                    "{name} must name a reachable address (a specific IP, a nonzero port)"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -176,6 +198,8 @@ impl std::fmt::Debug for Config {
             .field("hostname", &self.hostname)
             .field("port", &self.port)
             .field("gossip_port", &self.gossip_port)
+            .field("advertised_raft_addr", &self.advertised_raft_addr)
+            .field("advertised_gossip_addr", &self.advertised_gossip_addr)
             .field("data_dir", &self.data_dir)
             .field("peers", &self.peers)
             .field("replication_factor", &self.replication_factor)

@@ -14,6 +14,7 @@ pub enum Scenario {
     Heal,
     Recovery,
     Idle,
+    Wan,
 }
 
 impl Scenario {
@@ -25,6 +26,7 @@ impl Scenario {
             Scenario::Heal => "heal",
             Scenario::Recovery => "recovery",
             Scenario::Idle => "idle",
+            Scenario::Wan => "wan",
         }
     }
 
@@ -36,6 +38,7 @@ impl Scenario {
             Scenario::Heal,
             Scenario::Recovery,
             Scenario::Idle,
+            Scenario::Wan,
         ]
         .into_iter()
         .find(|s| s.name() == name)
@@ -45,7 +48,7 @@ impl Scenario {
     /// Default group count.
     fn default_groups(self) -> usize {
         match self {
-            Scenario::Write | Scenario::Failover => 64,
+            Scenario::Write | Scenario::Failover | Scenario::Wan => 64,
             Scenario::Latency => 1,
             Scenario::Heal | Scenario::Recovery => 1_000,
             Scenario::Idle => 10_000,
@@ -57,6 +60,9 @@ impl Scenario {
         match self {
             Scenario::Latency => 1,
             Scenario::Write => (groups * 16).clamp(512, 4096),
+            // Writes in flight = throughput × latency: a round trip of tens of ms needs
+            // more writers to keep the pipelines full.
+            Scenario::Wan => (groups * 64).clamp(1024, 8192),
             _ => groups.clamp(1, 256),
         }
     }
@@ -86,6 +92,14 @@ pub struct Args {
     pub keys: Option<String>,
     /// Which node's certificate this process uses.
     pub node_index: usize,
+    /// `--rtt-ms`: every node in a datacenter of its own, all traffic between them through
+    /// a proxy adding half this to each direction (see `wan_proxy.rs`); the `wan` scenario
+    /// defaults to 30 ms, the others to none (loopback).
+    pub rtt: Option<Duration>,
+    /// Set by the driver for a replica behind the proxy: the addresses to advertise.
+    pub advertise: Option<(String, String)>,
+    /// The replica's datacenter label.
+    pub datacenter: Option<String>,
 }
 
 impl Args {
@@ -131,16 +145,26 @@ impl Args {
             secure: raw.iter().any(|a| a == "--secure"),
             keys: value("--keys"),
             node_index: number("--node-index")?.unwrap_or(0) as usize,
+            rtt: number("--rtt-ms")?
+                .or((scenario == Scenario::Wan).then_some(30))
+                .map(Duration::from_millis),
+            advertise: value("--advertise-raft").zip(value("--advertise-gossip")),
+            datacenter: value("--datacenter"),
         })
     }
 }
 
 const USAGE: &str =
-    "cargo run --release --example bench -- [--scenario write|latency|failover|heal|recovery|idle]
+    "cargo run --release --example bench -- [--scenario write|latency|failover|heal|recovery|idle|wan]
     [--groups N] [--payload BYTES] [--proposers N] [--seconds S] [--grace-secs S] [--entries N]
-    [--secure]    (TLS on raft traffic and sealed gossip, with generated development keys)";
+    [--secure]    (TLS on raft traffic and sealed gossip, with generated development keys)
+    [--rtt-ms MS] (each node in its own datacenter, traffic through a delaying proxy; wan: 30)";
 
-const KNOWN_FLAGS: [&str; 14] = [
+const KNOWN_FLAGS: [&str; 18] = [
+    "--rtt-ms",
+    "--advertise-raft",
+    "--advertise-gossip",
+    "--datacenter",
     "--secure",
     "--keys",
     "--node-index",

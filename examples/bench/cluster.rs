@@ -10,6 +10,7 @@ use copycat::{Config, CopyCat, NodeStats, Security};
 use copycat_testkit::credentials::DevCredentials;
 
 use crate::args::{Args, BoxResult};
+use crate::wan_proxy::{Front, WanProxy};
 
 /// How long a proposal may take before it counts as failed.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,10 +31,20 @@ pub fn node_config(dir: &Path, peers: Vec<String>, args: &Args) -> BoxResult<Con
             )?
         }
     };
+    let advertised = |addr: Option<&String>| -> BoxResult<Option<std::net::SocketAddr>> {
+        Ok(addr.map(|a| a.parse()).transpose()?)
+    };
+    let advertise = args.advertise.as_ref();
     Ok(Config {
         data_dir: dir.to_path_buf(),
         port: 0,
         gossip_port: 0,
+        advertised_raft_addr: advertised(advertise.map(|a| &a.0))?,
+        advertised_gossip_addr: advertised(advertise.map(|a| &a.1))?,
+        datacenter: args
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         peers,
         proposal_timeout: PROPOSAL_TIMEOUT,
         dead_node_grace: args.grace,
@@ -61,7 +72,12 @@ fn logger() -> slog::Logger {
 pub fn run_replica(args: &Args) -> BoxResult<()> {
     let dir = args.data_dir.clone().ok_or("--data-dir is required")?;
     let node = CopyCat::start(node_config(dir.as_ref(), args.peers.clone(), args)?)?;
-    println!("READY {}", node.node_id());
+    println!(
+        "READY {} {} {}",
+        node.node_id(),
+        node.raft_addr(),
+        node.gossip_addr()
+    );
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line)? > 0 {
         if line.trim() == "stats" {
@@ -83,10 +99,22 @@ pub struct Replica {
 }
 
 impl Replica {
-    fn spawn(dir: &Path, seed: &str, index: usize, args: &Args) -> BoxResult<Replica> {
+    fn spawn(
+        dir: &Path,
+        seed: &str,
+        index: usize,
+        front: Option<&Front>,
+        args: &Args,
+    ) -> BoxResult<Replica> {
         let mut command = Command::new(std::env::current_exe()?);
         if let Some(keys) = &args.keys {
             command.args(["--keys", keys, "--node-index", &index.to_string()]);
+        }
+        if let Some(front) = front {
+            command
+                .args(["--advertise-raft", &front.raft.to_string()])
+                .args(["--advertise-gossip", &front.gossip.to_string()])
+                .args(["--datacenter", &format!("dc{index}")]);
         }
         let mut child = command
             .args(["--role", "replica", "--peers", seed])
@@ -100,10 +128,17 @@ impl Replica {
         let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let node_id = line
+        let ready: Vec<&str> = line
             .strip_prefix("READY ")
-            .and_then(|id| id.trim().parse().ok())
-            .ok_or_else(|| format!("replica did not start: {line:?}"))?;
+            .map(|rest| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let [node_id, raft, gossip] = ready[..] else {
+            return Err(format!("replica did not start: {line:?}").into());
+        };
+        let node_id = node_id.parse()?;
+        if let Some(front) = front {
+            front.connect_to(raft.parse()?, gossip.parse()?);
+        }
         Ok(Replica {
             child,
             stdin,
@@ -151,11 +186,14 @@ impl Drop for Replica {
     }
 }
 
-/// This process's node and the replica processes, on one temp dir.
+/// This process's node and the replica processes, on one temp dir; with `--rtt-ms`, the
+/// delaying proxy between them.
 pub struct Cluster {
     pub node: CopyCat,
     pub replicas: Vec<Replica>,
     pub root: tempfile::TempDir,
+    /// Declared after the nodes: dropped (stopped) once they are.
+    _proxy: Option<WanProxy>,
 }
 
 impl Cluster {
@@ -171,20 +209,44 @@ impl Cluster {
             DevCredentials::generate(size)?.write_to(&keys)?;
             args.keys = Some(keys.to_string_lossy().into_owned());
         }
+        let proxy = args.rtt.map(|rtt| WanProxy::start(rtt / 2)).transpose()?;
+        let fronts = match &proxy {
+            Some(proxy) => (0..size).map(|_| proxy.front().map(Some)).collect(),
+            None => (0..size).map(|_| Ok(None)).collect::<BoxResult<Vec<_>>>(),
+        }?;
+        if let Some(front) = &fronts[0] {
+            args.advertise = Some((front.raft.to_string(), front.gossip.to_string()));
+            args.datacenter = Some("dc0".to_string());
+        }
         let args = &args;
         let founder = Config {
             bootstrap_expect: size,
             ..node_config(&root.path().join("node0"), Vec::new(), args)?
         };
         let node = CopyCat::start(founder)?;
-        let seed = node.gossip_addr().to_string();
+        let seed = match &fronts[0] {
+            Some(front) => {
+                front.connect_to(node.raft_addr(), node.gossip_addr());
+                front.gossip.to_string()
+            }
+            None => node.gossip_addr().to_string(),
+        };
+        let replica_args = Args {
+            advertise: None,
+            datacenter: None,
+            ..args.clone()
+        };
         let replicas = (1..size)
-            .map(|i| Replica::spawn(&root.path().join(format!("node{i}")), &seed, i, args))
+            .map(|i| {
+                let dir = root.path().join(format!("node{i}"));
+                Replica::spawn(&dir, &seed, i, fronts[i].as_ref(), &replica_args)
+            })
             .collect::<BoxResult<Vec<_>>>()?;
         let cluster = Cluster {
             node,
             replicas,
             root,
+            _proxy: proxy,
         };
         wait_for(
             "every node to see every other",

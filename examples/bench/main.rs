@@ -10,6 +10,7 @@
 //! cargo run --release --example bench -- --scenario recovery
 //! cargo run --release --example bench -- --scenario idle --groups 10000
 //! cargo run --release --example bench -- --scenario write --groups 64 --secure
+//! cargo run --release --example bench -- --scenario wan --rtt-ms 30
 //! ```
 //!
 //! This process runs the first node and the proposers; it starts the other nodes as copies
@@ -32,6 +33,7 @@ mod cluster;
 mod load;
 mod measure;
 mod scenarios;
+mod wan_proxy;
 
 use args::{Args, Scenario};
 
@@ -58,6 +60,7 @@ fn main() {
             Scenario::Heal => scenarios::heal::run(&args),
             Scenario::Recovery => scenarios::recovery::run(&args),
             Scenario::Idle => scenarios::idle::run(&args),
+            Scenario::Wan => scenarios::wan::run(&args),
         }
     });
     if let Err(e) = result {

@@ -206,8 +206,8 @@ impl NodeRuntime {
         let gossip_addr = udp.local_addr()?;
         let me = NodeInfo {
             node_id,
-            raft_addr,
-            gossip_addr,
+            raft_addr: config.advertised_raft_addr.unwrap_or(raft_addr),
+            gossip_addr: config.advertised_gossip_addr.unwrap_or(gossip_addr),
             datacenter: config.datacenter.clone(),
         };
         let logger = logger.new(slog::o!("node" => node_id));

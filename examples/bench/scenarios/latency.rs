@@ -51,7 +51,7 @@ pub fn run(args: &Args) -> BoxResult<()> {
 
 /// Measures one proposer on `ds`, failing if its leader moved meanwhile (the figures
 /// would mix both paths).
-fn measure_on(cluster: &mut Cluster, ds: DataStructure, args: &Args) -> BoxResult<Measured> {
+pub fn measure_on(cluster: &mut Cluster, ds: DataStructure, args: &Args) -> BoxResult<Measured> {
     let id = ds.id();
     let before = leader_of(&cluster.node, id);
     let measured = measure(cluster, Arc::new(vec![ds]), 1, args)?;
@@ -66,7 +66,7 @@ fn measure_on(cluster: &mut Cluster, ds: DataStructure, args: &Args) -> BoxResul
 
 /// One group led by this node and one led by another, both fully replicated, picked once
 /// their leaders settled (a new group's leadership may still move to its preferred node).
-fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
+pub fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
     let me = node.node_id();
     let (mut here, mut elsewhere) = (None, None);
     for _ in 0..5 {
@@ -89,7 +89,7 @@ fn pick_groups(node: &CopyCat) -> BoxResult<(DataStructure, DataStructure)> {
 }
 
 /// The leaders of `groups` once they stayed the same for a second.
-fn settled_leaders(node: &CopyCat, groups: &[DataStructure]) -> BoxResult<Vec<NodeId>> {
+pub fn settled_leaders(node: &CopyCat, groups: &[DataStructure]) -> BoxResult<Vec<NodeId>> {
     let leaders =
         || -> Option<Vec<NodeId>> { groups.iter().map(|ds| leader_of(node, ds.id())).collect() };
     let deadline = Instant::now() + SETTLE_LIMIT;
@@ -105,7 +105,7 @@ fn settled_leaders(node: &CopyCat, groups: &[DataStructure]) -> BoxResult<Vec<No
     Err(format!("leaders did not settle within {SETTLE_LIMIT:?}").into())
 }
 
-fn leader_of(node: &CopyCat, id: DataStructureId) -> Option<NodeId> {
+pub fn leader_of(node: &CopyCat, id: DataStructureId) -> Option<NodeId> {
     node.group_status_blocking(id)
         .ok()
         .flatten()

@@ -5,4 +5,5 @@ pub mod heal;
 pub mod idle;
 pub mod latency;
 pub mod recovery;
+pub mod wan;
 pub mod write;

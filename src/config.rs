@@ -221,3 +221,24 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_addresses_must_be_reachable() {
+        let with = |raft: &str| Config {
+            advertised_raft_addr: Some(raft.parse().expect("address")),
+            ..Config::default()
+        };
+        assert!(with("10.0.0.7:7458").validate().is_ok());
+        for unreachable in ["0.0.0.0:7458", "10.0.0.7:0"] {
+            let error = with(unreachable).validate().expect_err(unreachable);
+            assert!(
+                error.to_string().contains("advertised_raft_addr"),
+                "{error}"
+            );
+        }
+    }
+}

@@ -65,7 +65,7 @@ impl NodeCore {
         self.round.put_meta(super::replica_key(group), None);
         self.held.remove(&group);
         self.active.remove(&group);
-        self.asleep.remove(&group);
+        self.awake.remove(&group);
         self.subscriptions
             .report_to_group(group, &Error::GroupRemoved);
         if self.subscriptions.has_any(group) {

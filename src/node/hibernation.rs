@@ -9,8 +9,8 @@ impl NodeCore {
     /// Wakes every hibernating group: a membership change may need elections (a leader
     /// died) or replica changes.
     pub(super) fn wake_all(&mut self) {
-        for id in std::mem::take(&mut self.asleep) {
-            if let Some(group) = self.groups.get_mut(&id) {
+        for (id, group) in self.groups.iter_mut() {
+            if self.awake.insert(*id) {
                 group.wake();
             }
         }
@@ -43,7 +43,7 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        self.asleep.remove(&group);
+        self.awake.insert(group);
         raft.wake();
         self.active.insert(group);
     }

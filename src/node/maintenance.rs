@@ -13,6 +13,9 @@ use crate::proto;
 
 /// Ticks between attempts to create or join a wanted group, and between replica checks.
 const MAINTENANCE_PERIOD_TICKS: u64 = 5;
+/// Every this many maintenance passes, every led group is maintained, hibernating or not
+/// (in between, only awake ones and all of them when membership or the directory moved).
+const FULL_PASS_EVERY: u64 = 20;
 
 /// Election timeouts a replica waits without a leader before it trusts the directory
 /// over its own (stale) configuration.
@@ -38,13 +41,54 @@ impl NodeCore {
             self.pursue(group);
         }
         self.collect_removed_replicas();
-        let led = self.led_groups();
+        let inputs = self.placement_inputs();
+        let changed = self.placement.as_ref() != Some(&inputs);
+        self.placement = Some(inputs);
+        // A hibernating group's placement changes only with what it depends on: the
+        // awake ones every pass, all of them when that changed, and every
+        // `FULL_PASS_EVERY` passes anyway (a dropped directory update or leadership
+        // transfer is retried then).
+        let full = changed || self.ticks % (MAINTENANCE_PERIOD_TICKS * FULL_PASS_EVERY) == 0;
+        let led: Vec<_> = if full {
+            self.led_groups()
+        } else {
+            let groups = &self.groups;
+            let mut led: Vec<_> = self
+                .awake
+                .iter()
+                .filter(|id| groups.get(id).is_some_and(|g| g.is_leader()))
+                .copied()
+                .collect();
+            led.sort_unstable();
+            led
+        };
         for group in led {
             if !group.is_system() {
                 self.manage_replicas(group);
             }
             self.reconcile_directory(group);
             self.balance_leadership(group);
+        }
+    }
+
+    /// What replica placement depends on besides each group's own configuration: which
+    /// nodes are alive, which are dead for good (time-based: the grace), the directory.
+    fn placement_inputs(&self) -> PlacementInputs {
+        let mut alive: Vec<NodeId> = self.members.alive().map(|(id, _)| id).collect();
+        alive.sort_unstable();
+        let dead_for_good = self
+            .members
+            .ids()
+            .filter(|node| self.is_dead_for_good(*node))
+            .collect();
+        let grace_over = self
+            .started_ms
+            .is_some_and(|t| t + self.cfg.dead_node_grace_ms <= self.now_ms);
+        PlacementInputs {
+            alive,
+            dead_for_good,
+            unknown_nodes_dead: grace_over,
+            directory_applied: self.directory_applied,
         }
     }
 
@@ -327,4 +371,15 @@ impl NodeCore {
         meta.set_conf_state(system.log().conf_state().clone());
         system.log_mut().set_prepared_snapshot(snap);
     }
+}
+
+/// What replica placement depends on besides each group's own configuration (see
+/// `NodeCore::placement_inputs`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct PlacementInputs {
+    alive: Vec<NodeId>,
+    dead_for_good: Vec<NodeId>,
+    /// Nodes gossip never reported count as dead (the grace has run out since this start).
+    unknown_nodes_dead: bool,
+    directory_applied: u64,
 }

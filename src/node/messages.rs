@@ -158,7 +158,7 @@ impl NodeCore {
             if let Some(old) = self.groups.remove(&group) {
                 self.remember_deleted(group, old.replica_id());
             }
-            self.asleep.remove(&group);
+            self.awake.remove(&group);
             let mut write = GroupWrite::new(group);
             write.remove = true;
             self.round.replace_write(group, write);

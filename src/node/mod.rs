@@ -171,17 +171,20 @@ pub(crate) struct NodeCore {
     started_ms: Option<u64>,
     /// Groups that may have a `Ready`.
     active: Set<DataStructureId>,
-    /// Groups hibernating: not ticked until something wakes them (see `group::hibernation`).
-    /// Every tick looks up every group here, which with SipHash was the largest part of
-    /// an idle node's CPU; rustc-hash is as deterministic (a fixed key), so a simulated run
-    /// still replays from its seed.
-    asleep: HashSet<DataStructureId, FxBuildHasher>,
+    /// The hosted groups that are not hibernating (see `group::hibernation`): the only ones
+    /// a tick visits, so an idle node's tick costs what its awake groups cost. Every other
+    /// hosted group hibernates. Hash sets of rustc-hash: as deterministic as the `Map`s (a
+    /// fixed key), and cheaper to hash.
+    awake: HashSet<DataStructureId, FxBuildHasher>,
     /// Groups with readies waiting for a batch to be durable.
     held: Set<DataStructureId>,
     /// Led groups whose replica management can move on now (a configuration change was
     /// applied, or a learner acknowledged appends): managed at the next tick rather than
     /// at the next maintenance pass, so healing takes no pass per step.
     reconfigure_soon: Set<DataStructureId>,
+    /// What placement depended on at the last maintenance pass (see
+    /// `maintenance::PlacementInputs`): while it holds, hibernating led groups are skipped.
+    placement: Option<maintenance::PlacementInputs>,
     /// This round's writes and sends, and the storage batches' sequence numbers.
     round: round_state::Round,
     /// The first storage read or write that failed (nothing is acknowledged since).
@@ -236,9 +239,10 @@ impl NodeCore {
             next_seq,
             started_ms: None,
             active: Set::default(),
-            asleep: HashSet::default(),
+            awake: HashSet::default(),
             held: Set::default(),
             reconfigure_soon: Set::default(),
+            placement: None,
             round: round_state::Round::default(),
             storage_failure: None,
             stopped: false,
@@ -269,6 +273,7 @@ impl NodeCore {
             )
             .map_err(|e| Error::Corrupted(format!("cannot reopen group {}: {e}", group.group)))?;
             core.groups.insert(group.group, raft);
+            core.awake.insert(group.group);
             core.active.insert(group.group);
         }
         core.rebuild_directory()?;
@@ -369,6 +374,7 @@ impl NodeCore {
         slog::info!(self.cfg.logger, "replica created"; "group" => %group, "replica" => replica,
             "voters" => ?voters);
         self.groups.insert(group, raft);
+        self.awake.insert(group);
         self.active.insert(group);
     }
 
@@ -384,6 +390,7 @@ impl NodeCore {
                         .put_meta(key, Some(replica.to_be_bytes().to_vec()));
                 }
                 self.groups.insert(group, raft);
+                self.awake.insert(group);
             }
             Err(e) => {
                 slog::error!(self.cfg.logger, "cannot create system replica"; "error" => %e);
@@ -397,10 +404,10 @@ impl NodeCore {
         self.started_ms.get_or_insert(now_ms);
         self.ticks += 1;
         let mut leaderless = Vec::new();
-        for (id, group) in self.groups.iter_mut() {
-            if self.asleep.contains(id) {
+        for id in &self.awake {
+            let Some(group) = self.groups.get_mut(id) else {
                 continue;
-            }
+            };
             group.tick(&mut self.rng);
             self.active.insert(*id);
             if group.should_look_for_leader() {
@@ -451,7 +458,7 @@ impl NodeCore {
     pub(crate) fn handle_unreachable(&mut self, node: NodeId) {
         for (id, group) in self.groups.iter_mut() {
             group.report_unreachable_node(node);
-            if group.on_leader_node_unreachable(node) && self.asleep.remove(id) {
+            if group.on_leader_node_unreachable(node) && self.awake.insert(*id) {
                 group.wake();
             }
             self.active.insert(*id);

@@ -66,8 +66,8 @@ impl NodeCore {
                 continue;
             };
             if group.may_hibernate() {
-                self.asleep.insert(id);
-            } else if self.asleep.remove(&id) {
+                self.awake.remove(&id);
+            } else if self.awake.insert(id) {
                 group.wake();
             }
             let Some(collected) = group.collect_ready(batch_seq) else {

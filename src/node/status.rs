@@ -76,17 +76,26 @@ pub struct NodeStats {
 }
 
 impl NodeCore {
+    /// How many hosted groups hibernate.
+    fn hibernating(&self) -> usize {
+        debug_assert!(
+            self.awake.iter().all(|id| self.groups.contains_key(id)),
+            "only hosted groups are awake"
+        );
+        self.groups.len() - self.awake.len()
+    }
+
     /// Publishes the replica gauges (see [`crate::telemetry`]).
     pub(super) fn publish_group_gauges(&self) {
         let led = self.groups.values().filter(|g| g.is_leader()).count();
-        crate::telemetry::groups(self.groups.len(), led, self.asleep.len());
+        crate::telemetry::groups(self.groups.len(), led, self.hibernating());
     }
 
     /// This node's counters.
     pub(crate) fn stats(&self) -> NodeStats {
         NodeStats {
             replicas: self.groups.len(),
-            hibernating: self.asleep.len(),
+            hibernating: self.hibernating(),
             synced_writes: self.round.synced_writes(),
         }
     }
@@ -132,7 +141,7 @@ impl NodeCore {
             applied_index: raft.applied(),
             commit_index: raft.committed(),
             snapshot_index: raft.log().snapshot_index(),
-            hibernating: self.asleep.contains(&group),
+            hibernating: !self.awake.contains(&group),
         })
     }
 

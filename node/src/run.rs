@@ -1,0 +1,296 @@
+//! Starting and stopping the node: copycat, the registry, the follower, the two HTTP
+//! listeners, the READY line, and the graceful shutdown on SIGTERM or ctrl-c.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use copycat::registry::{Registry, RegistryConfig, RegistryError};
+use copycat::{Config, CopyCat, GossipKey, Keyring, Security, TlsIdentity};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use slog::{info, o, warn, Logger};
+use tokio::sync::{watch, Semaphore};
+
+use crate::api::{self, json::Vantage, Addresses, App};
+use crate::args::Settings;
+use crate::follower::Follower;
+use crate::publications::Publications;
+use crate::server::{self, Limits};
+
+/// Worker threads of the node's tokio runtime: handlers never block one (the registry's
+/// blocking calls go to the blocking pool), so two serve every connection.
+const WORKER_THREADS: usize = 2;
+
+/// Threads for the registry's blocking calls (publish, unpublish): more wait in line.
+const BLOCKING_THREADS: usize = 32;
+
+/// How long the publications made through the API may take to be withdrawn at shutdown;
+/// the rest are dropped, and their owner's shutdown removes them in the end (its gossip
+/// death, after the registry's grace).
+const UNPUBLISH_AT_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// copycat failed to start or a file it was given is unusable.
+    #[error(transparent)]
+    CopyCat(#[from] copycat::Error),
+    /// The registry could not start.
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// A listener could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// `--api` or `--gateway`.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runtime, a thread or stdout failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// Runs the node until SIGTERM or ctrl-c; returns once it has shut down.
+pub fn run(settings: Settings, log: Logger) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("copycat-node")
+        .enable_all()
+        .build()?;
+    // Installed before anything starts, so an early SIGTERM still shuts down cleanly.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let signal = {
+            let _context = runtime.enter();
+            stop_signal()?
+        };
+        let log = log.clone();
+        runtime.spawn(async move {
+            signal.await;
+            info!(log, "signal received; shutting down");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| RunError::Metrics(e.to_string()))?;
+    api::status::describe_metrics();
+
+    let config = Config {
+        hostname: settings.hostname.clone(),
+        port: settings.port,
+        gossip_port: settings.gossip_port,
+        data_dir: settings.data_dir.clone(),
+        peers: settings.peers.clone(),
+        bootstrap_expect: settings.bootstrap_expect,
+        datacenter: settings.datacenter.clone(),
+        logger: log.clone(),
+        security: security(&settings)?,
+        ..Config::default()
+    };
+    let node = CopyCat::start(config)?;
+    let Some(registry) = start_registry(&node, &stop_rx, &log)? else {
+        node.shutdown();
+        return Ok(());
+    };
+    let follower = Follower::start(registry.clone(), log.new(o!("component" => "follower")))?;
+    let publications = Publications::default();
+
+    let served = runtime.block_on(serve(
+        &settings,
+        node.clone(),
+        registry.clone(),
+        &follower,
+        publications.clone(),
+        metrics,
+        stop_rx,
+        log.clone(),
+    ));
+    follower.stop();
+    withdraw(publications, &log);
+    drop(registry);
+    node.shutdown();
+    // Connections still open after the grace period are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
+}
+
+/// Starts the registry, trying again while the cluster is not there yet (a founder with
+/// `--bootstrap-expect` waits for its peers); `None` if a stop signal came first.
+fn start_registry(
+    node: &CopyCat,
+    stop: &watch::Receiver<bool>,
+    log: &Logger,
+) -> Result<Option<Registry>, RunError> {
+    let config = RegistryConfig {
+        logger: log.new(o!("component" => "registry")),
+        ..RegistryConfig::default()
+    };
+    loop {
+        if *stop.borrow() {
+            return Ok(None);
+        }
+        match Registry::start(node, config.clone()) {
+            Ok(registry) => return Ok(Some(registry)),
+            Err(RegistryError::Timeout | RegistryError::CopyCat(copycat::Error::Timeout)) => {
+                warn!(
+                    log,
+                    "the registry is not reachable yet (is the cluster formed?); trying again"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Binds both listeners, prints READY, serves until the stop signal.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    settings: &Settings,
+    node: CopyCat,
+    registry: Registry,
+    follower: &Follower,
+    publications: Publications,
+    metrics: PrometheusHandle,
+    stop: watch::Receiver<bool>,
+    log: Logger,
+) -> Result<(), RunError> {
+    let bind = |what: &'static str, addr: String| async move {
+        server::bind(&addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let api_listener = bind("--api", settings.api.clone()).await?;
+    let gateway_listener = bind("--gateway", settings.gateway.clone()).await?;
+    let addresses = Addresses {
+        api: api_listener.local_addr()?,
+        gateway: gateway_listener.local_addr()?,
+    };
+    let view = follower.view();
+    let app = Arc::new(App {
+        vantage: Vantage {
+            node: node.node_id(),
+            datacenter: settings.datacenter.clone(),
+        },
+        revisions: view.revisions(),
+        follower: view,
+        node: node.clone(),
+        registry,
+        publications: publications.clone(),
+        metrics,
+        long_polls: Arc::new(Semaphore::new(api::MAX_LONG_POLLS)),
+        addresses,
+        log: log.clone(),
+    });
+    let sweeper = tokio::spawn(publications.sweep(log.new(o!("component" => "ttl"))));
+    let limits = Limits {
+        max_connections: settings.http_max_connections,
+        ..Limits::default()
+    };
+    let api_router = server::limit_requests(api::router(app), api::publications::MAX_BODY_BYTES);
+    // The gateway will stream bodies; until it routes, it reads none.
+    let gateway_router = server::limit_requests(crate::gateway::router(), 0);
+
+    info!(log, "copycat-node ready"; "api" => %addresses.api, "gateway" => %addresses.gateway,
+        "raft" => %node.raft_addr(), "gossip" => %node.gossip_addr(),
+        "node_id" => node.node_id(), "datacenter" => &settings.datacenter);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "READY api={} gateway={} raft={} gossip={} node_id={}",
+        addresses.api,
+        addresses.gateway,
+        node.raft_addr(),
+        node.gossip_addr(),
+        node.node_id()
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::join!(
+        server::serve(
+            api_listener,
+            api_router,
+            limits,
+            stopped(stop.clone()),
+            log.clone()
+        ),
+        server::serve(
+            gateway_listener,
+            gateway_router,
+            limits,
+            stopped(stop),
+            log.clone()
+        ),
+    );
+    sweeper.abort();
+    Ok(())
+}
+
+/// Withdraws the API's publications at shutdown (within [`UNPUBLISH_AT_SHUTDOWN`]), so
+/// watchers see them go at once rather than after the node's death is noticed.
+fn withdraw(publications: Publications, log: &Logger) {
+    let deadline = Instant::now() + UNPUBLISH_AT_SHUTDOWN;
+    let handles = publications.take_all();
+    let count = handles.len();
+    for handle in handles {
+        if Instant::now() >= deadline {
+            // Dropping hands the withdrawal to the proposal channel without waiting.
+            drop(handle);
+            continue;
+        }
+        if let Err(e) = handle.unpublish() {
+            warn!(log, "unpublishing at shutdown failed"; "error" => %e);
+        }
+    }
+    if count > 0 {
+        info!(log, "withdrew the API's publications"; "count" => count);
+    }
+}
+
+/// The node's security settings; a file that cannot be used is an error naming it.
+fn security(settings: &Settings) -> copycat::Result<Security> {
+    let tls = match &settings.tls {
+        Some((ca, cert, key)) => Some(TlsIdentity::from_files(ca, cert, key)?),
+        None => None,
+    };
+    let gossip_keys = match &settings.cluster_key {
+        Some(file) => Some(Keyring::new(GossipKey::from_file(file)?)),
+        None => None,
+    };
+    Ok(Security { tls, gossip_keys })
+}
+
+/// Resolves at the first SIGINT (ctrl-c) or SIGTERM; the handlers are installed by this
+/// call (inside a tokio runtime), so a signal that arrives before the future is awaited
+/// is not lost.
+#[cfg(unix)]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Resolves at the first ctrl-c.
+#[cfg(not(unix))]
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}

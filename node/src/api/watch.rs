@@ -10,7 +10,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use copycat::registry::{RegistryError, SubscribeOptions, Watch, WatchEvent};
+use copycat::registry::{RegistryError, Revision, SubscribeOptions, Watch, WatchEvent};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -42,13 +42,22 @@ fn long_poll_slot(app: &App) -> Result<OwnedSemaphorePermit, ApiError> {
 }
 
 /// Takes every change the watch has now, without waiting (at most [`MAX_CHANGES`] unless
-/// `all`); `true` when the watch had more than that.
-fn drain(watch: &mut Watch, all: bool, out: &mut Vec<WatchEvent>) -> Result<bool, ApiError> {
+/// `all`); `true` when the watch had more than that. Changes at or before `after` are
+/// skipped: a watch resumed on a node whose replica is behind the revision it resumes
+/// from (the client saw it on another node) starts from the replica's revision, so it
+/// would otherwise hand out again what the client already has.
+fn drain(
+    watch: &mut Watch,
+    all: bool,
+    after: Option<Revision>,
+    out: &mut Vec<WatchEvent>,
+) -> Result<bool, ApiError> {
     loop {
         if !all && out.len() >= MAX_CHANGES {
             return Ok(true);
         }
         match watch.next_timeout(Duration::ZERO) {
+            Ok(Some(event)) if after.is_some_and(|after| event.revision <= after) => {}
             Ok(Some(event)) => out.push(event),
             Ok(None) => return Ok(false),
             Err(RegistryError::Timeout) => return Ok(false),
@@ -81,7 +90,7 @@ pub async fn watch(
         // Every change up to here is looked at by the drain below (unless it stops at
         // MAX_CHANGES), so resuming after it loses nothing.
         let looked_at = app.registry.revision();
-        let more = drain(&mut watch, from.is_none(), &mut events)?;
+        let more = drain(&mut watch, from.is_none(), from, &mut events)?;
         if !events.is_empty() || from.is_none() {
             let last = events.last().map_or(0, |e| e.revision);
             let revision = if more { last } else { last.max(looked_at) };

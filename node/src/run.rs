@@ -194,9 +194,10 @@ async fn serve(
         max_connections: settings.http_max_connections,
         ..Limits::default()
     };
+
+    let gateway = Arc::new(crate::gateway::Gateway::new(app.registry.clone()));
+    let gateway_router = server::limit_gateway(crate::gateway::router(gateway));
     let api_router = server::limit_requests(api::router(app), api::publications::MAX_BODY_BYTES);
-    // The gateway will stream bodies; until it routes, it reads none.
-    let gateway_router = server::limit_requests(crate::gateway::router(), 0);
 
     info!(log, "copycat-node ready"; "api" => %addresses.api, "gateway" => %addresses.gateway,
         "raft" => %node.raft_addr(), "gossip" => %node.gossip_addr(),

@@ -15,17 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{BoxError, Router};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use slog::{warn, Logger};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -135,6 +136,18 @@ pub fn limit_requests(router: Router, max_body_bytes: usize) -> Router {
         )
 }
 
+/// Wraps the gateway's `router` in the in-flight limit only: its bodies stream (a 1 GiB
+/// upload passes through without a size limit) and its requests last as long as their
+/// upstream streams; the gateway bounds the wait for a slot and for the response head.
+pub fn limit_gateway(router: Router) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overloaded))
+            .load_shed()
+            .concurrency_limit(MAX_IN_FLIGHT_REQUESTS),
+    )
+}
+
 /// The response to a request refused by the in-flight limit (the only error the layers
 /// under [`HandleErrorLayer`] produce).
 async fn overloaded(error: BoxError) -> impl IntoResponse {
@@ -184,8 +197,8 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(held_back) = accept_errors.should_log() {
                     warn!(log, "HTTP accept failed; accepting again shortly";
@@ -199,10 +212,16 @@ pub async fn serve(
         };
         // Small responses leave at once; a failure here changes only latency.
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
+        // Handlers may read the client's address (the gateway's X-Forwarded-For).
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: axum::http::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let mut stop = stop_rx.clone();
         // Drives the connection to its end, shutting it down gracefully at
         // CONNECTION_MAX_AGE or when the server stops, and dropping it

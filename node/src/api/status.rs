@@ -77,6 +77,15 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!("copycat_members", "Cluster members by gossip state.");
     metrics::describe_counter!(
+        "copycat_gateway_requests_total",
+        "Requests answered by the gateway, by status and gateway error kind (empty: none)."
+    );
+    metrics::describe_histogram!(
+        "copycat_gateway_response_seconds",
+        metrics::Unit::Seconds,
+        "Time from a gateway request to its response head."
+    );
+    metrics::describe_counter!(
         "copycat_api_requests_total",
         "Requests answered by the local API, by route and status."
     );

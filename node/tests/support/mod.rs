@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test file uses a part.
 
+pub mod upstream;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -154,6 +156,14 @@ impl Node {
             self.name, reply.text
         );
         reply.json()["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown at all.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Sends SIGTERM and waits (up to `timeout`) for the process to exit.

@@ -78,7 +78,7 @@ pub fn describe_metrics() {
     metrics::describe_gauge!("copycat_members", "Cluster members by gossip state.");
     metrics::describe_counter!(
         "copycat_gateway_requests_total",
-        "Requests answered by the gateway, by status and gateway error kind (empty: none)."
+        "Requests answered by the gateway, by status and gateway error kind (none: the upstream answered)."
     );
     metrics::describe_histogram!(
         "copycat_gateway_response_seconds",

@@ -73,6 +73,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// Proxies one request and counts it: `copycat_gateway_requests_total{status, error}`
+/// (`error` is the gateway error's kind, `none` for an upstream's answer)
 /// and `copycat_gateway_response_seconds` (to the response head).
 async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let started = Instant::now();
@@ -83,7 +84,7 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         Err(e) => Err(e),
     };
     let (response, error) = match result {
-        Ok(response) => (response, ""),
+        Ok(response) => (response, "none"),
         Err(e) => (e.response(service.as_deref()), e.kind()),
     };
     metrics::counter!("copycat_gateway_requests_total",
@@ -157,6 +158,8 @@ async fn proxy(
         };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The client's connection is HTTP/1.1 whatever the upstream spoke.
+    parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
         Body::new(LeasedBody::new(body, lease)),

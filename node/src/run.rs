@@ -29,6 +29,9 @@ const BLOCKING_THREADS: usize = 32;
 /// death, after the registry's grace).
 const UNPUBLISH_AT_SHUTDOWN: Duration = Duration::from_secs(3);
 
+/// How often a node waiting for the cluster to form checks whether it has joined.
+const JOIN_POLL: Duration = Duration::from_millis(100);
+
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -133,21 +136,52 @@ fn start_registry(
         logger: log.new(o!("component" => "registry")),
         ..RegistryConfig::default()
     };
+    // Until the node replicates the cluster's directory (a founder waits for
+    // `--bootstrap-expect` nodes), a registry start could only time out; waiting here
+    // keeps a stop signal answered within JOIN_POLL.
+    let mut waiting_logged = false;
+    while !node.has_joined_blocking().unwrap_or(false) {
+        if *stop.borrow() {
+            return Ok(None);
+        }
+        if !waiting_logged {
+            info!(
+                log,
+                "waiting for the cluster to form before starting the registry"
+            );
+            waiting_logged = true;
+        }
+        std::thread::sleep(JOIN_POLL);
+    }
     loop {
         if *stop.borrow() {
             return Ok(None);
         }
         match Registry::start(node, config.clone()) {
             Ok(registry) => return Ok(Some(registry)),
-            Err(RegistryError::Timeout | RegistryError::CopyCat(copycat::Error::Timeout)) => {
-                warn!(
-                    log,
-                    "the registry is not reachable yet (is the cluster formed?); trying again"
-                );
+            Err(e) if not_there_yet(&e) => {
+                warn!(log, "the registry is not reachable yet (is the cluster formed?); trying again";
+                    "error" => %e);
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether a failed registry start may succeed later: the cluster is still forming (a
+/// founder waiting for `--bootstrap-expect` nodes, no leader yet, a busy node).
+fn not_there_yet(error: &RegistryError) -> bool {
+    matches!(
+        error,
+        RegistryError::Timeout
+            | RegistryError::CopyCat(
+                copycat::Error::Timeout
+                    | copycat::Error::ReadTimeout
+                    | copycat::Error::ApplyTimeout { .. }
+                    | copycat::Error::ProposalDropped(_)
+                    | copycat::Error::Overloaded
+            )
+    )
 }
 
 /// Binds both listeners, prints READY, serves until the stop signal.
@@ -238,25 +272,42 @@ async fn serve(
     Ok(())
 }
 
-/// Withdraws the API's publications at shutdown (within [`UNPUBLISH_AT_SHUTDOWN`]), so
-/// watchers see them go at once rather than after the node's death is noticed.
+/// Withdraws the API's publications at shutdown, all at once, waiting at most
+/// [`UNPUBLISH_AT_SHUTDOWN`] for the removals to commit, so watchers see them go at once
+/// rather than after the node's death is noticed. Withdrawals still pending then (no
+/// quorum, say) fail when the node shuts down; the registry removes the publications of a
+/// node dead for longer than its grace.
 fn withdraw(publications: Publications, log: &Logger) {
     let deadline = Instant::now() + UNPUBLISH_AT_SHUTDOWN;
     let handles = publications.take_all();
     let count = handles.len();
+    if count == 0 {
+        return;
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     for handle in handles {
-        if Instant::now() >= deadline {
-            // Dropping hands the withdrawal to the proposal channel without waiting.
-            drop(handle);
-            continue;
-        }
-        if let Err(e) = handle.unpublish() {
-            warn!(log, "unpublishing at shutdown failed"; "error" => %e);
+        let done = done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("unpublish".to_string())
+            .spawn(move || {
+                let _ = done.send(handle.unpublish());
+            });
+        if let Err(e) = spawned {
+            warn!(log, "cannot start a thread to unpublish; dropping the rest"; "error" => %e);
+            break;
         }
     }
-    if count > 0 {
-        info!(log, "withdrew the API's publications"; "count" => count);
+    drop(done_tx);
+    let (mut withdrawn, mut failed) = (0, 0);
+    while let Ok(result) = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        match result {
+            Ok(()) => withdrawn += 1,
+            Err(_) => failed += 1,
+        }
     }
+    info!(log, "withdrew the API's publications"; "withdrawn" => withdrawn, "failed" => failed,
+        "pending" => count - withdrawn - failed);
 }
 
 /// The node's security settings; a file that cannot be used is an error naming it.

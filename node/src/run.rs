@@ -263,7 +263,11 @@ async fn serve(
         server::serve(
             gateway_listener,
             gateway_router,
-            limits,
+            // Gateway responses stream for as long as they take.
+            Limits {
+                connection_max_age: None,
+                ..limits
+            },
             stopped(stop),
             log.clone()
         ),

@@ -87,6 +87,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// See [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// See [`CONNECTION_MAX_AGE`]; `None`: a connection lives as long as its client keeps
+    /// it busy (the gateway, whose responses stream for as long as they take; an idle
+    /// connection still closes after `header_read_timeout`).
+    pub connection_max_age: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -94,6 +98,7 @@ impl Default for Limits {
         Limits {
             max_connections: MAX_CONNECTIONS,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            connection_max_age: Some(CONNECTION_MAX_AGE),
         }
     }
 }
@@ -224,10 +229,17 @@ pub async fn serve(
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let mut stop = stop_rx.clone();
         // Drives the connection to its end, shutting it down gracefully at
-        // CONNECTION_MAX_AGE or when the server stops, and dropping it
+        // its max age (CONNECTION_MAX_AGE) or when the server stops, and dropping it
         // CONNECTION_CLOSE_GRACE after that; then frees its slot.
+        let max_age = limits.connection_max_age;
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
+            let aged = async {
+                match max_age {
+                    Some(max_age) => tokio::time::sleep(max_age).await,
+                    None => std::future::pending().await,
+                }
+            };
             let stopping = async {
                 // An error means the sender is gone: the server is stopping too.
                 let _ = stop.wait_for(|stop| *stop).await;
@@ -235,7 +247,7 @@ pub async fn serve(
             let ended = tokio::select! {
                 // Errors (a malformed head, the header timeout, a reset) are the client's.
                 _ = connection.as_mut() => true,
-                () = tokio::time::sleep(CONNECTION_MAX_AGE) => false,
+                () = aged => false,
                 () = stopping => false,
             };
             if !ended {

@@ -1,12 +1,14 @@
 //! The gateway of copycat-node as real processes: three nodes in two datacenters, an
 //! upstream published through node A (west) and one through node B (east); calls through
 //! node C's gateway reach A's (same datacenter first), with the prefix stripped and the
-//! client named; the distance headers pick B's; when A is killed, calls fail over to B.
+//! client named; the distance headers pick B's; request and response bodies stream; when
+//! A is killed, calls fail over to B.
 //! Capacity (concurrency 1, queue 0: a second concurrent call gets 503), an unreachable
 //! upstream (502) and an unknown service (404) answer JSON with X-Copper-Error.
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use support::upstream::{raw_request, RawResponse, Upstream};
@@ -84,6 +86,33 @@ fn gateway_routes_strips_fails_over_and_refuses_over_capacity() {
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["body_len"], 1 << 20);
     assert_eq!(response.json()["method"], "POST");
+
+    // A response body streams: the first chunk arrives while the upstream holds the rest.
+    let up_stream = Upstream::start("stream");
+    c.publish(&format!(
+        r#"{{"name":"http:stream","endpoint":"{}","ttl_ms":60000}}"#,
+        up_stream.endpoint()
+    ));
+    reaches(&c, "/stream/ping", &[], "stream");
+    let mut client = std::net::TcpStream::connect(c.gateway).expect("connect");
+    client.set_read_timeout(Some(PHASE)).expect("read timeout");
+    client
+        .write_all(b"GET /stream/stream HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("first;") {
+        let n = client.read(&mut buf).expect("first chunk");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("last"));
+    assert_eq!(up_stream.held(), 1);
+    up_stream.release();
+    client.read_to_end(&mut seen).expect("the rest");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("last"), "{text}");
 
     // No publication: 404; an endpoint nobody listens on: 502; a bad header: 400.
     let response = call(&c, "/nothing/x", &[]);

@@ -1,7 +1,8 @@
 //! A tiny HTTP/1.1 upstream for the gateway tests (std only): every request is answered
 //! with JSON describing it (method, path, forwarding headers, body length, the upstream's
-//! name); a request to `/slow` is held until [`Upstream::release`] (or 10 s). Also a
-//! raw client that sends any headers and returns the response's headers.
+//! name); a request to `/slow` is held until [`Upstream::release`] (or 10 s), and one to
+//! `/stream` gets a first chunk at once and the last one after the release. Also a raw
+//! client that sends any headers and returns the response's headers.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -43,7 +44,7 @@ impl Upstream {
         }
     }
 
-    /// `/slow` requests received so far.
+    /// `/slow` and `/stream` requests held so far.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::SeqCst)
     }
@@ -102,6 +103,22 @@ fn serve(
         } else {
             0
         };
+        if path.starts_with("/stream") {
+            // A first chunk at once, the last one only once released: shows that the
+            // response streams through rather than being collected first.
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Upstream: {name}\r\n\r\n6\r\nfirst;\r\n"
+            )?;
+            stream.flush()?;
+            held.fetch_add(1, Ordering::SeqCst);
+            let (lock, cvar) = gate;
+            let released = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = cvar.wait_timeout_while(released, Duration::from_secs(10), |r| !*r);
+            write!(stream, "4\r\nlast\r\n0\r\n\r\n")?;
+            stream.flush()?;
+            continue;
+        }
         if path.starts_with("/slow") {
             held.fetch_add(1, Ordering::SeqCst);
             let (lock, cvar) = gate;

@@ -221,6 +221,7 @@ async fn serve(
         metrics,
         long_polls: Arc::new(Semaphore::new(api::MAX_LONG_POLLS)),
         addresses,
+        stopping: stop.clone(),
         log: log.clone(),
     });
     let sweeper = tokio::spawn(publications.sweep(log.new(o!("component" => "ttl"))));

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -305,7 +306,33 @@ fn one_node_refuses_bad_input_serves_metrics_and_exits_cleanly() {
         metrics.text
     );
 
-    // SIGTERM: exit 0, soon.
+    // The watch as server-sent events: the current publication, then a new one, each
+    // with its revision as the event id.
+    let mut events = std::net::TcpStream::connect(node.api).expect("connect");
+    events.set_read_timeout(Some(PHASE)).expect("timeout");
+    events
+        .write_all(b"GET /v1/watch?name=m HTTP/1.1\r\nHost: n\r\nAccept: text/event-stream\r\n\r\n")
+        .expect("send");
+    let second = node.publish(r#"{"name":"m","endpoint":"e:2"}"#);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(&second) {
+        let n = events.read(&mut buf).expect("events");
+        assert!(n > 0, "event stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert_eq!(seen.matches("event: added").count(), 2, "{seen}");
+
+    // SIGTERM: exit 0, soon, even with the event stream open (it ends at once).
+    let stopping = Instant::now();
     let status = node.terminate(PHASE);
     assert_eq!(status.code(), Some(0), "{}", node.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(events);
 }

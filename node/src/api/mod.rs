@@ -6,7 +6,7 @@
 //! | `DELETE /v1/publications/{id}` | unpublish; `204` |
 //! | `PUT /v1/publications/{id}/keepalive` | restart the publication's time to live |
 //! | `GET /v1/resolve` | the publication to use now (local read) |
-//! | `GET /v1/watch` | long-poll of changes after a revision |
+//! | `GET /v1/watch` | long-poll of changes after a revision, or server-sent events |
 //! | `GET /v1/ready` | long-poll until named services are visible |
 //! | `GET /v1/members`, `GET /v1/status` | the cluster as this node sees it |
 //! | `GET /metrics` | Prometheus text |
@@ -74,6 +74,8 @@ pub struct App {
     pub long_polls: Arc<Semaphore>,
     /// Bound addresses.
     pub addresses: Addresses,
+    /// Turns true when the node begins to shut down: long-polls and event streams end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The node's logger.
     pub log: Logger,
 }

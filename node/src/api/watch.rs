@@ -1,5 +1,5 @@
-//! Long-polls: `GET /v1/watch` (changes after a revision) and `GET /v1/ready` (c2's
-//! `requires`). Both wait on the follower's revision channel, never on a runtime thread:
+//! Long-polls: `GET /v1/watch` (changes after a revision; also as server-sent events)
+//! and `GET /v1/ready` (c2's `requires`). Both wait on the follower's revision channel, never on a runtime thread:
 //! the registry's own waits block, so the handlers only look (under short locks) after
 //! each change.
 
@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use copycat::registry::{RegistryError, Revision, SubscribeOptions, Watch, WatchEvent};
@@ -30,6 +31,17 @@ pub const MAX_CHANGES: usize = 1000;
 /// How often a ready looks again without a registry change: a publication's owner can
 /// come alive in gossip without any change to the map.
 const READY_RECHECK: Duration = Duration::from_millis(100);
+
+/// Resolves once the node begins to shut down.
+async fn until_stopping(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: the node is stopping too.
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// The answer of a long-poll cut short by the node's shutdown.
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable("the node is shutting down".to_string())
+}
 
 /// A slot of the long-poll limit, or a 503.
 fn long_poll_slot(app: &App) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -70,19 +82,31 @@ fn drain(
 /// publications of those names (every name if none) as `added` changes; with `from`, the
 /// changes after `REV` as soon as there is one, `204` after `W` ms without any, `410` if
 /// `REV` left the history. The answer's `revision` is where to resume.
+///
+/// With `Accept: text/event-stream` the answer is a stream of server-sent events instead
+/// (see [`watch_events`]).
 pub async fn watch(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref(), &["name", "from", "wait_ms"])?;
     let names = query.names(false)?;
     let from = query.u64("from")?;
     let wait = query.wait(DEFAULT_WATCH_WAIT, MAX_WAIT)?;
+    if wants_events(&headers) {
+        let from = match last_event_id(&headers)? {
+            Some(last) => Some(last),
+            None => from,
+        };
+        return watch_events(app, names, from).await;
+    }
     let _slot = long_poll_slot(&app)?;
     let deadline = Instant::now() + wait;
     let mut revisions = app.revisions.clone();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut watch = app.registry.watch(&names, from)?;
+    let stopping = app.stopping.clone();
     let mut events = Vec::new();
     loop {
         // Seen before looking, so a change after the look wakes the wait below.
@@ -104,6 +128,7 @@ pub async fn watch(
                 }
             }
             () = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            () = until_stopping(stopping.clone()) => return Err(shutting_down()),
         }
     }
 }
@@ -125,6 +150,7 @@ pub async fn ready(
         .map(|n| app.registry.subscribe(SubscribeOptions::name(n)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut revisions = app.revisions.clone();
+    let stopping = app.stopping.clone();
     loop {
         revisions.borrow_and_update();
         let mut ready = Vec::with_capacity(names.len());
@@ -157,6 +183,111 @@ pub async fn ready(
                 }
             }
             () = tokio::time::sleep_until(recheck) => {}
+            () = until_stopping(stopping.clone()) => return Err(shutting_down()),
         }
     }
+}
+
+/// What the server-sent-events stream of a watch carries from one event to the next.
+struct EventStream {
+    app: Arc<App>,
+    watch: Watch,
+    after: Option<Revision>,
+    revisions: tokio::sync::watch::Receiver<Revision>,
+    pending: std::collections::VecDeque<WatchEvent>,
+    /// Held while the stream lives: it counts as a long-poll.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl EventStream {
+    /// The next change as an event, waiting for one; `None` once the registry stopped.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                let data = self.app.vantage.change(&event);
+                let kind = data["kind"].as_str().unwrap_or("changed").to_string();
+                return Some(
+                    Event::default()
+                        .event(kind)
+                        .id(event.revision.to_string())
+                        .data(data.to_string()),
+                );
+            }
+            self.revisions.borrow_and_update();
+            let mut found = Vec::new();
+            match drain(&mut self.watch, true, self.after, &mut found) {
+                Ok(_) => {}
+                Err(e) => {
+                    let body = json!({"error": e.kind(), "message": e.to_string()});
+                    // The stream ends after this event; the client reconnects.
+                    self.after = None;
+                    self.revisions = closed_revisions();
+                    return Some(Event::default().event("error").data(body.to_string()));
+                }
+            }
+            self.pending.extend(found);
+            if self.pending.is_empty() {
+                let stopping = self.app.stopping.clone();
+                tokio::select! {
+                    changed = self.revisions.changed() => changed.ok()?,
+                    () = until_stopping(stopping.clone()) => return None,
+                }
+            }
+        }
+    }
+}
+
+/// A revision receiver whose sender is gone: `changed()` fails at once.
+fn closed_revisions() -> tokio::sync::watch::Receiver<Revision> {
+    tokio::sync::watch::channel(0).1
+}
+
+/// `GET /v1/watch` with `Accept: text/event-stream`: the same changes as server-sent
+/// events (`event:` the kind, `id:` the revision, `data:` the change as JSON), without end;
+/// a client that reconnects with `Last-Event-ID` (or `from`) resumes after that revision.
+async fn watch_events(
+    app: Arc<App>,
+    names: Vec<String>,
+    from: Option<Revision>,
+) -> Result<Response, ApiError> {
+    let slot = long_poll_slot(&app)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let watch = app.registry.watch(&names, from)?;
+    let state = EventStream {
+        revisions: app.revisions.clone(),
+        app,
+        watch,
+        after: from,
+        pending: Default::default(),
+        _slot: slot,
+    };
+    let events = futures_util::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok::<Event, std::convert::Infallible>(event), state))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Whether the client asks for server-sent events.
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// The revision a reconnecting event-stream client last saw (`Last-Event-ID`).
+fn last_event_id(headers: &HeaderMap) -> Result<Option<Revision>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<Revision>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "not a revision"))
+        })
+        .transpose()
 }

@@ -105,6 +105,11 @@ impl Publications {
         (handles, next)
     }
 
+    /// Whether the table holds `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries().contains_key(id)
+    }
+
     /// Publications in the table.
     pub fn len(&self) -> usize {
         self.entries().len()

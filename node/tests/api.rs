@@ -161,6 +161,20 @@ fn three_nodes_publish_resolve_watch_ready_and_expire() {
     assert_eq!(ready[1]["port"], 6379);
     assert_eq!(ready[1]["node_id"], b.node_id.as_str());
 
+    // Listing: every node's replica holds both; only A made db through its API.
+    let listed = b.get("/v1/publications?name=db&name=cache").json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["cache", "db"], "{listed}");
+    let local = a.get("/v1/publications?local=true").json();
+    assert_eq!(local.as_array().map(Vec::len), Some(1), "{local}");
+    assert_eq!(local[0]["name"], "db");
+    assert_eq!(local[0]["distance"], 0);
+
     // A publication whose client stops sending keepalives expires after its TTL; kept
     // alive, it outlives it.
     let revision = c.get("/v1/watch?name=ttl").json()["revision"]

@@ -3,6 +3,7 @@
 //! | route | what it does |
 //! |---|---|
 //! | `POST /v1/publications` | publish; `201 {"id"}` once committed and visible here |
+//! | `GET /v1/publications` | the registry's publications (of some names) |
 //! | `DELETE /v1/publications/{id}` | unpublish; `204` |
 //! | `PUT /v1/publications/{id}/keepalive` | restart the publication's time to live |
 //! | `GET /v1/resolve` | the publication to use now (local read) |
@@ -83,7 +84,10 @@ pub struct App {
 /// The API's routes with `app` as their state (the bounds are added by the server).
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/publications", post(publications::create))
+        .route(
+            "/v1/publications",
+            post(publications::create).get(publications::list),
+        )
         .route("/v1/publications/{id}", delete(publications::delete))
         .route(
             "/v1/publications/{id}/keepalive",

@@ -1,13 +1,13 @@
 //! `POST /v1/publications`, `DELETE /v1/publications/{id}`,
 //! `PUT /v1/publications/{id}/keepalive`: publications that live while their client keeps
-//! them alive.
+//! them alive; `GET /v1/publications` lists what the registry holds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,8 +16,9 @@ use serde_json::{json, Map, Value};
 use slog::info;
 
 use super::error::ApiError;
-use super::query::{check_name, distance};
+use super::query::{check_name, distance, Query};
 use super::App;
+use crate::publications::api_id;
 
 /// Time to live of a publication that gives no `ttl_ms`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -223,6 +224,42 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
         "publication": publication,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /v1/publications?name=A&name=B`: the publications of those names (every name if
+/// none) in this node's replica of the registry, owners reported down included, each with
+/// its distance from here; `local=true` keeps only the ones made through this node's API.
+pub async fn list(
+    State(app): State<Arc<App>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref(), &["name", "local"])?;
+    let mut names = query.names(false)?;
+    let local = match query.one("local")? {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "local",
+                format!("{other:?}: use true or false"),
+            ))
+        }
+    };
+    if names.is_empty() {
+        names = app.follower.names();
+    }
+    names.sort();
+    names.dedup();
+    let mut listed = Vec::new();
+    for name in &names {
+        for publication in app.registry.publications(name) {
+            if local && !app.publications.contains(&api_id(&publication.id)) {
+                continue;
+            }
+            listed.push(app.vantage.publication(&publication));
+        }
+    }
+    Ok(Json(Value::Array(listed)).into_response())
 }
 
 /// `DELETE /v1/publications/{id}`: unpublishes and answers `204` once the removal is

@@ -1,5 +1,5 @@
-//! Starting and stopping the node: copycat, the registry, the follower, the two HTTP
-//! listeners, the READY line, and the graceful shutdown on SIGTERM or ctrl-c.
+//! Starting and stopping the node: the two HTTP listeners (bound first), copycat, the
+//! registry, the follower, the READY line, and the graceful shutdown on SIGTERM or ctrl-c.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use copycat::registry::{Registry, RegistryConfig, RegistryError};
 use copycat::{Config, CopyCat, GossipKey, Keyring, Security, TlsIdentity};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use slog::{info, o, warn, Logger};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::api::{self, json::Vantage, Addresses, App};
@@ -86,6 +87,8 @@ pub fn run(settings: Settings, log: Logger) -> Result<(), RunError> {
         .map_err(|e| RunError::Metrics(e.to_string()))?;
     api::status::describe_metrics();
 
+    let listeners = runtime.block_on(bind_listeners(&settings))?;
+
     let config = Config {
         hostname: settings.hostname.clone(),
         port: settings.port,
@@ -108,6 +111,7 @@ pub fn run(settings: Settings, log: Logger) -> Result<(), RunError> {
 
     let served = runtime.block_on(serve(
         &settings,
+        listeners,
         node.clone(),
         registry.clone(),
         &follower,
@@ -184,10 +188,31 @@ fn not_there_yet(error: &RegistryError) -> bool {
     )
 }
 
-/// Binds both listeners, prints READY, serves until the stop signal.
+/// The two HTTP listeners, bound before the node starts, so that a taken port stops the
+/// process at once rather than after the cluster formed.
+struct Listeners {
+    api: TcpListener,
+    gateway: TcpListener,
+}
+
+/// Binds `--api` and `--gateway`.
+async fn bind_listeners(settings: &Settings) -> Result<Listeners, RunError> {
+    let bind = |what: &'static str, addr: String| async move {
+        server::bind(&addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    Ok(Listeners {
+        api: bind("--api", settings.api.clone()).await?,
+        gateway: bind("--gateway", settings.gateway.clone()).await?,
+    })
+}
+
+/// Prints READY and serves both listeners until the stop signal.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     settings: &Settings,
+    listeners: Listeners,
     node: CopyCat,
     registry: Registry,
     follower: &Follower,
@@ -196,13 +221,10 @@ async fn serve(
     stop: watch::Receiver<bool>,
     log: Logger,
 ) -> Result<(), RunError> {
-    let bind = |what: &'static str, addr: String| async move {
-        server::bind(&addr)
-            .await
-            .map_err(|source| RunError::Bind { what, addr, source })
-    };
-    let api_listener = bind("--api", settings.api.clone()).await?;
-    let gateway_listener = bind("--gateway", settings.gateway.clone()).await?;
+    let Listeners {
+        api: api_listener,
+        gateway: gateway_listener,
+    } = listeners;
     let addresses = Addresses {
         api: api_listener.local_addr()?,
         gateway: gateway_listener.local_addr()?,

@@ -91,7 +91,9 @@ pub struct Config {
 }
 
 /// What a node does when it cannot go on: its core panicked, or storage failed (sled then
-/// fails every later operation too, so the node could only refuse work).
+/// fails every later operation too, so the node could only refuse work). A disk out of
+/// space is not such a failure: the node pauses until it can write again, then resumes by
+/// itself (calls meanwhile fail with [`Error::OutOfSpace`](crate::Error::OutOfSpace)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnFatalError {

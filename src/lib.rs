@@ -148,6 +148,7 @@ mod snapshot_io;
 mod snapshot_provider;
 pub(crate) mod storage;
 mod subscriber_sink;
+pub mod telemetry;
 mod tracing_bridge;
 mod typed;
 

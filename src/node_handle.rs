@@ -110,9 +110,10 @@ impl NodeHandle {
     ) -> Result<T> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(Event::Query(Box::new(move |core| {
-            let _ = tx.send(f(core));
+            let _ = tx.send(core.map(f));
         })))?;
-        rx.recv_timeout(QUERY_TIMEOUT).map_err(|_| Error::Shutdown)
+        rx.recv_timeout(QUERY_TIMEOUT)
+            .map_err(|_| Error::Shutdown)?
     }
 
     /// The async form of [`NodeHandle::query`].
@@ -122,7 +123,7 @@ impl NodeHandle {
     ) -> Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let event = Event::Query(Box::new(move |core| {
-            let _ = tx.send(f(core));
+            let _ = tx.send(core.map(f));
         }));
         // The core thread takes events quickly; a full queue is the only wait here.
         self.input.try_send(event).map_err(|e| match e {
@@ -130,7 +131,7 @@ impl NodeHandle {
             TrySendError::Disconnected(_) => Error::Shutdown,
         })?;
         match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => answer,
             _ => Err(Error::Shutdown),
         }
     }

@@ -47,6 +47,12 @@ pub struct SecurityStats {
     /// from another CA, not TLS, too slow) and `Hello`s claiming another node id than the
     /// certificate names. Always 0 without TLS.
     pub connections_refused: u64,
+    /// Probes of gossip identities' raft addresses that did not prove the identity's node
+    /// id: a forged identity (another node's id at someone else's address, or a made-up
+    /// id), or a member that could not be reached over TCP in time. Every failed probe
+    /// counts, retries included; such identities never enter the membership view. Always
+    /// 0 without TLS.
+    pub gossip_identities_refused: u64,
 }
 
 /// The security settings of a node ([`crate::Config::security`]).

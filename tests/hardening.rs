@@ -141,8 +141,14 @@ fn big_value(n: usize) -> Vec<u8> {
     value
 }
 
+/// Whether node `i` answers its status with the full-disk error.
+fn says_disk_full(nodes: &ProcessCluster, i: usize) -> bool {
+    http::get(nodes.http(i), "/status", PUT_TIMEOUT)
+        .is_ok_and(|r| r.status == 503 && r.text().contains("disk is full"))
+}
+
 #[test]
-fn a_node_whose_disk_refuses_writes_exits_and_catches_up_once_restarted_with_space() {
+fn a_node_whose_disk_fills_stays_up_and_resumes_by_itself_when_space_returns() {
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
     // Like a full disk: no file of node 2 may grow past 4 MiB.
     let limited = expect(nodes.form_with_last(3, |nodes| nodes.set_file_size_limit(Some(4 << 20))));
@@ -151,31 +157,61 @@ fn a_node_whose_disk_refuses_writes_exits_and_catches_up_once_restarted_with_spa
     }));
 
     let via: SocketAddr = nodes.http(0);
-    let (mut acked, mut exit) = (Vec::new(), None);
-    expect(wait_until("the limited node exits", PHASE, || {
+    let mut acked = Vec::new();
+    expect(wait_until("the limited node's disk is full", PHASE, || {
         let n = acked.len();
         if let Ok(r) = http::put(via, &format!("/kv/big{n}"), &big_value(n), PUT_TIMEOUT) {
             if r.status == 200 {
                 acked.push(n);
             }
         }
-        exit = nodes.exit_code(limited);
-        exit.is_some()
+        says_disk_full(&nodes, limited)
     }));
-    assert_eq!(exit, Some(copycat::EXIT_STORAGE_FAILED));
-
+    // The others go on; the full node stays up, silent, refusing calls with the reason.
     for n in acked.len()..acked.len() + PER_PHASE {
         let r = http::put(via, &format!("/kv/big{n}"), &big_value(n), PUT_TIMEOUT).unwrap();
-        assert_eq!(r.status, 200, "write {n} after the exit: {}", r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "write {n} while node {limited}'s disk is full: {}",
+            r.text()
+        );
         acked.push(n);
     }
-    // Space again: restarted (as a supervisor would), the node catches up and serves.
-    nodes.set_file_size_limit(None);
-    let peers = [nodes.info(0).gossip, nodes.info(1).gossip];
-    expect(nodes.restart(limited, &peers));
-    expect(wait_until("the cluster converges", PHASE, || {
+    let refused = http::put(nodes.http(limited), "/kv/refused", b"x", PUT_TIMEOUT).unwrap();
+    assert_eq!(
+        refused.status,
+        503,
+        "a write through the full node: {}",
+        refused.text()
+    );
+    assert_eq!(nodes.exit_code(limited), None, "the full node exited");
+
+    // Space returns: the node resumes by itself, catches up, and takes writes again.
+    expect(nodes.lift_file_size_limit(limited));
+    expect(wait_until("the cluster converges again", PHASE, || {
         nodes.converged(3)
     }));
+    let n = acked.len();
+    expect(wait_until(
+        "a write through the resumed node",
+        PHASE,
+        || {
+            let put = http::put(
+                nodes.http(limited),
+                &format!("/kv/big{n}"),
+                &big_value(n),
+                PUT_TIMEOUT,
+            );
+            put.is_ok_and(|r| r.status == 200)
+        },
+    ));
+    acked.push(n);
+    assert_eq!(
+        nodes.exit_code(limited),
+        None,
+        "the node exited after space returned"
+    );
     for i in 0..3 {
         for &n in &acked {
             let path = format!("/kv/big{n}?consistent=true");
@@ -311,11 +347,22 @@ fn a_secure_process_cluster_shuts_out_processes_without_its_credentials() {
         nodes.info(plaintext).node_id.clone(),
         nodes.info(other_ca).node_id.clone(),
     ];
-    // The node with the gossip key gossips; the plaintext one never does. Neither joins
-    // the cluster's directory nor holds a replica of the map, while the writes go on.
-    expect(wait_until("the key holder is gossiped", PHASE, || {
-        member_ids(&nodes, 0).contains(&outsiders[1])
-    }));
+    // The node with the gossip key gossips, but its identity is refused: a probe of its
+    // raft address meets a certificate of another CA. The plaintext one never gossips.
+    // Neither is a member, joins the cluster's directory nor holds a replica of the map,
+    // while the writes go on.
+    let log_0 = nodes.log_path(0);
+    expect(wait_until(
+        "the key holder's identity is refused",
+        PHASE,
+        || {
+            std::fs::read_to_string(&log_0).is_ok_and(|log| {
+                log.lines().any(|line| {
+                    line.contains("gossip identity refused") && line.contains(&outsiders[1])
+                })
+            })
+        },
+    ));
     let before = writer.count();
     expect(wait_until(
         "writes go on beside the outsiders",
@@ -323,10 +370,12 @@ fn a_secure_process_cluster_shuts_out_processes_without_its_credentials() {
         || writer.count() >= before + PER_PHASE,
     ));
     for i in 0..3 {
-        assert!(
-            !member_ids(&nodes, i).contains(&outsiders[0]),
-            "node {i} lists the plaintext node"
-        );
+        for outsider in &outsiders {
+            assert!(
+                !member_ids(&nodes, i).contains(outsider),
+                "node {i} lists outsider {outsider}"
+            );
+        }
         let status = nodes.status(i).unwrap();
         let voters = status["group"]["voters"].to_string();
         let learners = status["group"]["learners"].to_string();

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["storage"],
     &["error"],
     &["security"],
-    &["config", "snapshot_provider", "signal"],
+    &["config", "snapshot_provider", "signal", "telemetry"],
     &["group"],
     &["node"],
     &["snapshot_io", "subscriber_sink"],

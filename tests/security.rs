@@ -1,7 +1,9 @@
-//! Secure clusters: TLS with node ids bound to certificates, sealed gossip, key rotation,
+//! Secure clusters: TLS with node ids bound to certificates, sealed gossip whose identities
+//! are bound to node ids (forged ones never reroute a member), key rotation,
 //! and loading credentials from files.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use copycat::security::node_certificate_name;
 use copycat::{Config, CopyCat, Error, GossipKey, Keyring, MemberState, Security, TlsIdentity};
 use copycat_testkit::credentials::{random_node_id, DevCa, DevCredentials, NodeCredentials};
+use copycat_testkit::gossip_forge::{ForgedInfo, ForgedMember};
 use copycat_testkit::in_process::{self, collect, no_snapshot, wait_until, Cluster};
 
 const T: Duration = Duration::from_secs(30);
@@ -66,6 +69,10 @@ fn a_secure_cluster_commits_on_every_node_under_the_certificates_ids() {
         let stats = node.security_stats();
         assert_eq!(stats.gossip_rejected, 0, "no gossip refused");
         assert_eq!(stats.connections_refused, 0, "no connection refused");
+        assert_eq!(
+            stats.gossip_identities_refused, 0,
+            "every member proved at once"
+        );
         assert!(stats.gossip_opened > 0, "gossip is sealed");
     }
 }
@@ -435,4 +442,146 @@ fn a_data_dir_of_another_node_id_does_not_start_with_this_certificate() {
     }
     let again = start(0).expect("restarts with its own certificate");
     again.shutdown();
+}
+
+/// The raft address `node` lists for member `id`, if it lists it.
+fn listed_addr(node: &CopyCat, id: u64) -> Option<String> {
+    node.members_blocking()
+        .expect("members")
+        .into_iter()
+        .find(|m| m.node_id == id)
+        .map(|m| m.addr)
+}
+
+/// A forged gossip member holding the cluster's gossip key: it gossips an identity claiming
+/// `claimed` at `raft_addr`, with a bump above any real node's (theirs is the wall clock in
+/// nanoseconds), and joins through node 0.
+fn forge(
+    cluster: &Cluster,
+    creds: &DevCredentials,
+    claimed: u64,
+    raft_addr: SocketAddr,
+) -> ForgedMember {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let info = ForgedInfo {
+        node_id: claimed,
+        raft_addr,
+        gossip_addr: socket.local_addr().expect("addr"),
+        datacenter: String::new(),
+    };
+    let cluster_name = Config::default().cluster_name;
+    let seed = cluster.node(0).gossip_addr();
+    ForgedMember::start(
+        socket,
+        &cluster_name,
+        &creds.gossip_key,
+        info,
+        u64::MAX / 2,
+        seed,
+    )
+    .expect("forged member starts")
+}
+
+#[test]
+fn forged_gossip_identities_neither_reroute_members_nor_add_made_up_ones() {
+    let creds = credentials(3);
+    let cluster = Cluster::start_secure(&creds);
+    // The insider: a member with the gossip key and a valid certificate of its own.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let security = Security {
+        tls: Some(creds.ca.issue(random_node_id()).expect("certificate").tls()),
+        gossip_keys: Some(Keyring::new(creds.gossip_key.clone())),
+    };
+    let insider = start_outsider(&cluster, dir.path(), security);
+    let id = copycat::new_data_structure_id();
+    let ds = cluster
+        .node(0)
+        .subscribe(id, no_snapshot)
+        .expect("subscribe");
+    ds.propose_blocking(b"before".to_vec(), T)
+        .expect("acknowledged");
+    let real: Vec<(u64, String)> = (1..3)
+        .map(|i| {
+            (
+                cluster.node(i).node_id(),
+                cluster.node(i).raft_addr().to_string(),
+            )
+        })
+        .collect();
+    // Nodes 1 and 2 claimed at the insider's raft address (two of them: every write
+    // needs one of them), and a node id nobody holds a certificate for.
+    let made_up = random_node_id();
+    let forgers: Vec<ForgedMember> = [real[0].0, real[1].0, made_up]
+        .into_iter()
+        .map(|claimed| forge(&cluster, &creds, claimed, insider.raft_addr()))
+        .collect();
+    wait_until("the forgers know every node", T, || {
+        forgers.iter().all(|f| f.members() >= 4)
+    });
+    let rerouted = || {
+        cluster.running().any(|node| {
+            real.iter()
+                .any(|(id, addr)| listed_addr(node, *id).is_some_and(|a| &a != addr))
+                || listed_addr(node, made_up).is_some()
+        })
+    };
+    // Every node probes every forged identity (3), and again after a failure: the
+    // insider's listener refuses each handshake, its certificate naming another node.
+    let probed = || {
+        cluster
+            .running()
+            .all(|node| node.security_stats().gossip_identities_refused >= 6)
+            && insider.security_stats().connections_refused >= 18
+    };
+    wait_until("the forgeries are probed twice, or admitted", T, || {
+        probed() || rerouted()
+    });
+    assert!(
+        !rerouted(),
+        "a member was rerouted, or a made-up one admitted"
+    );
+    for i in 0..20u32 {
+        ds.propose_blocking(format!("after {i}").into_bytes(), T)
+            .expect("writes keep flowing");
+    }
+    assert!(
+        !rerouted(),
+        "a member was rerouted, or a made-up one admitted"
+    );
+    for node in cluster.running() {
+        assert!(!alive(node).contains(&made_up));
+    }
+    drop(forgers);
+    insider.shutdown();
+}
+
+#[test]
+fn a_member_restarted_on_new_ports_is_admitted_under_tls() {
+    let creds = credentials(3);
+    let mut cluster = Cluster::start_secure(&creds);
+    let id = copycat::new_data_structure_id();
+    let ds = cluster
+        .node(0)
+        .subscribe(id, no_snapshot)
+        .expect("subscribe");
+    ds.propose_blocking(b"before".to_vec(), T)
+        .expect("acknowledged");
+    let (node, old) = (cluster.node(2).node_id(), cluster.node(2).raft_addr());
+    cluster.stop(2);
+    cluster.restart(2);
+    let new = cluster.node(2).raft_addr().to_string();
+    assert_ne!(new, old.to_string(), "ports 0: new ports");
+    wait_until("node 0 lists node 2 at its new address", T, || {
+        listed_addr(cluster.node(0), node).as_deref() == Some(new.as_str())
+    });
+    let restarted = cluster
+        .node(2)
+        .subscribe(id, no_snapshot)
+        .expect("subscribe");
+    restarted
+        .propose_blocking(b"from the restarted node".to_vec(), T)
+        .expect("acknowledged");
+    ds.propose_blocking(b"after".to_vec(), T)
+        .expect("acknowledged");
+    assert_eq!(collect(&restarted, 3, T).len(), 3);
 }

@@ -312,6 +312,15 @@ fn one_node_refuses_bad_input_serves_metrics_and_exits_cleanly() {
     assert!(samples.contains_key("copycat_registry_leases_in_use"));
     assert!(samples.contains_key("copycat_registry_waiters"));
     assert_eq!(samples.get("copycat_members{state=\"alive\"}"), Some(&1.0));
+    // The library's own figures come through the node's recorder too (its replica gauges
+    // are published by the node's periodic maintenance).
+    assert!(samples.contains_key("copycat_proposals_committed_total"));
+    eventually("the library's replica gauges are exported", PHASE, || {
+        let text = node.get("/metrics").text;
+        text.lines()
+            .any(|l| l.starts_with("copycat_groups_hosted ") && !l.ends_with(" 0"))
+            .then_some(())
+    });
     assert!(
         samples
             .keys()

@@ -157,6 +157,8 @@ impl NodeCore {
             return;
         }
         if let Some(flight) = self.pending.land(seq, id) {
+            let latency_ms = self.now_ms.saturating_sub(flight.proposal.proposed_ms);
+            crate::telemetry::proposal_committed(latency_ms);
             self.complete(flight.proposal.waiter, Ok(index));
         }
     }
@@ -215,6 +217,9 @@ impl NodeCore {
                 let removed: Vec<_> = before.into_iter().filter(|r| !after.contains(r)).collect();
                 let me_removed = removed.contains(&group.replica_id());
                 self.removed_seen.entry(id).or_default().extend(removed);
+                if group.is_leader() {
+                    self.reconfigure_soon.insert(id);
+                }
                 self.round.write_for(id).conf_state = Some(cs);
                 self.active.insert(id);
                 if me_removed {

@@ -28,8 +28,11 @@ impl NodeCore {
             self.manage_replicas(system);
         }
         if self.ticks % MAINTENANCE_PERIOD_TICKS != 0 {
+            self.reconfigure_groups_that_can_move();
             return;
         }
+        self.reconfigure_soon.clear();
+        self.publish_group_gauges();
         let wanted: Vec<_> = self.wanted.iter().copied().collect();
         for group in wanted {
             self.pursue(group);
@@ -42,6 +45,17 @@ impl NodeCore {
             }
             self.reconcile_directory(group);
             self.balance_leadership(group);
+        }
+    }
+
+    /// Manages the replicas of the led groups marked to move on between passes.
+    fn reconfigure_groups_that_can_move(&mut self) {
+        let soon: Vec<_> = self.reconfigure_soon.drain().collect();
+        for group in soon {
+            let leads = self.groups.get(&group).is_some_and(|g| g.is_leader());
+            if leads && !group.is_system() {
+                self.manage_replicas(group);
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! of one batch, and the replicas they create or replace.
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 
 use super::directory::Directory;
 use super::validate::{self, LocalView};
@@ -128,6 +128,13 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
+        if msg.get_msg_type() == MessageType::MsgAppendResponse
+            && raft.is_leader()
+            && raft.log().conf_state().learners.contains(&msg.from)
+        {
+            // A learner caught up may be promoted now.
+            self.reconfigure_soon.insert(group);
+        }
         if let Err(e) = raft.step(msg, &mut self.rng) {
             slog::debug!(self.cfg.logger, "step failed"; "group" => %group, "error" => %e);
         }
@@ -205,6 +212,6 @@ pub(crate) fn local_view(raft: &RaftGroup) -> LocalView {
 
 /// False for a system-group `MsgSnapshot` whose data does not decode as a directory.
 pub(crate) fn carries_a_directory(msg: &Message) -> bool {
-    msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+    msg.get_msg_type() != MessageType::MsgSnapshot
         || Directory::decode(msg.get_snapshot().get_data()).is_ok()
 }

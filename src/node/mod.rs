@@ -9,6 +9,7 @@
 mod apply;
 mod bootstrap;
 pub(crate) mod directory;
+mod dormant;
 mod hibernation;
 mod input;
 mod leadership;
@@ -47,6 +48,7 @@ use crate::proto;
 use crate::storage::{LogStore, WriteBatch};
 
 use directory::Directory;
+pub(crate) use dormant::Dormant;
 pub(crate) use input::{Input, Waiter};
 use member::Members;
 pub(crate) use member::{MembershipEvent, NodeInfo};
@@ -176,9 +178,14 @@ pub(crate) struct NodeCore {
     asleep: HashSet<DataStructureId, FxBuildHasher>,
     /// Groups with readies waiting for a batch to be durable.
     held: Set<DataStructureId>,
+    /// Led groups whose replica management can move on now (a configuration change was
+    /// applied, or a learner acknowledged appends): managed at the next tick rather than
+    /// at the next maintenance pass, so healing takes no pass per step.
+    reconfigure_soon: Set<DataStructureId>,
     /// This round's writes and sends, and the storage batches' sequence numbers.
     round: round_state::Round,
-    storage_failed: bool,
+    /// The first storage read or write that failed (nothing is acknowledged since).
+    storage_failure: Option<Error>,
     stopped: bool,
     /// Replicas removed from each group, as seen in applied conf changes (reported to the
     /// directory so that nodes that were away delete their stale replicas).
@@ -231,8 +238,9 @@ impl NodeCore {
             active: Set::default(),
             asleep: HashSet::default(),
             held: Set::default(),
+            reconfigure_soon: Set::default(),
             round: round_state::Round::default(),
-            storage_failed: false,
+            storage_failure: None,
             stopped: false,
             handover: None,
             completions: Vec::new(),
@@ -465,12 +473,12 @@ impl NodeCore {
 
     /// Whether a storage read or write failed (the node acknowledges nothing since).
     pub(crate) fn storage_failed(&self) -> bool {
-        self.storage_failed
+        self.storage_failure.is_some()
     }
 
-    /// The core's logger.
-    pub(crate) fn logger(&self) -> &slog::Logger {
-        &self.cfg.logger
+    /// The storage failure that stopped the core, if any.
+    pub(crate) fn storage_failure(&self) -> Option<&Error> {
+        self.storage_failure.as_ref()
     }
 
     /// Storage failed (`doing` what): nothing more is acknowledged, and every subscriber
@@ -478,11 +486,12 @@ impl NodeCore {
     fn stop_on_storage_failure(&mut self, doing: &str, error: Error) {
         slog::error!(self.cfg.logger, "storage failed; this node stops acknowledging writes";
             "while" => doing, "error" => %error);
-        self.storage_failed = true;
         self.subscriptions.report_to_all(&error);
         for flight in self.pending.take_in_flight() {
+            crate::telemetry::proposal_failed(&error);
             self.complete(flight.proposal.waiter, Err(error.clone()));
         }
+        self.storage_failure.get_or_insert(error);
     }
 
     /// A local application subscribes to `group`.
@@ -525,7 +534,7 @@ impl NodeCore {
             .subscriptions
             .deliver(group, raft.log(), raft.applied());
         if let Err(why) = delivered {
-            if !self.storage_failed {
+            if !self.storage_failed() {
                 self.stop_on_storage_failure("reading", Error::Corrupted(why));
             }
         }

@@ -14,6 +14,8 @@ pub(crate) struct Proposal {
     pub data: Vec<u8>,
     pub sub: Option<SubId>,
     pub waiter: Option<Waiter>,
+    /// When it was proposed (ms), for the commit latency.
+    pub proposed_ms: u64,
     pub deadline_ms: u64,
 }
 
@@ -174,6 +176,7 @@ mod tests {
             data: Vec::new(),
             sub: None,
             waiter,
+            proposed_ms: 0,
             deadline_ms,
         }
     }

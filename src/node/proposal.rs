@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::group::ProposalContext;
 use crate::id::DataStructureId;
 use crate::node::subscription::SubId;
+use crate::telemetry;
 
 /// How long a proposal handed to raft may stay unapplied before it is proposed again.
 ///
@@ -54,12 +55,14 @@ impl NodeCore {
             data,
             sub,
             waiter,
+            proposed_ms: now_ms,
             deadline_ms,
         });
         self.flush_queued(group);
     }
 
     pub(super) fn fail(&mut self, sub: Option<SubId>, waiter: Option<Waiter>, error: Error) {
+        telemetry::proposal_failed(&error);
         if let Some(s) = sub.and_then(|id| self.subscriptions.get(id)) {
             if !s.report(error.clone()) {
                 slog::warn!(self.cfg.logger, "error channel full, dropping"; "error" => %error);
@@ -155,6 +158,7 @@ impl NodeCore {
 
     /// A new leader is known: requests sent to the old one may be lost.
     pub(super) fn on_leader_change(&mut self, id: DataStructureId) {
+        telemetry::leader_changed();
         if self.pending.any_in_flight(id) {
             self.gate_retries(id);
         }

@@ -94,7 +94,7 @@ impl NodeCore {
     /// Releases held readies whose batch is durable: sends their persisted messages and
     /// applies their committed entries.
     pub(super) fn release_durable(&mut self) {
-        if self.storage_failed {
+        if self.storage_failed() {
             return;
         }
         let held: Vec<_> = self.held.iter().copied().collect();

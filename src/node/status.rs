@@ -76,6 +76,12 @@ pub struct NodeStats {
 }
 
 impl NodeCore {
+    /// Publishes the replica gauges (see [`crate::telemetry`]).
+    pub(super) fn publish_group_gauges(&self) {
+        let led = self.groups.values().filter(|g| g.is_leader()).count();
+        crate::telemetry::groups(self.groups.len(), led, self.asleep.len());
+    }
+
     /// This node's counters.
     pub(crate) fn stats(&self) -> NodeStats {
         NodeStats {

@@ -2,8 +2,8 @@
 //!
 //! One task owns the [`Foca`] instance and multiplexes, in a `select!` loop:
 //! datagrams from the socket, foca's timers (kept in a local min-heap and
-//! awaited with `sleep_until`), a periodic re-announce tick and commands from
-//! the [`Gossip`] handle. Every datagram is wrapped in a prost-encoded
+//! awaited with `sleep_until`), a periodic re-announce tick, commands from
+//! the [`Gossip`] handle and, with TLS, the probes proving identities. Every datagram is wrapped in a prost-encoded
 //! [`GossipPacket`] carrying the protocol version and the cluster name; a
 //! datagram with the wrong version or cluster, or that does not decode, is
 //! dropped (with a rate-limited log) and never stops the task. With a keyring, the
@@ -14,7 +14,15 @@
 //! recomputes its view from foca's active members whenever foca reports a
 //! membership change, so a node that renewed its identity (after being
 //! declared down) or restarted on another port is reported `Up` with its new
-//! info, and is only reported `Down` once none of its identities is alive.
+//! info, and is only reported `Down` once none of its identities is alive (with TLS:
+//! alive and proved, or being proved for the first time).
+//!
+//! With TLS on the transport, a node id is bound to its raft address: an identity enters
+//! the view (as a new member, or as new addresses of a known one) only once a TLS probe of
+//! its raft address met a certificate for its node id (`gossip/verify.rs`,
+//! `gossip/view.rs`), so an insider holding the gossip key can neither reroute a member's
+//! traffic with a higher bump nor make up members. Without TLS every identity is admitted
+//! (the cluster is open anyway).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
@@ -43,6 +51,7 @@ use crate::id::NodeId;
 use crate::node::member::{MembershipEvent, NodeInfo};
 use crate::proto::{GossipPacket, PROTOCOL_VERSION};
 use crate::runtime::gossip_seal::{GossipSeal, SEAL_OVERHEAD};
+use crate::runtime::tls::TransportTls;
 
 /// How often a node with no known member announces itself to its seeds.
 ///
@@ -89,6 +98,10 @@ pub(crate) struct GossipConfig {
     pub logger: Logger,
     /// Seals and opens every datagram; `None` sends plaintext envelopes.
     pub seal: Option<Arc<GossipSeal>>,
+    /// The transport's TLS: with it, an identity is admitted only once a probe proved
+    /// that the server at its raft address holds a certificate for its node id
+    /// (`gossip/verify.rs`); `None` (plaintext transport) admits every identity.
+    pub tls: Option<Arc<TransportTls>>,
 }
 
 /// Callback receiving membership changes; called from a tokio task, so it must
@@ -161,6 +174,7 @@ impl Gossip {
             rng_seed,
             logger,
             seal,
+            tls,
         } = config;
         let logger =
             logger.new(o!("component" => "gossip", "gossip" => me.gossip_addr.to_string()));
@@ -197,6 +211,7 @@ impl Gossip {
             send_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
             sealed_buf: Vec::with_capacity(MAX_DATAGRAM * 2),
             seal,
+            verifier: tls.map(|tls| Verifier::new(tls, logger.clone())),
             me: me.node_id,
             seeds,
             timers: BinaryHeap::new(),
@@ -277,372 +292,14 @@ impl Drop for Gossip {
     }
 }
 
-/// A foca timer waiting for its deadline.
-struct ScheduledTimer {
-    /// When it is due.
-    at: Instant,
-    /// Insertion order, to make entries unique.
-    seq: u64,
-    /// The timer itself.
-    timer: Timer<GossipIdentity>,
-}
+mod verify;
+mod view;
+mod worker;
 
-impl ScheduledTimer {
-    /// Ordering: deadline, then foca's own timer order (which it relies on
-    /// when several timers are due at once), then insertion order.
-    fn order(&self, other: &Self) -> Ordering {
-        self.at
-            .cmp(&other.at)
-            .then_with(|| self.timer.cmp(&other.timer))
-            .then_with(|| self.seq.cmp(&other.seq))
-    }
-}
-
-impl PartialEq for ScheduledTimer {
-    /// Equal iff [`ScheduledTimer::order`] says so.
-    fn eq(&self, other: &Self) -> bool {
-        self.order(other) == Ordering::Equal
-    }
-}
-
-impl Eq for ScheduledTimer {}
-
-impl PartialOrd for ScheduledTimer {
-    /// See [`ScheduledTimer::order`].
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ScheduledTimer {
-    /// See [`ScheduledTimer::order`].
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.order(other)
-    }
-}
-
-/// The task owning foca and the socket.
-struct Worker {
-    /// The SWIM state machine.
-    foca: FocaInstance,
-    /// Collects what foca wants done; drained after every interaction.
-    runtime: AccumulatingRuntime<GossipIdentity>,
-    /// The gossip socket.
-    socket: UdpSocket,
-    /// Envelope template (version and cluster set, payload empty).
-    envelope: GossipPacket,
-    /// Reused encoding buffer.
-    send_buf: Vec<u8>,
-    /// Reused buffer of the sealed datagram.
-    sealed_buf: Vec<u8>,
-    /// Seals what is sent and opens what is received, if gossip is encrypted.
-    seal: Option<Arc<GossipSeal>>,
-    /// Our node id.
-    me: NodeId,
-    /// Where to announce while we know no member.
-    seeds: Vec<SocketAddr>,
-    /// Pending foca timers, earliest first.
-    timers: BinaryHeap<Reverse<ScheduledTimer>>,
-    /// Next [`ScheduledTimer::seq`].
-    timer_seq: u64,
-    /// Reported view: the representative alive identity of each node id.
-    view: HashMap<NodeId, GossipIdentity>,
-    /// State published to the handle.
-    shared: Arc<Shared>,
-    /// Membership callback.
-    on_membership: OnMembership,
-    /// Rate limiter for dropped-datagram logs.
-    drops: ClockedLogPacer,
-    /// Set while leaving: foca's `Defunct` is then expected.
-    leaving: bool,
-    /// Where the task logs.
-    logger: Logger,
-}
-
-impl Worker {
-    /// The select loop; returns on `Leave` or when the handle is dropped.
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; RECV_BUFFER];
-        let mut reannounce = tokio::time::interval(REANNOUNCE_EVERY);
-        reannounce.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let next_timer = self.timers.peek().map(|Reverse(t)| t.at);
-            tokio::select! {
-                biased;
-                command = commands.recv() => {
-                    match command {
-                        Some(Command::Leave(done)) => {
-                            self.leave().await;
-                            let _ = done.try_send(());
-                        }
-                        None => debug!(self.logger, "gossip handle dropped; stopping"),
-                    }
-                    return;
-                }
-                _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
-                    self.fire_due_timers();
-                }
-                _ = reannounce.tick() => self.reannounce(),
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.handle_datagram(&buf[..len], from),
-                    Err(e) => {
-                        debug!(self.logger, "gossip receive failed"; "error" => %e);
-                        tokio::time::sleep(RECV_ERROR_PAUSE).await;
-                    }
-                },
-            }
-            self.drain().await;
-        }
-    }
-
-    /// Hands every due timer to foca, in order.
-    fn fire_due_timers(&mut self) {
-        let now = Instant::now();
-        while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
-            let Some(Reverse(scheduled)) = self.timers.pop() else {
-                break;
-            };
-            if let Err(e) = self.foca.handle_timer(scheduled.timer, &mut self.runtime) {
-                debug!(self.logger, "foca timer error"; "error" => %e);
-            }
-        }
-    }
-
-    /// Announces to every seed if we know no member.
-    fn reannounce(&mut self) {
-        if self.foca.num_members() > 0 || self.seeds.is_empty() {
-            return;
-        }
-        debug!(self.logger, "announcing to seeds"; "seeds" => ?self.seeds);
-        for seed in &self.seeds {
-            if let Err(e) = self
-                .foca
-                .announce(GossipIdentity::placeholder(*seed), &mut self.runtime)
-            {
-                debug!(self.logger, "foca announce error"; "seed" => %seed, "error" => %e);
-            }
-        }
-    }
-
-    /// Opens (if sealed), unwraps a datagram and feeds it to foca, dropping anything
-    /// invalid.
-    fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        match unwrap_datagram(self.seal.as_deref(), &self.envelope.cluster, datagram) {
-            Ok(packet) => {
-                if let Err(e) = self.foca.handle_data(&packet.payload, &mut self.runtime) {
-                    debug!(self.logger, "foca rejected a packet"; "from" => %from, "error" => %e);
-                }
-            }
-            Err((len, problem)) => self.log_drop(len, from, problem),
-        }
-    }
-
-    /// Logs a dropped datagram, at most once per [`DROP_LOG_EVERY`].
-    fn log_drop(&mut self, len: usize, from: SocketAddr, problem: String) {
-        if let Some(suppressed) = self.drops.admit() {
-            warn!(self.logger, "dropped a gossip datagram";
-                "from" => %from, "len" => len, "reason" => problem,
-                "suppressed_since_last_log" => suppressed);
-        }
-    }
-
-    /// Leaves the cluster and sends the resulting packets.
-    async fn leave(&mut self) {
-        self.leaving = true;
-        if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
-            warn!(self.logger, "foca leave error"; "error" => %e);
-        }
-        self.drain().await;
-        self.view.clear();
-        self.shared.members().clear();
-        info!(self.logger, "left the cluster");
-    }
-
-    /// Does what foca asked during the last interactions: sends packets,
-    /// schedules timers, handles notifications.
-    async fn drain(&mut self) {
-        while let Some((to, data)) = self.runtime.to_send() {
-            self.envelope.payload.clear();
-            self.envelope.payload.extend_from_slice(&data);
-            self.send_buf.clear();
-            if let Err(e) = self.envelope.encode(&mut self.send_buf) {
-                error!(self.logger, "cannot encode gossip envelope"; "error" => %e);
-                continue;
-            }
-            let datagram = match &self.seal {
-                None => &self.send_buf,
-                Some(seal) => {
-                    seal.seal(&self.send_buf, &mut self.sealed_buf);
-                    &self.sealed_buf
-                }
-            };
-            let addr = to.info.gossip_addr;
-            if let Err(e) = self.socket.send_to(datagram, addr).await {
-                debug!(self.logger, "gossip send failed"; "to" => %addr, "error" => %e);
-            }
-        }
-        let now = Instant::now();
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.timer_seq += 1;
-            self.timers.push(Reverse(ScheduledTimer {
-                at: now + after,
-                seq: self.timer_seq,
-                timer,
-            }));
-        }
-        let mut membership_changed = false;
-        while let Some(notification) = self.runtime.to_notify() {
-            match notification {
-                OwnedNotification::MemberUp(id) => {
-                    debug!(self.logger, "foca: member up"; "id" => ?id);
-                    membership_changed = true;
-                }
-                OwnedNotification::MemberDown(id) => {
-                    debug!(self.logger, "foca: member down"; "id" => ?id);
-                    self.shared.foca_downs.fetch_add(1, AtomicOrdering::Relaxed);
-                    membership_changed = true;
-                }
-                OwnedNotification::Rename(old, new) => {
-                    debug!(self.logger, "foca: member renamed"; "old" => ?old, "new" => ?new);
-                    membership_changed = true;
-                }
-                OwnedNotification::Active => info!(self.logger, "joined the cluster"),
-                OwnedNotification::Idle => {
-                    info!(self.logger, "no member left; announcing to seeds again")
-                }
-                OwnedNotification::Rejoin(id) => {
-                    warn!(self.logger, "declared down by the cluster; rejoined with a renewed identity";
-                        "bump" => id.bump)
-                }
-                OwnedNotification::Defunct => {
-                    if !self.leaving {
-                        error!(self.logger, "declared down and could not rejoin")
-                    }
-                }
-            }
-        }
-        if membership_changed && !self.leaving {
-            self.refresh_view();
-        }
-    }
-
-    /// Recomputes the per-node view from foca's active members, publishes it
-    /// and reports the differences.
-    fn refresh_view(&mut self) {
-        let (view, events) = diff_view(
-            &self.view,
-            self.foca.iter_members().map(|m| m.id()),
-            self.me,
-        );
-        if events.is_empty() {
-            self.view = view;
-            return;
-        }
-        {
-            let mut members = self.shared.members();
-            members.clear();
-            members.extend(
-                view.iter()
-                    .map(|(id, identity)| (*id, identity.info.clone())),
-            );
-        }
-        self.view = view;
-        for event in events {
-            match &event {
-                MembershipEvent::Up(node) => info!(self.logger, "member up";
-                    "member" => node.node_id, "gossip_addr" => %node.gossip_addr,
-                    "raft_addr" => %node.raft_addr, "datacenter" => &node.datacenter),
-                MembershipEvent::Down(node) => info!(self.logger, "member down"; "member" => node),
-            }
-            let callback = &self.on_membership;
-            if catch_unwind(AssertUnwindSafe(|| callback(event))).is_err() {
-                error!(self.logger, "membership callback panicked");
-            }
-        }
-    }
-}
-
-/// The envelope of a received `datagram`, opened first under `seal` (if gossip is sealed):
-/// only a packet of this protocol version and `cluster` goes to foca. A dropped datagram
-/// gives its length (opened, if it opened) and why.
-pub(crate) fn unwrap_datagram(
-    seal: Option<&GossipSeal>,
-    cluster: &str,
-    datagram: &[u8],
-) -> Result<GossipPacket, (usize, String)> {
-    let opened;
-    let datagram = match seal.map(|seal| seal.open(datagram)) {
-        None => datagram,
-        Some(Ok(plaintext)) => {
-            opened = plaintext;
-            &opened
-        }
-        Some(Err(e)) => return Err((datagram.len(), e.to_string())),
-    };
-    let problem = match GossipPacket::decode(datagram) {
-        Err(e) => format!("undecodable envelope: {e}"),
-        Ok(packet) if packet.version != PROTOCOL_VERSION => {
-            format!(
-                "protocol version {} (ours {PROTOCOL_VERSION})",
-                packet.version
-            )
-        }
-        Ok(packet) if packet.cluster != cluster => {
-            format!("cluster {:?} (ours {:?})", packet.cluster, cluster)
-        }
-        Ok(packet) => return Ok(packet),
-    };
-    Err((datagram.len(), problem))
-}
-
-/// Computes the new per-node view from foca's active identities and the
-/// events that lead from `previous` to it.
-///
-/// A node id is represented by its alive identity with the largest
-/// [`GossipIdentity::conflict_key`]; it is `Up` when it appears or its
-/// representative identity changes (renewed or restarted node), and `Down`
-/// only when none of its identities is alive any more. `me` is excluded (an
-/// older identity of ours, on another address, may still be around).
-fn diff_view<'a>(
-    previous: &HashMap<NodeId, GossipIdentity>,
-    active: impl Iterator<Item = &'a GossipIdentity>,
-    me: NodeId,
-) -> (HashMap<NodeId, GossipIdentity>, Vec<MembershipEvent>) {
-    let mut view: HashMap<NodeId, GossipIdentity> = HashMap::new();
-    for identity in active {
-        if identity.info.node_id == me {
-            continue;
-        }
-        match view.entry(identity.info.node_id) {
-            Entry::Vacant(slot) => {
-                slot.insert(identity.clone());
-            }
-            Entry::Occupied(mut slot) => {
-                if identity.conflict_key() > slot.get().conflict_key() {
-                    slot.insert(identity.clone());
-                }
-            }
-        }
-    }
-    let mut downs: Vec<NodeId> = previous
-        .keys()
-        .filter(|id| !view.contains_key(id))
-        .copied()
-        .collect();
-    downs.sort_unstable();
-    let mut ups: Vec<&GossipIdentity> = view
-        .iter()
-        .filter(|(id, identity)| previous.get(id) != Some(identity))
-        .map(|(_, identity)| identity)
-        .collect();
-    ups.sort_unstable_by_key(|identity| identity.info.node_id);
-    let events = downs
-        .into_iter()
-        .map(MembershipEvent::Down)
-        .chain(ups.into_iter().map(|i| MembershipEvent::Up(i.info.clone())))
-        .collect();
-    (view, events)
-}
+use verify::Verifier;
+use view::{diff_view, Verification};
+pub(crate) use worker::unwrap_datagram;
+use worker::Worker;
 
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,7 @@ mod node_id;
 mod pump;
 mod security_state;
 mod snapshot_thread;
+mod storage_side;
 mod storage_thread;
 pub(crate) mod tls;
 pub(crate) mod transport;
@@ -67,14 +68,15 @@ use crate::node::{
 };
 use crate::proto;
 use crate::snapshot_provider::SnapshotProvider;
-use crate::storage::{LogStore, SledStore};
+use crate::storage::LogStore;
 
-use core_thread::CoreOutputs;
+use core_thread::CoreThread;
 pub use core_thread::{EXIT_CORE_PANIC, EXIT_STORAGE_FAILED};
 use gossip::{Gossip, GossipConfig};
 use gossip_seal::GossipSeal;
 pub(crate) use pump::{Doorbell, PumpControl};
 pub(crate) use security_state::SecurityState;
+use storage_side::{StorageSide, StoreOpener};
 use tls::TransportTls;
 use transport::{Transport, TransportConfig};
 
@@ -117,8 +119,9 @@ fn offer_from_peer(tx: &Sender<Event>, event: Event, dropped: &AtomicU64, logger
     }
 }
 
-/// A query answered on the core thread (status pages, tests).
-pub(crate) type Query = Box<dyn FnOnce(&NodeCore) + Send>;
+/// A query answered on the core thread (status pages, tests): with the core, or why there
+/// is none to ask (its storage is waiting for space).
+pub(crate) type Query = Box<dyn FnOnce(Result<&NodeCore>) + Send>;
 
 /// Completion of an acknowledged proposal or read barrier: the index, or why it failed.
 pub(crate) type Ack = Box<dyn FnOnce(Result<u64>) + Send>;
@@ -177,9 +180,14 @@ impl NodeRuntime {
     /// Opens storage, binds sockets and starts every thread and task.
     pub(crate) fn start(config: Config) -> Result<NodeRuntime> {
         config.validate()?;
+        crate::telemetry::describe();
         let logger = config.logger.clone();
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = Arc::new(SledStore::open(&config.data_dir, logger.clone())?);
+        let opener = StoreOpener {
+            data_dir: config.data_dir.clone(),
+            logger: logger.clone(),
+        };
+        let store = opener.open()?;
         let tls_identity = config.security.tls.as_ref();
         let certified = tls_identity.map(|tls| tls.node_id());
         let node_id = node_id::load_or_create_node_id(store.as_ref(), certified, &config.data_dir)?;
@@ -232,6 +240,7 @@ impl NodeRuntime {
             rng_seed: seed ^ 0x5DEE_CE66_D1CE_4E5B,
             logger: logger.clone(),
             seal: seal.clone(),
+            tls: tls.clone(),
         };
         let membership_tx = input_tx.clone();
         let on_membership = Arc::new(move |event: MembershipEvent| {
@@ -239,31 +248,22 @@ impl NodeRuntime {
         });
         let gossip = Gossip::start(tokio.handle(), udp, gossip_config, on_membership)?;
 
-        let snapshot_tx =
-            snapshot_thread::spawn_taker(store.clone(), input_tx.clone(), logger.clone())?;
-        let stream_io_tx =
-            snapshot_thread::spawn_stream_io(store.clone(), transport.clone(), input_tx.clone())?;
-        let (storage_tx, storage_thread) =
-            storage_thread::spawn(store, input_tx.clone(), logger.clone())?;
-        let tick = config.tick_interval;
+        let side = StorageSide::start(store, &input_tx, &transport, &logger)?;
+        let thread = CoreThread {
+            input: input_rx,
+            events: input_tx.clone(),
+            transport: transport.clone(),
+            opener: StoreOpener {
+                logger: logger.clone(),
+                ..opener
+            },
+            tick: config.tick_interval,
+            on_fatal: config.on_fatal_error,
+            logger: logger.clone(),
+        };
         let core_thread = std::thread::Builder::new()
             .name(format!("copycat-core-{node_id}"))
-            .spawn({
-                let transport_handle = transport.clone();
-                let (core_logger, on_fatal) = (logger.clone(), config.on_fatal_error);
-                move || {
-                    let out = CoreOutputs {
-                        storage: storage_tx,
-                        transport: transport_handle,
-                        snapshots: snapshot_tx,
-                        stream_io: stream_io_tx,
-                        logger: core_logger,
-                    };
-                    core_thread::run(core, input_rx, out, tick, on_fatal);
-                    // The storage sender is gone: wait for the queued writes to finish.
-                    let _ = storage_thread.join();
-                }
-            })?;
+            .spawn(move || core_thread::run(core, side, thread))?;
         let (pump_tx, pump_thread) = pump::spawn(input_tx.clone())?;
         Ok(NodeRuntime {
             node_id,

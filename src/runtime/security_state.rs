@@ -56,6 +56,7 @@ impl SecurityState {
             gossip_opened: self.seal.as_ref().map_or(0, |seal| seal.opened()),
             gossip_rejected: self.seal.as_ref().map_or(0, |seal| seal.rejected()),
             connections_refused: self.tls.as_ref().map_or(0, |tls| tls.refused()),
+            gossip_identities_refused: self.tls.as_ref().map_or(0, |tls| tls.probes_failed()),
         }
     }
 }

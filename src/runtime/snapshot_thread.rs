@@ -4,6 +4,7 @@
 //! provider does not hold up streams.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
@@ -23,9 +24,9 @@ pub(super) fn spawn_taker(
     store: Arc<SledStore>,
     core: Sender<Event>,
     logger: slog::Logger,
-) -> std::io::Result<Sender<SnapshotJob>> {
+) -> std::io::Result<(Sender<SnapshotJob>, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded::<SnapshotJob>();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("copycat-snapshot".to_string())
         .spawn(move || {
             for (request, provider) in rx {
@@ -35,7 +36,7 @@ pub(super) fn spawn_taker(
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 /// Starts the thread of the streams' file work; it exits when the returned sender is
@@ -44,9 +45,9 @@ pub(super) fn spawn_stream_io(
     store: Arc<SledStore>,
     transport: Arc<Transport>,
     core: Sender<Event>,
-) -> std::io::Result<Sender<SnapshotIo>> {
+) -> std::io::Result<(Sender<SnapshotIo>, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::unbounded::<SnapshotIo>();
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("copycat-snap-io".to_string())
         .spawn(move || {
             let mut files = StreamFiles::new(store.snapshot_files().clone());
@@ -62,5 +63,5 @@ pub(super) fn spawn_stream_io(
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, handle))
 }

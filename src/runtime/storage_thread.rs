@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Event;
 use crate::node::Input;
 use crate::storage::{LogStore, WriteBatch};
+use crate::telemetry;
 
 /// Where the core sends `(seq, batch)`.
 pub(super) type BatchSender = Sender<(u64, WriteBatch)>;
@@ -39,11 +41,16 @@ fn run(
             batch.extend(next);
         }
         let synced = batch.needs_sync();
+        let started = Instant::now();
         let result = if batch.is_empty() {
             Ok(())
         } else {
             store.write(&batch)
         };
+        if result.is_ok() {
+            let entries = batch.groups.iter().map(|g| g.entries.len()).sum();
+            telemetry::storage_write(started.elapsed(), entries, synced);
+        }
         let input = match result {
             Ok(()) => Input::Persisted { seq, synced },
             Err(e) => {

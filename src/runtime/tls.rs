@@ -10,18 +10,24 @@
 //! - The acceptor requires a client certificate and takes the peer's node id from it; the
 //!   transport then refuses a `Hello` that claims another id.
 //!
+//! - A probe ([`TransportTls::probe`]) runs the dialer's handshake alone, to learn whether
+//!   the server at an address holds a certificate for the node gossip says is there: the
+//!   gossip view admits a member's addresses only once a probe proved them.
+//!
 //! Session resumption is off on both sides: connections are long-lived (one per peer), so
 //! it would save little, and every connection then proves the peer's certificate afresh.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -51,6 +57,33 @@ pub(crate) enum AcceptError {
     NoNodeId(String),
 }
 
+/// Why a probe did not prove that the server at an address is the node it was asked about.
+///
+/// Normal network outcomes (nothing listens there, another node or an impostor does):
+/// nothing changed anywhere, the caller decides whether to probe again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    /// No TCP connection to the address.
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    /// The handshake failed: the server's certificate does not name the node asked about,
+    /// was not signed by the cluster's CA, the server refused ours, or it is not TLS.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    /// Connection and handshake did not finish before the deadline.
+    #[error("no handshake within {0:?}")]
+    TimedOut(Duration),
+    /// The handshake passed but the certificate names no node id, or another one (not
+    /// expected: the handshake already checks the name).
+    #[error("the server's certificate does not name node {expected}: {problem}")]
+    WrongNode {
+        /// The node asked about.
+        expected: NodeId,
+        /// What the certificate holds instead.
+        problem: String,
+    },
+}
+
 /// The transport's TLS: what dials and what accepts, and how many peers were refused.
 pub(crate) struct TransportTls {
     /// Dials peers, presenting our certificate.
@@ -59,6 +92,8 @@ pub(crate) struct TransportTls {
     acceptor: TlsAcceptor,
     /// Inbound connections refused: failed handshakes and `Hello`s claiming another id.
     refused: AtomicU64,
+    /// Probes that did not prove the node id asked about.
+    probes_failed: AtomicU64,
 }
 
 impl TransportTls {
@@ -90,6 +125,7 @@ impl TransportTls {
             connector: TlsConnector::from(Arc::new(client)),
             acceptor: TlsAcceptor::from(Arc::new(server)),
             refused: AtomicU64::new(0),
+            probes_failed: AtomicU64::new(0),
         })
     }
 
@@ -99,6 +135,60 @@ impl TransportTls {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = self.connector.connect(name, tcp).await?;
         Ok(Box::new(tls))
+    }
+
+    /// Proves, within `timeout`, that the server at `addr` holds a certificate of the
+    /// cluster's CA for node `peer`: connects, runs the dialer's handshake (which checks
+    /// the server's certificate names `peer`, and presents ours), reads the node id back
+    /// from the verified certificate and closes the connection with a TLS close before
+    /// any `Hello` (the acceptor takes that as a routine close).
+    ///
+    /// Returns the node id the server's certificate names (always `peer`).
+    pub(crate) async fn probe(
+        &self,
+        addr: SocketAddr,
+        peer: NodeId,
+        timeout: Duration,
+    ) -> std::result::Result<NodeId, ProbeError> {
+        let name = ServerName::try_from(node_certificate_name(peer))
+            .map_err(|e| ProbeError::Handshake(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let handshake = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(ProbeError::Connect)?;
+            let mut tls = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(ProbeError::Handshake)?;
+            let (_, connection) = tls.get_ref();
+            let proved = connection
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .ok_or_else(|| "no certificate presented".to_string())
+                .and_then(|certificate| node_id_of_certificate(certificate));
+            // Best effort: the proof is already in hand.
+            let _ = tls.shutdown().await;
+            match proved {
+                Ok(id) if id == peer => Ok(id),
+                Ok(id) => Err(ProbeError::WrongNode {
+                    expected: peer,
+                    problem: format!("it names node {id}"),
+                }),
+                Err(problem) => Err(ProbeError::WrongNode {
+                    expected: peer,
+                    problem,
+                }),
+            }
+        };
+        let proved = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| ProbeError::TimedOut(timeout))
+            .and_then(|proved| proved);
+        if proved.is_err() {
+            self.probes_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        proved
     }
 
     /// Runs the acceptor's handshake on `tcp`; returns the stream and the node id the
@@ -131,6 +221,11 @@ impl TransportTls {
     /// Inbound connections refused so far.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Probes that failed so far.
+    pub(crate) fn probes_failed(&self) -> u64 {
+        self.probes_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -212,6 +307,49 @@ mod tests {
             assert!(dialed.is_err() && accepted.is_err(), "rogue client");
             let (dialed, accepted) = dial(&tls_good, &tls_rogue, 22).await;
             assert!(dialed.is_err() && accepted.is_err(), "rogue server");
+        });
+    }
+
+    #[test]
+    fn a_probe_reports_the_node_id_the_server_proves() {
+        let ca = DevCa::new("CA").unwrap();
+        let (a, b) = (ca.issue(11).unwrap(), ca.issue(22).unwrap());
+        let (tls_a, tls_b) = (tls(&a), Arc::new(tls(&b)));
+        let short = std::time::Duration::from_millis(300);
+        crate::runtime::test_runtime().block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let server = tls_b.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        if let Ok((mut stream, _)) = server.accept(tcp).await {
+                            let _ = stream.read_u8().await;
+                        }
+                    });
+                }
+            });
+            let timeout = std::time::Duration::from_secs(5);
+            assert_eq!(tls_a.probe(addr, 22, timeout).await.expect("proved"), 22);
+            let refused = tls_a.probe(addr, 33, timeout).await;
+            assert!(
+                matches!(refused, Err(ProbeError::Handshake(_))),
+                "{refused:?}"
+            );
+            // Nothing listens: no connection.
+            let closed = {
+                let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let nobody = tls_a.probe(closed, 22, timeout).await;
+            assert!(matches!(nobody, Err(ProbeError::Connect(_))), "{nobody:?}");
+            // A listener that never answers: the deadline ends the probe.
+            let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let started = std::time::Instant::now();
+            let mute = tls_a.probe(silent.local_addr().unwrap(), 22, short).await;
+            assert!(matches!(mute, Err(ProbeError::TimedOut(_))), "{mute:?}");
+            assert!(started.elapsed() < timeout);
         });
     }
 }

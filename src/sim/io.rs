@@ -107,12 +107,20 @@ impl World {
         let Some((seq, batch)) = running.disk.pop_front() else {
             return;
         };
-        let input = match crate::storage::LogStore::write(running.store.as_ref(), &batch) {
+        let full = running
+            .disk_full_until
+            .is_some_and(|until| self.now < until);
+        let written = if full {
+            Err(super::disk_full::no_space())
+        } else {
+            crate::storage::LogStore::write(running.store.as_ref(), &batch).map_err(Into::into)
+        };
+        let input = match written {
             Ok(()) => Input::Persisted {
                 seq,
                 synced: batch.needs_sync(),
             },
-            Err(e) => Input::StorageFailed(seq, e.into()),
+            Err(e) => Input::StorageFailed(seq, e),
         };
         self.input(i, input);
         self.start_disk(i);

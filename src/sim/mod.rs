@@ -1,6 +1,7 @@
 //! Deterministic simulation: several production node cores in one thread, driven by a
 //! fake clock and one seeded RNG through crashes, restarts, partitions, message loss,
-//! duplication and reordering, a node killed for good and a new one joining, while
+//! duplication and reordering, disks that fill up for a while (the core sleeps, then wakes
+//! over its store), a node killed for good and a new one joining, while
 //! clients propose, read through barriers, subscribe and unsubscribe. Checkers then
 //! verify that no acknowledged write is lost, every subscriber sees a prefix of one
 //! sequence with each entry once, barrier reads are linearizable, and that once the faults
@@ -17,6 +18,7 @@
 
 mod app;
 mod checker;
+mod disk_full;
 mod io;
 mod registry;
 mod typed_app;
@@ -105,6 +107,8 @@ pub(crate) struct Report {
     /// Typed responses checked against the sequence, and those a snapshot left unknown.
     pub typed_checked: u64,
     pub typed_unknown: u64,
+    /// Times a core went dormant on a full disk (and woke again).
+    pub slept: u64,
     pub healed_at_ms: u64,
 }
 
@@ -184,12 +188,14 @@ pub(crate) fn run_seed(seed: u64, params: &Params) -> Result<Report, String> {
         resubscribed: world.checker.resubscribed,
         typed_checked: world.checker.typed_checked,
         typed_unknown: world.checker.typed_unknown,
+        slept: world.slept,
         healed_at_ms,
     })
 }
 
 /// Ends the faults: one network again, every node that is not gone running.
 fn heal(world: &mut World) -> Result<(), String> {
+    world.empty_disks();
     for node in &mut world.nodes {
         node.side = 0;
     }
@@ -258,7 +264,14 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
     for group in groups {
         let statuses: Vec<_> = running
             .iter()
-            .filter_map(|i| world.nodes[*i].running.as_ref()?.core.group_status(group))
+            .filter_map(|i| {
+                world.nodes[*i]
+                    .running
+                    .as_ref()?
+                    .core
+                    .awake()?
+                    .group_status(group)
+            })
             .collect();
         let Some(first) = statuses.first() else {
             return Err(format!("group {group}: no replica"));
@@ -277,7 +290,16 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
         {
             let records: Vec<String> = running
                 .iter()
-                .filter_map(|i| Some(world.nodes[*i].running.as_ref()?.core.debug_record(group)))
+                .filter_map(|i| {
+                    Some(
+                        world.nodes[*i]
+                            .running
+                            .as_ref()?
+                            .core
+                            .awake()?
+                            .debug_record(group),
+                    )
+                })
                 .collect();
             return Err(format!(
                 "group {group}: replicas not converged: {statuses:?} {records:?}"
@@ -303,11 +325,13 @@ fn convergence(world: &World, workload: &Workload) -> Result<(), String> {
                 .unwrap_or(0);
             if app.applied() < acked.min(last) || (acked > 0 && last < acked) {
                 return Err(format!(
-                    "node {i}: subscriber of {} at {} of {acked}: {:?} {}",
+                    "node {i}: subscriber of {} at {} of {acked}: {:?} {:?}",
                     app.group,
                     app.applied(),
-                    node.core.group_status(app.group),
-                    node.core.debug_subscription(app.sub)
+                    node.core.awake().map(|core| core.group_status(app.group)),
+                    node.core
+                        .awake()
+                        .map(|core| core.debug_subscription(app.sub))
                 ));
             }
         }

@@ -327,6 +327,12 @@ impl Faults {
                     node.side = 0;
                 }
             }
+            90..=95 => {
+                if let Some(&victim) = running.choose(&mut world.rng) {
+                    let ms = world.rng.gen_range(300..4_000);
+                    world.fill_disk(victim, ms);
+                }
+            }
             _ if !self.killed_for_good && down.is_empty() && running.len() >= 3 => {
                 self.killed_for_good = true;
                 if let Some(&victim) = running.choose(&mut world.rng) {

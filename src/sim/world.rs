@@ -12,6 +12,7 @@ use rand::Rng;
 
 use super::app::{App, Delivered};
 use super::checker::Checker;
+use super::disk_full::SimCore;
 use super::registry::RegistryAgent;
 use super::Params;
 use crate::group::RaftSettings;
@@ -61,7 +62,9 @@ pub(crate) enum Event {
 
 /// A running node: its core, its store, and its disk queue.
 pub(crate) struct Running {
-    pub core: NodeCore,
+    pub core: SimCore,
+    /// Until when (ms) its disk has no room, if it filled up.
+    pub disk_full_until: Option<u64>,
     pub store: Arc<SledStore>,
     pub disk: VecDeque<(u64, WriteBatch)>,
     pub disk_busy: bool,
@@ -125,6 +128,8 @@ pub(crate) struct World {
     pub trace: u64,
     pub faults: u64,
     pub messages: u64,
+    /// Times a core went dormant on a full disk.
+    pub slept: u64,
     pub logger: slog::Logger,
 }
 
@@ -145,6 +150,7 @@ impl World {
             trace: 0xcbf2_9ce4_8422_2325,
             faults: 0,
             messages: 0,
+            slept: 0,
             logger: sim_logger(),
         }
     }
@@ -209,7 +215,8 @@ impl World {
         node.dead_since = None;
         let stream_files = crate::snapshot_io::StreamFiles::new(store.snapshot_files().clone());
         node.running = Some(Running {
-            core,
+            core: SimCore::Awake(Box::new(core)),
+            disk_full_until: None,
             store,
             disk: VecDeque::new(),
             disk_busy: false,
@@ -278,6 +285,8 @@ impl World {
                     registry: Some(agent),
                     ..
                 }) => {
+                    // A dormant core answers no query: the registry's worker waits.
+                    let Some(core) = core.awake() else { continue };
                     let members = core.member_statuses();
                     agent.upkeep(&members, me, grace, now)
                 }
@@ -351,6 +360,7 @@ impl World {
         };
         let output = running.core.poll_output();
         self.route(i, output);
+        self.sleep_if_out_of_space(i);
         self.drain_apps(i);
     }
 
@@ -424,7 +434,7 @@ impl World {
         }
     }
 
-    fn route(&mut self, i: usize, output: Output) {
+    pub(super) fn route(&mut self, i: usize, output: Output) {
         let life = self.nodes[i].life;
         let from = self.nodes[i].info.node_id;
         let now = self.now;
@@ -505,7 +515,11 @@ impl World {
         let Some(running) = self.nodes[i].running.as_mut() else {
             return;
         };
-        running.core.handle_tick(now);
+        if let SimCore::Awake(core) = &mut running.core {
+            core.handle_tick(now);
+        } else {
+            self.wake_if_room(i);
+        }
         let tick = self.params.tick_ms;
         self.at(tick, Event::Tick(i));
         self.flush(i);

@@ -65,6 +65,27 @@ impl From<sled::Error> for StorageError {
     }
 }
 
+impl StorageError {
+    /// Whether the file system ran out of room for this node's data (no space left, file
+    /// size or disk quota limit): a failure that ends once space returns, unlike a broken
+    /// disk.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StorageError::Io(e) => is_out_of_space(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `e` says the file system has no room (ENOSPC, EFBIG, EDQUOT).
+pub(crate) fn is_out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded
+    )
+}
+
 /// Result of storage operations.
 pub type Result<T> = std::result::Result<T, StorageError>;
 

@@ -82,6 +82,15 @@ pub trait Codec: Send + Sync + 'static {
 }
 
 /// The default [`Codec`]: bincode 2 through serde, compact and fast.
+///
+/// Decoding is bounded: what the decoded value's strings and byte buffers may allocate
+/// ahead of reading their contents is limited in proportion to the input (at most 32
+/// bytes per input byte, the crate's rule for every record peers can write: see
+/// [`crate::bounded_bincode_decode`]), so a corrupt or forged entry whose length prefix
+/// claims gigabytes fails with an error (bincode's "limit exceeded") instead of
+/// allocating, or aborting the process. Commands are at most `Config::max_proposal_bytes`
+/// long, so a command cannot make a replica allocate more than 32 times that; no genuine
+/// value is refused (it claims at most its own encoded length).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bincode;
 
@@ -91,8 +100,44 @@ impl Codec for Bincode {
     }
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        crate::bounded_decode::bounded_serde_decode(bytes)
             .map(|(value, _)| value)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A varint length of 2^40 (bincode's standard config: 0xfd, then a little-endian u64).
+    const HUGE_LENGTH: [u8; 9] = [0xfd, 0, 0, 0, 0, 0, 1, 0, 0];
+
+    #[test]
+    fn a_forged_length_is_refused_with_an_error_not_an_allocation() {
+        // Unbounded, bincode allocates the whole string (1 TiB) before reading it: the
+        // allocation fails and the process aborts.
+        let refused = Bincode::decode::<String>(&HUGE_LENGTH);
+        let error = refused.expect_err("refused");
+        assert!(error.contains("LimitExceeded"), "{error}");
+        // Inside a command, after genuine fields.
+        let mut command = Bincode::encode(&7u64).expect("encode");
+        command.extend_from_slice(&HUGE_LENGTH);
+        assert!(Bincode::decode::<(u64, String)>(&command).is_err());
+        // Sequences and maps preallocate cautiously and fail at the end of the input.
+        assert!(Bincode::decode::<Vec<u64>>(&HUGE_LENGTH).is_err());
+        assert!(Bincode::decode::<BTreeMap<u64, u64>>(&HUGE_LENGTH).is_err());
+    }
+
+    #[test]
+    fn genuine_values_decode_as_before() {
+        let mut map = BTreeMap::new();
+        map.insert("big".to_string(), "x".repeat(1 << 20));
+        map.insert(String::new(), String::new());
+        let bytes = Bincode::encode(&map).expect("encode");
+        assert_eq!(Bincode::decode::<BTreeMap<String, String>>(&bytes), Ok(map));
+        let empty = Bincode::encode(&String::new()).expect("encode");
+        assert_eq!(Bincode::decode::<String>(&empty), Ok(String::new()));
     }
 }

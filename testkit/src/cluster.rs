@@ -427,7 +427,7 @@ impl ProcessCluster {
         let mut cmd = Command::new("sh");
         cmd.args([
             "-c",
-            "trap '' XFSZ; [ \"$1\" = unlimited ] || ulimit -f \"$1\"; \
+            "trap '' XFSZ; [ \"$1\" = unlimited ] || ulimit -S -f \"$1\"; \
              [ \"$2\" = unlimited ] || ulimit -n \"$2\"; shift 2; exec \"$@\"",
             "sh",
         ])
@@ -435,6 +435,35 @@ impl ProcessCluster {
         .arg(fds)
         .arg(&self.bin);
         cmd
+    }
+
+    /// Lifts the file size limit of running node `i` (the soft limit `sh` set, up to the
+    /// hard limit): as if space returned to a full disk. Uses prlimit(2) on its process.
+    pub fn lift_file_size_limit(&self, i: usize) -> Result<(), String> {
+        let pid = self.pid(i).ok_or(format!("node {i} is not running"))?;
+        let pid = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit reads and writes only the rlimit structs passed, which outlive the calls.
+        let read = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut limit) };
+        if read != 0 {
+            return Err(format!(
+                "prlimit (read): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        let set = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        if set != 0 {
+            return Err(format!(
+                "prlimit (set): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     /// Node `i`'s `/status` as JSON.

@@ -10,6 +10,8 @@
 //! - [`http`]: a tiny blocking HTTP/1.1 client to drive those processes.
 //! - [`chaos`]: writers and the fault-injection driver run against a process cluster.
 //! - [`forge`]: hand-encoded peer frames for attack tests.
+//! - [`gossip_forge`]: a real foca member with the gossip key that gossips a forged
+//!   identity, for attack tests.
 //! - [`credentials`]: development CA, node certificates and gossip keys (rcgen).
 #![deny(missing_docs)]
 
@@ -17,5 +19,6 @@ pub mod chaos;
 pub mod cluster;
 pub mod credentials;
 pub mod forge;
+pub mod gossip_forge;
 pub mod http;
 pub mod in_process;

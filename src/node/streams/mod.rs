@@ -285,6 +285,7 @@ impl Streams {
         out.heard_ms = now_ms;
         // Every stream ends with an acknowledgement of at least 1 (an empty file's too).
         if out.acked >= total.max(1) {
+            crate::telemetry::snapshot_sent();
             return self.end(key, None);
         }
         if out.acked > out.sent {
@@ -488,6 +489,7 @@ impl Streams {
         let Some(done) = self.incoming.remove(&key) else {
             return Stored::Stale;
         };
+        crate::telemetry::snapshot_received();
         Stored::Complete {
             ack: ack(group, index, stream, received.max(1)),
             message: done.message.unwrap_or_default(),

@@ -74,6 +74,7 @@ fn start_on(
             rng_seed: node_id,
             logger: logger(),
             seal: None,
+            tls: None,
         },
         Arc::new(move |e| sink.lock().unwrap().push(e)),
     )
@@ -366,22 +367,29 @@ fn view_reports_per_node_id() {
         bump: 5,
     };
 
-    let (view, events) = diff_view(&HashMap::new(), [&old, &me_elsewhere].into_iter(), 1);
+    let (view, events) = diff_view(
+        &HashMap::new(),
+        [&old, &me_elsewhere].into_iter(),
+        1,
+        |_| Verification::Verified,
+    );
     assert_eq!(events, vec![MembershipEvent::Up(old.info.clone())]);
 
     // Renewed identity of the same node: Up again (new identity).
-    let (view, events) = diff_view(&view, [&renewed].into_iter(), 1);
+    let (view, events) = diff_view(&view, [&renewed].into_iter(), 1, |_| Verification::Verified);
     assert_eq!(events, vec![MembershipEvent::Up(renewed.info.clone())]);
 
     // Restarted elsewhere while the old life is still alive: Up with the
     // new info; then the old life dies: nothing.
-    let (view, events) = diff_view(&view, [&renewed, &moved].into_iter(), 1);
+    let (view, events) = diff_view(&view, [&renewed, &moved].into_iter(), 1, |_| {
+        Verification::Verified
+    });
     assert_eq!(events, vec![MembershipEvent::Up(moved.info.clone())]);
-    let (view, events) = diff_view(&view, [&moved].into_iter(), 1);
+    let (view, events) = diff_view(&view, [&moved].into_iter(), 1, |_| Verification::Verified);
     assert!(events.is_empty());
 
     // No identity left: Down.
-    let (view, events) = diff_view(&view, std::iter::empty(), 1);
+    let (view, events) = diff_view(&view, std::iter::empty(), 1, |_| Verification::Verified);
     assert_eq!(events, vec![MembershipEvent::Down(3)]);
     assert!(view.is_empty());
 }
@@ -408,3 +416,5 @@ fn config_is_valid() {
         MIN_FOCA_PACKET
     );
 }
+
+mod binding;

@@ -225,7 +225,10 @@ pub(super) async fn read_inbound<R: AsyncRead + Unpin>(
             None => return Ok(()),
             Some(Frame {
                 body: Some(Body::Batch(batch)),
-            }) => (ctx.on_batch)(from, batch),
+            }) => {
+                crate::telemetry::frame_received(batch.encoded_len());
+                (ctx.on_batch)(from, batch)
+            }
             Some(Frame {
                 body: Some(Body::Hello(_)),
             }) => return Err(InboundError::UnexpectedHello),

@@ -250,6 +250,7 @@ pub(super) async fn connect(
     )
     .await
     .map_err(|_| timed_out("hello"))??;
+    crate::telemetry::connected();
     Ok(stream)
 }
 
@@ -313,7 +314,10 @@ pub(super) async fn run_connection(
                 biased;
                 _ = stopped(shutdown) => return Ended::Stopped,
                 res = &mut write => match res {
-                    Ok(Ok(())) => break,
+                    Ok(Ok(())) => {
+                        crate::telemetry::frame_sent(encoded.len());
+                        break;
+                    }
                     Ok(Err(e)) => return Ended::Down(format!("write failed: {e}")),
                     Err(_) => return Ended::Down("write timed out".into()),
                 },

@@ -88,6 +88,8 @@ fn distance_rules_and_bare_name_fallback() {
         assert_eq!(resolved(&r[1], bare.clone()).as_deref(), Some("east-0"));
     }
     assert_eq!(resolved(&r[2], bare.clone()).as_deref(), Some("west-2"));
+    // r[0] sees west-2 only once it has applied it (publish returned on r[2]).
+    r[0].read_barrier(WAIT).expect("barrier");
     let far =
         SubscribeOptions::new().then("svc", Distance::OtherDatacenter, Distance::OtherDatacenter);
     assert_eq!(resolved(&r[0], far).as_deref(), Some("west-2"));

@@ -310,6 +310,19 @@ fn watches_see_exact_diffs_and_resume_from_a_revision() {
         None
     );
 
+    // Resumed ahead of a replica (as on a node still catching up): only the changes after
+    // the revision asked, even those the replica applies later.
+    let ahead = r[2].revision() + 1;
+    let mut early = r[2].watch(&["w"], Some(ahead)).expect("resume ahead");
+    let _first = r[0]
+        .publish("w", "a1", PublishSettings::default())
+        .expect("publish");
+    let _second = r[0]
+        .publish("w", "a2", PublishSettings::default())
+        .expect("publish");
+    let event = next_event(&mut early);
+    assert!(event.revision > ahead, "{event:?} is not after {ahead}");
+
     // A subscription's watch covers its names.
     let subscription = r[2]
         .subscribe(SubscribeOptions::name("other"))

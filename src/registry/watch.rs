@@ -64,8 +64,10 @@ impl Watch {
                 if let Err(oldest) = state.changes_after(asked) {
                     return Err(RegistryError::RevisionCompacted { asked, oldest });
                 }
-                watch.seen = asked.min(state.revision);
-                watch.delivered = watch.seen;
+                // Past this replica's revision (it is still catching up): the changes up
+                // to `asked` were handled elsewhere, so they are skipped when they arrive.
+                watch.seen = asked;
+                watch.delivered = asked;
             }
         }
         drop(state);

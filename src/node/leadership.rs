@@ -88,7 +88,8 @@ impl NodeCore {
     /// many groups still have a leadership to hand over.
     fn hand_over_leaderships(&mut self) -> usize {
         let mut pending = 0;
-        let led = self.led_groups();
+        // Every group, hibernating or not: all leaderships leave.
+        let led = self.led_groups(true);
         for group in led {
             let target = self.best_successor(group);
             let Some(raft) = self.groups.get_mut(&group) else {

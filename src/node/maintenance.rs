@@ -22,46 +22,36 @@ const FULL_PASS_EVERY: u64 = 20;
 const LEADERLESS_PATIENCE_ELECTIONS: u64 = 10;
 
 impl NodeCore {
+    /// Periodic work. What concerns every group visits only the awake ones, except on a
+    /// full pass: a hibernating group's snapshots, removal and placement change only with
+    /// what they depend on (see [`PlacementInputs`]), so it is looked at when that moved,
+    /// and every [`FULL_PASS_EVERY`] passes anyway (a dropped directory update or
+    /// leadership transfer is retried then). An idle node's tick thus costs what its awake
+    /// groups cost.
     pub(super) fn maintain(&mut self) {
         self.prepare_system_snapshot();
-        self.request_wanted_snapshots();
+        let pass = self.ticks % MAINTENANCE_PERIOD_TICKS == 0;
+        let full = pass && self.is_full_pass();
+        self.request_wanted_snapshots(full);
         // Joining nodes wait for the directory: the system group grows every tick.
         let system = DataStructureId::SYSTEM;
         if self.groups.get(&system).is_some_and(|g| g.is_leader()) {
             self.manage_replicas(system);
         }
-        if self.ticks % MAINTENANCE_PERIOD_TICKS != 0 {
+        if !pass {
             self.reconfigure_groups_that_can_move();
             return;
         }
         self.reconfigure_soon.clear();
-        self.publish_group_gauges();
+        if full {
+            self.publish_group_gauges();
+        }
         let wanted: Vec<_> = self.wanted.iter().copied().collect();
         for group in wanted {
             self.pursue(group);
         }
-        self.collect_removed_replicas();
-        let inputs = self.placement_inputs();
-        let changed = self.placement.as_ref() != Some(&inputs);
-        self.placement = Some(inputs);
-        // A hibernating group's placement changes only with what it depends on: the
-        // awake ones every pass, all of them when that changed, and every
-        // `FULL_PASS_EVERY` passes anyway (a dropped directory update or leadership
-        // transfer is retried then).
-        let full = changed || self.ticks % (MAINTENANCE_PERIOD_TICKS * FULL_PASS_EVERY) == 0;
-        let led: Vec<_> = if full {
-            self.led_groups()
-        } else {
-            let groups = &self.groups;
-            let mut led: Vec<_> = self
-                .awake
-                .iter()
-                .filter(|id| groups.get(id).is_some_and(|g| g.is_leader()))
-                .copied()
-                .collect();
-            led.sort_unstable();
-            led
-        };
+        self.collect_removed_replicas(full);
+        let led = self.led_groups(full);
         for group in led {
             if !group.is_system() {
                 self.manage_replicas(group);
@@ -103,13 +93,35 @@ impl NodeCore {
         }
     }
 
-    /// Groups this node leads.
-    pub(super) fn led_groups(&self) -> Vec<DataStructureId> {
-        self.groups
-            .iter()
-            .filter(|(_, g)| g.is_leader())
-            .map(|(id, _)| *id)
-            .collect()
+    /// Whether this maintenance pass looks at every group (see [`NodeCore::maintain`]).
+    fn is_full_pass(&mut self) -> bool {
+        let inputs = self.placement_inputs();
+        let changed = self.placement.as_ref() != Some(&inputs);
+        self.placement = Some(inputs);
+        changed || self.ticks % (MAINTENANCE_PERIOD_TICKS * FULL_PASS_EVERY) == 0
+    }
+
+    /// The groups a pass visits: every hosted one on a full pass, the awake ones otherwise.
+    /// Sorted, so that both kinds of pass visit in one order.
+    pub(super) fn visited_groups(&self, full: bool) -> Vec<DataStructureId> {
+        let mut ids: Vec<_> = if full {
+            self.groups.keys().copied().collect()
+        } else {
+            self.awake
+                .iter()
+                .filter(|id| self.groups.contains_key(id))
+                .copied()
+                .collect()
+        };
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Groups this node leads, among those a pass visits.
+    pub(super) fn led_groups(&self, full: bool) -> Vec<DataStructureId> {
+        let mut led = self.visited_groups(full);
+        led.retain(|id| self.groups.get(id).is_some_and(|g| g.is_leader()));
+        led
     }
 
     /// Whether `node` is this node or an alive member.
@@ -281,13 +293,14 @@ impl NodeCore {
     /// removed in the directory, or, for one that has long known no leader, missing from a
     /// configuration the directory recorded after everything it applied (replica ids are
     /// never reused, so it was removed, even if no leader reported it).
-    fn collect_removed_replicas(&mut self) {
+    fn collect_removed_replicas(&mut self, full: bool) {
         let patience = self.leaderless_patience();
         let stale: Vec<_> = self
-            .groups
-            .iter()
+            .visited_groups(full)
+            .into_iter()
+            .filter_map(|id| Some((id, self.groups.get(&id)?)))
             .filter(|(id, raft)| {
-                let Some(record) = self.directory.get(**id) else {
+                let Some(record) = self.directory.get(*id) else {
                     return false;
                 };
                 let me = raft.replica_id();
@@ -297,7 +310,7 @@ impl NodeCore {
                     && !listed;
                 !id.is_system() && (record.removed.contains(&me) || forgotten)
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for group in stale {
             self.remove_replica(group);

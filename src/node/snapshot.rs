@@ -74,12 +74,18 @@ impl NodeCore {
 
     /// Raft needs a snapshot for a lagging replica that the stored one cannot serve: take
     /// one, or without a local subscriber ask the other replicas to take one and offer it.
-    pub(super) fn request_wanted_snapshots(&mut self) {
+    pub(super) fn request_wanted_snapshots(&mut self, full: bool) {
+        // A group comes to want a snapshot by applying entries, awake; the full pass
+        // catches one that fell asleep first.
         let wanted: Vec<_> = self
-            .groups
-            .iter_mut()
-            .filter(|(id, _)| !id.is_system())
-            .filter_map(|(id, raft)| raft.log_mut().take_snapshot_wanted().then_some(*id))
+            .visited_groups(full)
+            .into_iter()
+            .filter(|id| !id.is_system())
+            .filter(|id| {
+                self.groups
+                    .get_mut(id)
+                    .is_some_and(|raft| raft.log_mut().take_snapshot_wanted())
+            })
             .collect();
         for group in wanted {
             if self.subscriptions.has_any(group) {

@@ -527,12 +527,11 @@ impl NodeCore {
 
     /// Sends subscribers of `group` what was applied since their cursor.
     fn deliver(&mut self, group: DataStructureId) {
-        let Some(raft) = self.groups.get(&group) else {
+        let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        let delivered = self
-            .subscriptions
-            .deliver(group, raft.log(), raft.applied());
+        let applied = raft.applied();
+        let delivered = self.subscriptions.deliver(group, raft.log_mut(), applied);
         if let Err(why) = delivered {
             if !self.storage_failed() {
                 self.stop_on_storage_failure("reading", Error::Corrupted(why));

@@ -159,7 +159,7 @@ impl NodeCore {
         if group.is_system() {
             return;
         }
-        let Some(raft) = self.groups.get(&group) else {
+        let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
         let min_index = raft.log().snapshot_index() + 1;
@@ -175,7 +175,13 @@ impl NodeCore {
             return;
         }
         let last_entry_index = if max_index == raft.applied() {
-            raft.last_entry_applied()
+            match raft.last_entry_applied() {
+                Ok(index) => index,
+                Err(e) => {
+                    self.stop_on_storage_failure("reading", e);
+                    return;
+                }
+            }
         } else {
             max_index
         };

@@ -234,3 +234,35 @@ fn reading_in_accepts_only_the_entries_asked_for() {
     assert_eq!(copies.unread_between(0, 20), None);
     assert!(copies.add_read(6, 6, &[]).is_err(), "nothing is unread");
 }
+
+#[test]
+fn only_a_replica_that_is_its_groups_only_voter_is_a_sole_voter() {
+    let entries = history();
+    let (_dir, disk) = store_with(&entries);
+    let settings = RaftSettings {
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        logger: slog::Logger::root(slog::Discard, slog::o!()),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut sole = RaftGroup::new(GROUP, 1, reopen(&disk), 40, &settings, &mut rng).expect("group");
+    assert!(sole.is_sole_voter());
+    sole.campaign(&mut rng).expect("campaign");
+    assert!(
+        sole.is_leader(),
+        "a sole voter's campaign needs nobody else"
+    );
+
+    let mut log = reopen(&disk);
+    let mut three = log.conf_state().clone();
+    three.voters = vec![1, 2, 3];
+    log.set_conf_state(three);
+    let one_of_three = RaftGroup::new(GROUP, 1, log, 40, &settings, &mut rng).expect("group");
+    assert!(!one_of_three.is_sole_voter());
+    let mut log = reopen(&disk);
+    let mut learner = log.conf_state().clone();
+    learner.learners = vec![2];
+    log.set_conf_state(learner);
+    let the_learner = RaftGroup::new(GROUP, 2, log, 40, &settings, &mut rng).expect("group");
+    assert!(!the_learner.is_sole_voter());
+}

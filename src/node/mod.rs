@@ -259,7 +259,7 @@ impl NodeCore {
             let committed = group.hard_state.commit.max(group.snapshot.index);
             let applied = group.applied.max(group.snapshot.index).min(committed);
             let replica = core.stored_replica_id(group.group)?;
-            let raft = RaftGroup::new(
+            let mut raft = RaftGroup::new(
                 group.group,
                 replica,
                 log,
@@ -268,6 +268,13 @@ impl NodeCore {
                 &mut core.rng,
             )
             .map_err(|e| Error::Corrupted(format!("cannot reopen group {}: {e}", group.group)))?;
+            // Its only voter has nobody to wait for and nobody to disturb: it leads at once
+            // rather than after an election timeout (1 to 2 s by default).
+            if raft.is_sole_voter() {
+                if let Err(e) = raft.campaign(&mut core.rng) {
+                    slog::warn!(core.cfg.logger, "campaign failed"; "group" => %group.group, "error" => %e);
+                }
+            }
             core.groups.insert(group.group, raft);
             core.active.insert(group.group);
         }

@@ -93,10 +93,12 @@ impl ProposalCopies {
         (high > after && low < before).then(|| (low.max(after.saturating_add(1)), high))
     }
 
-    /// Records `entries`, read from the log to fill `low..=high` as
-    /// [`ProposalCopies::unread_between`] asked. Fails, changing nothing, unless they are
-    /// exactly the entries `low..=high` and that range is the top of the unread one: an
-    /// index with a hole would let a second copy through.
+    /// Records `entries`, read from the log to fill `low..=high`: the top of the unread
+    /// range (as [`ProposalCopies::unread_between`] asks) or its bottom (entries read in
+    /// log order, as a subscription's replay reads them). Fails, changing nothing, unless
+    /// they are exactly the entries `low..=high` and that range is the top or the bottom of
+    /// the unread one: an index with a hole would let a second copy through, so what is
+    /// unread stays one range.
     pub(crate) fn add_read(
         &mut self,
         low: u64,
@@ -106,9 +108,12 @@ impl ProposalCopies {
         let Some((unread_low, unread_high)) = self.unread else {
             return Err(format!("nothing is unread, yet {low}..={high} was read in"));
         };
-        if low < unread_low || high != unread_high {
+        let top = low >= unread_low && low <= high && high == unread_high;
+        let bottom = low == unread_low && high <= unread_high;
+        if !top && !bottom {
             return Err(format!(
-                "{low}..={high} is not the top of the unread {unread_low}..={unread_high}"
+                "{low}..={high} is neither the top nor the bottom of the unread \
+                 {unread_low}..={unread_high}"
             ));
         }
         let contiguous = entries
@@ -124,8 +129,17 @@ impl ProposalCopies {
             ));
         }
         self.add_entries(entries);
-        self.unread = (unread_low < low).then_some((unread_low, low - 1));
+        self.unread = if top {
+            (unread_low < low).then_some((unread_low, low - 1))
+        } else {
+            (high < unread_high).then_some((high + 1, unread_high))
+        };
         Ok(())
+    }
+
+    /// The stored entries `(low, high)` not read in yet, if any.
+    pub(crate) fn unread_range(&self) -> Option<(u64, u64)> {
+        self.unread
     }
 
     /// The log was compacted through `index` under a snapshot keeping `ids` (the

@@ -201,6 +201,27 @@ impl GroupLog {
         Ok(&self.copies)
     }
 
+    /// Hands the index `entries`, just read from this log in log order (a subscription's
+    /// replay), so that questions about them need not read them a second time. Only the
+    /// part that starts at the first unread index is taken; the rest is left as it was.
+    pub(crate) fn note_read(&mut self, entries: &[Entry]) {
+        let Some((low, high)) = self.copies.unread_range() else {
+            return;
+        };
+        let Some(skip) = entries.first().and_then(|e| low.checked_sub(e.index)) else {
+            return;
+        };
+        let from_low = entries.get(skip as usize..).unwrap_or_default();
+        let fitting = from_low.iter().take_while(|e| e.index <= high).count();
+        let Some(last) = from_low[..fitting].last().map(|e| e.index) else {
+            return;
+        };
+        let taken = self.copies.add_read(low, last, &from_low[..fitting]);
+        // Entries read from this log fit; if they did not, the index keeps its unread
+        // range and reads it itself when asked.
+        debug_assert!(taken.is_ok(), "entries read from the log: {taken:?}");
+    }
+
     /// Proposal ids of the application entries just before the snapshot.
     pub(crate) fn compacted_ids(&self) -> &crate::storage::ProposalIds {
         &self.compacted_ids

@@ -104,6 +104,9 @@ impl Subscription {
                         return Delivery::Unreadable(format!("from index {}: {e}", self.next_index))
                     }
                 };
+            // The duplicate check of a reopened replica takes them too, rather than reading
+            // the log a second time.
+            log.note_read(&entries);
             for entry in entries {
                 let first_copy = match log.first_copy(&entry) {
                     Ok(first_copy) => first_copy,

@@ -111,8 +111,9 @@ impl RaftGroup {
 
 /// The index of the last delivered application entry (not a second copy) at or before
 /// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose
-/// state includes that entry covers everything up to `applied`; overestimating it would refuse every snapshot of an
-/// application whose last entry came before a restart's trailing no-ops.
+/// state includes that entry covers everything up to `applied`; overestimating it would
+/// refuse every snapshot of an application whose last entry came before a restart's
+/// trailing no-ops.
 fn last_application_entry(log: &mut GroupLog, applied: u64) -> crate::Result<u64> {
     // Read backwards a chunk at a time: the last applied entry is nearly always an
     // application entry, and logs can be long.

@@ -178,7 +178,9 @@ impl NodeCore {
             match raft.last_entry_applied() {
                 Ok(index) => index,
                 Err(e) => {
-                    self.stop_on_storage_failure("reading", e);
+                    if !self.storage_failed() {
+                        self.stop_on_storage_failure("reading", e);
+                    }
                     return;
                 }
             }

@@ -1,7 +1,7 @@
 //! The context raft carries with each application entry, and the duplicate check built on
 //! it: which copy of a proposal in the log is the one every replica applies.
 
-use crate::group::{GroupLog, DEDUPE_WINDOW};
+use crate::group::{GroupLog, RaftGroup, DEDUPE_WINDOW};
 use crate::id::NodeId;
 
 /// The context raft carries with an entry: the proposing node and its sequence number, so
@@ -66,16 +66,80 @@ impl GroupLog {
     /// proposal (a retry's original, or a proposal message delivered twice) lies within
     /// [`DEDUPE_WINDOW`] indexes before it, or after the retry's starting point. Every replica
     /// decides the same (see `ProposalCopies`). Leader no-ops and conf changes carry no
-    /// context.
-    pub(crate) fn first_copy(&self, entry: &raft::eraftpb::Entry) -> Option<ProposalContext> {
-        let ctx = ProposalContext::of_entry(entry)?;
+    /// context. Reads the stored log if the index has not read the part it needs yet (a
+    /// reopened replica), and fails if that cannot be read: no answer is better than a
+    /// wrong one, which would apply a proposal twice or not at all.
+    pub(crate) fn first_copy(
+        &mut self,
+        entry: &raft::eraftpb::Entry,
+    ) -> crate::Result<Option<ProposalContext>> {
+        let Some(ctx) = ProposalContext::of_entry(entry) else {
+            return Ok(None);
+        };
         let floor = entry.index.saturating_sub(DEDUPE_WINDOW);
         let after = ctx.retry_after.map_or(floor, |a| a.max(floor));
-        let duplicate = self
-            .copies()
-            .has_copy_between(ctx.node, ctx.seq, after, entry.index);
-        (!duplicate).then_some(ctx)
+        let duplicate = self.copies_between(after, entry.index)?.has_copy_between(
+            ctx.node,
+            ctx.seq,
+            after,
+            entry.index,
+        );
+        Ok((!duplicate).then_some(ctx))
     }
+}
+
+impl RaftGroup {
+    /// Index of the last application entry applied (not a second copy, a no-op or a
+    /// configuration change): a snapshot whose state includes it covers all that was
+    /// applied. Looked up in the log the first time if none was applied since opening;
+    /// fails if the log cannot be read.
+    pub(crate) fn last_entry_applied(&mut self) -> crate::Result<u64> {
+        if let Some(index) = self.last_entry_applied {
+            return Ok(index);
+        }
+        let applied = self.applied;
+        let index = last_application_entry(self.raw.mut_store(), applied)?;
+        self.last_entry_applied = Some(index);
+        Ok(index)
+    }
+
+    /// The application entry at `index` was applied.
+    pub(crate) fn note_entry_applied(&mut self, index: u64) {
+        self.last_entry_applied = Some(index);
+    }
+}
+
+/// The index of the last delivered application entry (not a second copy) at or before
+/// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose
+/// state includes that entry covers everything up to `applied`; overestimating it would
+/// refuse every snapshot of an application whose last entry came before a restart's
+/// trailing no-ops.
+fn last_application_entry(log: &mut GroupLog, applied: u64) -> crate::Result<u64> {
+    // Read backwards a chunk at a time: the last applied entry is nearly always an
+    // application entry, and logs can be long.
+    const CHUNK: u64 = 64;
+    let from = log.first_index();
+    let mut high = applied + 1;
+    while high > from {
+        let low = high.saturating_sub(CHUNK).max(from);
+        let entries = log.read_entries(low, high, None).map_err(|e| {
+            crate::Error::Corrupted(format!("its log {low}..{high} cannot be read: {e}"))
+        })?;
+        for entry in entries.iter().rev() {
+            if log.first_copy(entry)?.is_some() {
+                return Ok(entry.index);
+            }
+        }
+        if entries.len() as u64 != high - low {
+            break;
+        }
+        high = low;
+    }
+    Ok(if applied < from {
+        applied
+    } else {
+        log.snapshot_index()
+    })
 }
 
 /// Logs and entries for tests of the layers that read application entries.
@@ -153,10 +217,7 @@ mod tests {
             entry(11, ctx(7, Some(9))),
         ];
         log.append(&entries);
-        let copies: Vec<_> = entries
-            .iter()
-            .map(|e| log.first_copy(e).map(|c| c.seq))
-            .collect();
+        let copies: Vec<_> = entries.iter().map(|e| seq_of(&mut log, e)).collect();
         assert_eq!(
             copies,
             vec![None, Some(5), Some(6), None, Some(7), None],
@@ -170,11 +231,14 @@ mod tests {
             ..Default::default()
         };
         log.compact(meta, vec![(7, 1, 5), (8, 1, 6)]);
-        assert_eq!(log.first_copy(&entry(9, ctx(5, Some(6)))), None);
-        assert_eq!(log.first_copy(&entry(12, ctx(6, Some(6)))), None);
-        assert_eq!(
-            log.first_copy(&entry(12, ctx(8, Some(6)))).map(|c| c.seq),
-            Some(8)
-        );
+        assert_eq!(seq_of(&mut log, &entry(9, ctx(5, Some(6)))), None);
+        assert_eq!(seq_of(&mut log, &entry(12, ctx(6, Some(6)))), None);
+        assert_eq!(seq_of(&mut log, &entry(12, ctx(8, Some(6)))), Some(8));
+    }
+
+    /// The proposal seq of `entry` if it is a first copy.
+    fn seq_of(log: &mut GroupLog, entry: &raft::eraftpb::Entry) -> Option<u64> {
+        let first = log.first_copy(entry).expect("the log is readable");
+        first.map(|c| c.seq)
     }
 }

@@ -36,6 +36,13 @@ impl RaftGroup {
         true
     }
 
+    /// Whether this replica is its group's only voter (not in a joint configuration): it
+    /// needs nobody's vote, and no other replica can lead.
+    pub(crate) fn is_sole_voter(&self) -> bool {
+        let cs = self.raw.store().conf_state();
+        cs.voters == [self.raw.raft.id] && cs.voters_outgoing.is_empty()
+    }
+
     /// raft-rs resets the election timeout with its own thread RNG whenever the term or role
     /// changes; overwrite it from the node's seeded RNG so runs are reproducible.
     pub(super) fn randomize_timeout_if_changed(&mut self, rng: &mut impl Rng) {

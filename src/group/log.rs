@@ -12,7 +12,7 @@ use std::sync::Arc;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
-use super::copies::{ProposalCopies, DEDUPE_WINDOW};
+use super::copies::ProposalCopies;
 use crate::id::DataStructureId;
 use crate::storage::{LogStore, StoredGroup};
 
@@ -63,8 +63,9 @@ impl GroupLog {
         }
     }
 
-    /// The log as found on disk at startup. Fails if the entries or the snapshot's
-    /// proposal ids cannot be read: the duplicate check rebuilt from them must be whole.
+    /// The log as found on disk at startup. Its entries are not read here: the duplicate
+    /// check reads them in when it first needs them (see `copies.rs`), so reopening a node
+    /// costs no reading of its logs. Fails if the snapshot's proposal ids cannot be read.
     pub(crate) fn from_stored(
         stored: &StoredGroup,
         disk: Arc<dyn LogStore>,
@@ -77,17 +78,7 @@ impl GroupLog {
         log.persisted_index = stored.last_index;
         log.compacted_ids = log.stored_compacted_ids()?;
         let (first, last) = (log.first_index(), log.last_index);
-        let entries = if first <= last {
-            log.read_entries(first, last + 1, None).map_err(|e| {
-                crate::Error::Corrupted(format!(
-                    "group {}: its log {first}..={last} cannot be read: {e}",
-                    stored.group
-                ))
-            })?
-        } else {
-            Vec::new()
-        };
-        log.copies = ProposalCopies::rebuild(&log.compacted_ids, &entries);
+        log.copies = ProposalCopies::unread(&log.compacted_ids, first, last);
         Ok(log)
     }
 
@@ -180,15 +171,55 @@ impl GroupLog {
         while self.tail.front().is_some_and(|e| e.index <= meta.index) {
             self.tail.pop_front();
         }
-        self.copies
-            .forget_through(meta.index.saturating_sub(DEDUPE_WINDOW));
+        self.copies.compact(meta.index, &ids);
         self.snapshot = meta;
         self.compacted_ids = ids;
     }
 
-    /// Where each proposal appears in the recent log.
-    pub(crate) fn copies(&self) -> &ProposalCopies {
-        &self.copies
+    /// Where each proposal appears in the recent log, with the stored entries that could
+    /// hold a copy strictly between `after` and `before` read in first. Fails if they
+    /// cannot be read: the index must be whole to tell a second copy.
+    pub(crate) fn copies_between(
+        &mut self,
+        after: u64,
+        before: u64,
+    ) -> crate::Result<&ProposalCopies> {
+        if let Some((low, high)) = self.copies.unread_between(after, before) {
+            let unreadable = |e: String| {
+                crate::Error::Corrupted(format!(
+                    "group {}: its log {low}..={high} cannot be read: {e}",
+                    self.group
+                ))
+            };
+            let entries = self
+                .read_entries(low, high + 1, None)
+                .map_err(|e| unreadable(e.to_string()))?;
+            self.copies
+                .add_read(low, high, &entries)
+                .map_err(unreadable)?;
+        }
+        Ok(&self.copies)
+    }
+
+    /// Hands the index `entries`, just read from this log in log order (a subscription's
+    /// replay), so that questions about them need not read them a second time. Only the
+    /// part that starts at the first unread index is taken; the rest is left as it was.
+    pub(crate) fn note_read(&mut self, entries: &[Entry]) {
+        let Some((low, high)) = self.copies.unread_range() else {
+            return;
+        };
+        let Some(skip) = entries.first().and_then(|e| low.checked_sub(e.index)) else {
+            return;
+        };
+        let from_low = entries.get(skip as usize..).unwrap_or_default();
+        let fitting = from_low.iter().take_while(|e| e.index <= high).count();
+        let Some(last) = from_low[..fitting].last().map(|e| e.index) else {
+            return;
+        };
+        let taken = self.copies.add_read(low, last, &from_low[..fitting]);
+        // Entries read from this log fit; if they did not, the index keeps its unread
+        // range and reads it itself when asked.
+        debug_assert!(taken.is_ok(), "entries read from the log: {taken:?}");
     }
 
     /// Proposal ids of the application entries just before the snapshot.

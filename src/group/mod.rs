@@ -12,6 +12,8 @@ mod election;
 mod hibernation;
 pub(crate) mod log;
 mod recent;
+#[cfg(test)]
+mod reopen_tests;
 
 use std::collections::VecDeque;
 
@@ -86,9 +88,10 @@ pub(crate) struct RaftGroup {
     conf_history: Vec<(u64, ConfState)>,
     /// Bytes of entries applied since the latest snapshot.
     bytes_since_snapshot: u64,
-    /// Index of the last application entry applied (on opening: found in the log, or the
-    /// snapshot's index if the log after it holds none).
-    last_entry_applied: u64,
+    /// Index of the last application entry applied; `None` until one is applied or the
+    /// value is first asked for, when it is looked up in the log (reading the logs of every
+    /// group of a reopened node for it took seconds, and only snapshots need it).
+    last_entry_applied: Option<u64>,
     /// Proposals that entered the log lately (duplicate forwarded proposals are dropped).
     recent: RecentProposals,
     /// Consecutive ticks without a known leader.
@@ -130,7 +133,6 @@ impl RaftGroup {
             .logger
             .new(slog::o!("group" => id.to_string(), "replica" => replica));
         let conf_history = vec![(applied, log.conf_state().clone())];
-        let last_entry_applied = last_application_entry(&log, applied)?;
         let raw = RawNode::new(&config, log, &logger)?;
         let mut group = RaftGroup {
             id,
@@ -142,7 +144,7 @@ impl RaftGroup {
             last_leader: 0,
             conf_history,
             bytes_since_snapshot: 0,
-            last_entry_applied,
+            last_entry_applied: None,
             recent: RecentProposals::default(),
             leaderless_ticks: 0,
             quiet_ticks: 0,
@@ -289,6 +291,14 @@ impl RaftGroup {
         if index <= log.snapshot_index() || index > self.applied {
             return None;
         }
+        // Found in the log while the entries before `index` are still there: once they are
+        // gone, the lookup would only find the snapshot's index, later than the entry.
+        if let Err(e) = self.last_entry_applied() {
+            slog::error!(self.logger, "cannot read the log to compact it";
+                "index" => index, "error" => %e);
+            return None;
+        }
+        let log = self.raw.store();
         let term = raft::Storage::term(log, index).ok()?;
         let mut meta = SnapshotMetadata {
             index,
@@ -536,18 +546,6 @@ impl RaftGroup {
         Some(released)
     }
 
-    /// Index of the last application entry applied (not a second copy, a no-op or a
-    /// configuration change): a snapshot whose state includes it covers all that was
-    /// applied.
-    pub(crate) fn last_entry_applied(&self) -> u64 {
-        self.last_entry_applied
-    }
-
-    /// The application entry at `index` was applied.
-    pub(crate) fn note_entry_applied(&mut self, index: u64) {
-        self.last_entry_applied = index;
-    }
-
     /// Records that entries up to `index` were handed to the state machines.
     pub(crate) fn advance_applied(&mut self, index: u64) {
         debug_assert!(
@@ -560,33 +558,4 @@ impl RaftGroup {
         }
         self.raw.advance_apply_to(self.applied);
     }
-}
-
-/// The index of the last delivered application entry (not a second copy) at or before
-/// `applied` in `log`, or the snapshot's index if there is none after it. A snapshot whose state includes that entry
-/// covers everything up to `applied`; overestimating it would refuse every snapshot of an
-/// application whose last entry came before a restart's trailing no-ops.
-fn last_application_entry(log: &GroupLog, applied: u64) -> raft::Result<u64> {
-    // Read backwards a chunk at a time: the last applied entry is nearly always an
-    // application entry, and a reopened node holds thousands of groups with long logs.
-    const CHUNK: u64 = 64;
-    let from = log.first_index();
-    let mut high = applied + 1;
-    while high > from {
-        let low = high.saturating_sub(CHUNK).max(from);
-        let entries = log.read_entries(low, high, None)?;
-        let application = entries.iter().rev().find(|e| log.first_copy(e).is_some());
-        if let Some(entry) = application {
-            return Ok(entry.index);
-        }
-        if entries.len() as u64 != high - low {
-            break;
-        }
-        high = low;
-    }
-    Ok(if applied < from {
-        applied
-    } else {
-        log.snapshot_index()
-    })
 }

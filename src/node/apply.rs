@@ -113,14 +113,22 @@ impl NodeCore {
 
     /// An application entry: complete its local waiter, if this node proposed it, and if
     /// it is delivered (not a second copy) remember it as the latest one subscribers get
-    /// (snapshots cover up to it). Leader no-ops carry no context.
+    /// (snapshots cover up to it). Leader no-ops carry no context. If the log cannot be
+    /// read to tell a second copy, the node stops acknowledging.
     fn apply_data_entry(&mut self, id: DataStructureId, entry: &Entry) {
         let Some(ctx) = ProposalContext::decode(&entry.context) else {
             return;
         };
         if let Some(group) = self.groups.get_mut(&id) {
-            if group.log().first_copy(entry).is_some() {
-                group.note_entry_applied(entry.index);
+            match group.log_mut().first_copy(entry) {
+                Ok(Some(_)) => group.note_entry_applied(entry.index),
+                Ok(None) => {}
+                Err(e) => {
+                    if !self.storage_failed() {
+                        self.stop_on_storage_failure("reading", e);
+                    }
+                    return;
+                }
             }
         }
         self.acknowledge(id, entry.index, ctx);

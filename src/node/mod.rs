@@ -263,7 +263,7 @@ impl NodeCore {
             let committed = group.hard_state.commit.max(group.snapshot.index);
             let applied = group.applied.max(group.snapshot.index).min(committed);
             let replica = core.stored_replica_id(group.group)?;
-            let raft = RaftGroup::new(
+            let mut raft = RaftGroup::new(
                 group.group,
                 replica,
                 log,
@@ -272,6 +272,13 @@ impl NodeCore {
                 &mut core.rng,
             )
             .map_err(|e| Error::Corrupted(format!("cannot reopen group {}: {e}", group.group)))?;
+            // Its only voter has nobody to wait for and nobody to disturb: it leads at once
+            // rather than after an election timeout (1 to 2 s by default).
+            if raft.is_sole_voter() {
+                if let Err(e) = raft.campaign(&mut core.rng) {
+                    slog::warn!(core.cfg.logger, "campaign failed"; "group" => %group.group, "error" => %e);
+                }
+            }
             core.groups.insert(group.group, raft);
             core.awake.insert(group.group);
             core.active.insert(group.group);
@@ -534,12 +541,11 @@ impl NodeCore {
 
     /// Sends subscribers of `group` what was applied since their cursor.
     fn deliver(&mut self, group: DataStructureId) {
-        let Some(raft) = self.groups.get(&group) else {
+        let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        let delivered = self
-            .subscriptions
-            .deliver(group, raft.log(), raft.applied());
+        let applied = raft.applied();
+        let delivered = self.subscriptions.deliver(group, raft.log_mut(), applied);
         if let Err(why) = delivered {
             if !self.storage_failed() {
                 self.stop_on_storage_failure("reading", Error::Corrupted(why));

@@ -165,7 +165,7 @@ impl NodeCore {
         if group.is_system() {
             return;
         }
-        let Some(raft) = self.groups.get(&group) else {
+        let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
         let min_index = raft.log().snapshot_index() + 1;
@@ -181,7 +181,15 @@ impl NodeCore {
             return;
         }
         let last_entry_index = if max_index == raft.applied() {
-            raft.last_entry_applied()
+            match raft.last_entry_applied() {
+                Ok(index) => index,
+                Err(e) => {
+                    if !self.storage_failed() {
+                        self.stop_on_storage_failure("reading", e);
+                    }
+                    return;
+                }
+            }
         } else {
             max_index
         };

@@ -81,7 +81,7 @@ pub(crate) enum Delivery {
 
 impl Subscription {
     /// Delivers the log from `next_index` up to `applied`.
-    pub(crate) fn deliver(&mut self, log: &GroupLog, applied: u64) -> Delivery {
+    pub(crate) fn deliver(&mut self, log: &mut GroupLog, applied: u64) -> Delivery {
         let snapshot = log.snapshot_index();
         if self.next_index <= snapshot {
             // The entries this subscription needs next are compacted: reload from the
@@ -104,8 +104,17 @@ impl Subscription {
                         return Delivery::Unreadable(format!("from index {}: {e}", self.next_index))
                     }
                 };
+            // The duplicate check of a reopened replica takes them too, rather than reading
+            // the log a second time.
+            log.note_read(&entries);
             for entry in entries {
-                if log.first_copy(&entry).is_some() {
+                let first_copy = match log.first_copy(&entry) {
+                    Ok(first_copy) => first_copy,
+                    Err(e) => {
+                        return Delivery::Unreadable(format!("at index {}: {e}", entry.index))
+                    }
+                };
+                if first_copy.is_some() {
                     let commit = Commit::Entry {
                         index: entry.index,
                         data: entry.data.to_vec(),
@@ -212,7 +221,7 @@ impl Subscriptions {
     pub(crate) fn deliver(
         &mut self,
         group: DataStructureId,
-        log: &GroupLog,
+        log: &mut GroupLog,
         applied: u64,
     ) -> Result<(), String> {
         let Some(ids) = self.by_group.get(&group) else {
@@ -302,10 +311,10 @@ mod tests {
             last_delivered: 0,
         };
         let drain = || std::mem::take(&mut *taken.lock().expect("test lock"));
-        assert_eq!(sub.deliver(&log, last), Delivery::Paused);
+        assert_eq!(sub.deliver(&mut log, last), Delivery::Paused);
         let mut indexes: Vec<u64> = drain().into_iter().map(index_of).collect();
         assert_eq!(indexes.len(), capacity);
-        assert_eq!(sub.deliver(&log, last), Delivery::CaughtUp);
+        assert_eq!(sub.deliver(&mut log, last), Delivery::CaughtUp);
         indexes.extend(drain().into_iter().map(index_of));
         assert_eq!(indexes, (first..=last).collect::<Vec<_>>());
     }

@@ -1,7 +1,10 @@
 //! `recovery`: one node holding `--groups` groups and `--entries` log entries (no
 //! snapshots, so the log keeps them all) shuts down and reopens; the time until
-//! `CopyCat::start` returns, and until every group has a leader and has applied its log.
+//! `CopyCat::start` returns, until every group has a leader and has applied its log, and
+//! until every group is subscribed again (its replay reads its whole log), has taken one
+//! acknowledged write and has passed a read barrier (its replay is delivered).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +56,8 @@ pub fn run(args: &Args) -> BoxResult<()> {
         },
     )?;
     let ready = reopening.elapsed();
+    served(&node, &ids)?;
+    let served = reopening.elapsed();
     node.shutdown();
     print_result(
         args,
@@ -61,7 +66,42 @@ pub fn run(args: &Args) -> BoxResult<()> {
             ("entries", written.to_string()),
             ("reopen_s", format!("{:.2}", opened.as_secs_f64())),
             ("ready_s", format!("{:.2}", ready.as_secs_f64())),
+            ("served_s", format!("{:.2}", served.as_secs_f64())),
         ],
     );
     Ok(())
+}
+
+/// Subscribes to every group again, then writes once to each and passes a read barrier
+/// (32 threads, as `create_groups` writes its first entries).
+fn served(node: &CopyCat, ids: &[copycat::DataStructureId]) -> BoxResult<()> {
+    let subs = ids
+        .iter()
+        .map(|id| node.subscribe(*id, copycat::no_snapshots))
+        .collect::<Result<Vec<_>, _>>()?;
+    let subs = Arc::new(subs);
+    let drainer = Drainer::start(subs.clone());
+    let failed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for chunk in subs.chunks(subs.len().div_ceil(32).max(1)) {
+            let failed = &failed;
+            s.spawn(move || {
+                for ds in chunk {
+                    let limit = Duration::from_secs(120);
+                    let written = ds.propose_blocking(b"after reopening".to_vec(), limit);
+                    if written
+                        .and_then(|_| ds.read_barrier_blocking(limit))
+                        .is_err()
+                    {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    drop(drainer);
+    match failed.into_inner() {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} groups not served after reopening", ids.len()).into()),
+    }
 }

@@ -1,4 +1,4 @@
-//! Starting and stopping the node: the two HTTP listeners (bound first), copycat, the
+//! Starting and stopping the node: the three HTTP listeners (bound first), copycat, the
 //! registry, the follower, the READY line, and the graceful shutdown on SIGTERM or ctrl-c.
 
 use std::io::Write;
@@ -188,14 +188,15 @@ fn not_there_yet(error: &RegistryError) -> bool {
     )
 }
 
-/// The two HTTP listeners, bound before the node starts, so that a taken port stops the
+/// The HTTP listeners, bound before the node starts, so that a taken port stops the
 /// process at once rather than after the cluster formed.
 struct Listeners {
     api: TcpListener,
     gateway: TcpListener,
+    forward: TcpListener,
 }
 
-/// Binds `--api` and `--gateway`.
+/// Binds `--api`, `--gateway` and `--forward`.
 async fn bind_listeners(settings: &Settings) -> Result<Listeners, RunError> {
     let bind = |what: &'static str, addr: String| async move {
         server::bind(&addr)
@@ -205,6 +206,7 @@ async fn bind_listeners(settings: &Settings) -> Result<Listeners, RunError> {
     Ok(Listeners {
         api: bind("--api", settings.api.clone()).await?,
         gateway: bind("--gateway", settings.gateway.clone()).await?,
+        forward: bind("--forward", settings.forward.clone()).await?,
     })
 }
 
@@ -224,10 +226,14 @@ async fn serve(
     let Listeners {
         api: api_listener,
         gateway: gateway_listener,
+        forward: forward_listener,
     } = listeners;
+    let forward = forward_listener.local_addr()?;
     let addresses = Addresses {
         api: api_listener.local_addr()?,
         gateway: gateway_listener.local_addr()?,
+        forward,
+        forward_advertised: advertised(forward, &settings.hostname),
     };
     let view = follower.view();
     let app = Arc::new(App {
@@ -242,7 +248,7 @@ async fn serve(
         publications: publications.clone(),
         metrics,
         long_polls: Arc::new(Semaphore::new(api::MAX_LONG_POLLS)),
-        addresses,
+        addresses: addresses.clone(),
         stopping: stop.clone(),
         log: log.clone(),
     });
@@ -252,19 +258,26 @@ async fn serve(
         ..Limits::default()
     };
 
-    let gateway = Arc::new(crate::gateway::Gateway::new(app.registry.clone()));
-    let gateway_router = server::limit_gateway(crate::gateway::router(gateway));
+    let gateway = Arc::new(crate::gateway::Gateway::new(
+        app.registry.clone(),
+        node.node_id(),
+        app.publications.clone(),
+    ));
+    let gateway_router = server::limit_gateway(crate::gateway::router(gateway.clone()));
+    let forward_router = server::limit_gateway(crate::gateway::forward::router(gateway));
     let api_router = server::limit_requests(api::router(app), api::publications::MAX_BODY_BYTES);
 
     info!(log, "copycat-node ready"; "api" => %addresses.api, "gateway" => %addresses.gateway,
+        "forward" => %addresses.forward, "forward_advertised" => &addresses.forward_advertised,
         "raft" => %node.raft_addr(), "gossip" => %node.gossip_addr(),
         "node_id" => node.node_id(), "datacenter" => &settings.datacenter);
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "READY api={} gateway={} raft={} gossip={} node_id={}",
+        "READY api={} gateway={} forward={} raft={} gossip={} node_id={}",
         addresses.api,
         addresses.gateway,
+        addresses.forward_advertised,
         node.raft_addr(),
         node.gossip_addr(),
         node.node_id()
@@ -275,7 +288,19 @@ async fn serve(
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
+    // Gateway and forwarding responses stream for as long as they take.
+    let streaming = Limits {
+        connection_max_age: None,
+        ..limits
+    };
     tokio::join!(
+        server::serve(
+            forward_listener,
+            forward_router,
+            streaming,
+            stopped(stop.clone()),
+            log.clone()
+        ),
         server::serve(
             api_listener,
             api_router,
@@ -286,17 +311,23 @@ async fn serve(
         server::serve(
             gateway_listener,
             gateway_router,
-            // Gateway responses stream for as long as they take.
-            Limits {
-                connection_max_age: None,
-                ..limits
-            },
+            streaming,
             stopped(stop),
             log.clone()
         ),
     );
     sweeper.abort();
     Ok(())
+}
+
+/// The forwarding entry's address as other nodes reach it: the bound one, or, when bound
+/// to every interface (`0.0.0.0`, `::`), the node's `hostname` with the bound port.
+fn advertised(bound: std::net::SocketAddr, hostname: &str) -> String {
+    if bound.ip().is_unspecified() {
+        crate::args::host_port(hostname, bound.port())
+    } else {
+        bound.to_string()
+    }
 }
 
 /// Withdraws the API's publications at shutdown, all at once, waiting at most

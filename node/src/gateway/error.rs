@@ -39,6 +39,26 @@ pub enum GatewayError {
     Unavailable(String),
 }
 
+/// Every kind a gateway error has, as [`GatewayError::kind`] gives them.
+pub const KINDS: [&str; 6] = [
+    "no_route",
+    "bad_request",
+    "overcapacity",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "unavailable",
+];
+
+/// The kind named by an `X-Copper-Error` value (an owner node's answer passed through),
+/// `other` if it is none of [`KINDS`] (so metric labels stay few).
+pub fn known_kind(value: &[u8]) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| k.as_bytes() == value)
+        .copied()
+        .unwrap_or("other")
+}
+
 impl GatewayError {
     /// The kind, as the body's `error` and the `X-Copper-Error` header give it.
     pub fn kind(&self) -> &'static str {

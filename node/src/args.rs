@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_API: &str = "127.0.0.1:5381";
 /// Default address of the gateway (Copper's :5380).
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5380";
+/// Default threads of the gateway and the forwarding entry (see `run::spawn_gateways`).
+pub const DEFAULT_GATEWAY_THREADS: usize = 2;
 /// Default open connections per HTTP listener (see `server::MAX_CONNECTIONS`).
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
 
@@ -74,6 +76,10 @@ pub struct Args {
     /// [default: 1024].
     #[arg(long, env = "COPYCAT_HTTP_MAX_CONNECTIONS", value_name = "N")]
     pub http_max_connections: Option<usize>,
+    /// Threads serving the gateway and the forwarding entry, each with its own event loop
+    /// (1 to 64) [default: 2].
+    #[arg(long, env = "COPYCAT_GATEWAY_THREADS", value_name = "N")]
+    pub gateway_threads: Option<usize>,
     /// Seal gossip under this key (64 hex digits).
     #[arg(long, env = "COPYCAT_CLUSTER_KEY", value_name = "FILE")]
     pub cluster_key: Option<PathBuf>,
@@ -106,6 +112,7 @@ struct FileSettings {
     gateway: Option<String>,
     forward: Option<String>,
     http_max_connections: Option<usize>,
+    gateway_threads: Option<usize>,
     cluster_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
@@ -138,6 +145,8 @@ pub struct Settings {
     pub forward: String,
     /// Open connections per HTTP listener.
     pub http_max_connections: usize,
+    /// Threads of the gateway and the forwarding entry.
+    pub gateway_threads: usize,
     /// Gossip key file.
     pub cluster_key: Option<PathBuf>,
     /// TLS CA, certificate and key files (all or none).
@@ -224,6 +233,16 @@ impl Args {
                 message: format!("{http_max_connections} is not in 1..=1048576"),
             });
         }
+        let gateway_threads = self
+            .gateway_threads
+            .or(file.gateway_threads)
+            .unwrap_or(DEFAULT_GATEWAY_THREADS);
+        if !(1..=64).contains(&gateway_threads) {
+            return Err(SettingsError::Invalid {
+                flag: "gateway-threads",
+                message: format!("{gateway_threads} is not in 1..=64"),
+            });
+        }
         let peers: Vec<String> = self
             .peers
             .or(file.peers)
@@ -264,6 +283,7 @@ impl Args {
                 .unwrap_or_else(|| DEFAULT_GATEWAY.to_string()),
             forward,
             http_max_connections,
+            gateway_threads,
             cluster_key: self.cluster_key.or(file.cluster_key),
             tls,
             log_level: self

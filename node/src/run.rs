@@ -274,13 +274,7 @@ async fn serve(
         ..Limits::default()
     };
 
-    let gateway = Arc::new(crate::gateway::Gateway::new(
-        app.registry.clone(),
-        node.node_id(),
-        app.publications.clone(),
-    ));
-    let gateway_router = server::limit_gateway(crate::gateway::router(gateway.clone()));
-    let forward_router = server::limit_gateway(crate::gateway::forward::router(gateway));
+    let (registry, publications) = (app.registry.clone(), app.publications.clone());
     let api_router = server::limit_requests(api::router(app), api::publications::MAX_BODY_BYTES);
 
     info!(log, "copycat-node ready"; "api" => %addresses.api, "gateway" => %addresses.gateway,
@@ -309,46 +303,24 @@ async fn serve(
         connection_max_age: None,
         ..limits
     };
-    // The gateway and the forwarding entry run on a runtime of their own, one thread:
-    // a proxied call is a chain of socket wakeups (client, gateway, owner node, upstream),
-    // and on one thread they are served from one epoll loop, with no hand-offs between
-    // workers (measured: see the README's gateway figures).
-    let (gateway_done_tx, gateway_done_rx) = tokio::sync::oneshot::channel();
-    let gateway_std = gateway_listener.into_std()?;
-    let forward_std = forward_listener.into_std()?;
-    let (gateway_stop, gateway_log) = (stop.clone(), log.clone());
-    std::thread::Builder::new()
-        .name("copycat-gateway".to_string())
-        .spawn(move || {
-            let served = (|| -> std::io::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let gateway_listener = TcpListener::from_std(gateway_std)?;
-                    let forward_listener = TcpListener::from_std(forward_std)?;
-                    tokio::join!(
-                        server::serve(
-                            forward_listener,
-                            forward_router,
-                            streaming,
-                            stopped(gateway_stop.clone()),
-                            gateway_log.clone()
-                        ),
-                        server::serve(
-                            gateway_listener,
-                            gateway_router,
-                            streaming,
-                            stopped(gateway_stop),
-                            gateway_log
-                        ),
-                    );
-                    Ok(())
-                })
-            })();
-            let _ = gateway_done_tx.send(served);
-        })?;
-    let (_, gateway_served) = tokio::join!(
+    let gateway_threads = spawn_gateways(
+        GatewayListeners {
+            gateway: gateway_listener,
+            forward: forward_listener,
+        },
+        &registry,
+        node.node_id(),
+        &publications,
+        Limits {
+            // Each thread accepts its share.
+            max_connections: (limits.max_connections / settings.gateway_threads).max(1),
+            ..streaming
+        },
+        settings.gateway_threads,
+        &stop,
+        &log,
+    )?;
+    let (_, ()) = tokio::join!(
         server::serve(
             api_listener,
             api_router,
@@ -356,14 +328,109 @@ async fn serve(
             stopped(stop.clone()),
             log.clone()
         ),
-        gateway_done_rx,
+        gateway_threads.join(&log),
     );
-    if let Ok(Err(e)) = gateway_served {
-        warn!(log, "the gateway's runtime failed"; "error" => %e);
-    }
     sweeper.abort();
     upkeep.abort();
     Ok(())
+}
+
+/// The gateway's and the forwarding entry's listeners.
+struct GatewayListeners {
+    gateway: TcpListener,
+    forward: TcpListener,
+}
+
+/// The gateway threads, each reporting once when it has stopped.
+struct GatewayThreads {
+    done: tokio::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl GatewayThreads {
+    /// Waits until every gateway thread has stopped (after the stop signal).
+    async fn join(mut self, log: &Logger) {
+        while let Some(result) = self.done.recv().await {
+            if let Err(e) = result {
+                warn!(log, "a gateway thread failed"; "error" => %e);
+            }
+        }
+    }
+}
+
+/// Starts `threads` threads (`--gateway-threads`), each a current-thread runtime serving both the
+/// gateway and the forwarding entry (each thread accepts on the same two sockets), with
+/// its own [`crate::gateway::Gateway`] (and so its own pool of upstream connections, driven
+/// on that thread). A proxied call is a chain of socket wakeups (client, gateway, owner
+/// node, upstream); on one thread they are served from one epoll loop without hand-offs
+/// between workers. The in-flight limits are shared by the threads.
+#[allow(clippy::too_many_arguments)]
+fn spawn_gateways(
+    listeners: GatewayListeners,
+    registry: &Registry,
+    node_id: copycat::NodeId,
+    publications: &Publications,
+    limits: Limits,
+    threads: usize,
+    stop: &watch::Receiver<bool>,
+    log: &Logger,
+) -> Result<GatewayThreads, RunError> {
+    let gateway_std = listeners.gateway.into_std()?;
+    let forward_std = listeners.forward.into_std()?;
+    let gateway_in_flight = Arc::new(Semaphore::new(server::MAX_IN_FLIGHT_REQUESTS));
+    let forward_in_flight = Arc::new(Semaphore::new(server::MAX_IN_FLIGHT_REQUESTS));
+    let (done_tx, done) = tokio::sync::mpsc::channel(threads.max(1));
+    for n in 0..threads {
+        let gateway = Arc::new(crate::gateway::Gateway::new(
+            registry.clone(),
+            node_id,
+            publications.clone(),
+        ));
+        let gateway_router = server::limit_gateway(
+            crate::gateway::router(gateway.clone()),
+            gateway_in_flight.clone(),
+        );
+        let forward_router = server::limit_gateway(
+            crate::gateway::forward::router(gateway),
+            forward_in_flight.clone(),
+        );
+        let (gateway_std, forward_std) = (gateway_std.try_clone()?, forward_std.try_clone()?);
+        let (stop, log, done_tx) = (stop.clone(), log.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("copycat-gateway-{n}"))
+            .spawn(move || {
+                let served = (|| -> std::io::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let gateway_listener = TcpListener::from_std(gateway_std)?;
+                        let forward_listener = TcpListener::from_std(forward_std)?;
+                        let stopped = |mut stop: watch::Receiver<bool>| async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        tokio::join!(
+                            server::serve(
+                                forward_listener,
+                                forward_router,
+                                limits,
+                                stopped(stop.clone()),
+                                log.clone()
+                            ),
+                            server::serve(
+                                gateway_listener,
+                                gateway_router,
+                                limits,
+                                stopped(stop),
+                                log
+                            ),
+                        );
+                        Ok(())
+                    })
+                })();
+                let _ = done_tx.try_send(served);
+            })?;
+    }
+    Ok(GatewayThreads { done })
 }
 
 /// The forwarding entry's address as other nodes reach it: the bound one, or, when bound

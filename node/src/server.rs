@@ -7,7 +7,8 @@
 //!
 //! The same bounds as the `hashmap` example's server (`examples/hashmap/server.rs`, which
 //! a separate package cannot share), with JSON refusals and a request timeout above the
-//! API's longest long-poll. The local API and the gateway each run one.
+//! API's longest long-poll. The local API runs one; the gateway and the forwarding entry
+//! run one per gateway thread (`--gateway-threads`), accepting on the same sockets.
 
 use std::future::Future;
 use std::io;

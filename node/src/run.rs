@@ -517,3 +517,18 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarding_address_advertised_is_usable_by_other_nodes() {
+        let bound = "10.0.0.5:4000".parse().expect("addr");
+        assert_eq!(advertised(bound, "node1.example"), "10.0.0.5:4000");
+        let any = "0.0.0.0:4000".parse().expect("addr");
+        assert_eq!(advertised(any, "node1.example"), "node1.example:4000");
+        let any6 = "[::]:4000".parse().expect("addr");
+        assert_eq!(advertised(any6, "fd00::5"), "[fd00::5]:4000");
+    }
+}

@@ -366,6 +366,11 @@ mod tests {
             field_of(r#"{"name":"n","endpoint":"e","metadata":{"a":1}}"#),
             "metadata"
         );
+        // The node's own keys (the forwarding address) cannot be set by a client.
+        assert_eq!(
+            field_of(r#"{"name":"n","endpoint":"e","metadata":{"copycat.forward":"10.0.0.1:1"}}"#),
+            "metadata"
+        );
         assert_eq!(
             field_of(r#"{"name":"n","endpoint":"e","colour":1}"#),
             "colour"

@@ -104,3 +104,28 @@ impl GatewayError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_through_kinds_stay_few() {
+        for error in [
+            GatewayError::NoRoute(String::new()),
+            GatewayError::Overcapacity(String::new()),
+            GatewayError::Timeout(String::new()),
+        ] {
+            assert_eq!(known_kind(error.kind().as_bytes()), error.kind());
+        }
+        assert_eq!(known_kind(b"anything-an-upstream-says"), "other");
+    }
+
+    #[test]
+    fn overcapacity_says_when_to_retry() {
+        let response = GatewayError::Overcapacity("busy".to_string()).response(Some("svc"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[ERROR_HEADER], "overcapacity");
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+}

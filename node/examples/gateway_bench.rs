@@ -9,11 +9,14 @@
 //! a trivial upstream in this process (`200 ok`, keep-alive), publishes it as `http:bench`
 //! through node A's API, and then, with `--conns` keep-alive connections for `--secs`
 //! seconds each: calls the upstream directly, calls it through node B's gateway (another
-//! node than the publisher), and resolves it on node B's API. Prints one line:
+//! node than the publisher: B forwards to A's forwarding entry, which calls the upstream),
+//! calls it through node A's own gateway (`local_`: straight to the upstream), and
+//! resolves it on node B's API. Prints one line:
 //!
 //! ```text
 //! RESULT scenario=gateway conns=8 direct_rps=… direct_p50_ms=… direct_p99_ms=… gateway_rps=…
-//!   gateway_p50_ms=… gateway_p99_ms=… gateway_share=… added_p50_ms=… resolve_rps=…
+//!   gateway_p50_ms=… gateway_p99_ms=… gateway_share=… added_p50_ms=… local_rps=…
+//!   local_p50_ms=… local_p99_ms=… local_share=… local_added_p50_ms=… resolve_rps=…
 //!   resolve_p50_ms=… resolve_p99_ms=…
 //! ```
 //!
@@ -309,12 +312,14 @@ fn run(settings: &Settings) -> Result<(), String> {
     let (conns, secs) = (settings.conns, settings.secs);
     let direct = load(upstream, "/x", conns, secs)?;
     let gateway = load(b.gateway, "/bench/x", conns, secs)?;
+    let local = load(a.gateway, "/bench/x", conns, secs)?;
     let resolve = load(b.api, "/v1/resolve?name=http:bench", conns, secs)?;
     println!(
         "RESULT scenario=gateway conns={conns} direct_rps={:.0} direct_p50_ms={:.3} \
          direct_p99_ms={:.3} gateway_rps={:.0} gateway_p50_ms={:.3} gateway_p99_ms={:.3} \
-         gateway_share={:.2} added_p50_ms={:.3} resolve_rps={:.0} resolve_p50_ms={:.3} \
-         resolve_p99_ms={:.3}",
+         gateway_share={:.2} added_p50_ms={:.3} local_rps={:.0} local_p50_ms={:.3} \
+         local_p99_ms={:.3} local_share={:.2} local_added_p50_ms={:.3} resolve_rps={:.0} \
+         resolve_p50_ms={:.3} resolve_p99_ms={:.3}",
         direct.rps,
         direct.p50_ms,
         direct.p99_ms,
@@ -323,6 +328,11 @@ fn run(settings: &Settings) -> Result<(), String> {
         gateway.p99_ms,
         gateway.rps / direct.rps,
         gateway.p50_ms - direct.p50_ms,
+        local.rps,
+        local.p50_ms,
+        local.p99_ms,
+        local.rps / direct.rps,
+        local.p50_ms - direct.p50_ms,
         resolve.rps,
         resolve.p50_ms,
         resolve.p99_ms,

@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_API: &str = "127.0.0.1:5381";
 /// Default address of the gateway (Copper's :5380).
 pub const DEFAULT_GATEWAY: &str = "127.0.0.1:5380";
+/// Default threads of the gateway and the forwarding entry (see `run::spawn_gateways`).
+pub const DEFAULT_GATEWAY_THREADS: usize = 2;
 /// Default open connections per HTTP listener (see `server::MAX_CONNECTIONS`).
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
 
@@ -24,8 +26,8 @@ pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
     about = "The per-node service of Copper on copycat: the service registry over a local \
              HTTP/JSON API, the gateway and Prometheus metrics.",
     after_help = "Logs go to stderr; COPYCAT_LOG (or --log-level) sets the level. On start \
-                  the process prints one line `READY api=… gateway=… raft=… gossip=… \
-                  node_id=…` to stdout. SIGTERM or ctrl-c shuts it down cleanly (exit 0)."
+                  the process prints one line `READY api=… gateway=… forward=… raft=… \
+                  gossip=… node_id=…` to stdout. SIGTERM or ctrl-c shuts it down cleanly (exit 0)."
 )]
 pub struct Args {
     /// A TOML file with any of these settings, keys named as the long flags
@@ -65,10 +67,19 @@ pub struct Args {
     /// Address of the gateway; port 0 picks a free one [default: 127.0.0.1:5380].
     #[arg(long, env = "COPYCAT_GATEWAY", value_name = "ADDR")]
     pub gateway: Option<String>,
+    /// Address of the forwarding entry, where other nodes' gateways send requests for the
+    /// publications made through this node; it must be reachable from them and advertises
+    /// itself in those publications; port 0 picks a free one [default: HOSTNAME:0].
+    #[arg(long, env = "COPYCAT_FORWARD", value_name = "ADDR")]
+    pub forward: Option<String>,
     /// Open HTTP connections at once, per listener; more wait in the listen backlog
     /// [default: 1024].
     #[arg(long, env = "COPYCAT_HTTP_MAX_CONNECTIONS", value_name = "N")]
     pub http_max_connections: Option<usize>,
+    /// Threads serving the gateway and the forwarding entry, each with its own event loop
+    /// (1 to 64) [default: 2].
+    #[arg(long, env = "COPYCAT_GATEWAY_THREADS", value_name = "N")]
+    pub gateway_threads: Option<usize>,
     /// Seal gossip under this key (64 hex digits).
     #[arg(long, env = "COPYCAT_CLUSTER_KEY", value_name = "FILE")]
     pub cluster_key: Option<PathBuf>,
@@ -99,7 +110,9 @@ struct FileSettings {
     bootstrap_expect: Option<usize>,
     api: Option<String>,
     gateway: Option<String>,
+    forward: Option<String>,
     http_max_connections: Option<usize>,
+    gateway_threads: Option<usize>,
     cluster_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
@@ -128,8 +141,12 @@ pub struct Settings {
     pub api: String,
     /// Gateway address (`host:port`).
     pub gateway: String,
+    /// Forwarding entry address (`host:port`).
+    pub forward: String,
     /// Open connections per HTTP listener.
     pub http_max_connections: usize,
+    /// Threads of the gateway and the forwarding entry.
+    pub gateway_threads: usize,
     /// Gossip key file.
     pub cluster_key: Option<PathBuf>,
     /// TLS CA, certificate and key files (all or none).
@@ -216,6 +233,16 @@ impl Args {
                 message: format!("{http_max_connections} is not in 1..=1048576"),
             });
         }
+        let gateway_threads = self
+            .gateway_threads
+            .or(file.gateway_threads)
+            .unwrap_or(DEFAULT_GATEWAY_THREADS);
+        if !(1..=64).contains(&gateway_threads) {
+            return Err(SettingsError::Invalid {
+                flag: "gateway-threads",
+                message: format!("{gateway_threads} is not in 1..=64"),
+            });
+        }
         let peers: Vec<String> = self
             .peers
             .or(file.peers)
@@ -224,15 +251,20 @@ impl Args {
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty())
             .collect();
+        let hostname = self
+            .hostname
+            .or(file.hostname)
+            .unwrap_or_else(|| "127.0.0.1".to_string());
+        let forward = self
+            .forward
+            .or(file.forward)
+            .unwrap_or_else(|| host_port(&hostname, 0));
         Ok(Settings {
             data_dir: self
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./copy-cat-db/")),
-            hostname: self
-                .hostname
-                .or(file.hostname)
-                .unwrap_or_else(|| "127.0.0.1".to_string()),
+            hostname,
             port: self.port.or(file.port).unwrap_or(7458),
             gossip_port: self.gossip_port.or(file.gossip_port).unwrap_or(7459),
             peers,
@@ -249,7 +281,9 @@ impl Args {
                 .gateway
                 .or(file.gateway)
                 .unwrap_or_else(|| DEFAULT_GATEWAY.to_string()),
+            forward,
             http_max_connections,
+            gateway_threads,
             cluster_key: self.cluster_key.or(file.cluster_key),
             tls,
             log_level: self
@@ -257,6 +291,15 @@ impl Args {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
         })
+    }
+}
+
+/// `host:port`, with an IPv6 literal in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -288,6 +331,9 @@ mod tests {
         assert_eq!(settings.gossip_port, 7459);
         assert_eq!(settings.api, DEFAULT_API);
         assert_eq!(settings.gateway, DEFAULT_GATEWAY);
+        assert_eq!(settings.forward, "127.0.0.1:0");
+        let settings = parse(&["--hostname", "::1"]).resolve().expect("v6");
+        assert_eq!(settings.forward, "[::1]:0");
         assert_eq!(settings.data_dir, PathBuf::from("./copy-cat-db/"));
         assert!(settings.peers.is_empty());
         assert!(settings.tls.is_none());

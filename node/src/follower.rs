@@ -84,12 +84,6 @@ impl FollowerView {
         distinct.dedup();
         distinct
     }
-
-    /// The ids of the publications in the map.
-    pub fn ids(&self) -> Vec<PublicationId> {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.keys().copied().collect()
-    }
 }
 
 /// The thread: a watch of every name from the current state on; starts over from the

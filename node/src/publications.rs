@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use copycat::registry::{PublicationHandle, PublicationId};
+
+use crate::gateway::capacity::Capacity;
 use slog::{info, Logger};
 use tokio::sync::Notify;
 
@@ -21,6 +23,20 @@ struct Entry {
     handle: PublicationHandle,
     ttl: Duration,
     expires_at: Instant,
+    /// Where the gateway and the forwarding entry send its requests.
+    route: Route,
+}
+
+/// How to call a publication of this node: its endpoint and its capacity, shared by every
+/// request to it (through this node's gateway or forwarded by another node's).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The service name (`http:hello`).
+    pub name: Arc<str>,
+    /// The endpoint, as published.
+    pub endpoint: Arc<str>,
+    /// Its slots and queue.
+    pub capacity: Arc<Capacity>,
 }
 
 /// The API's publications by API id. Cheap to clone; clones share the table.
@@ -55,10 +71,20 @@ impl Publications {
     /// API id.
     pub fn insert(&self, handle: PublicationHandle, ttl: Duration) -> String {
         let id = api_id(&handle.id());
+        let publication = handle.publication();
+        let route = Route {
+            name: publication.name.as_str().into(),
+            endpoint: publication.endpoint.as_str().into(),
+            capacity: Arc::new(Capacity::new(
+                publication.settings.concurrency,
+                publication.settings.queue_size,
+            )),
+        };
         let entry = Entry {
             handle,
             ttl,
             expires_at: Instant::now() + ttl,
+            route,
         };
         self.entries().insert(id.clone(), entry);
         self.inner.added.notify_one();
@@ -103,6 +129,20 @@ impl Publications {
             .collect();
         let next = entries.values().map(|e| e.expires_at).min();
         (handles, next)
+    }
+
+    /// How to call `id`; `None` if it is not a publication of this table (made elsewhere,
+    /// deleted, or expired).
+    pub fn route(&self, id: &str) -> Option<Route> {
+        self.entries().get(id).map(|e| e.route.clone())
+    }
+
+    /// Requests in flight to the table's publications and requests waiting for a slot.
+    pub fn load(&self) -> (usize, usize) {
+        self.entries().values().fold((0, 0), |(busy, queued), e| {
+            let capacity = &e.route.capacity;
+            (busy + capacity.in_flight(), queued + capacity.queued())
+        })
     }
 
     /// Whether the table holds `id`.

@@ -1,4 +1,4 @@
-//! Starting and stopping the node: the two HTTP listeners (bound first), copycat, the
+//! Starting and stopping the node: the three HTTP listeners (bound first), copycat, the
 //! registry, the follower, the READY line, and the graceful shutdown on SIGTERM or ctrl-c.
 
 use std::io::Write;
@@ -29,6 +29,10 @@ const BLOCKING_THREADS: usize = 32;
 /// the rest are dropped, and their owner's shutdown removes them in the end (its gossip
 /// death, after the registry's grace).
 const UNPUBLISH_AT_SHUTDOWN: Duration = Duration::from_secs(3);
+
+/// How often the metrics recorder drains histogram samples into its summaries (the
+/// exporter's own default): the samples of one interval are what it holds at most.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// How often a node waiting for the cluster to form checks whether it has joined.
 const JOIN_POLL: Duration = Duration::from_millis(100);
@@ -188,14 +192,15 @@ fn not_there_yet(error: &RegistryError) -> bool {
     )
 }
 
-/// The two HTTP listeners, bound before the node starts, so that a taken port stops the
+/// The HTTP listeners, bound before the node starts, so that a taken port stops the
 /// process at once rather than after the cluster formed.
 struct Listeners {
     api: TcpListener,
     gateway: TcpListener,
+    forward: TcpListener,
 }
 
-/// Binds `--api` and `--gateway`.
+/// Binds `--api`, `--gateway` and `--forward`.
 async fn bind_listeners(settings: &Settings) -> Result<Listeners, RunError> {
     let bind = |what: &'static str, addr: String| async move {
         server::bind(&addr)
@@ -205,6 +210,7 @@ async fn bind_listeners(settings: &Settings) -> Result<Listeners, RunError> {
     Ok(Listeners {
         api: bind("--api", settings.api.clone()).await?,
         gateway: bind("--gateway", settings.gateway.clone()).await?,
+        forward: bind("--forward", settings.forward.clone()).await?,
     })
 }
 
@@ -224,10 +230,14 @@ async fn serve(
     let Listeners {
         api: api_listener,
         gateway: gateway_listener,
+        forward: forward_listener,
     } = listeners;
+    let forward = forward_listener.local_addr()?;
     let addresses = Addresses {
         api: api_listener.local_addr()?,
         gateway: gateway_listener.local_addr()?,
+        forward,
+        forward_advertised: advertised(forward, &settings.hostname),
     };
     let view = follower.view();
     let app = Arc::new(App {
@@ -242,29 +252,42 @@ async fn serve(
         publications: publications.clone(),
         metrics,
         long_polls: Arc::new(Semaphore::new(api::MAX_LONG_POLLS)),
-        addresses,
+        addresses: addresses.clone(),
         stopping: stop.clone(),
         log: log.clone(),
     });
     let sweeper = tokio::spawn(publications.sweep(log.new(o!("component" => "ttl"))));
+    // The recorder keeps every histogram sample until upkeep drains it into its summary:
+    // without a scrape, the gateway's latencies would pile up without bound.
+    let upkeep = {
+        let metrics = app.metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
     let limits = Limits {
         max_connections: settings.http_max_connections,
         ..Limits::default()
     };
 
-    let gateway = Arc::new(crate::gateway::Gateway::new(app.registry.clone()));
-    let gateway_router = server::limit_gateway(crate::gateway::router(gateway));
+    let (registry, publications) = (app.registry.clone(), app.publications.clone());
     let api_router = server::limit_requests(api::router(app), api::publications::MAX_BODY_BYTES);
 
     info!(log, "copycat-node ready"; "api" => %addresses.api, "gateway" => %addresses.gateway,
+        "forward" => %addresses.forward, "forward_advertised" => &addresses.forward_advertised,
         "raft" => %node.raft_addr(), "gossip" => %node.gossip_addr(),
         "node_id" => node.node_id(), "datacenter" => &settings.datacenter);
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "READY api={} gateway={} raft={} gossip={} node_id={}",
+        "READY api={} gateway={} forward={} raft={} gossip={} node_id={}",
         addresses.api,
         addresses.gateway,
+        addresses.forward_advertised,
         node.raft_addr(),
         node.gossip_addr(),
         node.node_id()
@@ -275,7 +298,29 @@ async fn serve(
     let stopped = |mut stop: watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
-    tokio::join!(
+    // Gateway and forwarding responses stream for as long as they take.
+    let streaming = Limits {
+        connection_max_age: None,
+        ..limits
+    };
+    let gateway_threads = spawn_gateways(
+        GatewayListeners {
+            gateway: gateway_listener,
+            forward: forward_listener,
+        },
+        &registry,
+        node.node_id(),
+        &publications,
+        Limits {
+            // Each thread accepts its share.
+            max_connections: (limits.max_connections / settings.gateway_threads).max(1),
+            ..streaming
+        },
+        settings.gateway_threads,
+        &stop,
+        &log,
+    )?;
+    let (_, ()) = tokio::join!(
         server::serve(
             api_listener,
             api_router,
@@ -283,20 +328,119 @@ async fn serve(
             stopped(stop.clone()),
             log.clone()
         ),
-        server::serve(
-            gateway_listener,
-            gateway_router,
-            // Gateway responses stream for as long as they take.
-            Limits {
-                connection_max_age: None,
-                ..limits
-            },
-            stopped(stop),
-            log.clone()
-        ),
+        gateway_threads.join(&log),
     );
     sweeper.abort();
+    upkeep.abort();
     Ok(())
+}
+
+/// The gateway's and the forwarding entry's listeners.
+struct GatewayListeners {
+    gateway: TcpListener,
+    forward: TcpListener,
+}
+
+/// The gateway threads, each reporting once when it has stopped.
+struct GatewayThreads {
+    done: tokio::sync::mpsc::Receiver<std::io::Result<()>>,
+}
+
+impl GatewayThreads {
+    /// Waits until every gateway thread has stopped (after the stop signal).
+    async fn join(mut self, log: &Logger) {
+        while let Some(result) = self.done.recv().await {
+            if let Err(e) = result {
+                warn!(log, "a gateway thread failed"; "error" => %e);
+            }
+        }
+    }
+}
+
+/// Starts `threads` threads (`--gateway-threads`), each a current-thread runtime serving both the
+/// gateway and the forwarding entry (each thread accepts on the same two sockets), with
+/// its own [`crate::gateway::Gateway`] (and so its own pool of upstream connections, driven
+/// on that thread). A proxied call is a chain of socket wakeups (client, gateway, owner
+/// node, upstream); on one thread they are served from one epoll loop without hand-offs
+/// between workers. The in-flight limits are shared by the threads.
+#[allow(clippy::too_many_arguments)]
+fn spawn_gateways(
+    listeners: GatewayListeners,
+    registry: &Registry,
+    node_id: copycat::NodeId,
+    publications: &Publications,
+    limits: Limits,
+    threads: usize,
+    stop: &watch::Receiver<bool>,
+    log: &Logger,
+) -> Result<GatewayThreads, RunError> {
+    let gateway_std = listeners.gateway.into_std()?;
+    let forward_std = listeners.forward.into_std()?;
+    let gateway_in_flight = Arc::new(Semaphore::new(server::MAX_IN_FLIGHT_REQUESTS));
+    let forward_in_flight = Arc::new(Semaphore::new(server::MAX_IN_FLIGHT_REQUESTS));
+    let (done_tx, done) = tokio::sync::mpsc::channel(threads.max(1));
+    for n in 0..threads {
+        let gateway = Arc::new(crate::gateway::Gateway::new(
+            registry.clone(),
+            node_id,
+            publications.clone(),
+        ));
+        let gateway_router = server::limit_gateway(
+            crate::gateway::router(gateway.clone()),
+            gateway_in_flight.clone(),
+        );
+        let forward_router = server::limit_gateway(
+            crate::gateway::forward::router(gateway),
+            forward_in_flight.clone(),
+        );
+        let (gateway_std, forward_std) = (gateway_std.try_clone()?, forward_std.try_clone()?);
+        let (stop, log, done_tx) = (stop.clone(), log.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("copycat-gateway-{n}"))
+            .spawn(move || {
+                let served = (|| -> std::io::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let gateway_listener = TcpListener::from_std(gateway_std)?;
+                        let forward_listener = TcpListener::from_std(forward_std)?;
+                        let stopped = |mut stop: watch::Receiver<bool>| async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        tokio::join!(
+                            server::serve(
+                                forward_listener,
+                                forward_router,
+                                limits,
+                                stopped(stop.clone()),
+                                log.clone()
+                            ),
+                            server::serve(
+                                gateway_listener,
+                                gateway_router,
+                                limits,
+                                stopped(stop),
+                                log
+                            ),
+                        );
+                        Ok(())
+                    })
+                })();
+                let _ = done_tx.try_send(served);
+            })?;
+    }
+    Ok(GatewayThreads { done })
+}
+
+/// The forwarding entry's address as other nodes reach it: the bound one, or, when bound
+/// to every interface (`0.0.0.0`, `::`), the node's `hostname` with the bound port.
+fn advertised(bound: std::net::SocketAddr, hostname: &str) -> String {
+    if bound.ip().is_unspecified() {
+        crate::args::host_port(hostname, bound.port())
+    } else {
+        bound.to_string()
+    }
 }
 
 /// Withdraws the API's publications at shutdown, all at once, waiting at most
@@ -372,4 +516,19 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarding_address_advertised_is_usable_by_other_nodes() {
+        let bound = "10.0.0.5:4000".parse().expect("addr");
+        assert_eq!(advertised(bound, "node1.example"), "10.0.0.5:4000");
+        let any = "0.0.0.0:4000".parse().expect("addr");
+        assert_eq!(advertised(any, "node1.example"), "node1.example:4000");
+        let any6 = "[::]:4000".parse().expect("addr");
+        assert_eq!(advertised(any6, "fd00::5"), "[fd00::5]:4000");
+    }
 }

@@ -7,7 +7,8 @@
 //!
 //! The same bounds as the `hashmap` example's server (`examples/hashmap/server.rs`, which
 //! a separate package cannot share), with JSON refusals and a request timeout above the
-//! API's longest long-poll. The local API and the gateway each run one.
+//! API's longest long-poll. The local API runs one; the gateway and the forwarding entry
+//! run one per gateway thread (`--gateway-threads`), accepting on the same sockets.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +27,7 @@ use hyper_util::service::TowerToHyperService;
 use slog::{warn, Logger};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -144,12 +146,14 @@ pub fn limit_requests(router: Router, max_body_bytes: usize) -> Router {
 /// Wraps the gateway's `router` in the in-flight limit only: its bodies stream (a 1 GiB
 /// upload passes through without a size limit) and its requests last as long as their
 /// upstream streams; the gateway bounds the wait for a slot and for the response head.
-pub fn limit_gateway(router: Router) -> Router {
+/// `in_flight` holds [`MAX_IN_FLIGHT_REQUESTS`] permits, shared by every router (one per
+/// gateway thread) serving the same listener.
+pub fn limit_gateway(router: Router, in_flight: Arc<Semaphore>) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overloaded))
             .load_shed()
-            .concurrency_limit(MAX_IN_FLIGHT_REQUESTS),
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(in_flight)),
     )
 }
 

@@ -1,10 +1,13 @@
 //! The gateway of copycat-node as real processes: three nodes in two datacenters, an
 //! upstream published through node A (west) and one through node B (east); calls through
-//! node C's gateway reach A's (same datacenter first), with the prefix stripped and the
-//! client named; the distance headers pick B's; request and response bodies stream; when
-//! A is killed, calls fail over to B.
-//! Capacity (concurrency 1, queue 0: a second concurrent call gets 503), an unreachable
-//! upstream (502) and an unknown service (404) answer JSON with X-Copper-Error.
+//! node C's gateway reach A's (same datacenter first) *through A's forwarding entry* (the
+//! upstream sees A's `Via` and the original client in `X-Forwarded-For`), with the prefix
+//! stripped; the distance headers pick B's; request and response bodies stream; A's
+//! forwarding entry serves only A's own publications; when A is killed, calls fail over
+//! to B.
+//! Capacity is the owner's, cluster-wide (concurrency 1, queue 0: while a call through A's
+//! gateway holds C's publication, calls through B's and C's gateways get 503), an
+//! unreachable upstream (502) and an unknown service (404) answer JSON with X-Copper-Error.
 
 mod support;
 
@@ -58,6 +61,10 @@ fn gateway_routes_strips_fails_over_and_refuses_over_capacity() {
     assert_eq!(echo["path"], "/some/path?q=1");
     assert_eq!(echo["method"], "GET");
     assert_eq!(echo["x_forwarded_for"], "127.0.0.1");
+    // It went through A's forwarding entry, which names itself in Via, and the header
+    // naming the publication did not reach the upstream.
+    assert_eq!(echo["via"], format!("1.1 copycat-node-{}", a.node_id));
+    assert!(echo["x_copycat_publication"].is_null(), "{echo}");
     let forwarded = echo["forwarded"].as_str().expect("Forwarded");
     assert!(
         forwarded.starts_with("for=127.0.0.1;proto=http"),
@@ -68,6 +75,54 @@ fn gateway_routes_strips_fails_over_and_refuses_over_capacity() {
         response.headers.get("x-upstream").map(String::as_str),
         Some("a")
     );
+
+    // A's own gateway calls its upstream directly (no Via).
+    let echo = reaches(&a, "/echo/local", &[], "a").json();
+    assert!(echo["via"].is_null(), "{echo}");
+
+    // A's forwarding entry serves A's publications only: no id, an unknown id, or C's
+    // publication are refused without reaching any upstream.
+    let response = raw_request(a.forward, "GET", "/x", &[], b"").expect("forward entry");
+    assert_eq!(response.status, 400);
+    let response = raw_request(
+        a.forward,
+        "GET",
+        "/x",
+        &[("X-Copycat-Publication", "1-2-3")],
+        b"",
+    )
+    .expect("forward entry");
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        response.headers.get("x-copper-error").map(String::as_str),
+        Some("no_route")
+    );
+    let up_c = Upstream::start("c");
+    let c_id = c.publish(&format!(
+        r#"{{"name":"http:cee","endpoint":"{}","ttl_ms":60000}}"#,
+        up_c.endpoint()
+    ));
+    let response = raw_request(
+        a.forward,
+        "GET",
+        "/x",
+        &[("X-Copycat-Publication", c_id.as_str())],
+        b"",
+    )
+    .expect("forward entry");
+    assert_eq!(response.status, 404);
+    // ... while C's own entry serves it (as A's gateway would ask).
+    let response = raw_request(
+        c.forward,
+        "GET",
+        "/direct",
+        &[("X-Copycat-Publication", c_id.as_str())],
+        b"",
+    )
+    .expect("forward entry");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["upstream"], "c");
+    assert_eq!(response.json()["path"], "/direct");
 
     // X-Copper-Service: the path is passed whole.
     let echo = call(&c, "/any/path", &[("X-Copper-Service", "echo")]).json();
@@ -140,37 +195,44 @@ fn gateway_routes_strips_fails_over_and_refuses_over_capacity() {
     let response = call(&c, "/echo/", &[("X-Copper-Max-Distance", "9")]);
     assert_eq!(response.status, 400);
 
-    // Concurrency 1, queue 0: while one call holds the slot, a second gets 503.
+    // Concurrency 1, queue 0, published through C: while a call through A's gateway holds
+    // the slot (forwarded to C), a second call gets 503 through B's gateway (forwarded to
+    // C, whose 503 passes through) and through C's own.
     c.publish(&format!(
         r#"{{"name":"http:slow","endpoint":"{}","concurrency":1,"queue_size":0,"ttl_ms":60000}}"#,
         up_slow.endpoint()
     ));
-    reaches(&c, "/slow/fast", &[], "slow");
-    let gateway = c.gateway;
+    for node in [&a, &b, &c] {
+        reaches(node, "/slow/fast", &[], "slow");
+    }
+    let gateway = a.gateway;
     let held = std::thread::spawn(move || raw_request(gateway, "GET", "/slow/slow", &[], b""));
     eventually("the held call reaches the upstream", PHASE, || {
         (up_slow.held() == 1).then_some(())
     });
-    let refused = call(&c, "/slow/fast", &[]);
-    assert_eq!(
-        refused.status,
-        503,
-        "{}",
-        String::from_utf8_lossy(&refused.body)
-    );
-    assert_eq!(
-        refused.headers.get("x-copper-error").map(String::as_str),
-        Some("overcapacity")
-    );
-    assert_eq!(
-        refused.headers.get("retry-after").map(String::as_str),
-        Some("1")
-    );
-    assert_eq!(refused.json()["service"], "slow");
+    for node in [&b, &c] {
+        let refused = call(node, "/slow/fast", &[]);
+        assert_eq!(
+            refused.status,
+            503,
+            "through {}: {}",
+            node.name,
+            String::from_utf8_lossy(&refused.body)
+        );
+        assert_eq!(
+            refused.headers.get("x-copper-error").map(String::as_str),
+            Some("overcapacity")
+        );
+        assert_eq!(
+            refused.headers.get("retry-after").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(refused.json()["service"], "slow");
+    }
     up_slow.release();
     let first = held.join().expect("held call").expect("held response");
     assert_eq!(first.status, 200);
-    assert_eq!(call(&c, "/slow/fast", &[]).status, 200);
+    assert_eq!(call(&b, "/slow/fast", &[]).status, 200);
 
     // A dies: C's calls fail over to B's upstream once gossip reports A down.
     a.kill();
@@ -178,8 +240,19 @@ fn gateway_routes_strips_fails_over_and_refuses_over_capacity() {
     reaches(&c, "/echo/after", &[], "b");
     eprintln!("calls reached B {:?} after A was killed", killed.elapsed());
 
-    // The gateway's metrics count by status.
+    // The gateway's metrics count by status; C's forwarding entry counted B's refusal.
     let metrics = c.get("/metrics").text;
+    assert!(
+        metrics.contains("copycat_gateway_requests_total{status=\"503\",error=\"overcapacity\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "copycat_gateway_forwarded_requests_total{status=\"503\",error=\"overcapacity\"}"
+        ),
+        "{metrics}"
+    );
+    let metrics = b.get("/metrics").text;
     assert!(
         metrics.contains("copycat_gateway_requests_total{status=\"503\",error=\"overcapacity\"}"),
         "{metrics}"

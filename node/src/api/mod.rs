@@ -47,12 +47,17 @@ use json::Vantage;
 pub const MAX_LONG_POLLS: usize = 192;
 
 /// The bound addresses, for `/v1/status`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Addresses {
     /// The local API.
     pub api: SocketAddr,
     /// The gateway.
     pub gateway: SocketAddr,
+    /// The forwarding entry (bound).
+    pub forward: SocketAddr,
+    /// The forwarding entry as other nodes reach it (`host:port`), carried in the metadata
+    /// of the API's publications.
+    pub forward_advertised: String,
 }
 
 /// What the handlers share.

@@ -18,6 +18,7 @@ use slog::info;
 use super::error::ApiError;
 use super::query::{check_name, distance, Query};
 use super::App;
+use crate::gateway::forward::FORWARD_METADATA_KEY;
 use crate::publications::api_id;
 
 /// Time to live of a publication that gives no `ttl_ms`.
@@ -30,6 +31,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_LABELS: usize = 64;
 /// Longest tag, metadata key or metadata value, in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
+/// Metadata keys the node sets itself (the forwarding address,
+/// [`crate::gateway::forward::FORWARD_METADATA_KEY`]); a client may not.
+pub const RESERVED_METADATA_PREFIX: &str = "copycat.";
 /// Largest accepted body of `POST /v1/publications`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -194,6 +198,12 @@ fn metadata(object: &Map<String, Value>) -> Result<BTreeMap<String, String>, Api
     map.iter()
         .map(|(key, value)| {
             check_label("metadata", key)?;
+            if key.starts_with(RESERVED_METADATA_PREFIX) {
+                return Err(ApiError::invalid(
+                    "metadata",
+                    format!("keys starting with {RESERVED_METADATA_PREFIX:?} are the node's"),
+                ));
+            }
             match value {
                 Value::String(v) => check_label("metadata", v).map(|()| (key.clone(), v.clone())),
                 other => Err(ApiError::invalid(
@@ -210,7 +220,12 @@ fn metadata(object: &Map<String, Value>) -> Result<BTreeMap<String, String>, Api
 pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request = PublishRequest::parse(&body)?;
     let registry = app.registry.clone();
-    let (name, endpoint, settings) = (request.name, request.endpoint, request.settings);
+    let (name, endpoint, mut settings) = (request.name, request.endpoint, request.settings);
+    // Other nodes' gateways reach this publication through this node.
+    settings.metadata.insert(
+        FORWARD_METADATA_KEY.to_string(),
+        app.addresses.forward_advertised.clone(),
+    );
     let handle = tokio::task::spawn_blocking(move || registry.publish(&name, &endpoint, settings))
         .await
         .map_err(|e| ApiError::Internal(format!("publish task: {e}")))??;
@@ -349,6 +364,11 @@ mod tests {
         );
         assert_eq!(
             field_of(r#"{"name":"n","endpoint":"e","metadata":{"a":1}}"#),
+            "metadata"
+        );
+        // The node's own keys (the forwarding address) cannot be set by a client.
+        assert_eq!(
+            field_of(r#"{"name":"n","endpoint":"e","metadata":{"copycat.forward":"10.0.0.1:1"}}"#),
             "metadata"
         );
         assert_eq!(

@@ -39,6 +39,8 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
         "addresses": {
             "api": app.addresses.api.to_string(),
             "gateway": app.addresses.gateway.to_string(),
+            "forward": app.addresses.forward.to_string(),
+            "forward_advertised": app.addresses.forward_advertised,
             "raft": app.node.raft_addr().to_string(),
             "gossip": app.node.gossip_addr().to_string(),
         },
@@ -69,16 +71,20 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "copycat_registry_leases_in_use",
-        "Leases on publications held on this node."
+        "Requests in flight to the publications made through this node's API, from any node's gateway (capacity is enforced here, cluster-wide)."
     );
     metrics::describe_gauge!(
         "copycat_registry_waiters",
-        "Callers on this node waiting for a lease."
+        "Requests waiting for a slot of a publication made through this node's API, from any node's gateway."
     );
     metrics::describe_gauge!("copycat_members", "Cluster members by gossip state.");
     metrics::describe_counter!(
         "copycat_gateway_requests_total",
         "Requests answered by the gateway, by status and gateway error kind (none: the upstream answered)."
+    );
+    metrics::describe_counter!(
+        "copycat_gateway_forwarded_requests_total",
+        "Requests answered by the forwarding entry for this node's publications, by status and gateway error kind."
     );
     metrics::describe_histogram!(
         "copycat_gateway_response_seconds",
@@ -98,19 +104,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     metrics::gauge!("copycat_registry_revision").set(registry.revision() as f64);
     metrics::gauge!("copycat_registry_publications").set(app.follower.publication_count() as f64);
     metrics::gauge!("copycat_node_api_publications").set(app.publications.len() as f64);
-    let leases: u64 = app
-        .follower
-        .ids()
-        .iter()
-        .map(|id| u64::from(registry.leases_out(*id)))
-        .sum();
-    metrics::gauge!("copycat_registry_leases_in_use").set(leases as f64);
-    let waiters: usize = app
-        .follower
-        .names()
-        .iter()
-        .map(|n| registry.waiting(n))
-        .sum();
+    let (in_flight, waiters) = app.publications.load();
+    metrics::gauge!("copycat_registry_leases_in_use").set(in_flight as f64);
     metrics::gauge!("copycat_registry_waiters").set(waiters as f64);
     if let Ok(members) = app.node.members().await {
         let alive = members

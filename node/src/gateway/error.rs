@@ -39,6 +39,26 @@ pub enum GatewayError {
     Unavailable(String),
 }
 
+/// Every kind a gateway error has, as [`GatewayError::kind`] gives them.
+pub const KINDS: [&str; 6] = [
+    "no_route",
+    "bad_request",
+    "overcapacity",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "unavailable",
+];
+
+/// The kind named by an `X-Copper-Error` value (an owner node's answer passed through),
+/// `other` if it is none of [`KINDS`] (so metric labels stay few).
+pub fn known_kind(value: &[u8]) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| k.as_bytes() == value)
+        .copied()
+        .unwrap_or("other")
+}
+
 impl GatewayError {
     /// The kind, as the body's `error` and the `X-Copper-Error` header give it.
     pub fn kind(&self) -> &'static str {
@@ -82,5 +102,30 @@ impl GatewayError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_through_kinds_stay_few() {
+        for error in [
+            GatewayError::NoRoute(String::new()),
+            GatewayError::Overcapacity(String::new()),
+            GatewayError::Timeout(String::new()),
+        ] {
+            assert_eq!(known_kind(error.kind().as_bytes()), error.kind());
+        }
+        assert_eq!(known_kind(b"anything-an-upstream-says"), "other");
+    }
+
+    #[test]
+    fn overcapacity_says_when_to_retry() {
+        let response = GatewayError::Overcapacity("busy".to_string()).response(Some("svc"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[ERROR_HEADER], "overcapacity");
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
     }
 }

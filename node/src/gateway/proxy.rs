@@ -1,4 +1,4 @@
-//! The proxy's header rules and the streamed response body that holds its lease.
+//! The proxy's header rules and the streamed response body that holds its slot.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use copycat::registry::Lease;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -71,25 +70,25 @@ pub fn forward_headers(headers: &mut HeaderMap, client: Option<SocketAddr>) {
     }
 }
 
-/// An upstream's response body, streamed to the client; the lease on the publication is
-/// held until the body is finished or dropped, so a slot stays taken while the response
-/// is still flowing.
-pub struct LeasedBody {
+/// An upstream's response body, streamed to the client; `guard` (a slot of the
+/// publication's capacity) is held until the body is finished or dropped, so a slot stays
+/// taken while the response is still flowing.
+pub struct HeldBody<G> {
     inner: Incoming,
-    _lease: Lease,
+    _guard: G,
 }
 
-impl LeasedBody {
-    /// `inner`, holding `lease` until dropped.
-    pub fn new(inner: Incoming, lease: Lease) -> Self {
-        LeasedBody {
+impl<G> HeldBody<G> {
+    /// `inner`, holding `guard` until dropped.
+    pub fn new(inner: Incoming, guard: G) -> Self {
+        HeldBody {
             inner,
-            _lease: lease,
+            _guard: guard,
         }
     }
 }
 
-impl Body for LeasedBody {
+impl<G: Unpin> Body for HeldBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 

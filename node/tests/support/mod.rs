@@ -30,6 +30,8 @@ pub struct Node {
     pub api: SocketAddr,
     /// Gateway address.
     pub gateway: SocketAddr,
+    /// Forwarding entry address (as advertised to other nodes).
+    pub forward: SocketAddr,
     /// Raft address.
     pub raft: SocketAddr,
     /// Gossip address (what others take as `--peers`).
@@ -115,6 +117,7 @@ impl Node {
             name: name.to_string(),
             api: addr("api"),
             gateway: addr("gateway"),
+            forward: addr("forward"),
             raft: addr("raft"),
             gossip: addr("gossip"),
             node_id: field("node_id"),
@@ -125,6 +128,7 @@ impl Node {
         for (key, a) in [
             ("api", node.api),
             ("gateway", node.gateway),
+            ("forward", node.forward),
             ("raft", node.raft),
         ] {
             assert_ne!(a.port(), 0, "{name}: READY {key} shows the bound port");

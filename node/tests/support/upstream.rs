@@ -132,6 +132,8 @@ fn serve(
             "host": headers.get("host"),
             "x_forwarded_for": headers.get("x-forwarded-for"),
             "forwarded": headers.get("forwarded"),
+            "via": headers.get("via"),
+            "x_copycat_publication": headers.get("x-copycat-publication"),
             "x_copper_service": headers.get("x-copper-service"),
             "body_len": body_len,
         })

@@ -98,11 +98,7 @@ fn a_node_certified_by_another_ca_never_joins_a_raft_group() {
         cluster_side + node.security_stats().connections_refused
     };
     wait_until("handshakes with the rogue node fail", T, || refused() >= 3);
-    let id = copycat::new_data_structure_id();
-    let ds = cluster
-        .node(0)
-        .subscribe(id, no_snapshot)
-        .expect("subscribe");
+    let ds = new_group_on(cluster.node(0));
     ds.propose_blocking(b"still works".to_vec(), T)
         .expect("the cluster commits without the rogue node");
     wait_until("more failed handshakes", T, || refused() >= 6);
@@ -444,6 +440,12 @@ fn a_data_dir_of_another_node_id_does_not_start_with_this_certificate() {
     again.shutdown();
 }
 
+/// A subscription on `node` to a new data structure (created by its first proposal).
+fn new_group_on(node: &CopyCat) -> copycat::DataStructure {
+    node.subscribe(copycat::new_data_structure_id(), no_snapshot)
+        .expect("subscribe")
+}
+
 /// The raft address `node` lists for member `id`, if it lists it.
 fn listed_addr(node: &CopyCat, id: u64) -> Option<String> {
     node.members_blocking()
@@ -493,11 +495,7 @@ fn forged_gossip_identities_neither_reroute_members_nor_add_made_up_ones() {
         gossip_keys: Some(Keyring::new(creds.gossip_key.clone())),
     };
     let insider = start_outsider(&cluster, dir.path(), security);
-    let id = copycat::new_data_structure_id();
-    let ds = cluster
-        .node(0)
-        .subscribe(id, no_snapshot)
-        .expect("subscribe");
+    let ds = new_group_on(cluster.node(0));
     ds.propose_blocking(b"before".to_vec(), T)
         .expect("acknowledged");
     let real: Vec<(u64, String)> = (1..3)
@@ -559,11 +557,7 @@ fn forged_gossip_identities_neither_reroute_members_nor_add_made_up_ones() {
 fn a_member_restarted_on_new_ports_is_admitted_under_tls() {
     let creds = credentials(3);
     let mut cluster = Cluster::start_secure(&creds);
-    let id = copycat::new_data_structure_id();
-    let ds = cluster
-        .node(0)
-        .subscribe(id, no_snapshot)
-        .expect("subscribe");
+    let ds = new_group_on(cluster.node(0));
     ds.propose_blocking(b"before".to_vec(), T)
         .expect("acknowledged");
     let (node, old) = (cluster.node(2).node_id(), cluster.node(2).raft_addr());
@@ -576,7 +570,7 @@ fn a_member_restarted_on_new_ports_is_admitted_under_tls() {
     });
     let restarted = cluster
         .node(2)
-        .subscribe(id, no_snapshot)
+        .subscribe(ds.id(), no_snapshot)
         .expect("subscribe");
     restarted
         .propose_blocking(b"from the restarted node".to_vec(), T)

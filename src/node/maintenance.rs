@@ -31,7 +31,7 @@ impl NodeCore {
     pub(super) fn maintain(&mut self) {
         self.prepare_system_snapshot();
         let pass = self.ticks % MAINTENANCE_PERIOD_TICKS == 0;
-        let full = pass && self.is_full_pass();
+        let full = pass && self.begin_pass();
         self.request_wanted_snapshots(full);
         // Joining nodes wait for the directory: the system group grows every tick.
         let system = DataStructureId::SYSTEM;
@@ -93,8 +93,10 @@ impl NodeCore {
         }
     }
 
-    /// Whether this maintenance pass looks at every group (see [`NodeCore::maintain`]).
-    fn is_full_pass(&mut self) -> bool {
+    /// Records what placement depends on now and says whether this maintenance pass looks
+    /// at every group: it moved since the last pass, or the periodic full pass is due (see
+    /// [`NodeCore::maintain`]).
+    fn begin_pass(&mut self) -> bool {
         let inputs = self.placement_inputs();
         let changed = self.placement.as_ref() != Some(&inputs);
         self.placement = Some(inputs);

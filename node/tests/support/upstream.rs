@@ -80,18 +80,7 @@ fn serve(
         let mut parts = line.split_whitespace();
         let method = parts.next().unwrap_or_default().to_string();
         let path = parts.next().unwrap_or_default().to_string();
-        let mut headers = BTreeMap::new();
-        loop {
-            let mut header = String::new();
-            reader.read_line(&mut header)?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
+        let headers = read_headers(&mut reader)?;
         let body_len = if let Some(len) = headers.get("content-length") {
             let len: u64 = len.parse().unwrap_or(0);
             std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())?
@@ -148,6 +137,22 @@ fn serve(
 }
 
 /// Reads a chunked body; returns its length.
+/// Reads header lines up to the empty one; names lowercased.
+fn read_headers(reader: &mut impl BufRead) -> std::io::Result<BTreeMap<String, String>> {
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            return Ok(headers);
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+}
+
 fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
@@ -213,18 +218,7 @@ pub fn raw_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-    let mut response_headers = BTreeMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header)?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':') {
-            response_headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
+    let response_headers = read_headers(&mut reader)?;
     let mut body = Vec::new();
     if response_headers
         .get("transfer-encoding")

@@ -72,7 +72,8 @@ fn a_cluster_under_writes_emits_every_family_of_metrics() {
     let mut seen = Seen::default();
     wait_until(
         "every family of metrics moved",
-        Duration::from_secs(30),
+        // Gauges are published on full maintenance passes: at least every 10 s.
+        Duration::from_secs(60),
         || {
             seen.take(&snapshotter);
             seen.counter(telemetry::PROPOSALS_COMMITTED) >= 50
@@ -86,7 +87,9 @@ fn a_cluster_under_writes_emits_every_family_of_metrics() {
                 && seen.counter(telemetry::TRANSPORT_RECEIVED_BYTES) > 0
                 && seen.counter(telemetry::TRANSPORT_CONNECTS) >= 2
                 && seen.gauge(telemetry::GROUPS_HOSTED) >= 2.0
-                && seen.gauge(telemetry::GROUPS_LED) >= 1.0
+                // Published, whatever its value: the three in-process nodes share one
+                // recorder and one gauge, so a node leading nothing may write last.
+                && seen.gauges.contains_key(telemetry::GROUPS_LED)
         },
     );
 }

@@ -101,8 +101,9 @@ pub struct Config {
 
 /// What a node does when it cannot go on: its core panicked, or storage failed (sled then
 /// fails every later operation too, so the node could only refuse work). A disk out of
-/// space is not such a failure: the node pauses until it can write again, then resumes by
-/// itself (calls meanwhile fail with [`Error::OutOfSpace`](crate::Error::OutOfSpace)).
+/// space, or a process out of file descriptors, is not such a failure: the node pauses
+/// until it can write again, then resumes by itself (calls meanwhile fail with
+/// [`Error::StorageExhausted`](crate::Error::StorageExhausted)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnFatalError {

@@ -100,22 +100,27 @@ pub enum Error {
         /// The data dir.
         data_dir: PathBuf,
     },
-    /// The node's disk is full (no space left, or a file size or disk quota limit): the
-    /// call was not made. The node acknowledges nothing until space returns, then resumes
-    /// by itself (its replicas catch up from their peers); retry later.
-    #[error("the copycat node's disk is full: it acknowledges nothing until space returns")]
-    OutOfSpace,
+    /// The node cannot write its data for want of a resource: its disk is full (no space
+    /// left, or a file size or disk quota limit) or the process is out of file
+    /// descriptors. The call was not made. The node acknowledges nothing until it can
+    /// write again, then resumes by itself (its replicas catch up from their peers); retry
+    /// later.
+    #[error(
+        "the copycat node cannot write its data (disk full, or out of file descriptors): \
+         it acknowledges nothing until it can"
+    )]
+    StorageExhausted,
     /// The node is shutting down or stopped; nothing more is accepted.
     #[error("the copycat node is shut down")]
     Shutdown,
 }
 
 impl Error {
-    /// Whether this is a storage failure that ends once the disk has room again.
-    pub(crate) fn is_out_of_space(&self) -> bool {
+    /// Whether this is a storage failure that ends once the resource it lacked returns.
+    pub(crate) fn is_exhausted(&self) -> bool {
         match self {
-            Error::Storage(e) => e.is_out_of_space(),
-            Error::OutOfSpace => true,
+            Error::Storage(e) => e.is_exhausted(),
+            Error::StorageExhausted => true,
             _ => false,
         }
     }

@@ -24,7 +24,7 @@
 //! | `copycat_snapshots_sent_total` | counter | snapshot files streamed to peers |
 //! | `copycat_snapshots_received_total` | counter | snapshot files received and installed |
 //!
-//! `reason` is one of `timeout`, `dropped`, `too_large`, `overloaded`, `out_of_space`,
+//! `reason` is one of `timeout`, `dropped`, `too_large`, `overloaded`, `storage_exhausted`,
 //! `storage`, `shutdown`, `other`.
 
 use std::time::Duration;
@@ -122,7 +122,7 @@ fn failure_reason(error: &Error) -> &'static str {
         Error::ProposalDropped(_) | Error::GroupRemoved => "dropped",
         Error::ProposalTooLarge { .. } => "too_large",
         Error::Overloaded => "overloaded",
-        Error::OutOfSpace => "out_of_space",
+        Error::StorageExhausted => "storage_exhausted",
         Error::Storage(_) | Error::Corrupted(_) => "storage",
         Error::Shutdown => "shutdown",
         _ => "other",

@@ -242,6 +242,7 @@ fn requests_beyond_the_in_flight_limit_get_a_quick_503() {
 fn a_node_out_of_file_descriptors_keeps_serving_and_stays_a_member() {
     let mut nodes = expect(ProcessCluster::new(expect(cluster::built_hashmap())));
     // Far fewer descriptors than the server's 1024-connection cap.
+    nodes = nodes.with_args(&["--snapshot-interval", "20"]);
     let limited = expect(nodes.form_with_last(3, |nodes| nodes.set_fd_limit(Some(256))));
     expect(wait_until("the cluster forms", PHASE, || {
         nodes.converged(3)
@@ -259,6 +260,13 @@ fn a_node_out_of_file_descriptors_keeps_serving_and_stays_a_member() {
         PHASE,
         accept_failed,
     ));
+    // Writes go on through the others meanwhile. With snapshots every 20 entries the
+    // limited node's storage soon needs a new file too (a snapshot's proposal ids), cannot
+    // open it, and pauses until descriptors return instead of exiting.
+    for n in 0..100 {
+        let put = http::put(nodes.http(0), &format!("/kv/during{n}"), b"x", PHASE).unwrap();
+        assert_eq!(put.status, 200, "write {n}: {}", put.text());
+    }
     assert_eq!(nodes.exit_code(limited), None, "the limited node exited");
     open.clear();
 
@@ -269,6 +277,8 @@ fn a_node_out_of_file_descriptors_keeps_serving_and_stays_a_member() {
     ));
     let get = http::get(nodes.http(0), "/kv/after?consistent=true", QUICK).unwrap();
     assert_eq!((get.status, get.body.as_slice()), (200, &b"fds"[..]));
+    let get = http::get(addr, "/kv/during99?consistent=true", QUICK).unwrap();
+    assert_eq!((get.status, get.body.as_slice()), (200, &b"x"[..]));
     assert_eq!(nodes.exit_code(limited), None, "the limited node exited");
     expect(wait_until("the cluster is whole", PHASE, || {
         nodes.converged(3)

@@ -1,4 +1,4 @@
-//! A core whose storage ran out of space, waiting for it to return.
+//! A core whose storage ran out of space or file descriptors, waiting for them to return.
 //!
 //! sled answers every operation after a failed write with that error, so the store must be
 //! closed and opened again before anything is written; and the core's raft state may be
@@ -50,11 +50,11 @@ impl NodeCore {
             self.complete(flight.proposal.waiter, Err(cause.clone()));
         }
         for proposal in self.pending.take_queued() {
-            telemetry::proposal_failed(&Error::OutOfSpace);
-            self.complete(proposal.waiter, Err(Error::OutOfSpace));
+            telemetry::proposal_failed(&Error::StorageExhausted);
+            self.complete(proposal.waiter, Err(Error::StorageExhausted));
         }
-        self.fail_reads(Error::OutOfSpace);
-        self.subscriptions.report_to_all(&Error::OutOfSpace);
+        self.fail_reads(Error::StorageExhausted);
+        self.subscriptions.report_to_all(&Error::StorageExhausted);
         Dormant {
             cfg: self.cfg,
             rng: self.rng,
@@ -72,7 +72,7 @@ impl NodeCore {
 
 impl Dormant {
     /// Applies one input at `now_ms`; true when it asks the node to stop. Membership and
-    /// subscriptions are kept up to date, calls fail at once with [`Error::OutOfSpace`],
+    /// subscriptions are kept up to date, calls fail at once with [`Error::StorageExhausted`],
     /// and the rest (peers' raft traffic, the former store's reports) is dropped: the core
     /// that wakes starts from the disk.
     pub(crate) fn handle(&mut self, now_ms: u64, input: Input) -> bool {
@@ -88,18 +88,19 @@ impl Dormant {
             Input::Propose {
                 group, sub, waiter, ..
             } => {
-                telemetry::proposal_failed(&Error::OutOfSpace);
+                telemetry::proposal_failed(&Error::StorageExhausted);
                 match waiter {
-                    Some(waiter) => self.completions.push((waiter, Err(Error::OutOfSpace))),
+                    Some(waiter) => self.completions.push((waiter, Err(Error::StorageExhausted))),
                     None if sub.is_some() => self.subscriptions.report_to_group(
                         group,
-                        &Error::ProposalDropped("the node's disk is full".to_string()),
+                        &Error::ProposalDropped("the node's storage cannot write (disk full, or out of file descriptors)".to_string()),
                     ),
                     None => {}
                 }
             }
             Input::ReadBarrier { waiter, .. } => {
-                self.completions.push((waiter, Err(Error::OutOfSpace)));
+                self.completions
+                    .push((waiter, Err(Error::StorageExhausted)));
             }
             Input::Shutdown => return true,
             _ => {}

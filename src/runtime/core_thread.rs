@@ -1,8 +1,8 @@
 //! The core thread: feeds the core its inputs, runs its rounds and performs their output.
 //! When the core cannot go on it ends the process (crash-only: a supervisor restarts it,
 //! rather than a node that answers every call with an error staying in the cluster), with
-//! one exception: a disk out of space puts the core to sleep until the store can be written
-//! again, then reopens it and wakes the core (see `node::dormant`), without a restart.
+//! one exception: storage out of space or file descriptors puts the core to sleep until the
+//! store can be written again, then reopens it and wakes the core (see `node::dormant`), without a restart.
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -192,11 +192,11 @@ impl CoreShell {
                     self.acks.insert(waiter, ack);
                     return core.handle(now_ms, input(waiter));
                 }
-                State::Dormant { .. } => ack(Err(Error::OutOfSpace)),
+                State::Dormant { .. } => ack(Err(Error::StorageExhausted)),
             },
             Event::Query(query) => match &self.state {
                 State::Awake(core) => query(Ok(core)),
-                State::Dormant { .. } => query(Err(Error::OutOfSpace)),
+                State::Dormant { .. } => query(Err(Error::StorageExhausted)),
             },
             Event::Handover(done) => match &mut self.state {
                 State::Awake(core) => {
@@ -278,10 +278,11 @@ impl CoreShell {
         match self.state {
             State::Awake(core) => match core.storage_failure() {
                 None => self.state = State::Awake(core),
-                Some(cause) if cause.is_out_of_space() => {
+                Some(cause) if cause.is_exhausted() => {
                     let cause = cause.clone();
-                    slog::warn!(thread.logger, "the disk is full: this node stays silent and \
-                        acknowledges nothing until it can write again, then resumes by itself";
+                    slog::warn!(thread.logger, "storage is out of room or file descriptors: this \
+                        node stays silent and acknowledges nothing until it can write again, \
+                        then resumes by itself";
                         "error" => %cause);
                     if let Some(done) = self.handed_over.take() {
                         done();
@@ -347,9 +348,9 @@ fn try_to_wake(
     let store = match thread.opener.reopen_with_room() {
         Ok(store) => store,
         // Still full, or the former store not quite let go of yet.
-        Err(e) if e.is_out_of_space() || matches!(e, StorageError::Locked { .. }) => {
+        Err(e) if e.is_exhausted() || matches!(e, StorageError::Locked { .. }) => {
             let wait = retry.on_failed_try();
-            slog::info!(thread.logger, "still no room on the disk; trying again later";
+            slog::info!(thread.logger, "storage still cannot write; trying again later";
                 "error" => %e, "retry_in_ms" => wait.as_millis() as u64);
             let dormant = State::Dormant {
                 dormant,
@@ -358,15 +359,19 @@ fn try_to_wake(
             };
             return Ok((dormant, None));
         }
-        Err(e) => return Err(format!("reopening the store after the disk was full: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "reopening the store after it ran out of resources: {e}"
+            ))
+        }
     };
     let core = dormant
         .wake(store.clone())
-        .map_err(|e| format!("reopening the core after the disk was full: {e}"))?;
+        .map_err(|e| format!("reopening the core after storage ran out of resources: {e}"))?;
     let side = StorageSide::start(store, &thread.events, &thread.transport, &thread.logger)
         .map_err(|e| format!("restarting the storage threads: {e}"))?;
     retry.on_wake();
-    slog::info!(thread.logger, "the disk has room again: this node resumed");
+    slog::info!(thread.logger, "storage can write again: this node resumed");
     Ok((State::Awake(Box::new(core)), Some(side)))
 }
 

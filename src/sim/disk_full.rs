@@ -85,10 +85,10 @@ impl World {
     /// After node `i`'s round: a core whose disk ran out of space goes dormant. Its queued
     /// writes are dropped (sled fails every write after a failed one) and the events of its
     /// former life are void (the runtime drains its former storage threads' reports).
-    pub(crate) fn sleep_if_out_of_space(&mut self, i: usize) {
+    pub(crate) fn sleep_if_exhausted(&mut self, i: usize) {
         let cause = match self.nodes[i].running.as_ref().map(|r| &r.core) {
             Some(SimCore::Awake(core)) => match core.storage_failure() {
-                Some(cause) if cause.is_out_of_space() => cause.clone(),
+                Some(cause) if cause.is_exhausted() => cause.clone(),
                 _ => return,
             },
             _ => return,

@@ -360,7 +360,7 @@ impl World {
         };
         let output = running.core.poll_output();
         self.route(i, output);
-        self.sleep_if_out_of_space(i);
+        self.sleep_if_exhausted(i);
         self.drain_apps(i);
     }
 

@@ -66,24 +66,27 @@ impl From<sled::Error> for StorageError {
 }
 
 impl StorageError {
-    /// Whether the file system ran out of room for this node's data (no space left, file
-    /// size or disk quota limit): a failure that ends once space returns, unlike a broken
-    /// disk.
-    pub fn is_out_of_space(&self) -> bool {
+    /// Whether storage ran out of a resource rather than broke: no room for this node's
+    /// data (no space left, file size or disk quota limit) or no file descriptor to open a
+    /// file with. Such a failure ends once the resource returns, unlike a broken disk.
+    pub fn is_exhausted(&self) -> bool {
         match self {
-            StorageError::Io(e) => is_out_of_space(e),
+            StorageError::Io(e) => is_exhausted(e),
             _ => false,
         }
     }
 }
 
-/// Whether `e` says the file system has no room (ENOSPC, EFBIG, EDQUOT).
-pub(crate) fn is_out_of_space(e: &std::io::Error) -> bool {
+/// Whether `e` says the file system has no room (ENOSPC, EFBIG, EDQUOT) or the process or
+/// system has no file descriptor left (EMFILE, ENFILE: std has no stable kind for them).
+pub(crate) fn is_exhausted(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
     matches!(
         e.kind(),
         ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded
-    )
+    ) || matches!(e.raw_os_error(), Some(ENFILE | EMFILE))
 }
 
 /// Result of storage operations.
@@ -269,6 +272,21 @@ mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn running_out_of_room_or_descriptors_is_exhaustion_and_other_failures_are_not() {
+        let os = |code| StorageError::Io(std::io::Error::from_raw_os_error(code));
+        // ENOSPC, EDQUOT, EFBIG, EMFILE, ENFILE (Linux numbers).
+        for code in [28, 122, 27, 24, 23] {
+            assert!(os(code).is_exhausted(), "os error {code}");
+        }
+        // EIO, EACCES, EROFS.
+        for code in [5, 13, 30] {
+            assert!(!os(code).is_exhausted(), "os error {code}");
+        }
+        assert!(!StorageError::Sled("broken".to_string()).is_exhausted());
     }
 
     #[test]

@@ -17,11 +17,17 @@
 //! RESULT scenario=gateway conns=8 direct_rps=… direct_p50_ms=… direct_p99_ms=… gateway_rps=…
 //!   gateway_p50_ms=… gateway_p99_ms=… gateway_share=… added_p50_ms=… local_rps=…
 //!   local_p50_ms=… local_p99_ms=… local_share=… local_added_p50_ms=… resolve_rps=…
-//!   resolve_p50_ms=… resolve_p99_ms=…
+//!   resolve_p50_ms=… resolve_p99_ms=… direct_cpu_us=… relay_rps=… relay_p50_ms=…
+//!   relay_share=… relay_cpu_us=… gateway_cpu_us=…
+//!   gateway_node_cpu_us=… local_cpu_us=… local_node_cpu_us=…
 //! ```
 //!
 //! Everything shares the machine's cores (nodes, upstream and load), so the figures are a
-//! lower bound of what a gateway does with cores of its own.
+//! lower bound of what a gateway does with cores of its own. So the line also gives what
+//! each request cost in CPU time (user + system, from `/proc`, Linux only): `*_cpu_us` is
+//! every process's (this one, with the load and the upstream, and the nodes'), and
+//! `*_node_cpu_us` the nodes' alone: the proxying's own cost. When the cores are the limit,
+//! the gateway's share of direct throughput is about `direct_cpu_us / gateway_cpu_us`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -196,6 +202,30 @@ fn start_upstream() -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// A byte relay to `upstream`: each connection gets its own upstream connection and two
+/// threads copying bytes across, no HTTP. What one more hop costs at the least, whatever
+/// the proxy: the floor the gateway is measured against.
+fn start_relay(upstream: SocketAddr) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (Ok(mut client_in), Ok(mut server_in)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            let (mut client_out, mut server_out) = (client, server);
+            std::thread::spawn(move || std::io::copy(&mut client_in, &mut server_out));
+            std::thread::spawn(move || std::io::copy(&mut server_in, &mut client_out));
+        }
+    });
+    Ok(addr)
+}
+
 /// One keep-alive HTTP/1.1 request; returns the status.
 fn request(
     stream: &mut TcpStream,
@@ -228,13 +258,61 @@ fn request(
     Ok(status)
 }
 
-/// Requests/s and latencies of `conns` connections sending `GET path` to `addr` for `secs`.
+/// Requests/s, latencies and CPU cost of one load.
 struct Figures {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU microseconds per request: every process's, and the nodes' alone.
+    cpu_us: f64,
+    node_cpu_us: f64,
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/{pid}/stat`, in
+/// seconds (clock ticks of 1/100 s, Linux's `USER_HZ`); 0 where there is no `/proc`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), closed by the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `load`, with the CPU time this process and `nodes` used during it.
+fn measured_load(
+    nodes: &[&Node],
+    addr: SocketAddr,
+    path: &str,
+    conns: usize,
+    secs: u64,
+) -> Result<Figures, String> {
+    let node_cpu = || -> f64 {
+        nodes
+            .iter()
+            .map(|n| cpu_seconds(&n.child.id().to_string()))
+            .sum()
+    };
+    let (own_before, nodes_before) = (cpu_seconds("self"), node_cpu());
+    let mut figures = load(addr, path, conns, secs)?;
+    let (own, nodes_used) = (cpu_seconds("self") - own_before, node_cpu() - nodes_before);
+    let requests = figures.rps * secs as f64;
+    figures.cpu_us = (own + nodes_used) / requests * 1e6;
+    figures.node_cpu_us = nodes_used / requests * 1e6;
+    Ok(figures)
+}
+
+/// Requests/s and latencies of `conns` connections sending `GET path` to `addr` for `secs`.
 fn load(addr: SocketAddr, path: &str, conns: usize, secs: u64) -> Result<Figures, String> {
     let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
     let started = Instant::now();
@@ -273,6 +351,8 @@ fn load(addr: SocketAddr, path: &str, conns: usize, secs: u64) -> Result<Figures
         rps: all.len() as f64 / elapsed,
         p50_ms: at(0.50).as_secs_f64() * 1e3,
         p99_ms: at(0.99).as_secs_f64() * 1e3,
+        cpu_us: 0.0,
+        node_cpu_us: 0.0,
     })
 }
 
@@ -310,16 +390,20 @@ fn run(settings: &Settings) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (conns, secs) = (settings.conns, settings.secs);
-    let direct = load(upstream, "/x", conns, secs)?;
-    let gateway = load(b.gateway, "/bench/x", conns, secs)?;
-    let local = load(a.gateway, "/bench/x", conns, secs)?;
-    let resolve = load(b.api, "/v1/resolve?name=http:bench", conns, secs)?;
+    let nodes = [&a, &b];
+    let direct = measured_load(&nodes, upstream, "/x", conns, secs)?;
+    let relay = measured_load(&nodes, start_relay(upstream)?, "/x", conns, secs)?;
+    let gateway = measured_load(&nodes, b.gateway, "/bench/x", conns, secs)?;
+    let local = measured_load(&nodes, a.gateway, "/bench/x", conns, secs)?;
+    let resolve = measured_load(&nodes, b.api, "/v1/resolve?name=http:bench", conns, secs)?;
     println!(
         "RESULT scenario=gateway conns={conns} direct_rps={:.0} direct_p50_ms={:.3} \
          direct_p99_ms={:.3} gateway_rps={:.0} gateway_p50_ms={:.3} gateway_p99_ms={:.3} \
          gateway_share={:.2} added_p50_ms={:.3} local_rps={:.0} local_p50_ms={:.3} \
          local_p99_ms={:.3} local_share={:.2} local_added_p50_ms={:.3} resolve_rps={:.0} \
-         resolve_p50_ms={:.3} resolve_p99_ms={:.3}",
+         resolve_p50_ms={:.3} resolve_p99_ms={:.3} direct_cpu_us={:.1} relay_rps={:.0} \
+         relay_p50_ms={:.3} relay_share={:.2} relay_cpu_us={:.1} gateway_cpu_us={:.1} \
+         gateway_node_cpu_us={:.1} local_cpu_us={:.1} local_node_cpu_us={:.1}",
         direct.rps,
         direct.p50_ms,
         direct.p99_ms,
@@ -336,6 +420,15 @@ fn run(settings: &Settings) -> Result<(), String> {
         resolve.rps,
         resolve.p50_ms,
         resolve.p99_ms,
+        direct.cpu_us,
+        relay.rps,
+        relay.p50_ms,
+        relay.rps / direct.rps,
+        relay.cpu_us,
+        gateway.cpu_us,
+        gateway.node_cpu_us,
+        local.cpu_us,
+        local.node_cpu_us,
     );
     Ok(())
 }

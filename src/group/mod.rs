@@ -362,10 +362,13 @@ impl RaftGroup {
         self.bytes_since_snapshot = 0;
     }
 
-    /// Counts applied entry bytes towards the next snapshot; returns the total since the
-    /// last one.
-    pub(crate) fn note_applied_bytes(&mut self, bytes: u64) -> u64 {
+    /// Counts applied entry bytes towards the next snapshot.
+    pub(crate) fn note_applied_bytes(&mut self, bytes: u64) {
         self.bytes_since_snapshot += bytes;
+    }
+
+    /// Applied entry bytes since the last snapshot.
+    pub(crate) fn applied_bytes_since_snapshot(&self) -> u64 {
         self.bytes_since_snapshot
     }
 

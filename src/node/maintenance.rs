@@ -33,6 +33,9 @@ impl NodeCore {
         let pass = self.ticks % MAINTENANCE_PERIOD_TICKS == 0;
         let full = pass && self.begin_pass();
         self.request_wanted_snapshots(full);
+        if pass {
+            self.ask_again_for_snapshots();
+        }
         // Joining nodes wait for the directory: the system group grows every tick.
         let system = DataStructureId::SYSTEM;
         if self.groups.get(&system).is_some_and(|g| g.is_leader()) {

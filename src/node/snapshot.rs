@@ -40,6 +40,13 @@ pub(crate) struct Pacing {
     snapshot_bytes: u64,
     /// Nodes whose replicas asked for a snapshot since the last one was offered.
     askers: Vec<NodeId>,
+    /// This replica (without a subscriber) is due a snapshot and has asked the others for
+    /// one, not yet compacted under an offer: it asks again every
+    /// [`SNAPSHOT_ASK_PERIOD_MS`] until one arrives. An ask can go unanswered — dropped
+    /// inside the ask period, refused by a replica that took a snapshot too recently, or
+    /// answered by an offer it could not use yet — and a quiet group applies nothing that
+    /// would make it ask again.
+    asking: bool,
 }
 
 /// How often a replica without a subscriber asks the others for a snapshot.
@@ -53,22 +60,48 @@ impl NodeCore {
         let Some(raft) = self.groups.get_mut(&group) else {
             return;
         };
-        let bytes = raft.note_applied_bytes(applied_bytes);
-        let entries = raft.applied().saturating_sub(raft.log().snapshot_index());
-        let applied = raft.applied();
-        let pacing = self.pacing.get(&group);
-        let (not_before, snapshot_bytes) =
-            pacing.map_or((0, 0), |p| (p.not_before, p.snapshot_bytes));
-        let often_enough =
-            entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
-        let worth_it = bytes >= snapshot_bytes.saturating_mul(self.cfg.snapshot_log_percent) / 100;
-        if !(often_enough && worth_it && applied >= not_before) {
+        raft.note_applied_bytes(applied_bytes);
+        if !self.snapshot_due(group) {
             return;
         }
         if self.subscriptions.has_any(group) {
             self.request_snapshot(group);
         } else {
             self.ask_for_snapshot(group);
+        }
+    }
+
+    /// Whether enough was applied to `group` since its last snapshot to want a new one.
+    fn snapshot_due(&self, group: DataStructureId) -> bool {
+        let Some(raft) = self.groups.get(&group) else {
+            return false;
+        };
+        let bytes = raft.applied_bytes_since_snapshot();
+        let entries = raft.applied().saturating_sub(raft.log().snapshot_index());
+        let pacing = self.pacing.get(&group);
+        let (not_before, snapshot_bytes) =
+            pacing.map_or((0, 0), |p| (p.not_before, p.snapshot_bytes));
+        let often_enough =
+            entries >= self.cfg.snapshot_interval || bytes >= self.cfg.snapshot_max_log_bytes;
+        let worth_it = bytes >= snapshot_bytes.saturating_mul(self.cfg.snapshot_log_percent) / 100;
+        often_enough && worth_it && raft.applied() >= not_before
+    }
+
+    /// Asks again for the snapshots this node's detached replicas still wait for (see
+    /// [`Pacing::asking`]); a replica no longer due stops asking.
+    pub(super) fn ask_again_for_snapshots(&mut self) {
+        let asking: Vec<_> = self
+            .pacing
+            .iter()
+            .filter(|(_, p)| p.asking)
+            .map(|(group, _)| *group)
+            .collect();
+        for group in asking {
+            if self.snapshot_due(group) && !self.subscriptions.has_any(group) {
+                self.ask_for_snapshot(group);
+            } else if let Some(pacing) = self.pacing.get_mut(&group) {
+                pacing.asking = false;
+            }
         }
     }
 
@@ -103,6 +136,7 @@ impl NodeCore {
             return;
         };
         let pacing = self.pacing.entry(group).or_default();
+        pacing.asking = true;
         if pacing.asked_ms > 0 && now < pacing.asked_ms + SNAPSHOT_ASK_PERIOD_MS {
             return;
         }
@@ -258,7 +292,9 @@ impl NodeCore {
             write.compact = Some(compacted);
             write.adopt_offer = true;
             write.compact_ids = Some(ids);
-            self.pacing.entry(group).or_default().snapshot_bytes = bytes;
+            let pacing = self.pacing.entry(group).or_default();
+            pacing.snapshot_bytes = bytes;
+            pacing.asking = false;
         }
     }
 

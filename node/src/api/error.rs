@@ -121,3 +121,33 @@ impl IntoResponse for ApiError {
         (self.status(), Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+
+    /// The response `error` makes: status and JSON body.
+    async fn answer(error: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_a_compacted_revision_is_410_naming_the_oldest_kept() {
+        let compacted = RegistryError::RevisionCompacted {
+            asked: 3,
+            oldest: 10_004,
+        };
+        let (status, body) = answer(ApiError::from(compacted)).await;
+        assert_eq!(status, StatusCode::GONE);
+        assert_eq!(body["error"], "revision_compacted");
+        let message = body["message"].as_str().expect("message");
+        assert!(
+            message.contains("revision 3") && message.contains("10004"),
+            "{message}"
+        );
+    }
+}
